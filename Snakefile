@@ -1,0 +1,19 @@
+# knockout: ablation and intervention studies as one reproducible workflow.
+# Data flows one way: config -> data -> train -> (interventions -> tables -> notebooks -> figures).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,177 @@
+"""`knockout <command>`: the verbs the Snakemake rules call, one per rule.
+
+Each command parses named arguments and calls the library; errors the user can fix end as one
+line on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def optional_int(text: str) -> int | None:
+    """An int, or None for an empty string (a config's `null` passed through the shell)."""
+    return int(text) if text.strip() else None
+
+
+def _set_threads(threads: int | None) -> None:
+    """Snakemake's {threads} decides torch's intra-op threads."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def cmd_fetch(args) -> None:
+    from .data import fetch
+
+    fetch(args.dataset, Path(args.out), args.mirror, download=not args.no_download)
+
+
+def cmd_prepare(args) -> None:
+    from .data import prepare
+
+    prepare(
+        args.dataset,
+        Path(args.raw),
+        Path(args.out),
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        seed=args.seed,
+    )
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from .data import load_prepared
+    from .models import build_model
+    from .train import TrainConfig, resolve_device, train
+
+    _set_threads(args.threads)
+    spec = json.loads(args.spec)
+    cfg = dict(spec.get("train", {}))
+    device = resolve_device(args.device)
+    train_split, test_split, meta = load_prepared(Path(args.data), device="cpu")
+    if cfg.get("augment", "auto") == "auto":
+        cfg["augment"] = meta["dataset"] == "cifar10"
+    torch.manual_seed(args.seed)  # the initial weights are a function of the seed alone
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    model = build_model(spec["arch"], tuple(meta["shape"]), meta["num_classes"])
+    metrics = train(
+        model,
+        train_split.images,
+        train_split.labels,
+        test_split.images,
+        test_split.labels,
+        TrainConfig.from_dict(cfg),
+        Path(args.out),
+        seed=args.seed,
+        device=device,
+    )
+    print(json.dumps({k: v for k, v in metrics.items() if k != "config"}))
+
+
+def cmd_summary(args) -> None:
+    from .config import load, model_spec
+    from .data import DATASETS
+    from .models import build_model, summary
+
+    config = load(args.config)
+    spec = model_spec(config, args.model)
+    source = DATASETS[spec["dataset"]]
+    model = build_model(spec["arch"], source.shape, source.num_classes)
+    print(f'Model: "{args.model}" on {spec["dataset"]}, input {tuple(source.shape)}')
+    print(summary(model, source.shape))
+
+
+def cmd_check_config(args) -> None:
+    from .config import load
+
+    config = load(args.config)
+    print(f"{args.config}: ok ({len(config['models'])} models, seeds {config['seeds']})")
+
+
+def cmd_check_data(args) -> None:
+    """Exit 0 when every dataset of the config is in a mirror or downloadable, 3 otherwise."""
+    from .config import load
+    from .data import locate, reachable
+
+    config = load(args.config)
+    missing = []
+    for name in config["datasets"]:
+        found = locate(name, config["data"]["mirrors"])
+        if found:
+            print(f"{name}: in mirror {next(iter(found.values())).parent}")
+        elif config["data"]["download"] and reachable(name):
+            print(f"{name}: downloadable")
+        else:
+            print(f"{name}: in no mirror and not downloadable")
+            missing.append(name)
+    if missing:
+        sys.exit(3)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="knockout", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("fetch", help="verified copies of a dataset's files, from a mirror or the web")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True, help="folder for the files and manifest.json")
+    s.add_argument("--mirror", action="append", default=[], help="local folder to look in first")
+    s.add_argument("--no-download", action="store_true")
+    s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("prepare", help="raw files -> train.pt, test.pt, meta.json")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--raw", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--train-subset", type=optional_int)
+    s.add_argument("--test-subset", type=optional_int)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train one model for one seed")
+    s.add_argument("--data", required=True, help="prepared dataset folder")
+    s.add_argument("--spec", required=True, help="model spec as JSON: {arch, train}")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("summary", help="a Keras-like table of a configured model")
+    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--model", required=True)
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("check-config", help="validate a config file")
+    s.add_argument("--config", default="config.yaml")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("check-data", help="can every dataset of the config be had?")
+    s.add_argument("--config", default="config.yaml")
+    s.set_defaults(func=cmd_check_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .config import ConfigError
+    from .data import DataError
+
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"knockout {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Validation of a study config: the JSON schema (which fills defaults), then checks that need
+the models. Every problem is a `ConfigError` whose message is one line naming the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config problem, as one line: `models.cnn.dataset: 'foo' is not a key of datasets`."""
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default` values into the instance as it validates (as Snakemake)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+                if "$ref" in sub and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    # oneOf/anyOf errors say "is not valid under any of the given schemas": name the best match.
+    if error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        return f"{_path(error)}: {best.message}"
+    return f"{_path(error)}: {error.message}"
+
+
+def load_schema(path: str | Path = SCHEMA) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Schema-check `config` in place, filling defaults; raises ConfigError on the first problem."""
+    schema = schema or load_schema()
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(_message(errors[0]))
+    # Models' train sections: the `$ref`'d defaults must be filled too (jsonschema won't follow).
+    train_defaults = {k: v["default"] for k, v in schema["$defs"]["train"]["properties"].items()}
+    for model in config["models"].values():
+        for key, value in train_defaults.items():
+            model.setdefault("train", {}).setdefault(key, copy.deepcopy(value))
+    return config
+
+
+def check(config: dict) -> dict:
+    """Checks the schema cannot express: references between keys, buildable architectures."""
+    from .data import DATASETS
+    from .models import build_model
+
+    for name, model in config["models"].items():
+        key = f"models.{name}"
+        if model["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"{key}.dataset: {model['dataset']!r} is not a key of datasets "
+                f"({', '.join(sorted(config['datasets']))})"
+            )
+        source = DATASETS[model["dataset"]]
+        try:
+            build_model(model["arch"], source.shape, source.num_classes)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ConfigError(f"{key}.arch: {str(e).splitlines()[0]}") from None
+    return config
+
+
+def load(path: str | Path) -> dict:
+    """Read, validate and check a config file."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    return check(validate(config))
+
+
+def model_spec(config: dict, name: str) -> dict[str, Any]:
+    if name not in config["models"]:
+        raise ConfigError(f"models: no model {name!r} (have {', '.join(config['models'])})")
+    return config["models"][name]

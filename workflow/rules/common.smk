@@ -1,0 +1,74 @@
+# Shared set-up: the library on the path, the validated config, wildcard constraints and the
+# functions that turn config entries into rule inputs and parameters.
+import json
+import os
+import shlex
+import sys
+
+# The rules run `python -m knockout`: the library is found from the repo, no install needed,
+# and a venv's python is used when snakemake runs from one (a conda env's bin comes first).
+SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+
+from knockout.config import ConfigError, check, validate
+
+try:
+    check(validate(config))
+except ConfigError as e:
+    # One line, before any job runs.
+    sys.exit(f"config error: {e}")
+
+DATASETS = sorted(config["datasets"])
+MODELS = sorted(config["models"])
+SEEDS = [str(s) for s in config["seeds"]]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model="|".join(MODELS),
+    seed=r"\d+",
+
+
+def model_dataset(wildcards):
+    return config["models"][wildcards.model]["dataset"]
+
+
+def prepared(wildcards):
+    """The prepared tensors of the model's dataset."""
+    return multiext(f"results/data/{model_dataset(wildcards)}/", "train.pt", "test.pt", "meta.json")
+
+
+def model_spec_json(wildcards):
+    """The model's architecture and training settings, for `knockout train --spec`."""
+    model = config["models"][wildcards.model]
+    return json.dumps({"arch": model["arch"], "train": model["train"]}, sort_keys=True)
+
+
+def mirror_args(wildcards):
+    args = [f"--mirror={m}" for m in config["data"]["mirrors"]]
+    if not config["data"]["download"]:
+        args.append("--no-download")
+    return shlex.join(args)
+
+
+def uses_cuda():
+    # Decided without importing torch: an explicit cuda device, or auto on a machine with a GPU.
+    device = config["device"]
+    return device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidia0"))
+
+
+def gpus_per_job():
+    n = config["gpus_per_job"]
+    return (1 if uses_cuda() else 0) if n == "auto" else n
+
+
+def trained_models():
+    return expand(
+        "results/models/{model}/seed{seed}/metrics.json", model=MODELS, seed=SEEDS
+    )
+
+
+def all_targets():
+    return trained_models()

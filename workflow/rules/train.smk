@@ -1,0 +1,31 @@
+# Training: one job per model x seed, writing results/models/{model}/seed{seed}/.
+
+
+rule train:
+    input:
+        prepared,
+    output:
+        multiext(
+            "results/models/{model}/seed{seed}/",
+            "init.pt",
+            "final.pt",
+            "history.csv",
+            "metrics.json",
+        ),
+    params:
+        data=lambda w, input: os.path.dirname(input[0]),
+        out=subpath(output[0], parent=True),
+        spec=model_spec_json,
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    log:
+        "results/logs/train/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{model}/seed{seed}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    shell:
+        "python -m knockout train --data {params.data:q} --spec {params.spec:q} --seed {wildcards.seed}"
+        " --out {params.out:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
