@@ -27,8 +27,6 @@ def _with_defaults(validator_class):
             for name, sub in properties.items():
                 if "default" in sub and name not in instance:
                     instance[name] = copy.deepcopy(sub["default"])
-                if "$ref" in sub and "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
@@ -79,8 +77,12 @@ def check(config: dict) -> dict:
                 f"({', '.join(sorted(config['datasets']))})"
             )
         source = DATASETS[model["dataset"]]
+        arch = model["arch"] if isinstance(model["arch"], str) else dict(model["arch"])
+        weights = None if isinstance(arch, str) else arch.pop("weights", None)
+        if weights and not Path(weights).expanduser().is_file():
+            raise ConfigError(f"{key}.arch.weights: no such file {weights}")
         try:
-            build_model(model["arch"], source.shape, source.num_classes)
+            build_model(arch, source.shape, source.num_classes)
         except (ValueError, KeyError, RuntimeError) as e:
             raise ConfigError(f"{key}.arch: {str(e).splitlines()[0]}") from None
     return config

@@ -1,0 +1,363 @@
+"""Training throughput: knockout.train.train vs. the notebooks' torchvision DataLoader loop.
+
+What it measures
+----------------
+One training epoch (or --epochs of them) on the Fashion-MNIST training set (all 60,000
+images by default) of two presets:
+
+  * mlp: study 2's MLP, ``build_model('study2_mlp', (1, 28, 28), 10)``, SGD lr 0.01, batch 256
+  * cnn: study 5's CNN, ``build_model('study5_cnn', (1, 28, 28), 10)``, Adam lr 1e-3, batch 64
+
+each trained two ways, from the same initial weights (same seed), with the same batch size,
+optimizer and torch.set_num_threads:
+
+  1. ours: ``knockout.train.train(...)``; the split is held as one normalised float tensor and
+     batches are index slices. The time is the ``seconds`` column of its history.csv, which
+     covers the training loop only (not the evaluation after each epoch, not checkpoint writing).
+  2. notebook: ``torchvision.datasets.FashionMNIST(root, train=True,
+     transform=Compose([ToTensor(), Normalize(mean, std)]))`` + ``DataLoader(batch_size=B,
+     shuffle=True, num_workers=W)`` and the usual loop (zero_grad, forward, cross_entropy,
+     backward, step, running loss via loss.item()). The time covers one pass over the loader,
+     including creating its iterator (which starts the worker processes, as every epoch of the
+     notebooks did). One row per --workers value (default 0 and 2; the notebooks used 4 on a
+     bigger machine).
+
+Both sides run a few warm-up batches (on a throw-away copy of the model) before anything is
+timed. The same per-channel mean/std (computed by knockout.data.prepare over the training
+images used) is used on both sides, so the two see identical input values.
+
+The raw files come from knockout.data.fetch (the mirrors below, else the official URLs) and are
+verified there. torchvision (download=False) only looks for the *decompressed* IDX files in
+root/FashionMNIST/raw/ (Debian's re-compressed .gz files fail its md5 checks, so its own download
+path would refuse them), so the verified .gz files are decompressed into a temporary folder.
+
+Output: a table with model, method, batch size, images/s, seconds/epoch and the final training
+loss, then the speed-up ours / notebook per model, both against the fastest DataLoader row and
+against num_workers=0. ``--out FILE.csv`` also writes the rows as CSV.
+
+How to run (from the repository root)
+-------------------------------------
+    .venv/bin/python bench/train_throughput.py                  # full 60k, 1 epoch (minutes on 2 cores)
+    .venv/bin/python bench/train_throughput.py --quick          # 10,000 images
+    .venv/bin/python bench/train_throughput.py --train-subset 20000 --epochs 2 --workers 0,2,4 \
+        --threads 2 --models cnn --out results/bench/throughput.csv
+
+See ``--help`` for the rest (batch sizes, mirrors, seed, warm-up batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import gzip
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import knockout  # noqa: F401
+except ImportError:  # not installed: use the checkout's src/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch
+import torchvision
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+
+from knockout.data import DATASETS, fetch, load_prepared, prepare
+from knockout.models import build_model, count_parameters
+from knockout.train import TrainConfig, train
+
+DATASET = "fashion_mnist"
+DEFAULT_MIRRORS = ["~/.cache/knockout/datasets", "/usr/share/datasets"]
+QUICK_SUBSET = 10_000
+
+# model key -> (preset, optimizer, lr, default batch size)
+MODELS = {
+    "mlp": ("study2_mlp", "sgd", 0.01, 256),
+    "cnn": ("study5_cnn", "adam", 1e-3, 64),
+}
+
+COLUMNS = [
+    "model",
+    "method",
+    "num_workers",
+    "batch_size",
+    "images",
+    "epochs",
+    "threads",
+    "seconds_per_epoch",
+    "images_per_second",
+    "train_loss",
+    "speedup_vs_best_loader",
+    "speedup_vs_workers0",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", default="mlp,cnn", help="comma list of: mlp, cnn (default both)")
+    p.add_argument("--train-subset", type=int, default=None,
+                   help="train on a class-stratified subset of N images (default all 60,000)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"short run: --train-subset {QUICK_SUBSET} unless one is given")
+    p.add_argument("--epochs", type=int, default=1, help="timed epochs per run (default 1)")
+    p.add_argument("--workers", default="0,2",
+                   help="comma list of DataLoader num_workers for the notebook way (default 0,2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for both sides (default: all cores, os.cpu_count())")
+    p.add_argument("--mlp-batch-size", type=int, default=MODELS["mlp"][3])
+    p.add_argument("--cnn-batch-size", type=int, default=MODELS["cnn"][3])
+    p.add_argument("--warmup-batches", type=int, default=5, help="untimed batches before timing (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default 0)")
+    p.add_argument("--mirrors", nargs="*", default=DEFAULT_MIRRORS,
+                   help=f"dataset mirror roots for knockout.data.fetch (default {' '.join(DEFAULT_MIRRORS)})")
+    p.add_argument("--no-download", action="store_true", help="only use the mirrors")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the data and model folders here (default: a temporary folder, removed)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}; choose from {sorted(MODELS)}")
+    args.workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+    if not args.workers:
+        p.error("--workers needs at least one value")
+    if args.quick and args.train_subset is None:
+        args.train_subset = QUICK_SUBSET
+    if args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    return args
+
+
+# --------------------------------------------------------------------------- data
+
+
+def torchvision_root(raw_dir: Path, root: Path) -> Path:
+    """root/FashionMNIST/raw/ with the decompressed IDX files torchvision's _check_exists wants."""
+    tv_raw = root / DATASETS[DATASET].torchvision_name / "raw"
+    tv_raw.mkdir(parents=True, exist_ok=True)
+    for name in DATASETS[DATASET].filenames:
+        target = tv_raw / name.removesuffix(".gz")
+        if not target.exists():
+            with gzip.open(raw_dir / name, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    return root
+
+
+def notebook_dataset(tv_root: Path, mean: list[float], std: list[float], indices: torch.Tensor | None):
+    """The notebooks' dataset: torchvision FashionMNIST + ToTensor + Normalize (a Subset if asked)."""
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    ds = torchvision.datasets.FashionMNIST(str(tv_root), train=True, transform=tf, download=False)
+    if indices is not None:
+        ds = Subset(ds, indices.tolist())
+    return ds
+
+
+# --------------------------------------------------------------------------- the two ways
+
+
+def notebook_epoch(model, loader, optimizer, max_batches: int | None = None) -> tuple[float, float, int]:
+    """One pass of the usual notebook loop; out: (seconds, mean train loss, images seen)."""
+    model.train()
+    began = time.perf_counter()
+    running_loss, seen = 0.0, 0
+    for i, (x, y) in enumerate(loader):
+        optimizer.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item() * len(y)
+        seen += len(y)
+        if max_batches is not None and i + 1 >= max_batches:
+            break
+    seconds = time.perf_counter() - began
+    return seconds, running_loss / max(seen, 1), seen
+
+
+def make_optimizer(name: str, lr: float, params):
+    return torch.optim.SGD(params, lr=lr) if name == "sgd" else torch.optim.Adam(params, lr=lr)
+
+
+def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work: Path, seed: int,
+             warmup_batches: int) -> dict:
+    # Warm-up: a short train() on a throw-away copy (allocator, oneDNN/MKL kernels, thread pool).
+    if warmup_batches > 0:
+        n = min(len(train_split), warmup_batches * cfg.batch_size)
+        warm = copy.deepcopy(model)
+        warm.load_state_dict(init_state)
+        train(warm, train_split.images[:n], train_split.labels[:n], test_split.images[:256],
+              test_split.labels[:256], dataclasses.replace(cfg, epochs=1, checkpoints=()),
+              work / "warmup", seed=seed, device="cpu", progress=False)
+    model.load_state_dict(init_state)
+    out_dir = work / "run"
+    metrics = train(model, train_split.images, train_split.labels, test_split.images, test_split.labels,
+                    cfg, out_dir, seed=seed, device="cpu", progress=False)
+    # Same initial weights as the notebook side: init.pt is what train() started from.
+    saved = torch.load(out_dir / "init.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], init_state[k]) for k in init_state), "ours did not start from init_state"
+    with open(out_dir / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    seconds = [float(h["seconds"]) for h in history]
+    return {
+        "seconds_per_epoch": sum(seconds) / len(seconds),
+        "images_per_second": len(train_split) * len(seconds) / sum(seconds),
+        "train_loss": float(history[-1]["train_loss"]),
+        "test_acc": metrics["test_accuracy"],
+    }
+
+
+def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt: str, lr: float,
+                 epochs: int, seed: int, warmup_batches: int) -> dict:
+    if warmup_batches > 0:
+        warm = copy.deepcopy(model)
+        warm.load_state_dict(init_state)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+        notebook_epoch(warm, loader, make_optimizer(opt, lr, warm.parameters()), max_batches=warmup_batches)
+        del loader, warm
+    model.load_state_dict(init_state)
+    optimizer = make_optimizer(opt, lr, model.parameters())
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(seed))
+    seconds, loss, seen = [], 0.0, 0
+    for _ in range(epochs):
+        s, loss, seen = notebook_epoch(model, loader, optimizer)
+        seconds.append(s)
+    assert seen == len(dataset), (seen, len(dataset))
+    return {
+        "seconds_per_epoch": sum(seconds) / len(seconds),
+        "images_per_second": len(dataset) * len(seconds) / sum(seconds),
+        "train_loss": loss,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_table(rows: list[dict], ratios: list[str]) -> None:
+    header = ["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this"]
+    lines = []
+    for r in rows:
+        speed = r["speedup_vs_this"]
+        lines.append([
+            r["model"], r["method"], str(r["batch_size"]), f"{r['images_per_second']:,.0f}",
+            f"{r['seconds_per_epoch']:.2f}", f"{r['train_loss']:.4f}",
+            "" if speed is None else f"{speed:.2f}x",
+        ])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
+    right = {2, 3, 4, 5, 6}
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for l in lines:
+        print(fmt(l))
+    print()
+    for line in ratios:
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="knockout-bench-")
+        work = Path(tmp.name)
+    else:
+        work = args.workdir
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        raw = work / "raw"
+        fetch(DATASET, raw, args.mirrors, download=not args.no_download)
+        meta = prepare(DATASET, raw, work / "prepared", train_subset=args.train_subset, test_subset=1000,
+                       seed=args.seed)
+        train_split, test_split, meta = load_prepared(work / "prepared")
+        n = len(train_split)
+        indices = torch.load(work / "prepared" / "train.pt", weights_only=True)["indices"]
+        tv_root = torchvision_root(raw, work / "torchvision")
+        dataset = notebook_dataset(tv_root, meta["mean"], meta["std"], None if n == 60_000 else indices)
+        # Both sides see the same images in the same units (up to float rounding).
+        probe = [0, n // 2, n - 1]
+        x_nb = torch.stack([dataset[i][0] for i in probe])
+        assert torch.allclose(x_nb, train_split.images[probe], atol=1e-5), "input pipelines disagree"
+        assert [dataset[i][1] for i in probe] == train_split.labels[probe].tolist()
+
+        print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, python "
+              f"{platform.python_version()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+              f"DataLoader start method {torch.multiprocessing.get_start_method()}")
+        print(f"Fashion-MNIST train images: {n:,}; epochs timed: {args.epochs}; warm-up batches: "
+              f"{args.warmup_batches}; seed {args.seed}; mean/std {meta['mean'][0]:.4f}/{meta['std'][0]:.4f}")
+        print(flush=True)
+
+        rows: list[dict] = []
+        ratios: list[str] = []
+        for key in args.models:
+            preset, opt, lr, _ = MODELS[key]
+            batch = args.mlp_batch_size if key == "mlp" else args.cnn_batch_size
+            torch.manual_seed(args.seed)  # as knockout's CLI: initial weights are a function of the seed
+            model = build_model(preset, (1, 28, 28), 10)
+            init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            label = f"{key} ({preset}, {count_parameters(model):,} params, {opt} lr {lr:g})"
+            print(f"{label}: timing ...", file=sys.stderr, flush=True)
+
+            cfg = TrainConfig(epochs=args.epochs, batch_size=batch, optimizer=opt, lr=lr, momentum=0.0,
+                              weight_decay=0.0, schedule="constant", augment=False, checkpoints=())
+            ours = run_ours(model, init_state, train_split, test_split, cfg, work / f"ours_{key}", args.seed,
+                            args.warmup_batches)
+            model_rows = [{"model": key, "method": "ours: knockout.train", "num_workers": "", **ours}]
+            print(f"  ours: {ours['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
+            for w in args.workers:
+                nb = run_notebook(model, init_state, dataset, batch, w, opt, lr, args.epochs, args.seed,
+                                  args.warmup_batches)
+                model_rows.append({"model": key, "method": f"notebook: DataLoader workers={w}",
+                                   "num_workers": w, **nb})
+                print(f"  notebook workers={w}: {nb['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr,
+                      flush=True)
+
+            ours_ips = ours["images_per_second"]
+            loaders = model_rows[1:]
+            best = max(loaders, key=lambda r: r["images_per_second"])
+            zero = next((r for r in loaders if r["num_workers"] == 0), None)
+            for r in model_rows:
+                r.update(batch_size=batch, images=n, epochs=args.epochs, threads=threads)
+                r["speedup_vs_this"] = None if r is model_rows[0] else ours_ips / r["images_per_second"]
+                r["speedup_vs_best_loader"] = ours_ips / best["images_per_second"]
+                r["speedup_vs_workers0"] = ours_ips / zero["images_per_second"] if zero else None
+            rows += model_rows
+            ratios.append(f"{label}, batch {batch}: ours / notebook = "
+                          f"{ours_ips / best['images_per_second']:.2f}x vs the best DataLoader "
+                          f"(workers={best['num_workers']})"
+                          + (f", {ours_ips / zero['images_per_second']:.2f}x vs workers=0" if zero else ""))
+
+        print_table(rows, ratios)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                for r in rows:
+                    writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+            print(f"\nwrote {args.out}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
