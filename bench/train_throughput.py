@@ -35,6 +35,12 @@ Output: a table with model, method, batch size, images/s, seconds/epoch and the 
 loss, then the speed-up ours / notebook per model, both against the fastest DataLoader row and
 against num_workers=0. ``--out FILE.csv`` also writes the rows as CSV.
 
+Timings are only meaningful on an otherwise idle machine: with 2 torch threads on 2 cores, one
+other busy process slows an epoch down several-fold. Every row therefore reports the CPU (in
+cores, from /proc/stat) that other processes used while it ran, and a warning is printed when
+that exceeds 0.2. On a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
+timed run) and/or ``--repeat 3`` (keep the fastest of 3).
+
 How to run (from the repository root)
 -------------------------------------
     .venv/bin/python bench/train_throughput.py                  # full 60k, 1 epoch (minutes on 2 cores)
@@ -42,7 +48,9 @@ How to run (from the repository root)
     .venv/bin/python bench/train_throughput.py --train-subset 20000 --epochs 2 --workers 0,2,4 \
         --threads 2 --models cnn --out results/bench/throughput.csv
 
-See ``--help`` for the rest (batch sizes, mirrors, seed, warm-up batches).
+    .venv/bin/python bench/train_throughput.py --repeat 3 --wait-idle 120   # on a shared machine
+
+See ``--help`` for the rest (batch sizes, mirrors, seed, warm-up batches, --workdir to keep files).
 """
 
 from __future__ import annotations
@@ -98,6 +106,8 @@ COLUMNS = [
     "train_loss",
     "speedup_vs_best_loader",
     "speedup_vs_workers0",
+    "other_cpu_cores",
+    "steal_cores",
 ]
 
 
@@ -118,6 +128,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mlp-batch-size", type=int, default=MODELS["mlp"][3])
     p.add_argument("--cnn-batch-size", type=int, default=MODELS["cnn"][3])
     p.add_argument("--warmup-batches", type=int, default=5, help="untimed batches before timing (default 5)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="time every row this many times and keep the fastest (default 1)")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="before each timed run, wait up to SECONDS for other processes to leave the "
+                        "CPUs idle (default 0: don't wait; shared machines need it)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default 0)")
     p.add_argument("--mirrors", nargs="*", default=DEFAULT_MIRRORS,
                    help=f"dataset mirror roots for knockout.data.fetch (default {' '.join(DEFAULT_MIRRORS)})")
@@ -135,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--workers needs at least one value")
     if args.quick and args.train_subset is None:
         args.train_subset = QUICK_SUBSET
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
     return args
@@ -186,6 +203,67 @@ def notebook_epoch(model, loader, optimizer, max_batches: int | None = None) -> 
     return seconds, running_loss / max(seen, 1), seen
 
 
+class OtherLoad:
+    """CPU time used by *other* processes while a block runs, in cores (Linux /proc/stat; else None).
+
+    A busy machine makes every number here meaningless, so each row reports it.
+    """
+
+    cores: float | None = None  # other processes' CPU use
+    steal: float | None = None  # CPU the hypervisor gave to other guests
+
+    def __enter__(self):
+        self.start = (_cpu_counters(), _own_cpu_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        counters, own, wall = _cpu_counters(), _own_cpu_seconds(), time.perf_counter()
+        if counters is not None and self.start[0] is not None:
+            (busy0, steal0), own0, wall0 = self.start
+            self.cores = max(0.0, ((counters[0] - busy0) - (own - own0)) / (wall - wall0))
+            self.steal = (counters[1] - steal0) / (wall - wall0)
+        return False
+
+    def __str__(self) -> str:
+        if self.cores is None:
+            return "n/a"
+        return f"{self.cores:.2f}" + (f" (+{self.steal:.2f} steal)" if self.steal >= 0.05 else "")
+
+
+def _cpu_counters() -> tuple[float, float] | None:
+    """(non-idle, steal) CPU seconds of the whole machine since boot, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    fields += [0] * (8 - len(fields))
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle - steal) / tick, steal / tick
+
+
+def wait_for_idle(limit_s: float, window_s: float = 2.0, threshold: float = 0.2) -> None:
+    """Wait (at most limit_s) for a window_s stretch in which other processes use < threshold cores."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        with OtherLoad() as load:
+            time.sleep(window_s)
+        if load.cores is None or load.cores + load.steal < threshold:
+            return
+        print(f"  waiting for an idle machine (others use {load} cores) ...", file=sys.stderr, flush=True)
+
+
+WAIT_IDLE_S = 0.0  # set from --wait-idle
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (DataLoader workers are joined)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def make_optimizer(name: str, lr: float, params):
     return torch.optim.SGD(params, lr=lr) if name == "sgd" else torch.optim.Adam(params, lr=lr)
 
@@ -197,13 +275,17 @@ def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work:
         n = min(len(train_split), warmup_batches * cfg.batch_size)
         warm = copy.deepcopy(model)
         warm.load_state_dict(init_state)
+        shutil.rmtree(work / "warmup", ignore_errors=True)
         train(warm, train_split.images[:n], train_split.labels[:n], test_split.images[:256],
               test_split.labels[:256], dataclasses.replace(cfg, epochs=1, checkpoints=()),
               work / "warmup", seed=seed, device="cpu", progress=False)
     model.load_state_dict(init_state)
     out_dir = work / "run"
-    metrics = train(model, train_split.images, train_split.labels, test_split.images, test_split.labels,
-                    cfg, out_dir, seed=seed, device="cpu", progress=False)
+    shutil.rmtree(out_dir, ignore_errors=True)  # else train() would resume a finished run
+    wait_for_idle(WAIT_IDLE_S)
+    with OtherLoad() as load:
+        metrics = train(model, train_split.images, train_split.labels, test_split.images,
+                        test_split.labels, cfg, out_dir, seed=seed, device="cpu", progress=False)
     # Same initial weights as the notebook side: init.pt is what train() started from.
     saved = torch.load(out_dir / "init.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], init_state[k]) for k in init_state), "ours did not start from init_state"
@@ -215,6 +297,7 @@ def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work:
         "images_per_second": len(train_split) * len(seconds) / sum(seconds),
         "train_loss": float(history[-1]["train_loss"]),
         "test_acc": metrics["test_accuracy"],
+        "other_load": load,
     }
 
 
@@ -231,14 +314,17 @@ def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed))
     seconds, loss, seen = [], 0.0, 0
-    for _ in range(epochs):
-        s, loss, seen = notebook_epoch(model, loader, optimizer)
-        seconds.append(s)
+    wait_for_idle(WAIT_IDLE_S)
+    with OtherLoad() as load:
+        for _ in range(epochs):
+            s, loss, seen = notebook_epoch(model, loader, optimizer)
+            seconds.append(s)
     assert seen == len(dataset), (seen, len(dataset))
     return {
         "seconds_per_epoch": sum(seconds) / len(seconds),
         "images_per_second": len(dataset) * len(seconds) / sum(seconds),
         "train_loss": loss,
+        "other_load": load,
     }
 
 
@@ -246,14 +332,14 @@ def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt:
 
 
 def print_table(rows: list[dict], ratios: list[str]) -> None:
-    header = ["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this"]
+    header = ["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this", "other CPU"]
     lines = []
     for r in rows:
         speed = r["speedup_vs_this"]
         lines.append([
             r["model"], r["method"], str(r["batch_size"]), f"{r['images_per_second']:,.0f}",
             f"{r['seconds_per_epoch']:.2f}", f"{r['train_loss']:.4f}",
-            "" if speed is None else f"{speed:.2f}x",
+            "" if speed is None else f"{speed:.2f}x", str(r["other_load"]),
         ])
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
     right = {2, 3, 4, 5, 6}
@@ -267,10 +353,22 @@ def print_table(rows: list[dict], ratios: list[str]) -> None:
     print()
     for line in ratios:
         print(line)
+    busy = [r for r in rows if (r["other_load"].cores or 0) + (r["other_load"].steal or 0) > 0.2]
+    if busy:
+        print(f"\nWARNING: other processes (or other guests, 'steal') used CPU during {len(busy)} of the "
+              f"{len(rows)} runs (column 'other CPU', in cores): those timings are not trustworthy; "
+              "rerun on an idle machine.")
+
+
+def fastest(repeat: int, run) -> dict:
+    """The fastest of `repeat` calls of run() (each returns a row dict with images_per_second)."""
+    return max((run() for _ in range(repeat)), key=lambda r: r["images_per_second"])
 
 
 def main(argv: list[str] | None = None) -> int:
+    global WAIT_IDLE_S
     args = parse_args(argv)
+    WAIT_IDLE_S = args.wait_idle
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
 
@@ -301,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{platform.python_version()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
               f"DataLoader start method {torch.multiprocessing.get_start_method()}")
         print(f"Fashion-MNIST train images: {n:,}; epochs timed: {args.epochs}; warm-up batches: "
-              f"{args.warmup_batches}; seed {args.seed}; mean/std {meta['mean'][0]:.4f}/{meta['std'][0]:.4f}")
+              f"{args.warmup_batches}; fastest of {args.repeat}; seed {args.seed}; mean/std {meta['mean'][0]:.4f}/{meta['std'][0]:.4f}")
         print(flush=True)
 
         rows: list[dict] = []
@@ -317,13 +415,15 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = TrainConfig(epochs=args.epochs, batch_size=batch, optimizer=opt, lr=lr, momentum=0.0,
                               weight_decay=0.0, schedule="constant", augment=False, checkpoints=())
-            ours = run_ours(model, init_state, train_split, test_split, cfg, work / f"ours_{key}", args.seed,
-                            args.warmup_batches)
+            ours = fastest(args.repeat, lambda: run_ours(
+                model, init_state, train_split, test_split, cfg, work / f"ours_{key}", args.seed,
+                args.warmup_batches))
             model_rows = [{"model": key, "method": "ours: knockout.train", "num_workers": "", **ours}]
             print(f"  ours: {ours['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
             for w in args.workers:
-                nb = run_notebook(model, init_state, dataset, batch, w, opt, lr, args.epochs, args.seed,
-                                  args.warmup_batches)
+                nb = fastest(args.repeat, lambda: run_notebook(
+                    model, init_state, dataset, batch, w, opt, lr, args.epochs, args.seed,
+                    args.warmup_batches))
                 model_rows.append({"model": key, "method": f"notebook: DataLoader workers={w}",
                                    "num_workers": w, **nb})
                 print(f"  notebook workers={w}: {nb['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr,
@@ -351,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 for r in rows:
+                    r = {**r, "other_cpu_cores": r["other_load"].cores, "steal_cores": r["other_load"].steal}
                     writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
             print(f"\nwrote {args.out}")
     finally:

@@ -77,6 +77,84 @@ def cmd_train(args) -> None:
     print(json.dumps({k: v for k, v in metrics.items() if k != "config"}))
 
 
+def cmd_units(args) -> None:
+    from .data import load_prepared
+    from .models import load_model
+    from .train import resolve_device
+    from .units import unit_statistics
+
+    _set_threads(args.threads)
+    device = resolve_device(args.device)
+    train_split, _, meta = load_prepared(Path(args.data))
+    n = min(len(train_split), args.max_examples)
+    model = load_model(args.model, map_location=device)
+    stats = unit_statistics(model, train_split.images[:n], train_split.labels[:n], meta["num_classes"])
+    _write_csv(stats, Path(args.out))
+
+
+def cmd_intervene(args) -> None:
+    from .intervene import run
+    from .train import resolve_device
+
+    _set_threads(args.threads)
+    run(
+        args.name,
+        json.loads(args.spec),
+        args.model,
+        args.seed,
+        Path(args.model_dir),
+        Path(args.data),
+        Path(args.out),
+        unit_stats=Path(args.unit_stats) if args.unit_stats else None,
+        device=resolve_device(args.device),
+        budget_mb=args.budget_mb,
+    )
+
+
+def cmd_aggregate(args) -> None:
+    from .stats import comparisons, read_per_seed, summarize
+
+    per_seed = read_per_seed(args.inputs)
+    _write_csv(summarize(per_seed), Path(args.out))
+    pairs = [tuple(p) for p in json.loads(args.compare or "[]")]
+    if args.comparisons:
+        _write_csv(comparisons(per_seed, pairs) if pairs else _empty_comparisons(), Path(args.comparisons))
+
+
+def _empty_comparisons():
+    import pandas as pd
+
+    return pd.DataFrame(columns=["intervention", "model", "a", "b", "n_seeds", "diff_mean", "diff_ci_low", "diff_ci_high", "p_ttest", "p_permutation", "verdict"])
+
+
+def cmd_baselines(args) -> None:
+    """metrics.json of every model x seed -> one table over seeds per model."""
+    import pandas as pd
+
+    from .stats import mean_ci
+
+    rows = []
+    for path in args.inputs:
+        metrics = json.loads(Path(path).read_text())
+        rows.append({"model": Path(path).parent.parent.name, **{k: v for k, v in metrics.items() if k != "config"}})
+    per_seed = pd.DataFrame(rows)
+    table = []
+    for model, group in per_seed.groupby("model", sort=True):
+        mean, std, lo, hi, n = mean_ci(group["test_accuracy"])
+        table.append({"model": model, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "n_seeds": n,
+                      "parameters": int(group["parameters"].iloc[0]), "seconds_per_epoch": group["seconds_per_epoch"].mean()})
+    _write_csv(pd.DataFrame(table), Path(args.out))
+    if args.per_seed:
+        _write_csv(per_seed, Path(args.per_seed))
+
+
+def _write_csv(frame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
 def cmd_summary(args) -> None:
     from .config import load, model_spec
     from .data import DATASETS
@@ -146,6 +224,42 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("units", help="per-unit statistics of a trained model over training data")
+    s.add_argument("--model", required=True, help="a final.pt")
+    s.add_argument("--data", required=True, help="prepared dataset folder")
+    s.add_argument("--out", required=True, help="CSV to write")
+    s.add_argument("--max-examples", type=int, default=10_000)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_units)
+
+    s = sub.add_parser("intervene", help="evaluate every condition of one study on one model and seed")
+    s.add_argument("--name", required=True, help="the study's name in config.yaml")
+    s.add_argument("--spec", required=True, help="the study's spec as JSON: {type, model, ...}")
+    s.add_argument("--model", required=True, help="the model's name")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--model-dir", required=True, help="results/models/{model}/seed{seed}")
+    s.add_argument("--data", required=True, help="prepared dataset folder")
+    s.add_argument("--unit-stats", help="per-unit statistics CSV (knockout units)")
+    s.add_argument("--out", required=True, help="seed{seed}.csv; the other tables go beside it")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--budget-mb", type=float, default=512, help="activations held at once")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_intervene)
+
+    s = sub.add_parser("aggregate", help="per-seed tables -> mean, std, 95%% CI per condition and set")
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--compare", help="JSON list of [set_a, set_b] pairs")
+    s.add_argument("--comparisons", help="CSV for the paired comparisons")
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("baselines", help="metrics.json files -> accuracy over seeds per model")
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--per-seed", help="also write the per-seed rows here")
+    s.set_defaults(func=cmd_baselines)
+
     s = sub.add_parser("summary", help="a Keras-like table of a configured model")
     s.add_argument("--config", default="config.yaml")
     s.add_argument("--model", required=True)
@@ -162,13 +276,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .config import ConfigError
-    from .data import DataError
+    from .errors import KnockoutError
 
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (KnockoutError, FileNotFoundError) as e:
         print(f"knockout {args.command}: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 

@@ -14,8 +14,7 @@ import yaml
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
-    """A config problem, as one line: `models.cnn.dataset: 'foo' is not a key of datasets`."""
+from .errors import ConfigError  # noqa: E402  (re-exported)
 
 
 def _with_defaults(validator_class):
@@ -69,6 +68,7 @@ def check(config: dict) -> dict:
     from .data import DATASETS
     from .models import build_model
 
+    built = {}
     for name, model in config["models"].items():
         key = f"models.{name}"
         if model["dataset"] not in config["datasets"]:
@@ -82,10 +82,61 @@ def check(config: dict) -> dict:
         if weights and not Path(weights).expanduser().is_file():
             raise ConfigError(f"{key}.arch.weights: no such file {weights}")
         try:
-            build_model(arch, source.shape, source.num_classes)
+            built[name] = build_model(arch, source.shape, source.num_classes)
         except (ValueError, KeyError, RuntimeError) as e:
             raise ConfigError(f"{key}.arch: {str(e).splitlines()[0]}") from None
+    for name, study in config.get("interventions", {}).items():
+        _check_intervention(f"interventions.{name}", study, config, built)
     return config
+
+
+def _check_intervention(key: str, study: dict, config: dict, built: dict) -> None:
+    from .interventions import layer_units
+    from .models import addressable_layers
+
+    if study["model"] not in config["models"]:
+        raise ConfigError(f"{key}.model: {study['model']!r} is not a key of models ({', '.join(sorted(config['models']))})")
+    model = built[study["model"]]
+    valid = list(addressable_layers(model))
+
+    def layer_ok(path: str, layer: str) -> int:
+        if layer not in valid:
+            raise ConfigError(f"{path}: no layer {layer!r} in model {study['model']!r} (layers: {', '.join(valid)})")
+        return layer_units(model, layer)
+
+    if study["type"] == "layer_swap":
+        if study["layers"] != "all":
+            for i, layer in enumerate(study["layers"]):
+                layer_ok(f"{key}.layers[{i}]", layer)
+        train = config["models"][study["model"]]["train"]
+        if "rewind" in study["modes"] and not train["checkpoints"]:
+            raise ConfigError(f"{key}.modes: rewind needs epoch checkpoints: set models.{study['model']}.train.checkpoints (e.g. all)")
+        names = {"baseline", *study["modes"]}
+    else:
+        for i, layer in enumerate(study["layers"]):
+            layer_ok(f"{key}.layers[{i}]", layer)
+        sets = study["sets"]
+        for set_name, fset in sets.items():
+            path = f"{key}.sets.{set_name}"
+            layers = fset.get("layers") or list(fset.get("units") or {}) or study["layers"]
+            sizes = {layer: layer_ok(f"{path}.layers", layer) for layer in layers}
+            for layer, units in (fset.get("units") or {}).items():
+                bad = [u for u in units if u >= sizes[layer]]
+                if bad:
+                    raise ConfigError(f"{path}.units.{layer}: unit {bad[0]} out of range ({layer} has {sizes[layer]} units)")
+            if fset.get("k") is not None:
+                for layer, n in sizes.items():
+                    if fset["k"] > n:
+                        raise ConfigError(f"{path}.k: {fset['k']} is more than the {n} units of {layer}")
+            if "exclude" in fset:
+                other = sets.get(fset["exclude"])
+                if other is None or other["select"] not in ("units", "lowest_response"):
+                    raise ConfigError(f"{path}.exclude: {fset['exclude']!r} is not a units or lowest_response set of this study")
+        names = {"baseline", *sets}
+    for i, pair in enumerate(study.get("compare", [])):
+        for name in pair:
+            if name not in names:
+                raise ConfigError(f"{key}.compare[{i}]: no set {name!r} (have {', '.join(sorted(names))})")
 
 
 def load(path: str | Path) -> dict:

@@ -51,8 +51,7 @@ __all__ = [
 ]
 
 
-class DataError(Exception):
-    """A dataset problem; the message is one line naming the dataset, file and problem."""
+from .errors import DataError  # noqa: E402  (re-exported: a dataset problem, as one line)
 
 
 @dataclass(frozen=True)

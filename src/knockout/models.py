@@ -257,3 +257,41 @@ def summary(model: nn.Sequential, input_shape: tuple[int, ...]) -> str:
     out = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
     out.append(f"Total params: {count_parameters(model):,}")
     return "\n".join(out)
+
+
+def chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model as the flat list of modules it runs in order: nested `nn.Sequential`s are opened
+    (a ResNet's `layer3` becomes `layer3.0`, `layer3.1`), anything else (a residual block) is kept
+    whole. Running the list in order is the model's forward."""
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if isinstance(child, nn.Sequential):
+                walk(full + ".", child)
+            else:
+                out.append((full, child))
+
+    walk("", model)
+    return out
+
+
+def silence_point(model: nn.Module, layer: str) -> str:
+    """Name of the module whose output must be zero for `layer`'s units to be silent: the batch
+    norm that follows the layer when there is one (a zeroed conv channel would otherwise come out
+    of the norm as its bias), else the layer itself."""
+    names = dict(model.named_modules())
+    if layer not in names:
+        raise KeyError(layer)
+    head, _, leaf = layer.rpartition(".")
+    prefix = f"{head}." if head else ""
+    candidates = [f"{layer}_bn"]  # knockout's cnn: conv2 -> conv2_bn
+    if leaf.startswith("conv"):  # torchvision: conv2 -> bn2 in the same block
+        candidates.append(prefix + "bn" + leaf[len("conv") :])
+    if leaf == "0" and head.endswith("downsample"):  # downsample.0 -> downsample.1
+        candidates.append(f"{head}.1")
+    for name in candidates:
+        if isinstance(names.get(name), nn.modules.batchnorm._BatchNorm):
+            return name
+    return layer

@@ -23,12 +23,14 @@ except ConfigError as e:
 DATASETS = sorted(config["datasets"])
 MODELS = sorted(config["models"])
 SEEDS = [str(s) for s in config["seeds"]]
+INTERVENTIONS = config["interventions"]
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
     model="|".join(MODELS),
     seed=r"\d+",
+    name="|".join(INTERVENTIONS) or "^$",
 
 
 def model_dataset(wildcards):
@@ -70,5 +72,45 @@ def trained_models():
     )
 
 
+def study(wildcards):
+    return INTERVENTIONS[wildcards.name]
+
+
+def study_spec_json(wildcards):
+    return json.dumps(study(wildcards), sort_keys=True)
+
+
+def needs_unit_stats(spec):
+    sets = spec.get("sets", {}).values()
+    return any(
+        s["select"] == "lowest_response"
+        or (s["select"] == "cumulative" and s.get("order", "random") != "random")
+        for s in sets
+    )
+
+
+def intervention_inputs(wildcards):
+    """The trained model folder, the prepared data and, when a set ranks units, their statistics."""
+    inputs = {
+        "final": f"results/models/{wildcards.model}/seed{wildcards.seed}/final.pt",
+        "init": f"results/models/{wildcards.model}/seed{wildcards.seed}/init.pt",
+        "data": prepared(wildcards),
+    }
+    if needs_unit_stats(study(wildcards)):
+        inputs["units"] = f"results/units/{wildcards.model}/seed{wildcards.seed}.csv"
+    return inputs
+
+
+def per_seed_tables(wildcards):
+    model = study(wildcards)["model"]
+    return expand(
+        "results/interventions/{name}/{model}/seed{seed}.csv",
+        name=wildcards.name,
+        model=model,
+        seed=SEEDS,
+    )
+
+
 def all_targets():
-    return trained_models()
+    tables = expand("results/tables/{name}.csv", name=INTERVENTIONS)
+    return trained_models() + ["results/tables/baselines.csv"] + tables

@@ -29,3 +29,17 @@ rule train:
     shell:
         "python -m knockout train --data {params.data:q} --spec {params.spec:q} --seed {wildcards.seed}"
         " --out {params.out:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule baselines:
+    input:
+        trained_models(),
+    output:
+        table="results/tables/baselines.csv",
+        per_seed="results/tables/baselines.per_seed.csv",
+    log:
+        "results/logs/baselines.log",
+    conda:
+        "../../envs/analysis.yaml"
+    shell:
+        "python -m knockout baselines --inputs {input:q} --out {output.table:q} --per-seed {output.per_seed:q} > {log:q} 2>&1"
