@@ -28,6 +28,20 @@ TINY = {
         },
         "cnn": {"dataset": "fashion_mnist", "arch": "study5_cnn", "train": {"epochs": 1, "optimizer": "adam", "lr": 0.003}},
     },
+    "interventions": {
+        "swap": {"type": "layer_swap", "model": "mlp", "modes": ["reinit", "transplant", "rewind"]},
+        "filters": {
+            "type": "filter_ablation",
+            "model": "cnn",
+            "layers": ["conv3"],
+            "sets": {
+                "low": {"select": "lowest_response", "k": 4},
+                "rand": {"select": "random", "k": 4, "repeats": 2, "exclude": "low"},
+                "each": {"select": "each"},
+            },
+            "compare": [["low", "rand"]],
+        },
+    },
 }
 
 
@@ -75,6 +89,21 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     assert (tmp_path / "results/models/mlp/seed0/epoch2.pt").exists()
     history = pd.read_csv(tmp_path / "results/models/mlp/seed1/history.csv")
     assert list(history["epoch"]) == [1, 2]
+
+    per_seed = pd.read_csv(tmp_path / "results/interventions/filters/cnn/seed1.csv")
+    assert {"intervention", "model", "seed", "condition", "accuracy", "loss", "baseline_accuracy", "delta"} <= set(per_seed.columns)
+    assert len(per_seed) == 1 + 1 + 2 + 64  # baseline, low, 2 random draws, every conv3 filter
+    for suffix in ["per_class.csv", "confusion.csv", "examples.parquet"]:
+        assert (tmp_path / f"results/interventions/filters/cnn/seed0.{suffix}").exists()
+    table = pd.read_csv(tmp_path / "results/tables/filters.csv")
+    assert {"mean", "std", "ci_low", "ci_high", "n_seeds"} <= set(table.columns)
+    assert (table["n_seeds"] == 2).all()
+    comparison = pd.read_csv(tmp_path / "results/tables/filters.comparisons.csv")
+    assert list(comparison[["a", "b"]].iloc[0]) == ["low", "rand"] and "p = " in comparison.verdict[0]
+    swap = pd.read_csv(tmp_path / "results/tables/swap.csv").set_index(["level", "condition"])
+    assert swap.loc[("condition", "rewind:fc1:epoch2"), "mean"] == swap.loc[("condition", "baseline"), "mean"]
+    assert (tmp_path / "results/units/cnn/seed0.csv").exists()
+    assert (tmp_path / "results/tables/baselines.csv").exists()
 
     again = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,377 @@
+"""Single-unit ablation sweep: knockout's `each` conditions vs. Captum's LayerFeatureAblation.
+
+What it measures
+----------------
+For every filter (output channel) of one conv layer, the accuracy of the network with that one
+filter silenced (its output zeroed), on the same model and images, computed two ways in one run:
+
+  * ours: ``filter_ablation.conditions`` of the spec
+    ``{layers: [LAYER], sets: {each: {select: each}}}`` (the baseline condition plus one
+    ``each:LAYER:UNIT`` condition per filter) evaluated by ``knockout.evaluate.evaluate_conditions``
+    (activations up to the silenced layer cached once, several conditions stacked per forward as
+    masks). The timed region covers building the conditions and evaluating all of them,
+    *including* the baseline (intact) condition.
+  * Captum: ``captum.attr.LayerFeatureAblation(forward_func, module).attribute(x,
+    additional_forward_args=(y,), layer_mask=M, layer_baselines=0, perturbations_per_eval=1)``
+    per batch of ``--captum-batch`` images, where ``module`` is the module whose output must be
+    zero for the filter to be silent (``knockout.models.silence_point``: the conv itself in the
+    study-5 CNN, the batch norm after it in a ResNet), ``M = arange(C).view(1, C, 1, 1)`` makes
+    each channel one feature group, and ``forward_func(x, y) = (model(x).argmax(1) == y).float()``
+    returns per-example correctness. Captum's attribution is then ``correct(intact) -
+    correct(unit silenced)`` per example and channel, so a unit's accuracy is the intact accuracy
+    minus the mean attribution of its channel. That is one full forward of the whole network per
+    unit and batch (plus Captum's two forwards per batch for the layer's output and the intact
+    output, which are inside the timed region). The intact correctness used to turn differences
+    back into accuracies is computed once, outside the timing.
+
+Both sides run with the same ``torch.set_num_threads`` and are warmed up by a tiny untimed call
+first. The check: the per-unit accuracies of the two agree (their correct-example counts are
+compared; batched vs. unbatched convolutions may round differently and flip an example now and
+then, so a difference of one example is tolerated). The exit status is 1 when more than 1% of a
+layer's units differ by more than one example, or the intact accuracies differ.
+
+Models, weights and images
+--------------------------
+  * cnn: study 5's CNN (``build_model('study5_cnn', (1, 28, 28), 10)``): the trained weights of
+    ``results/models/cnn/seed0/final.pt`` when that file exists, else a seeded random init; the
+    first ``--cnn-images`` Fashion-MNIST test images and their labels from
+    ``results/data/fashion_mnist`` when prepared, else seeded random N(0, 1) tensors labelled with
+    the intact model's predictions. Layers: conv1, conv2, conv3 (one row each).
+  * resnet18: ``build_model({type: resnet, depth: 18, small_input: True}, (3, 32, 32), 10)`` with a
+    seeded random init, on seeded random N(0, 1) 3x32x32 tensors (no CIFAR-10 here). A random
+    ResNet predicts one class for every input, so per-unit accuracies would all equal the intact
+    one and the agreement check would be vacuous; hence the batch norms' running statistics are
+    set from one train-mode pass over the benchmark images and the classifier's bias is shifted
+    so the mean logit over them is 0 (predictions then spread over the classes). Labels are the
+    intact model's predictions (intact accuracy 100%; a unit's accuracy is how often the
+    prediction survives its removal). Layers: layer3.1.conv2 and layer4.1.conv2 by default
+    (``--resnet-layers`` adds e.g. layer2.1.conv2), so the rows show how the speed-up depends on
+    how much of the network follows the layer.
+
+Output: a table with model, layer, units, images, captum_s, ours_s, speedup (captum_s / ours_s),
+whether the goal (>= 10x) is met, the largest per-unit accuracy difference, the number of units
+whose accuracy differs, the range of per-unit accuracies (to show the check is not vacuous) and
+the CPU other processes used during the row (``--out FILE.csv`` also writes the rows as CSV).
+Times are those of whatever machine runs this; on a shared machine they are only comparable
+within a row, and only when ``other_cpu`` is small.
+
+How to run (from the repository root)
+-------------------------------------
+    .venv/bin/python bench/ablation_sweep.py                 # the full run (minutes on 2 cores)
+    .venv/bin/python bench/ablation_sweep.py --quick         # 256 CNN images, 8 ResNet images
+    .venv/bin/python bench/ablation_sweep.py --models resnet18 --resnet-layers layer2.1.conv2,layer3.1.conv2 \
+        --resnet-images 32 --threads 2 --out results/bench/ablation_sweep.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+try:
+    import knockout  # noqa: F401
+except ImportError:  # not installed: use the checkout's src/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch
+from torch import nn
+
+from knockout.data import load_prepared
+from knockout.evaluate import evaluate_conditions
+from knockout.interventions import Context, filter_ablation, layer_units
+from knockout.models import build_model, load_model, silence_point
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "results" / "data" / "fashion_mnist"
+CNN_WEIGHTS = ROOT / "results" / "models" / "cnn" / "seed0" / "final.pt"
+GOAL = 10.0
+
+COLUMNS = [
+    "model", "layer", "units", "images", "captum_s", "ours_s", "speedup", "goal_met",
+    "max_abs_diff", "units_differ", "units_changed", "acc_min", "acc_intact", "other_cpu",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", default="cnn,resnet18", help="comma list of: cnn, resnet18 (default both)")
+    p.add_argument("--cnn-layers", default="conv1,conv2,conv3")
+    p.add_argument("--resnet-layers", default="layer3.1.conv2,layer4.1.conv2")
+    p.add_argument("--images", type=int, default=None, help="images for every model (overrides the two below)")
+    p.add_argument("--cnn-images", type=int, default=1000, help="default 1000 (--quick: 256)")
+    p.add_argument("--resnet-images", type=int, default=16, help="default 16 (--quick: 8)")
+    p.add_argument("--quick", action="store_true", help="fewer images (256 CNN, 8 ResNet) unless given")
+    p.add_argument("--captum-batch", type=int, default=256, help="images per Captum attribute() call (default 256)")
+    p.add_argument("--budget-mb", type=float, default=512, help="evaluate_conditions' budget_mb (default 512)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, all cores)")
+    p.add_argument("--device", default="cpu", help="torch device for both sides (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random weights and images (default 0)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(args.models) - {"cnn", "resnet18"}
+    if unknown:
+        p.error(f"unknown model(s) {sorted(unknown)}; choose from cnn, resnet18")
+    explicit = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
+    if args.quick:
+        if "--cnn-images" not in explicit:
+            args.cnn_images = 256
+        if "--resnet-images" not in explicit:
+            args.resnet_images = 8
+    if args.images is not None:
+        args.cnn_images = args.resnet_images = args.images
+    return args
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cpu_counters() -> float | None:
+    """Non-idle CPU seconds of the whole machine since boot (Linux), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    fields += [0] * (8 - len(fields))
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """CPU (in cores) that other processes used while a block ran; None off Linux."""
+
+    cores: float | None = None
+
+    def __enter__(self):
+        t = os.times()
+        self.start = (_cpu_counters(), t.user + t.system, time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, t, wall = _cpu_counters(), os.times(), time.perf_counter()
+        busy0, own0, wall0 = self.start
+        if busy is not None and busy0 is not None:
+            self.cores = max(0.0, ((busy - busy0) - (t.user + t.system - own0)) / (wall - wall0))
+        return False
+
+
+# --------------------------------------------------------------------------- models and images
+
+
+def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    if CNN_WEIGHTS.exists():
+        model = load_model(CNN_WEIGHTS)
+        notes.append(f"cnn: trained weights {CNN_WEIGHTS.relative_to(ROOT)}")
+    else:
+        torch.manual_seed(seed)
+        model = build_model("study5_cnn", (1, 28, 28), 10)
+        notes.append(f"cnn: random init (seed {seed}); {CNN_WEIGHTS.relative_to(ROOT)} not found")
+    model.eval()
+    if (DATA_DIR / "meta.json").exists():
+        _, test, _ = load_prepared(DATA_DIR)
+        images, labels = test.images[:n], test.labels[:n]
+        notes.append(f"cnn: the first {len(images)} Fashion-MNIST test images and labels")
+    else:
+        images = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            labels = model(images).argmax(1)
+        notes.append(f"cnn: {n} random N(0,1) images (no {DATA_DIR.relative_to(ROOT)}), labels = intact predictions")
+    return model, images, labels
+
+
+def resnet_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 32, 32), 10)
+    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        for m in model.modules():  # running statistics = those of the benchmark images
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        model(images)
+        model.eval()
+        model.fc.bias -= model(images).mean(0)  # spread predictions over the classes
+        labels = model(images).argmax(1)
+    notes.append(
+        f"resnet18: random init (seed {seed}), BN statistics and fc bias calibrated on {n} random "
+        f"N(0,1) 3x32x32 images; labels = intact predictions (classes {torch.bincount(labels, minlength=10).tolist()})"
+    )
+    return model, images, labels
+
+
+# --------------------------------------------------------------------------- the two ways
+
+
+def ours(model: nn.Module, layer: str, images, labels, budget_mb: float, device, warmup: bool = False):
+    """Per-unit correct counts (units,) and the intact count, via evaluate_conditions
+    (warmup: only the baseline and two units, result not used)."""
+    context = Context(trained=model)
+    spec = filter_ablation.Spec.from_dict({"model": "m", "layers": [layer], "sets": {"each": {"select": "each"}}})
+    conds = filter_ablation.conditions(spec, context)
+    if warmup:
+        evaluate_conditions(conds[:3], context, images, labels, budget_mb=budget_mb, device=device)
+        return None
+    out = evaluate_conditions(conds, context, images, labels, budget_mb=budget_mb, device=device)
+    labels = labels.cpu()
+    counts = torch.tensor([int((out[f"each:{layer}:{u}"].predictions == labels).sum())
+                           for u in range(layer_units(model, layer))])
+    return counts, int((out["baseline"].predictions == labels).sum())
+
+
+def captum(model: nn.Module, layer: str, images, labels, batch: int, device, warmup: bool = False):
+    """Per-unit lost counts (units,): examples correct intact and wrong with the unit silenced,
+    minus the reverse, via LayerFeatureAblation, one full forward per unit (warmup: two groups)."""
+    from captum.attr import LayerFeatureAblation
+
+    module = dict(model.named_modules())[silence_point(model, layer)]
+    units = layer_units(model, layer)
+    ablator = LayerFeatureAblation(lambda x, y: (model(x).argmax(1) == y).float(), module)
+    mask = torch.arange(units, device=device).view(1, units, 1, 1)
+    if warmup:
+        mask = mask % 2
+    lost = torch.zeros(units, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch].to(device)
+            y = labels[start : start + batch].to(device)
+            attr = ablator.attribute(x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0,
+                                     perturbations_per_eval=1)
+            # attr (B, C, H, W): intact - ablated correctness, the same over a channel's H, W
+            if warmup:
+                return None
+            lost += attr[:, :, 0, 0].round().long().sum(0).cpu()
+    return lost
+
+
+def intact_correct(model: nn.Module, images, labels, batch: int, device) -> int:
+    with torch.no_grad():
+        return sum(int((model(images[s : s + batch].to(device)).argmax(1) == labels[s : s + batch].to(device)).sum())
+                   for s in range(0, len(images), batch))
+
+
+def run_row(name: str, model: nn.Module, layer: str, images, labels, args, device) -> dict:
+    units = layer_units(model, layer)
+    n = len(images)
+    # warm-up: a tiny call of each (allocator, kernels, thread pool), untimed
+    ours(model, layer, images[:2], labels[:2], args.budget_mb, device, warmup=True)
+    captum(model, layer, images[:2], labels[:2], 2, device, warmup=True)
+
+    with OtherLoad() as load_c:
+        sync(device)
+        t0 = time.perf_counter()
+        lost = captum(model, layer, images, labels, args.captum_batch, device)
+        sync(device)
+        captum_s = time.perf_counter() - t0
+    with OtherLoad() as load_o:
+        t0 = time.perf_counter()
+        ours_counts, ours_intact = ours(model, layer, images, labels, args.budget_mb, device)
+        sync(device)
+        ours_s = time.perf_counter() - t0
+
+    intact = intact_correct(model, images, labels, args.captum_batch, device)
+    captum_counts = intact - lost
+    diff = (ours_counts - captum_counts).abs()
+    bad = int((diff > 1).sum())
+    ok = ours_intact == intact and bad <= 0.01 * units
+    others = [c.cores for c in (load_c, load_o) if c.cores is not None]
+    return {
+        "model": name,
+        "layer": layer,
+        "units": units,
+        "images": n,
+        "captum_s": round(captum_s, 3),
+        "ours_s": round(ours_s, 3),
+        "speedup": round(captum_s / ours_s, 2),
+        "goal_met": "yes" if captum_s / ours_s >= GOAL else "no",
+        "max_abs_diff": round(int(diff.max()) / n, 6),
+        "units_differ": int((diff > 0).sum()),
+        "units_changed": int((ours_counts != ours_intact).sum()),
+        "acc_min": round(int(ours_counts.min()) / n, 4),
+        "acc_intact": round(ours_intact / n, 4),
+        "other_cpu": round(max(others), 2) if others else "",
+        "_ok": ok,
+        "_why": "" if ok else (f"intact counts differ (ours {ours_intact}, captum {intact})" if ours_intact != intact
+                               else f"{bad} of {units} units differ by more than one example"),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    header = ["model", "layer", "units", "images", "captum_s", "ours_s", "speedup", "goal>=10x",
+              "max_abs_diff", "units_differ", "units_changed", "acc_min", "acc_intact", "other_cpu"]
+    keys = COLUMNS
+    cells = [header] + [[str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    for i, c in enumerate(cells):
+        print("  ".join(v.rjust(w) if j >= 2 else v.ljust(w) for j, (v, w) in enumerate(zip(c, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    import captum as captum_pkg
+
+    print(f"torch {torch.__version__}, captum {captum_pkg.__version__}, device {device}, "
+          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, python {sys.version.split()[0]}")
+    print(f"ours: evaluate_conditions(budget_mb={args.budget_mb:g}) over all images, baseline condition "
+          f"included; captum: LayerFeatureAblation, perturbations_per_eval=1, batches of {args.captum_batch}")
+    notes: list[str] = []
+    setups = []
+    if "cnn" in args.models:
+        setups.append(("cnn", *cnn_setup(args.cnn_images, args.seed, notes), args.cnn_layers))
+    if "resnet18" in args.models:
+        setups.append(("resnet18", *resnet_setup(args.resnet_images, args.seed, notes), args.resnet_layers))
+    for note in notes:
+        print(note)
+    print(flush=True)
+
+    rows = []
+    for name, model, images, labels, layers in setups:
+        model = model.to(device).eval()
+        for layer in [s.strip() for s in layers.split(",") if s.strip()]:
+            row = run_row(name, model, layer, images, labels, args, device)
+            rows.append(row)
+            print(f"  {name} {layer}: captum {row['captum_s']:.2f} s, ours {row['ours_s']:.2f} s "
+                  f"({row['speedup']:.1f}x)", file=sys.stderr, flush=True)
+
+    print_table(rows)
+    print()
+    print(f"goal: >= {GOAL:g}x  (speedup = captum_s / ours_s); met in {sum(r['goal_met'] == 'yes' for r in rows)} "
+          f"of {len(rows)} rows")
+    print("max_abs_diff: largest |acc_ours - acc_captum| over the layer's units; units_differ: units whose "
+          "accuracies differ at all; units_changed: units whose removal changes the accuracy (ours)")
+    busy = [r for r in rows if isinstance(r["other_cpu"], float) and r["other_cpu"] > 0.2]
+    if busy:
+        print(f"warning: other processes used > 0.2 cores during {len(busy)} row(s) (other_cpu): "
+              "those times are noisy")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {args.out}")
+    failed = [r for r in rows if not r["_ok"]]
+    for r in failed:
+        print(f"MISMATCH {r['model']} {r['layer']}: {r['_why']}", file=sys.stderr)
+    print("agreement: " + ("FAILED" if failed else "ok (every row within one example per unit)"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
