@@ -230,14 +230,42 @@ def ours(model: nn.Module, layer: str, images, labels, budget_mb: float, device,
     return counts, int((out["baseline"].predictions == labels).sum())
 
 
-def captum(model: nn.Module, layer: str, images, labels, batch: int, device, warmup: bool = False):
+class _Copy(nn.Module):
+    """Passes its input on as a copy, so in-place ops further on can't write into it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+def captum_model(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
+    """A copy of `model` for Captum, and the module in it whose output silences `layer`'s units.
+
+    torchvision's BasicBlock writes into its batch norms' outputs in place (`out += identity`,
+    ReLU(inplace=True)). LayerFeatureAblation feeds the layer's saved output back through the
+    model for its intact forward, so without a copy that tensor comes back as
+    relu(bn2 + identity) and every ablated forward adds the identity a second time: wrong
+    accuracies for every unit. Hence the silence point is wrapped as Sequential(point, _Copy())
+    (one extra copy of one activation per forward, negligible next to the convolutions).
+    """
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    name = silence_point(model, layer)
+    head, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(head) if head else model
+    point = getattr(parent, leaf)
+    setattr(parent, leaf, nn.Sequential(point, _Copy()))
+    return model, point
+
+
+def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch: int, device,
+           warmup: bool = False):
     """Per-unit lost counts (units,): examples correct intact and wrong with the unit silenced,
-    minus the reverse, via LayerFeatureAblation, one full forward per unit (warmup: two groups)."""
+    minus the reverse, via LayerFeatureAblation on `point` (see captum_model), one full forward
+    per unit (warmup: two groups, result not used)."""
     from captum.attr import LayerFeatureAblation
 
-    module = dict(model.named_modules())[silence_point(model, layer)]
-    units = layer_units(model, layer)
-    ablator = LayerFeatureAblation(lambda x, y: (model(x).argmax(1) == y).float(), module)
+    ablator = LayerFeatureAblation(lambda x, y: (model(x).argmax(1) == y).float(), point)
     mask = torch.arange(units, device=device).view(1, units, 1, 1)
     if warmup:
         mask = mask % 2
@@ -248,9 +276,9 @@ def captum(model: nn.Module, layer: str, images, labels, batch: int, device, war
             y = labels[start : start + batch].to(device)
             attr = ablator.attribute(x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0,
                                      perturbations_per_eval=1)
-            # attr (B, C, H, W): intact - ablated correctness, the same over a channel's H, W
             if warmup:
                 return None
+            # attr (B, C, H, W): intact - ablated correctness, the same over a channel's H, W
             lost += attr[:, :, 0, 0].round().long().sum(0).cpu()
     return lost
 
@@ -266,12 +294,13 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
     n = len(images)
     # warm-up: a tiny call of each (allocator, kernels, thread pool), untimed
     ours(model, layer, images[:2], labels[:2], args.budget_mb, device, warmup=True)
-    captum(model, layer, images[:2], labels[:2], 2, device, warmup=True)
+    cmodel, point = captum_model(model, layer)
+    captum(cmodel, point, units, images[:2], labels[:2], 2, device, warmup=True)
 
     with OtherLoad() as load_c:
         sync(device)
         t0 = time.perf_counter()
-        lost = captum(model, layer, images, labels, args.captum_batch, device)
+        lost = captum(cmodel, point, units, images, labels, args.captum_batch, device)
         sync(device)
         captum_s = time.perf_counter() - t0
     with OtherLoad() as load_o:
