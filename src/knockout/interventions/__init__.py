@@ -8,8 +8,8 @@ A family is a module with:
 A `Condition` is plain data: which network it starts from, which units it silences and which
 layers' weights it takes from elsewhere. The evaluator reads that data to share work across
 conditions (prefix caching, batched masks); `apply` is the reference it is tested against.
-To add a family: write one module here with those three names, register it in `FAMILIES`, and
-add its keys to the schema.
+To add a family: write one module here with those three names (it is found by its file name)
+and add its keys to the schema.
 """
 
 from __future__ import annotations
@@ -118,9 +118,16 @@ def apply_condition(condition: Condition, context: Context) -> nn.Module:
 
 
 def families() -> dict:
-    from . import filter_ablation, layer_swap
+    """Every module of this package that has the family shape, by module name."""
+    import importlib
+    import pkgutil
 
-    return {"filter_ablation": filter_ablation, "layer_swap": layer_swap}
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if all(hasattr(module, attr) for attr in ("Spec", "conditions", "apply")):
+            found[info.name] = module
+    return found
 
 
 def family(kind: str):
