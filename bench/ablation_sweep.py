@@ -8,8 +8,8 @@ filter silenced (its output zeroed), on the same model and images, computed two 
   * ours: ``filter_ablation.conditions`` of the spec
     ``{layers: [LAYER], sets: {each: {select: each}}}`` (the baseline condition plus one
     ``each:LAYER:UNIT`` condition per filter) evaluated by ``knockout.evaluate.evaluate_conditions``
-    (activations up to the silenced layer cached once, several conditions stacked per forward as
-    masks). The timed region covers building the conditions and evaluating all of them,
+    (activations cached once up to the silenced layer's output, or up to its residual block's
+    input for a layer inside a block; several conditions stacked per forward as masks). The timed region covers building the conditions and evaluating all of them,
     *including* the baseline (intact) condition.
   * Captum: ``captum.attr.LayerFeatureAblation(forward_func, module).attribute(x,
     additional_forward_args=(y,), layer_mask=M, layer_baselines=0, perturbations_per_eval=1)``
@@ -22,7 +22,11 @@ filter silenced (its output zeroed), on the same model and images, computed two 
     minus the mean attribution of its channel. That is one full forward of the whole network per
     unit and batch (plus Captum's two forwards per batch for the layer's output and the intact
     output, which are inside the timed region). The intact correctness used to turn differences
-    back into accuracies is computed once, outside the timing.
+    back into accuracies is computed once, outside the timing. Captum runs on a copy of the model
+    in which the silence point's output is passed on as a copy (``captum_model``): torchvision's
+    BasicBlock adds the identity into its batch norm's output in place, and LayerFeatureAblation
+    feeds that very tensor through its intact forward, so without the copy Captum silently
+    reports wrong accuracies for every unit of a ResNet block (the check below catches it).
 
 Both sides run with the same ``torch.set_num_threads`` and are warmed up by a tiny untimed call
 first. The check: the per-unit accuracies of the two agree (their correct-example counts are
@@ -44,21 +48,25 @@ Models, weights and images
     set from one train-mode pass over the benchmark images and the classifier's bias is shifted
     so the mean logit over them is 0 (predictions then spread over the classes). Labels are the
     intact model's predictions (intact accuracy 100%; a unit's accuracy is how often the
-    prediction survives its removal). Layers: layer3.1.conv2 and layer4.1.conv2 by default
-    (``--resnet-layers`` adds e.g. layer2.1.conv2), so the rows show how the speed-up depends on
-    how much of the network follows the layer.
+    prediction survives its removal). Layers: layer2.1.conv2, layer3.1.conv2 and layer4.1.conv2
+    (``--resnet-layers``), so the rows show how the speed-up depends on how much of the network
+    follows the layer. Few images by default (``--resnet-images`` 32): Captum's side is a full
+    ResNet18 forward per unit, 900 of them.
 
 Output: a table with model, layer, units, images, captum_s, ours_s, speedup (captum_s / ours_s),
 whether the goal (>= 10x) is met, the largest per-unit accuracy difference, the number of units
-whose accuracy differs, the range of per-unit accuracies (to show the check is not vacuous) and
-the CPU other processes used during the row (``--out FILE.csv`` also writes the rows as CSV).
-Times are those of whatever machine runs this; on a shared machine they are only comparable
-within a row, and only when ``other_cpu`` is small.
+whose accuracy differs, how many units change the accuracy at all and the lowest per-unit
+accuracy (to show the check is not vacuous), and the CPU other processes used while each side
+ran. ``--out FILE.csv`` also writes the rows as CSV.
+Times are those of whatever machine runs this, and only meaningful when ``other_cpu`` is near 0
+for both sides; on a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
+timed side).
 
 How to run (from the repository root)
 -------------------------------------
     .venv/bin/python bench/ablation_sweep.py                 # the full run (minutes on 2 cores)
     .venv/bin/python bench/ablation_sweep.py --quick         # 256 CNN images, 8 ResNet images
+    .venv/bin/python bench/ablation_sweep.py --wait-idle 120 # on a shared machine
     .venv/bin/python bench/ablation_sweep.py --models resnet18 --resnet-layers layer2.1.conv2,layer3.1.conv2 \
         --resnet-images 32 --threads 2 --out results/bench/ablation_sweep.csv
 """
@@ -102,16 +110,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--models", default="cnn,resnet18", help="comma list of: cnn, resnet18 (default both)")
     p.add_argument("--cnn-layers", default="conv1,conv2,conv3")
-    p.add_argument("--resnet-layers", default="layer3.1.conv2,layer4.1.conv2")
+    p.add_argument("--resnet-layers", default="layer2.1.conv2,layer3.1.conv2,layer4.1.conv2")
     p.add_argument("--images", type=int, default=None, help="images for every model (overrides the two below)")
     p.add_argument("--cnn-images", type=int, default=1000, help="default 1000 (--quick: 256)")
-    p.add_argument("--resnet-images", type=int, default=16, help="default 16 (--quick: 8)")
+    p.add_argument("--resnet-images", type=int, default=32, help="default 32 (--quick: 8)")
     p.add_argument("--quick", action="store_true", help="fewer images (256 CNN, 8 ResNet) unless given")
     p.add_argument("--captum-batch", type=int, default=256, help="images per Captum attribute() call (default 256)")
     p.add_argument("--budget-mb", type=float, default=512, help="evaluate_conditions' budget_mb (default 512)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, all cores)")
     p.add_argument("--device", default="cpu", help="torch device for both sides (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random weights and images (default 0)")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="before each timed side, wait up to SECONDS for other processes to leave the "
+                        "CPUs idle (default 0: don't wait; a shared machine needs it)")
     p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -146,6 +157,17 @@ def _cpu_counters() -> float | None:
         return None
     fields += [0] * (8 - len(fields))
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle(limit_s: float, window_s: float = 2.0, threshold: float = 0.2) -> None:
+    """Wait (at most limit_s) for a window_s stretch in which other processes use < threshold cores."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        with OtherLoad() as load:
+            time.sleep(window_s)
+        if load.cores is None or load.cores < threshold:
+            return
+        print(f"  waiting for an idle machine (others use {load.cores:.2f} cores) ...", file=sys.stderr, flush=True)
 
 
 class OtherLoad:
@@ -297,12 +319,14 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
     cmodel, point = captum_model(model, layer)
     captum(cmodel, point, units, images[:2], labels[:2], 2, device, warmup=True)
 
+    wait_for_idle(args.wait_idle)
     with OtherLoad() as load_c:
         sync(device)
         t0 = time.perf_counter()
         lost = captum(cmodel, point, units, images, labels, args.captum_batch, device)
         sync(device)
         captum_s = time.perf_counter() - t0
+    wait_for_idle(args.wait_idle)
     with OtherLoad() as load_o:
         t0 = time.perf_counter()
         ours_counts, ours_intact = ours(model, layer, images, labels, args.budget_mb, device)
@@ -314,7 +338,6 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
     diff = (ours_counts - captum_counts).abs()
     bad = int((diff > 1).sum())
     ok = ours_intact == intact and bad <= 0.01 * units
-    others = [c.cores for c in (load_c, load_o) if c.cores is not None]
     return {
         "model": name,
         "layer": layer,
@@ -329,7 +352,8 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
         "units_changed": int((ours_counts != ours_intact).sum()),
         "acc_min": round(int(ours_counts.min()) / n, 4),
         "acc_intact": round(ours_intact / n, 4),
-        "other_cpu": round(max(others), 2) if others else "",
+        "other_cpu": "/".join("n/a" if c.cores is None else f"{c.cores:.2f}" for c in (load_c, load_o)),
+        "_busy": any(c.cores is not None and c.cores > 0.2 for c in (load_c, load_o)),
         "_ok": ok,
         "_why": "" if ok else (f"intact counts differ (ours {ours_intact}, captum {intact})" if ours_intact != intact
                                else f"{bad} of {units} units differ by more than one example"),
@@ -384,10 +408,11 @@ def main(argv: list[str] | None = None) -> int:
           f"of {len(rows)} rows")
     print("max_abs_diff: largest |acc_ours - acc_captum| over the layer's units; units_differ: units whose "
           "accuracies differ at all; units_changed: units whose removal changes the accuracy (ours)")
-    busy = [r for r in rows if isinstance(r["other_cpu"], float) and r["other_cpu"] > 0.2]
+    print("other_cpu: cores other processes used while captum / ours ran (0.00 = idle machine)")
+    busy = [r for r in rows if r["_busy"]]
     if busy:
-        print(f"warning: other processes used > 0.2 cores during {len(busy)} row(s) (other_cpu): "
-              "those times are noisy")
+        print(f"warning: other processes used > 0.2 cores during {len(busy)} row(s): those times are "
+              "noisy (--wait-idle 120 waits for quiet moments)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as f:

@@ -3,14 +3,28 @@
 import json
 import os
 import shlex
+import shutil
 import sys
 
-# The rules run `python -m knockout`: the library is found from the repo, no install needed,
-# and a venv's python is used when snakemake runs from one (a conda env's bin comes first).
+from snakemake.settings.types import DeploymentMethod
+
+# Rules run `knockout <verb>`, a shell function for `python -m knockout`: the library is found
+# from the repo (no install), with the conda env's python under --use-conda, else the python
+# running snakemake (e.g. .venv's).
 SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
+
+
+shell.prefix(
+    "export PYTHONPATH="
+    + shlex.quote(SRC)
+    + "${{PYTHONPATH:+:$PYTHONPATH}}; "
+    + "knockout() {{ "
+    + PYTHON
+    + ' -m knockout "$@"; }}; '
+)
 
 from knockout.config import ConfigError, check, validate
 
@@ -39,7 +53,9 @@ def model_dataset(wildcards):
 
 def prepared(wildcards):
     """The prepared tensors of the model's dataset."""
-    return multiext(f"results/data/{model_dataset(wildcards)}/", "train.pt", "test.pt", "meta.json")
+    return multiext(
+        f"results/data/{model_dataset(wildcards)}/", "train.pt", "test.pt", "meta.json"
+    )
 
 
 def model_spec_json(wildcards):
@@ -58,7 +74,9 @@ def mirror_args(wildcards):
 def uses_cuda():
     # Decided without importing torch: an explicit cuda device, or auto on a machine with a GPU.
     device = config["device"]
-    return device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidia0"))
+    return device.startswith("cuda") or (
+        device == "auto" and shutil.which("nvidia-smi") is not None
+    )
 
 
 def gpus_per_job():

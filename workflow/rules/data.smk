@@ -4,15 +4,15 @@
 rule download:
     output:
         "results/raw/{dataset}/manifest.json",
-    params:
-        out=subpath(output[0], parent=True),
-        mirrors=mirror_args,
     log:
         "results/logs/download/{dataset}.log",
     conda:
         "../../envs/torch.yaml"
+    params:
+        out=subpath(output[0], parent=True),
+        mirrors=mirror_args,
     shell:
-        "python -m knockout fetch --dataset {wildcards.dataset:q} --out {params.out:q} {params.mirrors} > {log:q} 2>&1"
+        "knockout fetch --dataset {wildcards.dataset:q} --out {params.out:q} {params.mirrors} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -20,16 +20,16 @@ rule prepare:
         rules.download.output,
     output:
         multiext("results/data/{dataset}/", "train.pt", "test.pt", "meta.json"),
+    log:
+        "results/logs/prepare/{dataset}.log",
+    conda:
+        "../../envs/torch.yaml"
     params:
         raw=subpath(input[0], parent=True),
         out=subpath(output[0], parent=True),
         train_subset=lambda w: config["datasets"][w.dataset]["train_subset"] or "",
         test_subset=lambda w: config["datasets"][w.dataset]["test_subset"] or "",
         seed=lambda w: config["datasets"][w.dataset]["subset_seed"],
-    log:
-        "results/logs/prepare/{dataset}.log",
-    conda:
-        "../../envs/torch.yaml"
     shell:
-        "python -m knockout prepare --dataset {wildcards.dataset:q} --raw {params.raw:q} --out {params.out:q}"
+        "knockout prepare --dataset {wildcards.dataset:q} --raw {params.raw:q} --out {params.out:q}"
         " --train-subset={params.train_subset:q} --test-subset={params.test_subset:q} --seed {params.seed} > {log:q} 2>&1"

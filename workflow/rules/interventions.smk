@@ -8,16 +8,16 @@ rule unit_stats:
         data=prepared,
     output:
         "results/units/{model}/seed{seed}.csv",
-    params:
-        data=lambda w, input: os.path.dirname(input.data[0]),
-        device=config["device"],
-    threads: config["threads"]
     log:
         "results/logs/units/{model}/seed{seed}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: config["threads"]
+    params:
+        data=lambda w, input: os.path.dirname(input.data[0]),
+        device=config["device"],
     shell:
-        "python -m knockout units --model {input.model:q} --data {params.data:q} --out {output:q}"
+        "knockout units --model {input.model:q} --data {params.data:q} --out {output:q}"
         " --device {params.device:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -29,6 +29,15 @@ rule intervene:
         per_class="results/interventions/{name}/{model}/seed{seed}.per_class.csv",
         confusion="results/interventions/{name}/{model}/seed{seed}.confusion.csv",
         examples="results/interventions/{name}/{model}/seed{seed}.examples.parquet",
+    log:
+        "results/logs/interventions/{name}/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/interventions/{name}/{model}/seed{seed}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
     params:
         spec=study_spec_json,
         model_dir=lambda w, input: os.path.dirname(input.final),
@@ -36,17 +45,8 @@ rule intervene:
         units=lambda w, input: input.units if "units" in input.keys() else "",
         device=config["device"],
         budget=lambda w: study(w)["budget_mb"],
-    threads: config["threads"]
-    resources:
-        gpu=gpus_per_job(),
-    log:
-        "results/logs/interventions/{name}/{model}/seed{seed}.log",
-    benchmark:
-        "results/benchmarks/interventions/{name}/{model}/seed{seed}.tsv"
-    conda:
-        "../../envs/torch.yaml"
     shell:
-        "python -m knockout intervene --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
+        "knockout intervene --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
         " --seed {wildcards.seed} --model-dir {params.model_dir:q} --data {params.data:q} --unit-stats={params.units:q}"
         " --out {output.table:q} --device {params.device:q} --budget-mb {params.budget} --threads {threads} > {log:q} 2>&1"
 
@@ -57,12 +57,12 @@ rule aggregate:
     output:
         table="results/tables/{name}.csv",
         comparisons="results/tables/{name}.comparisons.csv",
-    params:
-        compare=lambda w: json.dumps(study(w)["compare"]),
     log:
         "results/logs/aggregate/{name}.log",
     conda:
         "../../envs/analysis.yaml"
+    params:
+        compare=lambda w: json.dumps(study(w)["compare"]),
     shell:
-        "python -m knockout aggregate --inputs {input:q} --out {output.table:q}"
+        "knockout aggregate --inputs {input:q} --out {output.table:q}"
         " --compare {params.compare:q} --comparisons {output.comparisons:q} > {log:q} 2>&1"

@@ -12,22 +12,22 @@ rule train:
             "history.csv",
             "metrics.json",
         ),
-    params:
-        data=lambda w, input: os.path.dirname(input[0]),
-        out=subpath(output[0], parent=True),
-        spec=model_spec_json,
-        device=config["device"],
-    threads: config["threads"]
-    resources:
-        gpu=gpus_per_job(),
     log:
         "results/logs/train/{model}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{model}/seed{seed}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    params:
+        data=lambda w, input: os.path.dirname(input[0]),
+        out=subpath(output[0], parent=True),
+        spec=model_spec_json,
+        device=config["device"],
     shell:
-        "python -m knockout train --data {params.data:q} --spec {params.spec:q} --seed {wildcards.seed}"
+        "knockout train --data {params.data:q} --spec {params.spec:q} --seed {wildcards.seed}"
         " --out {params.out:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -42,4 +42,4 @@ rule baselines:
     conda:
         "../../envs/analysis.yaml"
     shell:
-        "python -m knockout baselines --inputs {input:q} --out {output.table:q} --per-seed {output.per_seed:q} > {log:q} 2>&1"
+        "knockout baselines --inputs {input:q} --out {output.table:q} --per-seed {output.per_seed:q} > {log:q} 2>&1"
