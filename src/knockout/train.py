@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from .devices import resolve_device  # noqa: F401  (re-exported for the CLI)
 from .evaluate import evaluate
 from .models import count_parameters, save_model
 
@@ -50,13 +51,6 @@ class TrainConfig:
         d["checkpoints"] = tuple(range(1, epochs + 1)) if ckpt == "all" else tuple(ckpt or ())
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
