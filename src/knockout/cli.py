@@ -111,11 +111,49 @@ def cmd_intervene(args) -> None:
     )
 
 
+def cmd_retrain(args) -> None:
+    from .intervene import retrain
+    from .train import resolve_device
+
+    _set_threads(args.threads)
+    retrain(
+        args.name,
+        json.loads(args.spec),
+        args.model,
+        args.seed,
+        args.condition,
+        Path(args.model_dir),
+        Path(args.data),
+        Path(args.out),
+        base_train=json.loads(args.train),
+        unit_stats=Path(args.unit_stats) if args.unit_stats else None,
+        device=resolve_device(args.device),
+    )
+
+
+def cmd_collect(args) -> None:
+    from .intervene import collect
+
+    spec = json.loads(args.spec)
+    collect(args.name, args.model, args.seed, [Path(r) for r in args.runs], Path(args.data), Path(args.out))
+    if spec["type"] == "factorize":
+        from .interventions.factorize import layer_table
+        from .models import load_model
+
+        built = load_model(Path(args.runs[0]) / "final.pt").spec
+        table = layer_table(built["arch"], tuple(built["input_shape"]), spec.get("layers", "auto"))
+        _write_csv(table, Path(args.out).with_suffix(".layers.csv"))
+
+
+# Per-seed columns summarised over seeds when a table has them (retraining studies add some).
+VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_per_epoch")
+
+
 def cmd_aggregate(args) -> None:
     from .stats import comparisons, read_per_seed, summarize
 
     per_seed = read_per_seed(args.inputs)
-    _write_csv(summarize(per_seed), Path(args.out))
+    _write_csv(summarize(per_seed, value_cols=[c for c in VALUE_COLUMNS if c in per_seed]), Path(args.out))
     pairs = [tuple(p) for p in json.loads(args.compare or "[]")]
     if args.comparisons:
         _write_csv(comparisons(per_seed, pairs) if pairs else _empty_comparisons(), Path(args.comparisons))
@@ -246,6 +284,31 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--budget-mb", type=float, default=512, help="activations held at once")
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_intervene)
+
+    s = sub.add_parser("retrain", help="train one condition of a retraining study for one seed")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True, help="the study's spec as JSON")
+    s.add_argument("--model", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--condition", required=True, help="the condition's folder name, e.g. rand-draw1")
+    s.add_argument("--model-dir", required=True, help="the trained model folder it starts from")
+    s.add_argument("--data", required=True)
+    s.add_argument("--train", required=True, help="the model's training settings as JSON")
+    s.add_argument("--unit-stats")
+    s.add_argument("--out", required=True, help="the condition's model folder")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_retrain)
+
+    s = sub.add_parser("collect", help="trained conditions of one seed -> the per-seed tables")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--runs", nargs="+", required=True, help="the conditions' model folders")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("aggregate", help="per-seed tables -> mean, std, 95%% CI per condition and set")
     s.add_argument("--inputs", nargs="+", required=True)

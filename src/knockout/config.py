@@ -90,9 +90,16 @@ def check(config: dict) -> dict:
     return config
 
 
+def _input_of(config: dict, model: str) -> tuple:
+    from .data import DATASETS
+
+    source = DATASETS[config["models"][model]["dataset"]]
+    return source.shape, source.num_classes
+
+
 def _check_intervention(key: str, study: dict, config: dict, built: dict) -> None:
     from .interventions import layer_units
-    from .models import addressable_layers
+    from .models import addressable_layers, build_model
 
     if study["model"] not in config["models"]:
         raise ConfigError(f"{key}.model: {study['model']!r} is not a key of models ({', '.join(sorted(config['models']))})")
@@ -104,7 +111,28 @@ def _check_intervention(key: str, study: dict, config: dict, built: dict) -> Non
             raise ConfigError(f"{path}: no layer {layer!r} in model {study['model']!r} (layers: {', '.join(valid)})")
         return layer_units(model, layer)
 
-    if study["type"] == "layer_swap":
+    if study["type"] == "architecture":
+        from .interventions.architecture import variant_spec
+
+        source = _input_of(config, study["model"])
+        for variant, overrides in study["variants"].items():
+            try:
+                build_model(variant_spec(config["models"][study["model"]]["arch"], overrides), *source)
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ConfigError(f"{key}.variants.{variant}: {str(e).splitlines()[0]}") from None
+        names = {"baseline", *study["variants"]}
+    elif study["type"] == "factorize":
+        from .models import resolve_spec
+
+        if resolve_spec(config["models"][study["model"]]["arch"]).get("type") != "cnn":
+            raise ConfigError(f"{key}.model: factorize needs a cnn model, {study['model']!r} is not one")
+        if study["layers"] != "auto":
+            for i, layer in enumerate(study["layers"]):
+                if not layer.startswith("conv"):
+                    raise ConfigError(f"{key}.layers[{i}]: {layer!r} is not a conv layer")
+                layer_ok(f"{key}.layers[{i}]", layer)
+        names = {"baseline", "factorized"}
+    elif study["type"] == "layer_swap":
         if study["layers"] != "all":
             for i, layer in enumerate(study["layers"]):
                 layer_ok(f"{key}.layers[{i}]", layer)

@@ -129,15 +129,110 @@ def run(
     test_indices = torch.load(Path(data_dir) / "test.pt", weights_only=True)["indices"]
     outputs = evaluate_conditions(conditions, context, test.images, test.labels, budget_mb=budget_mb, device=device, apply=kind.apply)
     result = tables(conditions, outputs, test.labels, list(meta["classes"]), test_indices)
-    ident = {"intervention": name, "model": model_name, "seed": seed}
-    out = Path(out)
+    _write_tables(result, {"intervention": name, "model": model_name, "seed": seed}, Path(out))
+    return result["csv"]
+
+
+# --- Families whose conditions are trained (architecture, factorize, ablate_then_train) ---------
+
+
+def retrain(
+    name: str,
+    spec: dict,
+    model_name: str,
+    seed: int,
+    condition_slug: str,
+    model_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    base_train: dict,
+    unit_stats: Path | None = None,
+    device="cpu",
+) -> dict:
+    """Train one condition of a retraining study for one seed into `out_dir` (the model folder
+    contract, plus `predictions.pt` on the test split and `condition.json`)."""
+    import json
+
+    from .data import load_prepared
+    from .evaluate import evaluate, evaluate_conditions
+    from .models import count_parameters, multiply_adds
+    from .train import TrainConfig, train
+
+    kind = family(spec["type"])
+    parsed = kind.Spec.from_dict(spec)
+    context = load_context(Path(model_dir), seed, unit_stats, device)
+    by_slug = {c.slug: c for c in kind.conditions(parsed, context)}
+    if condition_slug not in by_slug:
+        raise ValueError(f"{name}: no condition {condition_slug!r} (have {', '.join(by_slug)})")
+    condition = by_slug[condition_slug]
+    torch.manual_seed(seed)  # dropout draws, as in the baseline's training
+    model = kind.apply(condition, context)
+    train_split, test_split, meta = load_prepared(Path(data_dir))
+    settings = dict(base_train) | json.loads(parsed.train)
+    if settings.get("augment", "auto") == "auto":
+        settings["augment"] = meta["dataset"] == "cifar10"
+    out_dir = Path(out_dir)
+    metrics = train(
+        model, train_split.images, train_split.labels, test_split.images, test_split.labels,
+        TrainConfig.from_dict(settings), out_dir, seed=seed, device=device,
+    )
+    result = evaluate(model, test_split.images, test_split.labels)
+    plain = Context(trained=model.eval())
+    per_example = evaluate_conditions([Condition("baseline", "baseline")], plain, test_split.images, test_split.labels, device=device)["baseline"]
+    torch.save({"predictions": per_example.predictions, "losses": per_example.losses}, out_dir / "predictions.pt")
+    shape = tuple(meta["shape"])
+    record = {
+        "name": condition.name,
+        "set": condition.set,
+        "info": [list(kv) for kv in condition.info],
+        "parameters": count_parameters(model),
+        "multiply_adds": multiply_adds(model, shape),
+        "test_accuracy": result.accuracy,
+    }
+    (out_dir / "condition.json").write_text(json.dumps(record, indent=2) + "\n")
+    return metrics
+
+
+def collect(name: str, model_name: str, seed: int, run_dirs: list[Path], data_dir: Path, out: Path) -> pd.DataFrame:
+    """The trained conditions of one seed -> the same four tables as `run` writes, plus
+    parameters, multiply_adds, train_accuracy, gap (train - test accuracy), seconds_per_epoch."""
+    import json
+
+    from .data import load_prepared
+    from .evaluate import ConditionOutput
+
+    _, test, meta = load_prepared(Path(data_dir))
+    test_indices = torch.load(Path(data_dir) / "test.pt", weights_only=True)["indices"]
+    conditions, outputs, extra = [], {}, {}
+    for folder in map(Path, run_dirs):
+        record = json.loads((folder / "condition.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        saved = torch.load(folder / "predictions.pt", weights_only=True)
+        condition = Condition(record["name"], record["set"], info=tuple(tuple(kv) for kv in record["info"]))
+        conditions.append(condition)
+        outputs[condition.name] = ConditionOutput(saved["predictions"], saved["losses"])
+        extra[condition.name] = {
+            "parameters": record["parameters"],
+            "multiply_adds": record["multiply_adds"],
+            "train_accuracy": metrics["train_accuracy"],
+            "gap": metrics["train_accuracy"] - metrics["test_accuracy"],
+            "seconds_per_epoch": metrics["seconds_per_epoch"],
+        }
+    result = tables(conditions, outputs, test.labels, list(meta["classes"]), test_indices)
+    main = result["csv"]
+    result["csv"] = pd.concat([main, pd.DataFrame([extra[c] for c in main["condition"]])], axis=1)
+    _write_tables(result, {"intervention": name, "model": model_name, "seed": seed}, Path(out))
+    return result["csv"]
+
+
+def _write_tables(result: dict, ident: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.name[: -len(".csv")] if out.name.endswith(".csv") else out.name
     # The main CSV is written last: its presence means the others are complete.
     for suffix, frame in sorted(result.items(), key=lambda kv: kv[0] == "csv"):
-        frame = pd.concat([pd.DataFrame([ident] * len(frame)), frame.reset_index(drop=True)], axis=1) if suffix == "csv" else frame
+        if suffix == "csv":
+            frame = pd.concat([pd.DataFrame([ident] * len(frame)), frame.reset_index(drop=True)], axis=1)
         path = out.with_name(f"{stem}.{suffix}")
         tmp = path.with_name(path.name + ".tmp")
         frame.to_parquet(tmp, index=False) if suffix.endswith("parquet") else frame.to_csv(tmp, index=False)
         tmp.replace(path)
-    return result["csv"]

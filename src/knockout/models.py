@@ -136,7 +136,7 @@ def build_cnn(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.
             out,
             kernel_size=_pair(get("kernel", 3)),
             stride=get("stride", 1),
-            padding=get("padding", 0),
+            padding=_pair(get("padding", 0)),
             bias=not bn,  # a following batch norm has its own bias
         )
         stages.append((name, conv))
@@ -217,6 +217,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict with pruning masks applied (`w_orig * w_mask` saved as `w`), so a
+    checkpoint of a masked network loads into the plain architecture."""
+    state = dict(model.state_dict())
+    for key in [k for k in state if k.endswith("_orig")]:
+        base = key[: -len("_orig")]
+        state[base] = state.pop(key) * state.pop(base + "_mask")
+    return state
+
+
 def save_model(model: nn.Module, path: str | Path, **extra: Any) -> None:
     """Write a self-describing checkpoint ({spec, state_dict, ...}) atomically.
 
@@ -224,7 +234,7 @@ def save_model(model: nn.Module, path: str | Path, **extra: Any) -> None:
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"spec": model.spec, "state_dict": model.state_dict(), **extra}, tmp)
+    torch.save({"spec": model.spec, "state_dict": plain_state_dict(model), **extra}, tmp)
     tmp.replace(path)
 
 
@@ -237,6 +247,29 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     model = build_model(arch, tuple(spec["input_shape"]), spec["num_classes"])
     model.load_state_dict(ckpt["state_dict"])
     return model
+
+
+def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one forward of one example through the conv and linear layers."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output[0].numel() * k
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return total
 
 
 def summary(model: nn.Sequential, input_shape: tuple[int, ...]) -> str:

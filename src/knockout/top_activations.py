@@ -261,9 +261,9 @@ def _merge(best: tuple[torch.Tensor, ...], new: tuple[torch.Tensor, ...], k: int
     """Running top-k per filter: (score, image, peak) each (F, k') merged with a batch's (F, B);
     higher score first, ties by lower image index."""
     score, image, peak = (torch.cat([a, b], 1) for a, b in zip(best, new))
-    by_image = image.argsort(1, stable=True)  # sort by index first, then a stable sort by score
+    by_image = image.argsort(dim=1, stable=True)  # sort by index first, then a stable sort by score
     score, image, peak = (t.gather(1, by_image) for t in (score, image, peak))
-    order = score.argsort(1, descending=True, stable=True)[:, :k]
+    order = score.argsort(dim=1, descending=True, stable=True)[:, :k]
     return tuple(t.gather(1, order) for t in (score, image, peak))
 
 

@@ -38,6 +38,10 @@ DATASETS = sorted(config["datasets"])
 MODELS = sorted(config["models"])
 SEEDS = [str(s) for s in config["seeds"]]
 INTERVENTIONS = config["interventions"]
+# Families whose conditions are trained (one job per condition and seed), not only evaluated.
+RETRAINED = {"ablate_then_train", "architecture", "factorize"}
+EVALUATED_STUDIES = [n for n, s in INTERVENTIONS.items() if s["type"] not in RETRAINED]
+RETRAINED_STUDIES = [n for n, s in INTERVENTIONS.items() if s["type"] in RETRAINED]
 
 
 wildcard_constraints:
@@ -45,6 +49,7 @@ wildcard_constraints:
     model="|".join(MODELS),
     seed=r"\d+",
     name="|".join(INTERVENTIONS) or "^$",
+    condition=r"[A-Za-z0-9_-]+",
 
 
 def model_dataset(wildcards):
@@ -117,6 +122,35 @@ def intervention_inputs(wildcards):
     if needs_unit_stats(study(wildcards)):
         inputs["units"] = f"results/units/{wildcards.model}/seed{wildcards.seed}.csv"
     return inputs
+
+
+def retrained_conditions(spec):
+    """Folder names of a retraining study's conditions (as `Condition.slug` names them)."""
+    if spec["type"] == "architecture":
+        return ["baseline", *spec["variants"]]
+    if spec["type"] == "factorize":
+        return ["baseline", "factorized"]
+    names = ["baseline"]
+    for name, fset in spec["sets"].items():
+        if fset["select"] == "random":
+            names += [f"{name}-draw{d}" for d in range(fset["repeats"])]
+        else:
+            names.append(name)
+    return names
+
+
+def retrained_runs(wildcards):
+    return expand(
+        "results/interventions/{name}/{model}/runs/{condition}/seed{seed}",
+        name=wildcards.name,
+        model=wildcards.model,
+        condition=retrained_conditions(study(wildcards)),
+        seed=wildcards.seed,
+    )
+
+
+def model_train_json(wildcards):
+    return json.dumps(config["models"][wildcards.model]["train"], sort_keys=True)
 
 
 def per_seed_tables(wildcards):

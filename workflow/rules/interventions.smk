@@ -33,6 +33,8 @@ rule intervene:
         "results/logs/interventions/{name}/{model}/seed{seed}.log",
     benchmark:
         "results/benchmarks/interventions/{name}/{model}/seed{seed}.tsv"
+    wildcard_constraints:
+        name="|".join(EVALUATED_STUDIES) or "^$",
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]
@@ -49,6 +51,69 @@ rule intervene:
         "knockout intervene --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
         " --seed {wildcards.seed} --model-dir {params.model_dir:q} --data {params.data:q} --unit-stats={params.units:q}"
         " --out {output.table:q} --device {params.device:q} --budget-mb {params.budget} --threads {threads} > {log:q} 2>&1"
+
+
+rule retrain:
+    input:
+        unpack(intervention_inputs),
+    output:
+        multiext(
+            "results/interventions/{name}/{model}/runs/{condition}/seed{seed}/",
+            "init.pt",
+            "final.pt",
+            "history.csv",
+            "metrics.json",
+            "predictions.pt",
+            "condition.json",
+        ),
+    log:
+        "results/logs/retrain/{name}/{model}/{condition}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/retrain/{name}/{model}/{condition}/seed{seed}.tsv"
+    wildcard_constraints:
+        name="|".join(RETRAINED_STUDIES) or "^$",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    params:
+        spec=study_spec_json,
+        train=model_train_json,
+        model_dir=lambda w, input: os.path.dirname(input.final),
+        data=lambda w, input: os.path.dirname(input.data[0]),
+        units=lambda w, input: input.units if "units" in input.keys() else "",
+        out=subpath(output[0], parent=True),
+        device=config["device"],
+    shell:
+        "knockout retrain --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
+        " --seed {wildcards.seed} --condition {wildcards.condition:q} --model-dir {params.model_dir:q}"
+        " --data {params.data:q} --train {params.train:q} --unit-stats={params.units:q} --out {params.out:q}"
+        " --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule collect:
+    input:
+        runs=lambda w: [f"{run}/condition.json" for run in retrained_runs(w)],
+        data=prepared,
+    output:
+        table="results/interventions/{name}/{model}/seed{seed}.csv",
+        per_class="results/interventions/{name}/{model}/seed{seed}.per_class.csv",
+        confusion="results/interventions/{name}/{model}/seed{seed}.confusion.csv",
+        examples="results/interventions/{name}/{model}/seed{seed}.examples.parquet",
+    log:
+        "results/logs/collect/{name}/{model}/seed{seed}.log",
+    wildcard_constraints:
+        name="|".join(RETRAINED_STUDIES) or "^$",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        spec=study_spec_json,
+        runs=retrained_runs,
+        data=lambda w, input: os.path.dirname(input.data[0]),
+    shell:
+        "knockout collect --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
+        " --seed {wildcards.seed} --runs {params.runs:q} --data {params.data:q} --out {output.table:q} > {log:q} 2>&1"
 
 
 rule aggregate:

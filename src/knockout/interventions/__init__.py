@@ -35,6 +35,8 @@ class Condition:
     replace: per layer, the source its weights come from: `init`, `trained`, `rerandom` or
         `epoch{e}`.
     info: descriptive columns for the tables (layer, unit, k, draw, fraction, epoch, mode).
+    arch: for families that build a new network (architecture variants, factorisation), the
+        overrides of the model's spec, as JSON.
     """
 
     name: str
@@ -43,6 +45,12 @@ class Condition:
     silence: tuple[tuple[str, tuple[int, ...]], ...] = ()
     replace: tuple[tuple[str, str], ...] = ()
     info: tuple[tuple[str, Any], ...] = field(default=())
+    arch: str = ""
+
+    @property
+    def slug(self) -> str:
+        """The name as a folder name (`rand:draw2` -> `rand-draw2`)."""
+        return self.name.replace(":", "-")
 
     @property
     def changed_layers(self) -> list[str]:

@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# A real SLURM test of profiles/slurm: start a one-node SLURM cluster on this machine (Debian's
+# slurm-wlm and munge, daemons started by hand: no systemd needed), run the tiny study of
+# tests/slurm/config.yaml once locally and once with `--profile profiles/slurm` (plus the test
+# cluster's overrides, tests/slurm/profile.yaml), check that the jobs went through sbatch and that
+# both runs computed the same numbers, then stop the daemons it started (by PID).
+#
+#   bash .ci/slurm-test.sh      # as root, with apt-get; otherwise it prints why it skips
+#
+# Everything lives in one temporary folder (munge key and socket, slurm.conf, state, logs, the two
+# runs); the only file written outside it is /etc/slurm/slurm.conf, one `Include` line for the
+# job steps (the plugin's `srun` drops SLURM_CONF), removed at exit. Every wait is bounded: the
+# whole script fails rather than run past SLURM_TEST_LIMIT_S (default 570 s). SLURM_TEST_KEEP=1
+# keeps the temporary folder of a failed run.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+SNAKEMAKE="$REPO/.venv/bin/snakemake"
+PYTHON="$REPO/.venv/bin/python"
+LIMIT_S="${SLURM_TEST_LIMIT_S:-570}"
+START=$SECONDS
+DEADLINE=$((SECONDS + LIMIT_S))
+MARKER="# written by knockout .ci/slurm-test.sh"
+ETC_CONF=/etc/slurm/slurm.conf
+
+skip() { echo "slurm test skipped: $*"; exit 0; }
+fail() { echo "slurm test FAILED: $*" >&2; exit 1; }
+left() { # seconds left before the deadline, at least 1 (timeout 0 would mean no limit)
+    local s=$((DEADLINE - SECONDS))
+    ((s > 0)) || fail "ran out of time (${LIMIT_S} s)"
+    echo "$s"
+}
+step() { echo "[$((SECONDS - START))s] $*"; }
+
+[[ "$(id -u)" == 0 ]] || skip "not root (it installs slurm-wlm and munge and runs their daemons)"
+command -v apt-get >/dev/null 2>&1 || skip "no apt-get (needs Debian's slurm-wlm and munge)"
+[[ -x "$SNAKEMAKE" ]] || fail "$SNAKEMAKE not found: run 'bash setup.sh' first"
+if [[ -e "$ETC_CONF" ]] && ! grep -qxF "$MARKER" "$ETC_CONF"; then
+    skip "$ETC_CONF exists: a real SLURM installation, not touched"
+fi
+
+# --- 1. packages -------------------------------------------------------------------------------
+packages=()
+for tool in slurmctld slurmd sbatch squeue scontrol sinfo; do
+    command -v "$tool" >/dev/null 2>&1 || { packages+=(slurm-wlm); break; }
+done
+command -v munged >/dev/null 2>&1 || packages+=(munge)
+[[ -d /usr/share/datasets/fashion-mnist ]] || packages+=(dataset-fashion-mnist)
+
+T="$(mktemp -d /tmp/knockout-slurm.XXXXXX)"
+chmod 755 "$T" # munged wants its socket's folders searchable by all
+PIDS=()        # daemons started here, stopped at exit in reverse order
+POLICY_RC=""   # a policy-rc.d created here (keeps apt from starting the daemons itself)
+
+stop_pid() {
+    local pid=$1 i
+    kill "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$? i
+    set +e
+    if ((${#PIDS[@]})) && [[ -n "${SLURM_CONF:-}" ]]; then
+        # jobs still queued or running (a failed or timed-out run): cancel them while slurmd is up
+        if [[ -n "$(timeout 10 squeue -h -t PD,R,CG -o %i 2>/dev/null)" ]]; then
+            timeout 10 scancel --full --quiet --user=root 2>/dev/null
+            for i in $(seq 30); do
+                [[ -z "$(timeout 5 squeue -h -t PD,R,CG -o %i 2>/dev/null)" ]] && break
+                sleep 1
+            done
+        fi
+    fi
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+    [[ -n "$POLICY_RC" ]] && rm -f "$POLICY_RC"
+    [[ -e "$ETC_CONF" ]] && grep -qxF "$MARKER" "$ETC_CONF" && rm -f "$ETC_CONF"
+    if ((rc != 0)) && [[ -d "$T" ]]; then # show what the daemons said, then clean up anyway
+        for log in "$T"/log/slurmctld.log "$T"/log/slurmd.log "$T"/B/slurm.log; do
+            [[ -s "$log" ]] && { echo "--- last lines of $log"; tail -n 25 "$log"; } >&2
+        done
+    fi
+    if ((rc != 0)) && [[ -n "${SLURM_TEST_KEEP:-}" ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ((${#packages[@]})); then
+    step "installing ${packages[*]}"
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        POLICY_RC=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC" && chmod 755 "$POLICY_RC"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ! timeout "$(left)" apt-get install -y -qq "${packages[@]}" >"$T/apt.log" 2>&1; then
+        timeout "$(left)" apt-get update -qq >>"$T/apt.log" 2>&1 || true
+        timeout "$(left)" apt-get install -y -qq "${packages[@]}" >>"$T/apt.log" 2>&1 ||
+            { tail -n 20 "$T/apt.log" >&2; fail "apt-get install ${packages[*]} failed"; }
+    fi
+    [[ -n "$POLICY_RC" ]] && rm -f "$POLICY_RC" && POLICY_RC=""
+fi
+
+# --- 2. a one-node cluster: munged, slurmctld, slurmd ------------------------------------------
+step "starting munged, slurmctld and slurmd in $T"
+mkdir -p "$T/munge" "$T/state" "$T/spool" "$T/log" "$T/A" "$T/B"
+chmod 755 "$T/munge"
+head -c 1024 /dev/urandom >"$T/munge/munge.key" # a private key: /etc/munge is not touched
+chmod 600 "$T/munge/munge.key"
+munged --foreground --socket="$T/munge/munge.sock" --key-file="$T/munge/munge.key" \
+    --pid-file="$T/munge/munged.pid" --seed-file="$T/munge/munged.seed" \
+    --log-file="$T/log/munged.log" >"$T/log/munged.out" 2>&1 &
+PIDS+=($!)
+
+# three free TCP ports (slurmctld, slurmd, srun), so a SLURM already on the usual ports does not matter
+read -r CTLD_PORT SLURMD_PORT SRUN_PORT < <("$PYTHON" -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+CPUS=$(nproc)
+((CPUS >= 2)) || CPUS=2 # jobs may share a core; config_overrides accepts the declared counts
+
+cat >"$T/slurm.conf" <<EOF
+# one node on 127.0.0.1, one partition "debug"; no accounting (no slurmdbd), no cgroups
+ClusterName=knockoutci
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SrunPortRange=$SRUN_PORT-$SRUN_PORT
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$T/munge/munge.sock
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$T/state
+SlurmdSpoolDir=$T/spool
+SlurmctldPidFile=$T/slurmctld.pid
+SlurmdPidFile=$T/slurmd.pid
+SlurmctldLogFile=$T/log/slurmctld.log
+SlurmdLogFile=$T/log/slurmd.log
+MailProg=/bin/true
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+ReturnToService=2
+MinJobAge=3600
+KillWait=5
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=64000 Gres=gpu:2 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+# two GPUs for SLURM's bookkeeping only (the study runs on the CPU): profiles/slurm's gpu: 1
+# requests are scheduled as written, on a machine without one
+printf 'NodeName=localhost Name=gpu File=/dev/null\nNodeName=localhost Name=gpu File=/dev/zero\n' >"$T/gres.conf"
+export SLURM_CONF="$T/slurm.conf"
+# the plugin's job step runs `srun` with SLURM_* variables removed, SLURM_CONF included; on a real
+# cluster srun then reads /etc/slurm/slurm.conf, so that is where this cluster's is included
+mkdir -p /etc/slurm
+printf '%s\nInclude %s\n' "$MARKER" "$T/slurm.conf" >"$ETC_CONF"
+
+for i in $(seq 50); do [[ -S "$T/munge/munge.sock" ]] && break; sleep 0.2; done
+[[ -S "$T/munge/munge.sock" ]] || fail "munged did not start ($(cat "$T/log/munged.out"))"
+slurmctld -D -f "$SLURM_CONF" >"$T/log/slurmctld.out" 2>&1 &
+PIDS+=($!)
+slurmd -D -N localhost -f "$SLURM_CONF" >"$T/log/slurmd.out" 2>&1 &
+PIDS+=($!)
+state=""
+for i in $(seq 120); do # 60 s at most
+    state="$(timeout 5 sinfo -h -n localhost -o %t 2>/dev/null || true)"
+    [[ "$state" == idle ]] && break
+    sleep 0.5
+done
+[[ "$state" == idle ]] || fail "the node is not idle after 60 s (state '$state'; $(sinfo -R -h 2>&1))"
+step "cluster up: $(sinfo -h -o '%P %D node(s) %c CPUs %m MB %G %t')"
+
+# --- 3. the tiny study, locally (A) and through SLURM (B) --------------------------------------
+cp "$REPO/tests/slurm/config.yaml" "$T/A/config.yaml"
+cp "$REPO/tests/slurm/config.yaml" "$T/B/config.yaml"
+mkdir -p "$T/profile"
+"$PYTHON" - "$REPO/profiles/slurm/config.yaml" "$REPO/tests/slurm/profile.yaml" "$T/profile/config.yaml" <<'EOF'
+# the override profile: tests/slurm/profile.yaml + profiles/slurm's default-resources with the
+# test cluster's partition (a later profile replaces a whole key, so it must be repeated)
+import sys, yaml
+slurm, override, out = sys.argv[1:]
+profile = yaml.safe_load(open(override))
+profile["default-resources"] = dict(yaml.safe_load(open(slurm))["default-resources"], slurm_partition="debug")
+yaml.safe_dump(profile, open(out, "w"), sort_keys=False)
+EOF
+
+step "local run (--cores 2)"
+(cd "$T/A" && timeout "$(left)" "$SNAKEMAKE" -s "$REPO/Snakefile" --cores 2 >"$T/A/snakemake.log" 2>&1) ||
+    { tail -n 30 "$T/A/snakemake.log" >&2; fail "the local run failed"; }
+
+step "SLURM run (--profile profiles/slurm --profile tests/slurm/profile.yaml + partition)"
+(cd "$T/B" && timeout "$(left)" "$SNAKEMAKE" -s "$REPO/Snakefile" \
+    --profile "$REPO/profiles/slurm" --profile "$T/profile" >"$T/B/slurm.log" 2>&1) ||
+    { tail -n 40 "$T/B/slurm.log" >&2; fail "the SLURM run failed"; }
+
+# --- 4. checks ---------------------------------------------------------------------------------
+step "checking"
+timeout 30 squeue -h --states=all -o '%i|%T|%k' >"$T/jobs.txt"
+timeout 30 scontrol show job -o >"$T/jobs.detail" || true
+"$PYTHON" - "$T" <<'EOF'
+import json, re, sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+T = Path(sys.argv[1])
+A, B = T / "A", T / "B"
+TIMING = {"seconds", "images_per_second", "seconds_per_epoch"}  # the only values allowed to differ
+problems = []
+
+# Every SLURM job of the cluster (it is fresh: only this run's), with its state and rule/group.
+jobs = [line.split("|", 2) for line in (T / "jobs.txt").read_text().split("\n") if line]
+if not jobs:
+    problems.append("squeue lists no jobs: nothing went through sbatch")
+kinds = {}
+for jobid, state, comment in jobs:
+    kind = re.sub(r"_wildcards_.*", "", comment)  # rule_train, group_interventions, ...
+    kinds[kind] = kinds.get(kind, 0) + 1
+    if state != "COMPLETED":
+        problems.append(f"SLURM job {jobid} ({comment}) is {state}")
+    logs = list((B / ".snakemake/slurm_logs").glob(f"**/{jobid}.log"))
+    if not logs:
+        problems.append(f"SLURM job {jobid} ({comment}) left no log in .snakemake/slurm_logs")
+for kind in ["rule_download", "rule_prepare", "rule_train", "rule_baselines", "rule_aggregate"]:
+    if kind not in kinds:
+        problems.append(f"no SLURM job for {kind}")
+groups = [k for k in kinds if k.startswith("group_")]
+if not groups:
+    problems.append("unit_stats/intervene did not run as a group job")
+
+# What the profile asked for reached sbatch: one GPU per train job and per group job.
+details = {m["id"]: line for line in (T / "jobs.detail").read_text().splitlines()
+           if (m := re.match(r"JobId=(?P<id>\d+)", line))}
+for jobid, state, comment in jobs:
+    wants_gpu = comment.startswith(("rule_train", "group_"))
+    has_gpu = "TresPerJob=gres:gpu:1" in details.get(jobid, "")
+    if wants_gpu != has_gpu:
+        problems.append(f"SLURM job {jobid} ({comment}): gpu request {has_gpu}, expected {wants_gpu}")
+
+# The outputs: every table, json, parquet and checkpoint of A exists in B with the same content.
+def files(root):
+    return sorted(p.relative_to(root) for p in (root / "results").rglob("*")
+                  if p.is_file() and p.parts[len(root.parts) + 1] not in ("logs", "benchmarks"))
+
+def drop_timing(obj):
+    if isinstance(obj, dict):
+        return {k: drop_timing(v) for k, v in obj.items() if k not in TIMING}
+    return obj
+
+fa, fb = files(A), files(B)
+if fa != fb:
+    problems.append(f"different files: only local {sorted(set(fa) - set(fb))}, only SLURM {sorted(set(fb) - set(fa))}")
+compared = 0
+for rel in fa:
+    a, b = A / rel, B / rel
+    if not b.exists():
+        continue
+    try:
+        if rel.suffix == ".csv":
+            x, y = pd.read_csv(a), pd.read_csv(b)
+            x, y = x.drop(columns=[c for c in x if c in TIMING]), y.drop(columns=[c for c in y if c in TIMING])
+            pd.testing.assert_frame_equal(x, y, check_exact=True)
+        elif rel.suffix == ".parquet":
+            pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True)
+        elif rel.suffix == ".json":
+            assert drop_timing(json.loads(a.read_text())) == drop_timing(json.loads(b.read_text())), "json differs"
+        elif rel.suffix == ".pt":
+            x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+            sx, sy = (x.get("state_dict", x), y.get("state_dict", y)) if isinstance(x, dict) else (x, y)
+            if isinstance(sx, dict):
+                assert sx.keys() == sy.keys(), "different keys"
+                for k in sx:
+                    if torch.is_tensor(sx[k]):
+                        assert torch.equal(sx[k], sy[k]), f"tensor {k} differs"
+            else:
+                assert torch.equal(sx, sy), "tensor differs"
+        else:
+            assert a.read_bytes() == b.read_bytes(), "bytes differ"
+        compared += 1
+    except AssertionError as e:
+        problems.append(f"{rel}: {str(e).splitlines()[0] if str(e) else 'differs'}")
+
+accuracy = {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())["test_accuracy"]
+            for p in sorted((B / "results/models").glob("*/seed*/metrics.json"))}
+if problems:
+    print("\n".join(f"  - {p}" for p in problems[:30]), file=sys.stderr)
+    sys.exit(1)
+summary = ", ".join(f"{n} {k.split('_', 1)[1]}" for k, n in sorted(kinds.items()))
+print(f"{len(jobs)} jobs via sbatch, all COMPLETED, each with its SLURM log ({summary})")
+print(f"outputs equal: {compared} files of the SLURM run match the local run (timing columns aside)")
+print("test accuracy " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
+EOF
+step "slurm test passed"
