@@ -50,6 +50,7 @@ command -v munged >/dev/null 2>&1 || packages+=(munge)
 T="$(mktemp -d /tmp/knockout-slurm.XXXXXX)"
 chmod 755 "$T" # munged wants its socket's folders searchable by all
 PIDS=()        # daemons started here, stopped at exit in reverse order
+LOCAL_PID=""   # the local run while it runs (in the background)
 POLICY_RC=""   # a policy-rc.d created here (keeps apt from starting the daemons itself)
 
 stop_pid() {
@@ -71,6 +72,7 @@ cleanup() {
             done
         fi
     fi
+    [[ -n "$LOCAL_PID" ]] && stop_pid "$LOCAL_PID" # timeout passes the signal on to snakemake
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
     [[ -n "$POLICY_RC" ]] && rm -f "$POLICY_RC"
     [[ -e "$ETC_CONF" ]] && grep -qxF "$MARKER" "$ETC_CONF" && rm -f "$ETC_CONF"
@@ -194,14 +196,21 @@ profile["default-resources"] = dict(yaml.safe_load(open(slurm))["default-resourc
 yaml.safe_dump(profile, open(out, "w"), sort_keys=False)
 EOF
 
-step "local run (--cores 2)"
-(cd "$T/A" && timeout "$(left)" "$SNAKEMAKE" -s "$REPO/Snakefile" --cores 2 >"$T/A/snakemake.log" 2>&1) ||
-    { tail -n 30 "$T/A/snakemake.log" >&2; fail "the local run failed"; }
-
-step "SLURM run (--profile profiles/slurm --profile tests/slurm/profile.yaml + partition)"
-(cd "$T/B" && timeout "$(left)" "$SNAKEMAKE" -s "$REPO/Snakefile" \
-    --profile "$REPO/profiles/slurm" --profile "$T/profile" >"$T/B/slurm.log" 2>&1) ||
-    { tail -n 40 "$T/B/slurm.log" >&2; fail "the SLURM run failed"; }
+# the two runs at once: SLURM jobs spend most of their time waiting for the scheduler and the
+# status checks, so the local run costs little extra time
+step "local run (--cores 2) and SLURM run (--profile profiles/slurm --profile tests/slurm/profile.yaml)"
+(cd "$T/A" && exec timeout "$(left)" "$SNAKEMAKE" -s "$REPO/Snakefile" --cores 2 >"$T/A/snakemake.log" 2>&1) &
+LOCAL_PID=$!
+slurm_rc=0
+(cd "$T/B" && exec timeout "$(left)" "$SNAKEMAKE" -s "$REPO/Snakefile" \
+    --profile "$REPO/profiles/slurm" --profile "$T/profile" >"$T/B/slurm.log" 2>&1) || slurm_rc=$?
+((slurm_rc == 0)) || { tail -n 40 "$T/B/slurm.log" >&2; fail "the SLURM run failed (exit $slurm_rc)"; }
+step "SLURM run done"
+local_rc=0
+wait "$LOCAL_PID" || local_rc=$?
+LOCAL_PID=""
+((local_rc == 0)) || { tail -n 30 "$T/A/snakemake.log" >&2; fail "the local run failed (exit $local_rc)"; }
+step "local run done"
 
 # --- 4. checks ---------------------------------------------------------------------------------
 step "checking"
@@ -223,30 +232,37 @@ problems = []
 jobs = [line.split("|", 2) for line in (T / "jobs.txt").read_text().split("\n") if line]
 if not jobs:
     problems.append("squeue lists no jobs: nothing went through sbatch")
-kinds = {}
+kinds, kind_of = {}, {}
 for jobid, state, comment in jobs:
-    kind = re.sub(r"_wildcards_.*", "", comment)  # rule_train, group_interventions, ...
-    kinds[kind] = kinds.get(kind, 0) + 1
     if state != "COMPLETED":
         problems.append(f"SLURM job {jobid} ({comment}) is {state}")
-    logs = list((B / ".snakemake/slurm_logs").glob(f"**/{jobid}.log"))
+    # the plugin's log: .snakemake/slurm_logs/rule_<rule>/<wildcards>/<jobid>.log or group_<group>_.../
+    logs = list((B / ".snakemake/slurm_logs").glob(f"*/**/{jobid}.log"))
     if not logs:
         problems.append(f"SLURM job {jobid} ({comment}) left no log in .snakemake/slurm_logs")
+        continue
+    kind = logs[0].relative_to(B / ".snakemake/slurm_logs").parts[0]  # rule_train, group_interventions_...
+    kind_of[jobid] = kind
+    kinds[kind] = kinds.get(kind, 0) + 1
 for kind in ["rule_download", "rule_prepare", "rule_train", "rule_baselines", "rule_aggregate"]:
     if kind not in kinds:
         problems.append(f"no SLURM job for {kind}")
-groups = [k for k in kinds if k.startswith("group_")]
+groups = [k for k in kinds if k.startswith("group_interventions")]
 if not groups:
-    problems.append("unit_stats/intervene did not run as a group job")
+    problems.append("unit_stats and intervene did not run as a group job")
+for kind in ["rule_unit_stats", "rule_intervene"]:
+    if kind in kinds:
+        problems.append(f"{kind} ran as a job of its own, not in the group")
 
-# What the profile asked for reached sbatch: one GPU per train job and per group job.
+# What the profile asked for reached sbatch: one GPU per train job and per group job (not one
+# per grouped job: the group's jobs run one after another).
 details = {m["id"]: line for line in (T / "jobs.detail").read_text().splitlines()
            if (m := re.match(r"JobId=(?P<id>\d+)", line))}
-for jobid, state, comment in jobs:
-    wants_gpu = comment.startswith(("rule_train", "group_"))
-    has_gpu = "TresPerJob=gres:gpu:1" in details.get(jobid, "")
+for jobid, kind in kind_of.items():
+    wants_gpu = kind == "rule_train" or kind.startswith("group_")
+    has_gpu = re.search(r"TresPerJob=gres:gpu:1(\s|$)", details.get(jobid, "")) is not None
     if wants_gpu != has_gpu:
-        problems.append(f"SLURM job {jobid} ({comment}): gpu request {has_gpu}, expected {wants_gpu}")
+        problems.append(f"SLURM job {jobid} ({kind}): one GPU asked {has_gpu}, expected {wants_gpu}")
 
 # The outputs: every table, json, parquet and checkpoint of A exists in B with the same content.
 def files(root):
@@ -296,7 +312,8 @@ accuracy = {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())
 if problems:
     print("\n".join(f"  - {p}" for p in problems[:30]), file=sys.stderr)
     sys.exit(1)
-summary = ", ".join(f"{n} {k.split('_', 1)[1]}" for k, n in sorted(kinds.items()))
+summary = ", ".join(f"{n} {k.split('_', 1)[1] if k.startswith('rule_') else 'group ' + k.split('_')[1]}"
+                    for k, n in sorted(kinds.items()))
 print(f"{len(jobs)} jobs via sbatch, all COMPLETED, each with its SLURM log ({summary})")
 print(f"outputs equal: {compared} files of the SLURM run match the local run (timing columns aside)")
 print("test accuracy " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))

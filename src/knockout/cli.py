@@ -193,6 +193,16 @@ def _write_csv(frame, path: Path) -> None:
     tmp.replace(path)
 
 
+def cmd_provenance(args) -> None:
+    from .provenance import record
+
+    rec = record(json.loads(args.config), args.manifests, Path(args.repo))
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(rec, indent=2, default=str) + "\n")
+    tmp.replace(out)
+
+
 def cmd_summary(args) -> None:
     from .config import load, model_spec
     from .data import DATASETS
@@ -322,6 +332,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--per-seed", help="also write the per-seed rows here")
     s.set_defaults(func=cmd_baselines)
+
+    s = sub.add_parser("provenance", help="record config, versions, device, commit and data checksums")
+    s.add_argument("--config", required=True, help="the resolved config, as JSON")
+    s.add_argument("--manifests", nargs="*", default=[], help="the datasets' manifest.json files")
+    s.add_argument("--repo", required=True, help="the workflow's folder (for its git commit)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_provenance)
 
     s = sub.add_parser("summary", help="a Keras-like table of a configured model")
     s.add_argument("--config", default="config.yaml")

@@ -173,22 +173,24 @@ class _Spatial:
 
     def patch(self, store, sub, x: torch.Tensor, rin: Region, rout: Region, sel, img) -> torch.Tensor:
         """x (B, C, rin.h, rin.w) at rin[sel] -> (B, C', rout.h, rout.w) at rout[sel]."""
+        dev = sel.device
         ch = (rout.h - 1) * self.s[0] + (self.k[0] - 1) * self.d[0] + 1
         cw = (rout.w - 1) * self.s[1] + (self.k[1] - 1) * self.d[1] + 1
-        dev = sel.device
-        rows = (rout.y[sel] * self.s[0])[:, None] + torch.arange(ch, device=dev)  # in the padded map
-        cols = (rout.x[sel] * self.s[1])[:, None] + torch.arange(cw, device=dev)
-        u = rows - self.p[0] - rin.y[sel][:, None]  # the same rows in the input patch
-        v = cols - self.p[1] - rin.x[sel][:, None]
-        in_u, in_v = (u >= 0) & (u < rin.h), (v >= 0) & (v < rin.w)
+        top, left = rout.y[sel] * self.s[0], rout.x[sel] * self.s[1]  # crop origin, padded map
+        rows = top[:, None] + torch.arange(ch, device=dev)
+        cols = left[:, None] + torch.arange(cw, device=dev)
+        crop = store[img[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, ch, cw, C)
+        u = (rin.y[sel] + self.p[0] - top)[:, None] + torch.arange(rin.h, device=dev)  # patch rows in the crop
+        v = (rin.x[sel] + self.p[1] - left)[:, None] + torch.arange(rin.w, device=dev)
         b = torch.arange(len(sel), device=dev)[:, None, None]
         xp = x.permute(0, 2, 3, 1)
-        from_patch = xp[b, u.clamp(0, rin.h - 1)[:, :, None], v.clamp(0, rin.w - 1)[:, None, :]]
-        if not (bool(in_u.all()) and bool(in_v.all())):  # part of the crop is unchanged
-            original = store[img[:, None, None], rows[:, :, None], cols[:, None, :]]
-            inside = (in_u[:, :, None] & in_v[:, None, :])[..., None]
-            from_patch = torch.where(inside, from_patch, original)
-        return self.fn(from_patch.permute(0, 3, 1, 2))
+        if bool((u >= 0).all() & (u < ch).all() & (v >= 0).all() & (v < cw).all()):
+            crop[b, u[:, :, None], v[:, None, :]] = xp  # the patch lies inside the crop: paste it
+        else:  # part of the patch is not read (a stride skips it, a pool drops it): keep what is
+            keep = ((u >= 0) & (u < ch))[:, :, None] & ((v >= 0) & (v < cw))[:, None, :]
+            bb, uu, vv = (t.expand_as(keep)[keep] for t in (b, u[:, :, None], v[:, None, :]))
+            crop[bb, uu, vv] = xp[keep]
+        return self.fn(crop.permute(0, 3, 1, 2))
 
 
 class _Identity(_Spatial):
@@ -416,8 +418,9 @@ def occlusion_maps(
     module docstring for the two maps and the window conventions).
 
     fill: a float or a per-channel (C,) tensor in the normalised space (dataset-mean grey is
-    0.0; black is -mean/std). budget_mb bounds the memory of one forward (rows per forward =
-    budget / (4 x the largest activation of a row)) and of the cached original activations.
+    0.0; black is -mean/std). budget_mb bounds memory: rows (image, window position) per
+    forward = half the budget / (4 copies of a row's largest activation), and images whose
+    original activations are cached at once = half the budget / their size.
     reuse=False runs every occluded image through the whole network (for checking the reuse).
 
     Returns numpy arrays: inputs (N, C, H, W) float32, labels (N,), windows (nW,), stride,

@@ -165,4 +165,8 @@ def per_seed_tables(wildcards):
 
 def all_targets():
     tables = expand("results/tables/{name}.csv", name=INTERVENTIONS)
-    return trained_models() + ["results/tables/baselines.csv"] + tables
+    return (
+        trained_models()
+        + ["results/tables/baselines.csv", "results/provenance.json"]
+        + tables
+    )

@@ -43,3 +43,21 @@ rule baselines:
         "../../envs/analysis.yaml"
     shell:
         "knockout baselines --inputs {input:q} --out {output.table:q} --per-seed {output.per_seed:q} > {log:q} 2>&1"
+
+
+rule provenance:
+    input:
+        manifests=expand("results/raw/{dataset}/manifest.json", dataset=DATASETS),
+        models=trained_models(),
+    output:
+        "results/provenance.json",
+    log:
+        "results/logs/provenance.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        config=json.dumps(config, sort_keys=True, default=str),
+        repo=workflow.basedir,
+    shell:
+        "knockout provenance --config {params.config:q} --manifests {input.manifests:q}"
+        " --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,304 @@
+"""Occlusion sensitivity: knockout's `occlusion_maps` vs. Captum's `Occlusion`.
+
+What it measures
+----------------
+For the same model, images, window sizes (default 3, 5, 7, 9), stride (default 1) and fill
+(0.0: the dataset-mean grey in the normalised space), the wall time of:
+
+  * captum: ``captum.attr.Occlusion(lambda x: softmax(model(x), 1)).attribute(images,
+    sliding_window_shapes=(C, w, w), strides=(C, s, s), baselines=fill, target=labels,
+    perturbations_per_eval=P)`` once per window size, with a generous P (``--ppe``, default 64:
+    64 occluded copies of every image per forward) and, for the CNN, also Captum's default P=1
+    (``--captum-default``). Captum computes only the attribution, from the windows inside the
+    image: (H - w + 1)^2 forwards per image and window at stride 1.
+  * ours: ``knockout.occlusion.occlusion_maps(model, images, labels, windows, stride, fill)``,
+    which computes the same attribution *and* the centred maps (the true-class probability and
+    the predicted class with the window centred on every pixel, clipped at the borders): H * W
+    distinct occluded images per image and window (the inside windows are among them), i.e.
+    more forwards than Captum (4096 vs 2936 per 32x32 image for windows 3-9). It reuses the
+    original image's activations: only the patch of each early feature map that the occlusion
+    changes is recomputed, until that patch covers the whole map.
+
+Both run with the same ``torch.set_num_threads``, after a small untimed warm-up of each. The
+check: the largest |attribution_ours - attribution_captum| over all images, windows and pixels
+(the exit status is 1 when it exceeds 1e-4; float32 rounding alone is ~1e-7).
+
+Models and images
+-----------------
+  * cnn: study 5's CNN (``study5_cnn``, 1x28x28): the trained weights of
+    ``results/models/cnn/seed0/final.pt`` and the first ``--cnn-images`` Fashion-MNIST test images
+    when present, else a seeded random init and N(0, 1) images labelled with its predictions.
+  * resnet18: ``{type: resnet, depth: 18, small_input: True}`` on 3x32x32 N(0, 1) images, random
+    init with batch-norm statistics and classifier bias calibrated on the images (so predictions
+    are spread over the classes, as in bench/ablation_sweep.py); labels = its predictions.
+
+Output: a table with model, images, windows, captum_ppe, captum_s, ours_s, ratio
+(captum_s / ours_s), goal_met (>= 2x), max_abs_diff, forwards per image (captum / ours) and
+other_cpu (cores other processes used meanwhile: on a shared machine the times are only
+comparable when that is small). ``--out FILE.csv`` also writes the rows.
+
+How to run (from the repository root)
+-------------------------------------
+    .venv/bin/python bench/occlusion.py                  # 8 CNN images, 2 ResNet images (minutes)
+    .venv/bin/python bench/occlusion.py --quick          # 2 CNN images, 1 ResNet image, windows 3, 9
+    .venv/bin/python bench/occlusion.py --models cnn --images 16 --ppe 128 --out results/bench/occlusion.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+try:
+    import knockout  # noqa: F401
+except ImportError:  # not installed: use the checkout's src/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np
+import torch
+from torch import nn
+
+from knockout.models import build_model, load_model
+from knockout.occlusion import occlusion_maps
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "results" / "data" / "fashion_mnist"
+CNN_WEIGHTS = ROOT / "results" / "models" / "cnn" / "seed0" / "final.pt"
+GOAL = 2.0
+TOLERANCE = 1e-4
+COLUMNS = ["model", "images", "windows", "captum_ppe", "captum_s", "ours_s", "ratio", "goal_met",
+           "max_abs_diff", "fwd_per_image", "other_cpu"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="cnn,resnet18", help="comma list of: cnn, resnet18 (default both)")
+    p.add_argument("--images", type=int, default=None, help="images for every model (overrides the two below)")
+    p.add_argument("--cnn-images", type=int, default=8, help="default 8 (--quick: 2)")
+    p.add_argument("--resnet-images", type=int, default=2, help="default 2 (--quick: 1)")
+    p.add_argument("--windows", default=None, help="comma list of window sizes (default 3,5,7,9; --quick: 3,9)")
+    p.add_argument("--stride", type=int, default=1, help="Captum's stride (default 1)")
+    p.add_argument("--fill", type=float, default=0.0, help="occluding value, normalised space (default 0.0)")
+    p.add_argument("--ppe", type=int, default=64, help="Captum's perturbations_per_eval (default 64)")
+    p.add_argument("--captum-default", default="cnn",
+                   help="models also timed with Captum's default perturbations_per_eval=1: "
+                        "comma list, 'none' or 'all' (default cnn)")
+    p.add_argument("--budget-mb", type=float, default=256, help="occlusion_maps' budget_mb (default 256)")
+    p.add_argument("--quick", action="store_true", help="fewer images and windows unless given")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    args = p.parse_args(argv)
+    given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
+    if args.quick:
+        args.cnn_images = args.cnn_images if "--cnn-images" in given else 2
+        args.resnet_images = args.resnet_images if "--resnet-images" in given else 1
+        args.windows = args.windows or "3,9"
+    if args.images is not None:
+        args.cnn_images = args.resnet_images = args.images
+    args.windows = tuple(int(w) for w in (args.windows or "3,5,7,9").split(","))
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if set(args.models) - {"cnn", "resnet18"}:
+        p.error("--models: choose from cnn, resnet18")
+    cd = args.captum_default.strip()
+    args.captum_default = set(args.models) if cd == "all" else set() if cd == "none" else set(cd.split(","))
+    return args
+
+
+# --------------------------------------------------------------------------- load measurement
+
+
+def _busy_cpu_seconds() -> float | None:
+    """Non-idle CPU seconds of the whole machine since boot (Linux), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    fields += [0] * (8 - len(fields))
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class Timed:
+    """Wall time of a block, and the CPU (in cores) other processes used meanwhile."""
+
+    def __enter__(self):
+        t = os.times()
+        self._start = (_busy_cpu_seconds(), t.user + t.system, time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, t, wall = _busy_cpu_seconds(), os.times(), time.perf_counter()
+        busy0, own0, wall0 = self._start
+        self.seconds = wall - wall0
+        self.other = None
+        if busy is not None and busy0 is not None:
+            self.other = max(0.0, ((busy - busy0) - (t.user + t.system - own0)) / self.seconds)
+        return False
+
+
+# --------------------------------------------------------------------------- models and images
+
+
+def cnn_setup(n: int, seed: int, notes: list[str]):
+    if CNN_WEIGHTS.exists():
+        model = load_model(CNN_WEIGHTS)
+        notes.append(f"cnn: trained weights {CNN_WEIGHTS.relative_to(ROOT)}")
+    else:
+        torch.manual_seed(seed)
+        model = build_model("study5_cnn", (1, 28, 28), 10)
+        notes.append(f"cnn: random init (seed {seed}); {CNN_WEIGHTS.relative_to(ROOT)} not found")
+    model.eval()
+    if (DATA_DIR / "meta.json").exists():
+        from knockout.data import load_prepared
+
+        _, test, _ = load_prepared(DATA_DIR)
+        images, labels = test.images[:n], test.labels[:n]
+        notes.append(f"cnn: the first {len(images)} Fashion-MNIST test images and their labels")
+    else:
+        images = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            labels = model(images).argmax(1)
+        notes.append(f"cnn: {n} random N(0,1) images, labels = the model's predictions")
+    return model, images, labels
+
+
+def resnet_setup(n: int, seed: int, notes: list[str]):
+    torch.manual_seed(seed)
+    model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 32, 32), 10)
+    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
+    calib = torch.cat([images, torch.randn(max(0, 16 - n), 3, 32, 32, generator=torch.Generator().manual_seed(seed + 2))])
+    with torch.no_grad():
+        for m in model.modules():  # batch-norm statistics from the images (a random init has none)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        model(calib)
+        model.eval()
+        model.fc.bias -= model(calib).mean(0)  # spread the predictions over the classes
+        labels = model(images).argmax(1)
+    notes.append(f"resnet18: random init (seed {seed}), batch norms and fc bias calibrated on {len(calib)} "
+                 f"random N(0,1) images; {n} of them occluded, labels = the model's predictions")
+    return model, images, labels
+
+
+# --------------------------------------------------------------------------- the two ways
+
+
+def captum_attribution(model, images, labels, windows, stride, fill, ppe) -> np.ndarray:
+    """(N, nW, H, W): Captum's Occlusion attribution per window size."""
+    from captum.attr import Occlusion
+
+    C = images.shape[1]
+    occ = Occlusion(lambda x: torch.softmax(model(x), 1))
+    out = []
+    with torch.no_grad():
+        for w in windows:
+            a = occ.attribute(images, sliding_window_shapes=(C, w, w), strides=(C, stride, stride),
+                              baselines=fill, target=labels, perturbations_per_eval=ppe)
+            out.append(a[:, 0].numpy())  # the same for every channel: the window spans them all
+    return np.stack(out, 1)
+
+
+def forwards_per_image(H: int, W: int, windows, stride: int) -> tuple[int, int]:
+    """Occluded images per image: Captum's (inside windows) and ours (centred + Captum's)."""
+    from knockout.occlusion import window_positions
+
+    captum = sum((-(-(H - w) // stride) + 1) * (-(-(W - w) // stride) + 1) for w in windows if w <= min(H, W))
+    ours = sum(len(window_positions(H, W, w, stride).rects) for w in windows)
+    return captum, ours
+
+
+def run_model(name, model, images, labels, args, ppes) -> list[dict]:
+    H, W = images.shape[2:]
+    # warm-up (untimed): imports, thread pool, a batch through the model; a window as large as
+    # the image is a single occluded image for both
+    with torch.no_grad():
+        model(images[:1].expand(64, -1, -1, -1))
+    occlusion_maps(model, images[:1], labels[:1], windows=(max(H, W),), budget_mb=args.budget_mb)
+    captum_attribution(model, images[:1], labels[:1], (min(H, W),), 1, args.fill, 4)
+
+    with Timed() as t_ours:
+        maps = occlusion_maps(model, images, labels, windows=args.windows, stride=args.stride, fill=args.fill,
+                              budget_mb=args.budget_mb)
+    rows = []
+    fwd_c, fwd_o = forwards_per_image(H, W, args.windows, args.stride)
+    for ppe in ppes:
+        with Timed() as t_captum:
+            theirs = captum_attribution(model, images, labels, args.windows, args.stride, args.fill, ppe)
+        diff = float(np.abs(theirs - maps["attribution"]).max())
+        others = [t.other for t in (t_captum, t_ours) if t.other is not None]
+        ratio = t_captum.seconds / t_ours.seconds
+        rows.append({
+            "model": name, "images": len(images), "windows": "/".join(map(str, args.windows)),
+            "captum_ppe": ppe, "captum_s": round(t_captum.seconds, 2), "ours_s": round(t_ours.seconds, 2),
+            "ratio": round(ratio, 2), "goal_met": "yes" if ratio >= GOAL else "no",
+            "max_abs_diff": f"{diff:.1e}", "fwd_per_image": f"{fwd_c}/{fwd_o}",
+            "other_cpu": round(max(others), 2) if others else "", "_ok": diff <= TOLERANCE,
+        })
+        print(f"  {name} ppe={ppe}: captum {t_captum.seconds:.1f} s, ours {t_ours.seconds:.1f} s "
+              f"({ratio:.2f}x), max |diff| {diff:.1e}", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    cells = [COLUMNS] + [[str(r[k]) for k in COLUMNS] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    for i, c in enumerate(cells):
+        print("  ".join(v.ljust(w) if j in (0, 2) else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import captum
+
+    print(f"torch {torch.__version__}, captum {captum.__version__}, torch threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}, windows {args.windows}, stride {args.stride}, fill {args.fill:g}")
+    notes: list[str] = []
+    setups = []
+    if "cnn" in args.models:
+        setups.append(("cnn", *cnn_setup(args.cnn_images, args.seed, notes)))
+    if "resnet18" in args.models:
+        setups.append(("resnet18", *resnet_setup(args.resnet_images, args.seed, notes)))
+    for note in notes:
+        print(note)
+    print(flush=True)
+
+    rows = []
+    for name, model, images, labels in setups:
+        ppes = [args.ppe] + ([1] if name in args.captum_default and args.ppe != 1 else [])
+        rows += run_model(name, model.eval(), images, labels, args, ppes)
+
+    print_table(rows)
+    print()
+    print(f"ratio = captum_s / ours_s (goal >= {GOAL:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of "
+          f"{len(rows)} rows). ours also computes the centred maps (probability and prediction with the window "
+          "centred on every pixel); Captum only the attribution.")
+    print("fwd_per_image: occluded images evaluated per image, captum/ours; max_abs_diff: largest "
+          "|attribution difference| over images, windows and pixels; other_cpu: cores other processes used")
+    if any(isinstance(r["other_cpu"], float) and r["other_cpu"] > 0.2 for r in rows):
+        print("warning: other processes used > 0.2 cores during some rows: those times are noisy")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {args.out}")
+    bad = [r for r in rows if not r["_ok"]]
+    print("agreement: " + (f"FAILED in {len(bad)} row(s) (> {TOLERANCE:g})" if bad else f"ok (all within {TOLERANCE:g})"))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
