@@ -11,7 +11,7 @@
 # runs); the only file written outside it is /etc/slurm/slurm.conf, one `Include` line for the
 # job steps (the plugin's `srun` drops SLURM_CONF), removed at exit. Every wait is bounded: the
 # whole script fails rather than run past SLURM_TEST_LIMIT_S (default 570 s). SLURM_TEST_KEEP=1
-# keeps the temporary folder of a failed run.
+# keeps the temporary folder (logs, both runs) for a look afterwards.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -81,7 +81,7 @@ cleanup() {
             [[ -s "$log" ]] && { echo "--- last lines of $log"; tail -n 25 "$log"; } >&2
         done
     fi
-    if ((rc != 0)) && [[ -n "${SLURM_TEST_KEEP:-}" ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
+    if [[ -n "${SLURM_TEST_KEEP:-}" ]]; then echo "kept $T" >&2; else rm -rf "$T"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -113,10 +113,10 @@ munged --foreground --socket="$T/munge/munge.sock" --key-file="$T/munge/munge.ke
     --log-file="$T/log/munged.log" >"$T/log/munged.out" 2>&1 &
 PIDS+=($!)
 
-# three free TCP ports (slurmctld, slurmd, srun), so a SLURM already on the usual ports does not matter
-read -r CTLD_PORT SLURMD_PORT SRUN_PORT < <("$PYTHON" -c '
+# two free TCP ports (slurmctld, slurmd), so a SLURM already on the usual ports does not matter
+read -r CTLD_PORT SLURMD_PORT < <("$PYTHON" -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(2)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -129,7 +129,6 @@ ClusterName=knockoutci
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-SrunPortRange=$SRUN_PORT-$SRUN_PORT
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$T/munge/munge.sock
@@ -263,6 +262,14 @@ for jobid, kind in kind_of.items():
     has_gpu = re.search(r"TresPerJob=gres:gpu:1(\s|$)", details.get(jobid, "")) is not None
     if wants_gpu != has_gpu:
         problems.append(f"SLURM job {jobid} ({kind}): one GPU asked {has_gpu}, expected {wants_gpu}")
+
+# ... and the runtime and memory of every job (profiles/slurm's default-resources and set-resources).
+for jobid, kind in kind_of.items():
+    line = details.get(jobid, "")
+    if "TimeLimit=UNLIMITED" in line or "TimeLimit=" not in line:
+        problems.append(f"SLURM job {jobid} ({kind}) has no time limit: runtime did not reach sbatch")
+    if not re.search(r"MinMemoryNode=[1-9]", line):
+        problems.append(f"SLURM job {jobid} ({kind}) asked for no memory: mem_mb did not reach sbatch")
 
 # The outputs: every table, json, parquet and checkpoint of A exists in B with the same content.
 def files(root):

@@ -111,6 +111,16 @@ def cmd_intervene(args) -> None:
     )
 
 
+def cmd_probe(args) -> None:
+    from . import probe
+    from .train import resolve_device
+
+    _set_threads(args.threads)
+    spec = json.loads(args.spec)
+    run = {"occlusion": probe.occlusion, "top_activations": probe.top_activations}[spec["type"]]
+    run(args.name, spec, args.model, args.seed, Path(args.model_dir), Path(args.data), Path(args.out), device=resolve_device(args.device))
+
+
 def cmd_retrain(args) -> None:
     from .intervene import retrain
     from .train import resolve_device
@@ -146,7 +156,7 @@ def cmd_collect(args) -> None:
 
 
 # Per-seed columns summarised over seeds when a table has them (retraining studies add some).
-VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_per_epoch")
+VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_per_epoch", "baseline_prob", "min_prob", "changed_area")
 
 
 def cmd_aggregate(args) -> None:
@@ -191,6 +201,18 @@ def _write_csv(frame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     frame.to_csv(tmp, index=False)
     tmp.replace(path)
+
+
+def cmd_notebook(args) -> None:
+    """Execute an analysis notebook with papermill, its parameters given as JSON."""
+    import papermill
+
+    parameters = json.loads(args.parameters)
+    Path(parameters.get("out_dir", ".")).mkdir(parents=True, exist_ok=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_name(Path(args.out).stem + ".tmp.ipynb")
+    papermill.execute_notebook(args.notebook, str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False)
+    tmp.replace(args.out)
 
 
 def cmd_provenance(args) -> None:
@@ -295,6 +317,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_intervene)
 
+    s = sub.add_parser("probe", help="occlusion maps or top-activating patches of one model and seed")
+    s.add_argument("--name", required=True)
+    s.add_argument("--spec", required=True, help="the study's spec as JSON: {type, model, ...}")
+    s.add_argument("--model", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True, help="seed{seed}.csv; the npz goes beside it")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_probe)
+
     s = sub.add_parser("retrain", help="train one condition of a retraining study for one seed")
     s.add_argument("--name", required=True)
     s.add_argument("--spec", required=True, help="the study's spec as JSON")
@@ -332,6 +366,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--per-seed", help="also write the per-seed rows here")
     s.set_defaults(func=cmd_baselines)
+
+    s = sub.add_parser("notebook", help="execute an analysis notebook with papermill")
+    s.add_argument("--notebook", required=True)
+    s.add_argument("--out", required=True, help="the executed notebook")
+    s.add_argument("--parameters", default="{}", help="papermill parameters as JSON")
+    s.set_defaults(func=cmd_notebook)
 
     s = sub.add_parser("provenance", help="record config, versions, device, commit and data checksums")
     s.add_argument("--config", required=True, help="the resolved config, as JSON")

@@ -111,6 +111,19 @@ def _check_intervention(key: str, study: dict, config: dict, built: dict) -> Non
             raise ConfigError(f"{path}: no layer {layer!r} in model {study['model']!r} (layers: {', '.join(valid)})")
         return layer_units(model, layer)
 
+    if study["type"] == "occlusion":
+        shape, _ = _input_of(config, study["model"])
+        for i, w in enumerate(study["windows"]):
+            if w > min(shape[1:]):
+                raise ConfigError(f"{key}.windows[{i}]: window {w} does not fit the {shape[1]}x{shape[2]} images")
+        return
+    if study["type"] == "top_activations":
+        for layer, filters in study["layers"].items():
+            n = layer_ok(f"{key}.layers.{layer}", layer)
+            wanted = filters if isinstance(filters, int) else max(filters) + 1
+            if wanted > n:
+                raise ConfigError(f"{key}.layers.{layer}: {layer} has {n} filters, asked for {'filter ' + str(max(filters)) if not isinstance(filters, int) else str(filters)}")
+        return
     if study["type"] == "architecture":
         from .interventions.architecture import variant_spec
 

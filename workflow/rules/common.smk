@@ -1,6 +1,7 @@
 # Shared set-up: the library on the path, the validated config, wildcard constraints and the
 # functions that turn config entries into rule inputs and parameters.
 import json
+from types import SimpleNamespace as Namespace
 import os
 import shlex
 import shutil
@@ -40,7 +41,11 @@ SEEDS = [str(s) for s in config["seeds"]]
 INTERVENTIONS = config["interventions"]
 # Families whose conditions are trained (one job per condition and seed), not only evaluated.
 RETRAINED = {"ablate_then_train", "architecture", "factorize"}
-EVALUATED_STUDIES = [n for n, s in INTERVENTIONS.items() if s["type"] not in RETRAINED]
+PROBES = {"occlusion", "top_activations"}  # arrays and a summary per seed
+EVALUATED_STUDIES = [
+    n for n, s in INTERVENTIONS.items() if s["type"] not in RETRAINED | PROBES
+]
+PROBE_STUDIES = [n for n, s in INTERVENTIONS.items() if s["type"] in PROBES]
 RETRAINED_STUDIES = [n for n, s in INTERVENTIONS.items() if s["type"] in RETRAINED]
 
 
@@ -164,7 +169,18 @@ def per_seed_tables(wildcards):
 
 
 def all_targets():
-    tables = expand("results/tables/{name}.csv", name=INTERVENTIONS)
+    # Top activations differ per seed (the filters' images): no table over seeds, the per-seed files.
+    tables = [
+        f"results/tables/{n}.csv"
+        for n, s in INTERVENTIONS.items()
+        if s["type"] != "top_activations"
+    ]
+    tables += [
+        t
+        for n, s in INTERVENTIONS.items()
+        if s["type"] == "top_activations"
+        for t in per_seed_tables(Namespace(name=n))
+    ]
     return (
         trained_models()
         + ["results/tables/baselines.csv", "results/provenance.json"]

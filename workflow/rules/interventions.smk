@@ -53,6 +53,35 @@ rule intervene:
         " --out {output.table:q} --device {params.device:q} --budget-mb {params.budget} --threads {threads} > {log:q} 2>&1"
 
 
+rule probe:
+    input:
+        final="results/models/{model}/seed{seed}/final.pt",
+        data=prepared,
+    output:
+        table="results/interventions/{name}/{model}/seed{seed}.csv",
+        arrays="results/interventions/{name}/{model}/seed{seed}.npz",
+    log:
+        "results/logs/probe/{name}/{model}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/probe/{name}/{model}/seed{seed}.tsv"
+    wildcard_constraints:
+        name="|".join(PROBE_STUDIES) or "^$",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    params:
+        spec=study_spec_json,
+        model_dir=lambda w, input: os.path.dirname(input.final),
+        data=lambda w, input: os.path.dirname(input.data[0]),
+        device=config["device"],
+    shell:
+        "knockout probe --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q} --seed {wildcards.seed}"
+        " --model-dir {params.model_dir:q} --data {params.data:q} --out {output.table:q} --device {params.device:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
 rule retrain:
     input:
         unpack(intervention_inputs),
@@ -127,7 +156,7 @@ rule aggregate:
     conda:
         "../../envs/analysis.yaml"
     params:
-        compare=lambda w: json.dumps(study(w)["compare"]),
+        compare=lambda w: json.dumps(study(w).get("compare", [])),
     shell:
         "knockout aggregate --inputs {input:q} --out {output.table:q}"
         " --compare {params.compare:q} --comparisons {output.comparisons:q} > {log:q} 2>&1"
