@@ -159,3 +159,15 @@ def test_save_grid_writes_a_png_of_the_expected_size(tmp_path):
     assert img.shape == (2 * (cell + 2) + 2, 3 * (cell + 2) + 2, 3)  # 2 px padding (make_grid)
     assert (img[2, 2] == 255).all()  # the NaN pixel: white
     assert (img[2 + 15, 2 + 15] == 128).all()  # 0 * 0.25 + 0.5 = mid grey
+
+
+def test_resnet_stages_and_block_layers_can_be_probed():
+    model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 16, 16), 10).eval()
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    table, arrays = top_activations(model, images, {"layer1": [0, 3], "layer2.0.conv1": [1]}, k=2, batch_size=3)
+    assert len(table) == 2 * 2 + 1 * 2 and sorted(set(table["image"])) <= [0, 1, 2, 3]
+    assert arrays["patches_layer1"].shape == (2, 2, 3, 11, 11)  # layer1's field: 11 px
+    assert arrays["patches_layer2.0.conv1"].shape == (2, 1, 3, 13, 13)
+    row = table[table["layer"] == "layer1"].iloc[0]
+    rf = receptive_field(model, "layer1")
+    assert (row["top"], row["left"], row["bottom"], row["right"]) == patch_bounds(rf, row["peak_y"], row["peak_x"], 16, 16)

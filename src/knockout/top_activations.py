@@ -235,7 +235,7 @@ def _capture(model: nn.Module, x: torch.Tensor, filters: dict[str, list[int]]) -
         hooks.append(model.get_submodule(layer).register_forward_hook(hook))
     try:
         if isinstance(model, nn.Sequential):
-            for _, module in chain(model):
+            for module in model:  # top-level stages, so hooks on nested ones (layer2) fire too
                 x = module(x)
                 if len(seen) == len(filters):  # the rest of the network is not needed
                     break

@@ -168,6 +168,60 @@ def per_seed_tables(wildcards):
     )
 
 
+NOTEBOOK_OF = {
+    "filter_ablation": "filter_ablation",
+    "layer_swap": "layer_swap",
+    "ablate_then_train": "retrain",
+    "architecture": "retrain",
+    "factorize": "retrain",
+    "occlusion": "occlusion",
+    "top_activations": "top_activations",
+}
+ANALYSES = ["baselines", *INTERVENTIONS]
+
+
+def analysis_notebook(wildcards):
+    if wildcards.analysis == "baselines":
+        return "notebooks/baselines.ipynb"
+    return f"notebooks/{NOTEBOOK_OF[INTERVENTIONS[wildcards.analysis]['type']]}.ipynb"
+
+
+def analysis_inputs(wildcards):
+    if wildcards.analysis == "baselines":
+        return ["results/tables/baselines.csv", *trained_models()]
+    spec = INTERVENTIONS[wildcards.analysis]
+    w = Namespace(name=wildcards.analysis)
+    tables = (
+        []
+        if spec["type"] == "top_activations"
+        else [f"results/tables/{wildcards.analysis}.csv"]
+    )
+    return tables + per_seed_tables(w)
+
+
+def analysis_parameters(wildcards):
+    out_dir = f"results/figures/{wildcards.analysis}"
+    if wildcards.analysis == "baselines":
+        return json.dumps({"out_dir": out_dir})
+    spec = INTERVENTIONS[wildcards.analysis]
+    dataset = config["models"][spec["model"]]["dataset"]
+    parameters = {
+        "study": wildcards.analysis,
+        "model": spec["model"],
+        "out_dir": out_dir,
+    }
+    if spec["type"] in ("occlusion", "top_activations"):
+        parameters |= {
+            "data_meta": f"results/data/{dataset}/meta.json",
+            "seed": int(SEEDS[0]),
+        }
+    if spec["type"] == "filter_ablation":
+        parameters["data_dir"] = f"results/data/{dataset}"
+    if NOTEBOOK_OF[spec["type"]] == "retrain":
+        parameters["kind"] = spec["type"]
+    return json.dumps(parameters, sort_keys=True)
+
+
 def all_targets():
     # Top activations differ per seed (the filters' images): no table over seeds, the per-seed files.
     tables = [
@@ -181,8 +235,10 @@ def all_targets():
         if s["type"] == "top_activations"
         for t in per_seed_tables(Namespace(name=n))
     ]
+    notebooks = [f"results/notebooks/{a}.ipynb" for a in ANALYSES]
     return (
         trained_models()
         + ["results/tables/baselines.csv", "results/provenance.json"]
         + tables
+        + notebooks
     )
