@@ -165,7 +165,7 @@ def test_resnet_stages_and_block_layers_can_be_probed():
     model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 16, 16), 10).eval()
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     table, arrays = top_activations(model, images, {"layer1": [0, 3], "layer2.0.conv1": [1]}, k=2, batch_size=3)
-    assert len(table) == 2 * 2 + 1 * 2 and sorted(set(table["image"])) <= [0, 1, 2, 3]
+    assert len(table) == 2 * 2 + 1 * 2 and set(table["image"]) <= {0, 1, 2, 3}
     assert arrays["patches_layer1"].shape == (2, 2, 3, 11, 11)  # layer1's field: 11 px
     assert arrays["patches_layer2.0.conv1"].shape == (2, 1, 3, 13, 13)
     row = table[table["layer"] == "layer1"].iloc[0]

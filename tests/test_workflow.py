@@ -104,6 +104,14 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     assert swap.loc[("condition", "rewind:fc1:epoch2"), "mean"] == swap.loc[("condition", "baseline"), "mean"]
     assert (tmp_path / "results/units/cnn/seed0.csv").exists()
     assert (tmp_path / "results/tables/baselines.csv").exists()
+    assert (tmp_path / "results/provenance.json").exists()
+    for analysis in ["baselines", "filters", "swap"]:
+        assert (tmp_path / f"results/notebooks/{analysis}.ipynb").exists()
+        figures = list((tmp_path / f"results/figures/{analysis}").glob("*.png"))
+        assert figures and all(f.with_suffix(".pdf").exists() for f in figures)
+    report = snakemake(tmp_path, "--report", "report.zip")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (tmp_path / "report.zip").stat().st_size > 10_000
 
     again = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -126,7 +134,8 @@ def test_bad_config_stops_with_one_line_before_any_job(tmp_path, change, message
     write_config(tmp_path, config)
     run = snakemake(tmp_path, "-n")
     assert run.returncode != 0
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    # Snakemake's own note that it read profiles/default is not part of the error.
+    lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
     assert len(lines) == 1, run.stderr
     assert message in lines[0]
     assert not (tmp_path / "results").exists()

@@ -182,8 +182,10 @@ ANALYSES = ["baselines", *INTERVENTIONS]
 
 def analysis_notebook(wildcards):
     if wildcards.analysis == "baselines":
-        return "notebooks/baselines.ipynb"
-    return f"notebooks/{NOTEBOOK_OF[INTERVENTIONS[wildcards.analysis]['type']]}.ipynb"
+        name = "baselines"
+    else:
+        name = NOTEBOOK_OF[INTERVENTIONS[wildcards.analysis]["type"]]
+    return os.path.join(workflow.basedir, "notebooks", f"{name}.ipynb")
 
 
 def analysis_inputs(wildcards):
