@@ -36,9 +36,10 @@ loss, then the speed-up ours / notebook per model, both against the fastest Data
 against num_workers=0. ``--out FILE.csv`` also writes the rows as CSV.
 
 Timings are only meaningful on an otherwise idle machine: with 2 torch threads on 2 cores, one
-other busy process slows an epoch down several-fold. Every row therefore reports the CPU (in
-cores, from /proc/stat) that other processes used while it ran, and a warning is printed when
-that exceeds 0.2. On a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
+other busy process slows an epoch down several-fold. Every row therefore reports, in cores, the
+CPU other processes used while it ran ("others", /proc/stat) and the time this process's threads
+were ready to run but got no CPU ("waited", /proc/self/task/*/schedstat); a warning is printed
+when "waited" exceeds 0.05. On a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
 timed run), ``--retries 6`` (redo runs that were disturbed anyway) and/or ``--repeat 3`` (keep the
 fastest of 3).
 
@@ -108,6 +109,7 @@ COLUMNS = [
     "speedup_vs_best_loader",
     "speedup_vs_workers0",
     "other_cpu_cores",
+    "waited_cores",
     "steal_cores",
 ]
 
@@ -135,8 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="before each timed run, wait up to SECONDS for other processes to leave the "
                         "CPUs idle (default 0: don't wait; shared machines need it)")
     p.add_argument("--retries", type=int, default=0,
-                   help="redo a timed run during which other processes used > 0.2 cores, up to this "
-                        "many times in all (default 0)")
+                   help="redo a timed run during which other processes kept ours off the CPUs, up to "
+                        "this many times in all (default 0)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default 0)")
     p.add_argument("--mirrors", nargs="*", default=DEFAULT_MIRRORS,
                    help=f"dataset mirror roots for knockout.data.fetch (default {' '.join(DEFAULT_MIRRORS)})")
@@ -208,30 +210,60 @@ def notebook_epoch(model, loader, optimizer, max_batches: int | None = None) -> 
 
 
 class OtherLoad:
-    """CPU time used by *other* processes while a block runs, in cores (Linux /proc/stat; else None).
+    """How much other processes got in the way while a block ran (Linux /proc; else None).
 
-    A busy machine makes every number here meaningless, so each row reports it.
+    cores: CPU other processes used, in cores (from /proc/stat). A single-threaded stretch of
+        ours leaves a core idle for them, so this alone does not mean we were slowed down.
+    waited: time this process's threads were ready to run but had no CPU, in cores (from
+        /proc/self/task/*/schedstat; DataLoader worker processes are not included).
+    steal: CPU the hypervisor gave to other guests, in cores.
+    A busy machine makes every number here meaningless, so each row reports them.
     """
 
-    cores: float | None = None  # other processes' CPU use
-    steal: float | None = None  # CPU the hypervisor gave to other guests
+    cores: float | None = None
+    waited: float | None = None
+    steal: float | None = None
 
     def __enter__(self):
-        self.start = (_cpu_counters(), _own_cpu_seconds(), time.perf_counter())
+        self.start = (_cpu_counters(), _own_cpu_seconds(), _waited_seconds(), time.perf_counter())
         return self
 
     def __exit__(self, *exc):
-        counters, own, wall = _cpu_counters(), _own_cpu_seconds(), time.perf_counter()
-        if counters is not None and self.start[0] is not None:
-            (busy0, steal0), own0, wall0 = self.start
-            self.cores = max(0.0, ((counters[0] - busy0) - (own - own0)) / (wall - wall0))
-            self.steal = (counters[1] - steal0) / (wall - wall0)
+        counters, own, waited, wall = _cpu_counters(), _own_cpu_seconds(), _waited_seconds(), time.perf_counter()
+        (counters0, own0, waited0, wall0) = self.start
+        span = wall - wall0
+        if counters is not None and counters0 is not None:
+            self.cores = max(0.0, ((counters[0] - counters0[0]) - (own - own0)) / span)
+            self.steal = (counters[1] - counters0[1]) / span
+        if waited is not None and waited0 is not None:
+            self.waited = max(0.0, waited - waited0) / span
         return False
 
+    @property
+    def contended(self) -> bool:
+        """Whether our threads were kept off the CPU (or, without schedstat, others were busy)."""
+        if self.waited is not None:
+            return self.waited + (self.steal or 0) > CONTENDED
+        return self.cores is not None and self.cores + (self.steal or 0) > 0.2
+
     def __str__(self) -> str:
-        if self.cores is None:
+        if self.cores is None and self.waited is None:
             return "n/a"
-        return f"{self.cores:.2f}" + (f" (+{self.steal:.2f} steal)" if self.steal >= 0.05 else "")
+        text = "others " + ("n/a" if self.cores is None else f"{self.cores:.2f}")
+        text += ", waited " + ("n/a" if self.waited is None else f"{self.waited:.2f}")
+        return text + (f", steal {self.steal:.2f}" if (self.steal or 0) >= 0.01 else "")
+
+
+def _waited_seconds() -> float | None:
+    """Seconds this process's live threads spent runnable but waiting for a CPU, or None."""
+    total, found = 0, False
+    for stat in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+            found = True
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9 if found else None
 
 
 def _cpu_counters() -> tuple[float, float] | None:
@@ -254,13 +286,13 @@ def wait_for_idle(limit_s: float, window_s: float = 2.0, threshold: float = 0.2)
     while time.monotonic() < deadline:
         with OtherLoad() as load:
             time.sleep(window_s)
-        if load.cores is None or load.cores + load.steal < threshold:
+        if load.cores is None or load.cores + (load.steal or 0) < threshold:
             return
         print(f"  waiting for an idle machine (others use {load} cores) ...", file=sys.stderr, flush=True)
 
 
 WAIT_IDLE_S = 0.0  # set from --wait-idle
-CONTENDED = 0.2  # cores used by others above which a run is flagged (and redone with --retries)
+CONTENDED = 0.05  # our threads' wait for a CPU, in cores, above which a run is flagged (and redone)
 
 
 def _own_cpu_seconds() -> float:
@@ -337,7 +369,7 @@ def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt:
 
 
 def print_table(rows: list[dict], ratios: list[str]) -> None:
-    header = ["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this", "other CPU"]
+    header = ["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this", "contention (cores)"]
     lines = []
     for r in rows:
         speed = r["speedup_vs_this"]
@@ -360,14 +392,13 @@ def print_table(rows: list[dict], ratios: list[str]) -> None:
         print(line)
     busy = [r for r in rows if contended(r)]
     if busy:
-        print(f"\nWARNING: other processes (or other guests, 'steal') used CPU during {len(busy)} of the "
-              f"{len(rows)} runs (column 'other CPU', in cores): those timings are not trustworthy; "
-              "rerun on an idle machine.")
+        print(f"\nWARNING: other processes kept this one off the CPUs during {len(busy)} of the {len(rows)} "
+              f"runs ('waited' > {CONTENDED} cores in the contention column): those timings are not "
+              "trustworthy; rerun on an idle machine (see --wait-idle, --retries).")
 
 
 def contended(row: dict) -> bool:
-    load = row["other_load"]
-    return load.cores is not None and load.cores + load.steal > CONTENDED
+    return row["other_load"].contended
 
 
 def fastest(repeat: int, retries: int, run) -> dict:
@@ -471,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                 writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
                 writer.writeheader()
                 for r in rows:
-                    r = {**r, "other_cpu_cores": r["other_load"].cores, "steal_cores": r["other_load"].steal}
+                    load = r["other_load"]
+                    r = {**r, "other_cpu_cores": load.cores, "waited_cores": load.waited, "steal_cores": load.steal}
                     writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
             print(f"\nwrote {args.out}")
     finally:

@@ -63,6 +63,11 @@ class ConditionOutput:
     losses: torch.Tensor  # float32 (N,), per-example cross-entropy
 
 
+# Stages that keep an all-zero channel all zero (and act per channel): a silenced unit's mask can
+# be applied after them, so they too are computed once and shared by every condition.
+ZERO_PRESERVING = (nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Identity)
+
+
 def _cut(condition, links: list[str], model: nn.Module) -> tuple[int, bool]:
     """Where the work for `condition` can start: (p, masked) where p is how many links of the base
     network's chain are shared (their output is cached), and masked tells whether the condition
@@ -73,11 +78,18 @@ def _cut(condition, links: list[str], model: nn.Module) -> tuple[int, bool]:
         return len(links), True
     masked = not condition.replace
     first = len(links)
+    modules = dict(model.named_modules())
     for layer in condition.changed_layers:
         point = silence_point(model, layer) if masked else layer
         for i, link in enumerate(links):
-            if point == link:  # a whole link: its own output can be cached, then masked
-                first = min(first, i + 1 if masked else i)
+            if point == link and masked:  # a whole link: its output is cached, then masked
+                j = i + 1
+                while j < len(links) and type(modules[links[j]]) in ZERO_PRESERVING:
+                    j += 1
+                first = min(first, j)
+                break
+            if point == link:
+                first = min(first, i)
                 break
             if point.startswith(link + "."):  # inside a block: cache the block's input
                 first = min(first, i)
@@ -147,9 +159,12 @@ def evaluate_conditions(
     budget = budget_mb * 2**20
     n = len(images)
     plans: dict[str, list] = {}  # base -> [(p, masked, condition)]
+    links_of = {}
     for condition in conditions:
-        base = context.network(condition.base).eval().to(device)
-        links = [name for name, _ in chain(base)]
+        if condition.base not in links_of:
+            base = context.network(condition.base).eval().to(device)
+            links_of[condition.base] = (base, [name for name, _ in chain(base)])
+        base, links = links_of[condition.base]
         p, masked = _cut(condition, links, base)
         plans.setdefault(condition.base, []).append((p, masked, condition))
 
@@ -188,10 +203,16 @@ def evaluate_conditions(
 def _masked_forward(batch, base: nn.Module, links, p: int, x: torch.Tensor) -> torch.Tensor:
     """Run `len(batch)` silencing conditions at once: the cached activations x (B, ...) stacked
     K times, masked at the cut and through hooks on later silence points."""
-    masks = _masks(batch, base, len(x))
-    stacked = x.repeat(len(batch), *([1] * (x.dim() - 1)))
-    if p > 0 and links[p - 1][0] in masks:  # the cached output is itself a silence point
-        stacked = _apply_mask(stacked, masks.pop(links[p - 1][0]))
+    masks = _masks(batch, base, 1)  # (K, units) per silence point
+    k = len(batch)
+    names = [name for name, _ in links]
+    cached = [pt for pt in masks if pt in names and names.index(pt) < p]  # silenced before the cut
+    if cached:  # one broadcast multiply stacks the K conditions and silences their units
+        mask = masks.pop(cached[0]).to(x.device, x.dtype)
+        stacked = (x.unsqueeze(0) * mask.view(k, 1, -1, *([1] * (x.dim() - 2)))).flatten(0, 1)
+    else:
+        stacked = x.repeat(k, *([1] * (x.dim() - 1)))
+    masks = {point: m.repeat_interleave(len(x), dim=0) for point, m in masks.items()}
     modules = dict(base.named_modules())
     handles = [
         modules[point].register_forward_hook(lambda m, i, o, mask=mask: _apply_mask(o, mask))
