@@ -59,21 +59,32 @@ stop_pid() {
     for i in $(seq 25); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
 }
+stop_leftovers() { # processes still working in $T (SLURM job steps orphaned by a cancelled run)
+    local dir pid pids=() i
+    for dir in /proc/[0-9]*; do
+        pid=${dir#/proc/}
+        [[ $pid == "$$" ]] && continue
+        case "$(readlink "$dir/cwd" 2>/dev/null)" in "$T" | "$T"/*) pids+=("$pid") ;; esac
+    done
+    ((${#pids[@]})) || return 0
+    kill "${pids[@]}" 2>/dev/null
+    for i in $(seq 15); do kill -0 "${pids[@]}" 2>/dev/null || return 0; sleep 0.2; done
+    kill -9 "${pids[@]}" 2>/dev/null || true
+}
 cleanup() {
     local rc=$? i
     set +e
     if ((${#PIDS[@]})) && [[ -n "${SLURM_CONF:-}" ]]; then
         # jobs still queued or running (a failed or timed-out run): cancel them while slurmd is up
-        if [[ -n "$(timeout 10 squeue -h -t PD,R,CG -o %i 2>/dev/null)" ]]; then
-            timeout 10 scancel --full --quiet --user=root 2>/dev/null
-            for i in $(seq 15); do
-                [[ -z "$(timeout 5 squeue -h -t PD,R,CG -o %i 2>/dev/null)" ]] && break
-                sleep 1
-            done
-        fi
+        timeout 15 scancel --quiet --user=root 2>/dev/null
+        for i in $(seq 15); do
+            [[ -z "$(timeout 5 squeue -h -t PD,R,CG -o %i 2>/dev/null)" ]] && break
+            sleep 1
+        done
     fi
     [[ -n "$LOCAL_PID" ]] && stop_pid "$LOCAL_PID" # timeout passes the signal on to snakemake
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+    stop_leftovers
     [[ -n "$POLICY_RC" ]] && rm -f "$POLICY_RC"
     [[ -e "$ETC_CONF" ]] && grep -qxF "$MARKER" "$ETC_CONF" && rm -f "$ETC_CONF"
     if ((rc != 0)) && [[ -d "$T" ]]; then # show what the daemons said, then clean up anyway
