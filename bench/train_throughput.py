@@ -39,7 +39,8 @@ Timings are only meaningful on an otherwise idle machine: with 2 torch threads o
 other busy process slows an epoch down several-fold. Every row therefore reports, in cores, the
 CPU other processes used while it ran ("others", /proc/stat) and the time this process's threads
 were ready to run but got no CPU ("waited", /proc/self/task/*/schedstat); a warning is printed
-when "waited" exceeds 0.05. On a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
+when "waited" exceeds 0.05 (for DataLoader-worker rows, which wait for their own workers: when
+"others" exceeds 0.2). On a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
 timed run), ``--retries 6`` (redo runs that were disturbed anyway) and/or ``--repeat 3`` (keep the
 fastest of 3).
 
@@ -215,7 +216,9 @@ class OtherLoad:
     cores: CPU other processes used, in cores (from /proc/stat). A single-threaded stretch of
         ours leaves a core idle for them, so this alone does not mean we were slowed down.
     waited: time this process's threads were ready to run but had no CPU, in cores (from
-        /proc/self/task/*/schedstat; DataLoader worker processes are not included).
+        /proc/self/task/*/schedstat). With DataLoader workers this includes waiting for our own
+        workers (2 workers + 2 threads on 2 cores), so such runs are judged by `cores` instead
+        (finished workers count as ours, not as others).
     steal: CPU the hypervisor gave to other guests, in cores.
     A busy machine makes every number here meaningless, so each row reports them.
     """
@@ -223,6 +226,9 @@ class OtherLoad:
     cores: float | None = None
     waited: float | None = None
     steal: float | None = None
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers
 
     def __enter__(self):
         self.start = (_cpu_counters(), _own_cpu_seconds(), _waited_seconds(), time.perf_counter())
@@ -242,7 +248,7 @@ class OtherLoad:
     @property
     def contended(self) -> bool:
         """Whether our threads were kept off the CPU (or, without schedstat, others were busy)."""
-        if self.waited is not None:
+        if self.waited is not None and not self.workers:
             return self.waited + (self.steal or 0) > CONTENDED
         return self.cores is not None and self.cores + (self.steal or 0) > 0.2
 
@@ -352,7 +358,7 @@ def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt:
                         generator=torch.Generator().manual_seed(seed))
     seconds, loss, seen = [], 0.0, 0
     wait_for_idle(WAIT_IDLE_S)
-    with OtherLoad() as load:
+    with OtherLoad(workers) as load:
         for _ in range(epochs):
             s, loss, seen = notebook_epoch(model, loader, optimizer)
             seconds.append(s)
@@ -392,9 +398,9 @@ def print_table(rows: list[dict], ratios: list[str]) -> None:
         print(line)
     busy = [r for r in rows if contended(r)]
     if busy:
-        print(f"\nWARNING: other processes kept this one off the CPUs during {len(busy)} of the {len(rows)} "
-              f"runs ('waited' > {CONTENDED} cores in the contention column): those timings are not "
-              "trustworthy; rerun on an idle machine (see --wait-idle, --retries).")
+        print(f"\nWARNING: other processes got in the way during {len(busy)} of the {len(rows)} runs "
+              f"(contention column: 'waited' > {CONTENDED} cores, or with DataLoader workers 'others' > 0.2): "
+              "those timings are not trustworthy; rerun on an idle machine (see --wait-idle, --retries).")
 
 
 def contended(row: dict) -> bool:

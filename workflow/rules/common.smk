@@ -192,13 +192,18 @@ def analysis_inputs(wildcards):
     if wildcards.analysis == "baselines":
         return ["results/tables/baselines.csv", *trained_models()]
     spec = INTERVENTIONS[wildcards.analysis]
-    w = Namespace(name=wildcards.analysis)
-    tables = (
-        []
-        if spec["type"] == "top_activations"
-        else [f"results/tables/{wildcards.analysis}.csv"]
-    )
-    return tables + per_seed_tables(w)
+    name = wildcards.analysis
+    inputs = per_seed_tables(Namespace(name=name))
+    if spec["type"] != "top_activations":
+        inputs += [
+            f"results/tables/{name}.csv",
+            f"results/tables/{name}.comparisons.csv",
+        ]
+    dataset = config["models"][spec["model"]]["dataset"]
+    return inputs + [
+        f"results/data/{dataset}/test.pt",
+        f"results/data/{dataset}/meta.json",
+    ]
 
 
 def analysis_parameters(wildcards):
