@@ -82,11 +82,13 @@ def test_every_key_is_commented():
                 assert "#" in line, f"{path.relative_to(ROOT)}:{number}: no comment: {line.strip()}"
 
 
-def test_dry_run_with_the_slurm_profile():
-    # the profile parses, its resource expressions (cpus_per_gpu: threads) evaluate, groups form
+def test_dry_run_with_the_slurm_profile(tmp_path):
+    # the profile parses, its resource expressions (cpus_per_gpu: threads) evaluate, groups form;
+    # in an empty folder, so that every job of the default study is planned
     run = subprocess.run(
-        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles/slurm"), "-n"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config.yaml"),
+         "--profile", str(ROOT / "profiles/slurm"), "-n"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cpus_per_gpu=" in run.stdout and "slurm_partition=CHANGE_ME" in run.stdout
