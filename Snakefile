@@ -21,4 +21,4 @@ report: "workflow/report/workflow.rst"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        PLAN.targets(),

@@ -5,7 +5,7 @@ the official archive, or (for Debian's re-compressed copies) the sha256 of the
 decompressed content. The pipeline is
 
     fetch(name, raw_dir, mirrors)  -> raw_dir/<files> + raw_dir/manifest.json
-    prepare(name, raw_dir, out_dir) -> out_dir/train.pt, test.pt, meta.json
+    prepare(name, raw_dir, out_dir) -> out_dir/train.npz, test.npz, meta.json
     load_prepared(out_dir)          -> normalised float tensors
 
 Every output file is written to a temporary name and renamed into place, so an
@@ -26,10 +26,11 @@ import tarfile
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ __all__ = [
 
 
 from .errors import DataError  # noqa: E402  (re-exported: a dataset problem, as one line)
+from .io import read_arrays, write_arrays, write_json  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ class DatasetSource:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def n_test(self) -> int:
+        """Images in the official test split (MNIST, Fashion-MNIST and CIFAR-10 all have 10,000)."""
+        return 10_000
 
     @property
     def filenames(self) -> list[str]:
@@ -372,21 +379,6 @@ def _how_to_get(src: DatasetSource, mirrors: list[Path]) -> str:
     return f"put {', '.join(src.filenames)} in a mirror folder (e.g. {where})"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call write(tmp) on a temporary sibling of `path`, then rename it onto `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically."""
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
 def _manifest_if_complete(src: DatasetSource, dest: Path) -> dict | None:
     """dest/manifest.json if it exists and every file it covers is present and verifies."""
     path = dest / "manifest.json"
@@ -474,7 +466,7 @@ def fetch(
     for filename in src.filenames:
         md5, sha256 = _file_hashes(dest / filename)
         manifest["files"][filename] = {"md5": md5, "sha256": sha256, "source": sources[filename]}
-    _write_json(dest / "manifest.json", manifest)
+    write_json(manifest, dest / "manifest.json")
     return manifest
 
 
@@ -727,13 +719,10 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
 
 
 def _save_split(path: Path, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-    """Atomically torch.save {'images', 'labels', 'indices'} of one split subset."""
-    payload = {
-        "images": images[indices].contiguous(),
-        "labels": labels[indices].contiguous(),
-        "indices": indices.contiguous(),
-    }
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """One split subset as an uncompressed .npz (images, labels, indices): numpy reads it, the
+    notebooks too, without torch."""
+    arrays = {"images": images[indices].numpy(), "labels": labels[indices].numpy(), "indices": indices.numpy()}
+    write_arrays(arrays, path, compress=False)
 
 
 def _manifest_sources(raw_dir: Path) -> dict[str, str] | None:
@@ -758,7 +747,7 @@ def prepare(
 
     In: dataset name; folder with its raw files; output folder (created);
     subset sizes (None: whole split); seed for the stratified subsets.
-    Out files: out_dir/train.pt and test.pt, each {'images': uint8 N,C,H,W,
+    Out files: out_dir/train.npz and test.npz, each {'images': uint8 N,C,H,W,
     'labels': int64 N, 'indices': int64 N into the original split}, and
     out_dir/meta.json, written last as the completion marker.
     Returns meta: {dataset, classes, num_classes, shape [C,H,W], mean, std
@@ -775,8 +764,8 @@ def prepare(
     (train_images, train_labels), (test_images, test_labels), classes = _read(src, raw_dir)
     train_idx = stratified_subset(train_labels, train_subset, seed)
     test_idx = stratified_subset(test_labels, test_subset, seed)
-    _save_split(out_dir / "train.pt", train_images, train_labels, train_idx)
-    _save_split(out_dir / "test.pt", test_images, test_labels, test_idx)
+    _save_split(out_dir / "train.npz", train_images, train_labels, train_idx)
+    _save_split(out_dir / "test.npz", test_images, test_labels, test_idx)
 
     mean, std = _channel_stats(train_images[train_idx])
     meta = {
@@ -792,7 +781,7 @@ def prepare(
         "source": _manifest_sources(raw_dir),
         "checksums": checksums,
     }
-    _write_json(out_dir / "meta.json", meta)
+    write_json(meta, out_dir / "meta.json")
     return meta
 
 
@@ -801,51 +790,50 @@ def prepare(
 
 @dataclass
 class Split:
-    """One prepared split: images float32 N,C,H,W (normalised), labels int64 N."""
+    """One prepared split: images float32 N,C,H,W (normalised), labels int64 N, and the indices
+    of the examples in the original split (int64 N)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    indices: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
 
-def _load_split(
-    path: Path, mean: torch.Tensor, std: torch.Tensor, device: str | torch.device, expected_n: int
-) -> Split:
-    """Load one prepared .pt file and normalise its images on `device`."""
+def read_meta(path: Path) -> dict:
+    """A prepared dataset's meta.json; DataError if it is missing or unreadable."""
     try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not prepared or unreadable ({_one_line(err)})") from None
+
+
+def load_split(path: Path, meta: dict, device: str | torch.device) -> Split:
+    """One prepared split (`train.npz` or `test.npz`), its images normalised with meta's
+    per-channel mean and std ((x/255 - mean) / std), on `device`."""
+    path = Path(path)
+    try:
+        arrays = read_arrays(path)
+        images, labels, indices = (torch.from_numpy(arrays[k]) for k in ("images", "labels", "indices"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise DataError(f"{path.parent.name}: {path.name}: unreadable ({_one_line(err)})") from None
-    images, labels = payload["images"], payload["labels"]
+    expected_n = meta["n_train" if path.stem == "train" else "n_test"]
     if images.shape[0] != expected_n or labels.shape != (expected_n,):
         raise DataError(
             f"{path.parent.name}: {path.name}: {images.shape[0]} images, {labels.shape[0]} labels; "
             f"meta.json says {expected_n}"
         )
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: just centre it
     # Move uint8 first: a quarter of the bytes of float32 to transfer.
-    x = images.to(device).to(torch.float32).div_(255.0)
-    x = x.sub_(mean.to(device).view(1, -1, 1, 1)).div_(std.to(device).view(1, -1, 1, 1))
-    return Split(images=x, labels=labels.to(device=device, dtype=torch.int64))
+    x = images.to(device).to(torch.float32).div_(255.0).sub_(mean).div_(std)
+    return Split(images=x, labels=labels.to(device=device, dtype=torch.int64), indices=indices)
 
 
 def load_prepared(data_dir: Path, device: str | torch.device = "cpu") -> tuple[Split, Split, dict]:
-    """Load a folder written by `prepare`.
-
-    In: the folder; a torch device.
-    Out: (train, test, meta); images float32 N,C,H,W as (x/255 - mean) / std
-    with meta's per-channel mean/std, labels int64 N, both on `device`.
-    DataError if the folder was not (completely) prepared.
-    """
+    """Both splits of a folder written by `prepare`, and its meta: (train, test, meta)."""
     data_dir = Path(data_dir)
-    try:
-        meta = json.loads((data_dir / "meta.json").read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{data_dir}: meta.json: not prepared or unreadable ({_one_line(err)})") from None
-    mean = torch.tensor(meta["mean"], dtype=torch.float32)
-    std = torch.tensor(meta["std"], dtype=torch.float32)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: just centre it
-    train = _load_split(data_dir / "train.pt", mean, std, device, meta["n_train"])
-    test = _load_split(data_dir / "test.pt", mean, std, device, meta["n_test"])
-    return train, test, meta
+    meta = read_meta(data_dir / "meta.json")
+    return load_split(data_dir / "train.npz", meta, device), load_split(data_dir / "test.npz", meta, device), meta

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .io import save_torch
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -232,10 +234,7 @@ def save_model(model: nn.Module, path: str | Path, **extra: Any) -> None:
 
     Plain tensors, lists and dicts only, so `torch.load(weights_only=True)` reads it.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"spec": model.spec, "state_dict": plain_state_dict(model), **extra}, tmp)
-    tmp.replace(path)
+    save_torch({"spec": model.spec, "state_dict": plain_state_dict(model), **extra}, path)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Sequential:

@@ -359,8 +359,9 @@ def comparisons(
     row per (intervention, model, pair) with `intervention, model` and the dict's keys. Extra
     keyword arguments go to `paired_comparison`.
     """
-    _check_columns(per_seed, [value])
     rows = []
+    if pairs:  # no pairs: an empty table, whatever the columns
+        _check_columns(per_seed, [value])
     for keys, g in per_seed.groupby(list(GROUP_KEYS), dropna=False, sort=True):
         for a, b in pairs:
             result = paired_comparison(g, a, b, value, **kwargs)

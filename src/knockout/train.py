@@ -7,21 +7,23 @@ every resume point, so a killed run continues bit for bit where it stopped.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
+import os
+import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pandas as pd
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .devices import resolve_device  # noqa: F401  (re-exported for the CLI)
-from .evaluate import evaluate
+from .engine.evaluate import evaluate
+from .io import save_torch, write_json, write_table
 from .models import count_parameters, save_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -31,26 +33,28 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    augment: bool = False  # random crop (padding 4) + horizontal flip, on tensors
-    checkpoints: tuple[int, ...] = field(default_factory=tuple)  # epochs saved as epoch{e}.pt
-    eval_batch_size: int = 1024
-    amp: bool = True  # bf16 autocast, only ever used on CUDA
+    """Resolved training settings (the schema's `train` has their defaults and meanings)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    augment: bool  # random crop (padding 4) + horizontal flip, on tensors
+    checkpoints: tuple[int, ...]  # epochs saved as epochs/epoch{e}.pt
+    eval_batch_size: int
+    amp: bool  # bf16 autocast, only ever used on CUDA
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        ckpt = d.get("checkpoints", ())
-        epochs = int(d.get("epochs", cls.epochs))
-        d["checkpoints"] = tuple(range(1, epochs + 1)) if ckpt == "all" else tuple(ckpt or ())
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From resolved settings: `augment` a bool and `checkpoints` a list of epochs (the plan
+        turns `auto` and `all` into those)."""
+        if not isinstance(d["augment"], bool) or isinstance(d["checkpoints"], str):
+            raise ValueError("augment and checkpoints must be resolved (a bool, a list of epochs)")
+        values = {k: d[k] for k in cls.__dataclass_fields__} | {"checkpoints": tuple(int(e) for e in d["checkpoints"])}
+        return cls(**values)
 
 
 def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
@@ -95,21 +99,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def train(
     model: nn.Module,
     train_x: torch.Tensor,
@@ -119,17 +108,23 @@ def train(
     cfg: TrainConfig,
     out_dir: str | Path,
     seed: int,
-    device: str | torch.device = "cpu",
+    device: str | torch.device,
+    epochs_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Train `model` (already initialised from `seed`) and write the model folder.
 
-    Writes `init.pt` (weights at step 0), `epoch{e}.pt` for `cfg.checkpoints`, `final.pt`,
-    `history.csv` and `metrics.json`; `resume.pt` holds the state after the last finished epoch
-    while the run is going and is removed at the end. Returns the metrics dict.
+    Writes `init.pt` (weights at step 0), `final.pt`, `history.csv`, `metrics.json` and, when
+    `epochs_dir` is given, that folder with `epoch{e}.pt` for `cfg.checkpoints`. While the run
+    is going, `resume.pt` holds the state after the last finished epoch and `epochs.partial/`
+    the checkpoints so far (a rerun after a kill resumes from both); the checkpoint folder is
+    renamed into place at the end. Returns the metrics dict.
     """
+    if cfg.checkpoints and epochs_dir is None:
+        raise ValueError("checkpoints asked for, but no folder to keep them in (epochs_dir)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / "epochs.partial"
     device = torch.device(device)
     cuda = device.type == "cuda"
     model.to(device)
@@ -158,6 +153,7 @@ def train(
         print(f"resuming after epoch {state['epoch']} from {resume_path}", file=sys.stderr)
     else:
         init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        shutil.rmtree(partial, ignore_errors=True)  # checkpoints of an earlier, abandoned run
     if not (out / "init.pt").exists():
         # Rebuilt from the resume state when a rerun removed it with the other outputs.
         current = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -215,7 +211,7 @@ def train(
         )
         bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", acc=f"{test.accuracy:.3f}")
         if epoch in cfg.checkpoints:
-            save_model(model, out / f"epoch{epoch}.pt", seed=seed, epoch=epoch)
+            save_model(model, partial / f"epoch{epoch}.pt", seed=seed, epoch=epoch)
         if epoch < cfg.epochs:
             state = {
                 "epoch": epoch,
@@ -228,13 +224,11 @@ def train(
             }
             if cuda:
                 state["cuda_rng"] = torch.cuda.get_rng_state()
-            tmp = resume_path.with_name("resume.pt.tmp")
-            torch.save(state, tmp)
-            tmp.replace(resume_path)
+            save_torch(state, resume_path)
 
     model.to(memory_format=torch.contiguous_format)
     save_model(model, out / "final.pt", seed=seed, epoch=cfg.epochs)
-    _write_history(out / "history.csv", history)
+    write_table(pd.DataFrame(history, columns=HISTORY_COLUMNS), out / "history.csv")
     final = history[-1] if history else {}
     seconds = sum(h["seconds"] for h in history)
     metrics = {
@@ -251,6 +245,10 @@ def train(
         "device": str(device),
         "config": asdict(cfg),
     }
-    _write_json(out / "metrics.json", metrics)
+    write_json(metrics, out / "metrics.json")
+    if epochs_dir is not None:
+        partial.mkdir(exist_ok=True)
+        shutil.rmtree(epochs_dir, ignore_errors=True)
+        os.replace(partial, epochs_dir)
     resume_path.unlink(missing_ok=True)
     return metrics

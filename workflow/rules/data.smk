@@ -10,16 +10,17 @@ rule download:
         "../../envs/torch.yaml"
     params:
         out=subpath(output[0], parent=True),
-        mirrors=mirror_args,
+        mirrors=lambda w: shlex.join(f"--mirror={m}" for m in config["data"]["mirrors"]),
+        download="" if config["data"]["download"] else "--no-download",
     shell:
-        "knockout fetch --dataset {wildcards.dataset:q} --out {params.out:q} {params.mirrors} > {log:q} 2>&1"
+        "knockout fetch --dataset {wildcards.dataset:q} --out {params.out:q} {params.mirrors} {params.download} > {log:q} 2>&1"
 
 
 rule prepare:
     input:
         rules.download.output,
     output:
-        multiext("results/data/{dataset}/", "train.pt", "test.pt", "meta.json"),
+        multiext("results/data/{dataset}/", "train.npz", "test.npz", "meta.json"),
     log:
         "results/logs/prepare/{dataset}.log",
     conda:

@@ -1,11 +1,12 @@
-# Interventions on trained networks: unit statistics, one job per study x seed, then the table
-# over seeds per study.
+# Studies on trained models, by job kind (knockout.studies: evaluate, probe, retrain): one job per
+# study x seed (per condition too when retraining), then the table over seeds per study.
 
 
 rule unit_stats:
     input:
-        model="results/models/{model}/seed{seed}/final.pt",
-        data=prepared,
+        final="results/models/{model}/seed{seed}/final.pt",
+        train=lambda w: PLAN.data(w.model)["train"],
+        meta=lambda w: PLAN.data(w.model)["meta"],
     output:
         "results/units/{model}/seed{seed}.csv",
     log:
@@ -14,16 +15,15 @@ rule unit_stats:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
-        data=lambda w, input: os.path.dirname(input.data[0]),
-        device=config["device"],
+        job=as_json(PLAN.unit_stats_job()),
     shell:
-        "knockout units --model {input.model:q} --data {params.data:q} --out {output:q}"
-        " --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "knockout unit-stats --job {params.job:q} --final {input.final:q} --train {input.train:q}"
+        " --meta {input.meta:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule intervene:
     input:
-        unpack(intervention_inputs),
+        unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
     output:
         table="results/interventions/{name}/{model}/seed{seed}.csv",
         per_class="results/interventions/{name}/{model}/seed{seed}.per_class.csv",
@@ -34,29 +34,23 @@ rule intervene:
     benchmark:
         "results/benchmarks/interventions/{name}/{model}/seed{seed}.tsv"
     wildcard_constraints:
-        name="|".join(EVALUATED_STUDIES) or "^$",
+        name=names("evaluate"),
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
     params:
-        spec=study_spec_json,
-        model_dir=lambda w, input: os.path.dirname(input.final),
-        data=lambda w, input: os.path.dirname(input.data[0]),
-        units=lambda w, input: input.units if "units" in input.keys() else "",
-        device=config["device"],
-        budget=lambda w: study(w)["budget_mb"],
+        job=lambda w: as_json(PLAN.study_job(w.name)),
+        optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats"),
     shell:
-        "knockout intervene --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
-        " --seed {wildcards.seed} --model-dir {params.model_dir:q} --data {params.data:q} --unit-stats={params.units:q}"
-        " --out {output.table:q} --device {params.device:q} --budget-mb {params.budget} --threads {threads} > {log:q} 2>&1"
+        "knockout intervene --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} {params.optional}"
+        " --test {input.test:q} --meta {input.meta:q} --out {output.table:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule probe:
     input:
-        final="results/models/{model}/seed{seed}/final.pt",
-        data=prepared,
+        unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
     output:
         table="results/interventions/{name}/{model}/seed{seed}.csv",
         arrays="results/interventions/{name}/{model}/seed{seed}.npz",
@@ -65,26 +59,22 @@ rule probe:
     benchmark:
         "results/benchmarks/probe/{name}/{model}/seed{seed}.tsv"
     wildcard_constraints:
-        name="|".join(PROBE_STUDIES) or "^$",
+        name=names("probe"),
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
     params:
-        spec=study_spec_json,
-        model_dir=lambda w, input: os.path.dirname(input.final),
-        data=lambda w, input: os.path.dirname(input.data[0]),
-        device=config["device"],
+        job=lambda w: as_json(PLAN.study_job(w.name)),
     shell:
-        "knockout probe --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q} --seed {wildcards.seed}"
-        " --model-dir {params.model_dir:q} --data {params.data:q} --out {output.table:q} --device {params.device:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        "knockout probe --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} --test {input.test:q}"
+        " --meta {input.meta:q} --out {output.table:q} --arrays {output.arrays:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule retrain:
     input:
-        unpack(intervention_inputs),
+        unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
     output:
         multiext(
             "results/interventions/{name}/{model}/runs/{condition}/seed{seed}/",
@@ -92,7 +82,7 @@ rule retrain:
             "final.pt",
             "history.csv",
             "metrics.json",
-            "predictions.pt",
+            "predictions.npz",
             "condition.json",
         ),
     log:
@@ -100,31 +90,27 @@ rule retrain:
     benchmark:
         "results/benchmarks/retrain/{name}/{model}/{condition}/seed{seed}.tsv"
     wildcard_constraints:
-        name="|".join(RETRAINED_STUDIES) or "^$",
+        name=names("retrain"),
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]
     resources:
         gpu=gpus_per_job(),
     params:
-        spec=study_spec_json,
-        train=model_train_json,
-        model_dir=lambda w, input: os.path.dirname(input.final),
-        data=lambda w, input: os.path.dirname(input.data[0]),
-        units=lambda w, input: input.units if "units" in input.keys() else "",
+        job=lambda w: as_json(PLAN.study_job(w.name)),
+        optional=lambda w, input: option_args(input, "unit_stats"),
         out=subpath(output[0], parent=True),
-        device=config["device"],
     shell:
-        "knockout retrain --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
-        " --seed {wildcards.seed} --condition {wildcards.condition:q} --model-dir {params.model_dir:q}"
-        " --data {params.data:q} --train {params.train:q} --unit-stats={params.units:q} --out {params.out:q}"
-        " --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "knockout retrain --job {params.job:q} --seed {wildcards.seed} --condition {wildcards.condition:q}"
+        " --final {input.final:q} {params.optional} --train {input.train:q} --test {input.test:q} --meta {input.meta:q}"
+        " --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule collect:
     input:
-        runs=lambda w: [f"{run}/condition.json" for run in retrained_runs(w)],
-        data=prepared,
+        runs=lambda w: PLAN.run_files(w.name, w.seed),
+        test=lambda w: PLAN.data(w.model)["test"],
+        meta=lambda w: PLAN.data(w.model)["meta"],
     output:
         table="results/interventions/{name}/{model}/seed{seed}.csv",
         per_class="results/interventions/{name}/{model}/seed{seed}.per_class.csv",
@@ -133,30 +119,31 @@ rule collect:
     log:
         "results/logs/collect/{name}/{model}/seed{seed}.log",
     wildcard_constraints:
-        name="|".join(RETRAINED_STUDIES) or "^$",
+        name=names("retrain"),
     conda:
         "../../envs/torch.yaml"
     params:
-        spec=study_spec_json,
-        runs=retrained_runs,
-        data=lambda w, input: os.path.dirname(input.data[0]),
+        job=lambda w: as_json(PLAN.study_job(w.name)),
+        runs=lambda w: PLAN.runs(w.name, w.seed),
     shell:
-        "knockout collect --name {wildcards.name:q} --spec {params.spec:q} --model {wildcards.model:q}"
-        " --seed {wildcards.seed} --runs {params.runs:q} --data {params.data:q} --out {output.table:q} > {log:q} 2>&1"
+        "knockout collect --job {params.job:q} --seed {wildcards.seed} --runs {params.runs:q}"
+        " --test {input.test:q} --meta {input.meta:q} --out {output.table:q} > {log:q} 2>&1"
 
 
 rule aggregate:
     input:
-        per_seed_tables,
+        lambda w: PLAN.per_seed(w.name),
     output:
         table="results/tables/{name}.csv",
         comparisons="results/tables/{name}.comparisons.csv",
     log:
         "results/logs/aggregate/{name}.log",
+    wildcard_constraints:
+        name="|".join(PLAN.aggregated()) or "^$",
     conda:
         "../../envs/analysis.yaml"
     params:
-        compare=lambda w: json.dumps(study(w).get("compare", [])),
+        compare=lambda w: as_json(PLAN.studies[w.name].spec.get("compare", [])),
     shell:
         "knockout aggregate --inputs {input:q} --out {output.table:q}"
         " --compare {params.compare:q} --comparisons {output.comparisons:q} > {log:q} 2>&1"

@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        prepared,
+        unpack(lambda w: PLAN.data(w.model)),
     output:
         multiext(
             "results/models/{model}/seed{seed}/",
@@ -12,6 +12,7 @@ rule train:
             "history.csv",
             "metrics.json",
         ),
+        epochs=directory("results/models/{model}/seed{seed}/epochs"),
     log:
         "results/logs/train/{model}/seed{seed}.log",
     benchmark:
@@ -22,18 +23,16 @@ rule train:
     resources:
         gpu=gpus_per_job(),
     params:
-        data=lambda w, input: os.path.dirname(input[0]),
+        job=lambda w: as_json(PLAN.train_job(w.model)),
         out=subpath(output[0], parent=True),
-        spec=model_spec_json,
-        device=config["device"],
     shell:
-        "knockout train --data {params.data:q} --spec {params.spec:q} --seed {wildcards.seed}"
-        " --out {params.out:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "knockout train --job {params.job:q} --seed {wildcards.seed} --train {input.train:q} --test {input.test:q}"
+        " --meta {input.meta:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule baselines:
     input:
-        trained_models(),
+        PLAN.metrics(),
     output:
         table="results/tables/baselines.csv",
         per_seed="results/tables/baselines.per_seed.csv",
@@ -47,8 +46,7 @@ rule baselines:
 
 rule provenance:
     input:
-        manifests=expand("results/raw/{dataset}/manifest.json", dataset=DATASETS),
-        models=trained_models(),
+        expand("results/raw/{dataset}/manifest.json", dataset=PLAN.datasets),
     output:
         "results/provenance.json",
     log:
@@ -56,8 +54,8 @@ rule provenance:
     conda:
         "../../envs/torch.yaml"
     params:
-        config=json.dumps(config, sort_keys=True, default=str),
+        config=as_json(config),
         repo=workflow.basedir,
     shell:
-        "knockout provenance --config {params.config:q} --manifests {input.manifests:q}"
+        "knockout provenance --config {params.config:q} --manifests {input:q}"
         " --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"

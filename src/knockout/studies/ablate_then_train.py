@@ -13,16 +13,12 @@ Sets are `filter_ablation`'s `units`, `lowest_response` and `random` (with `repe
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 
-import torch
-from torch.nn.utils import prune
+from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs, filter_ablation
 
-from . import Condition, Context, apply_condition, filter_ablation
-from ..models import addressable_layers, silence_point
-
-RETRAIN = True
+KIND = "retrain"
+NOTEBOOK = "retrain"
 SEMANTICS = ("zero_once", "mask")
 
 
@@ -30,22 +26,33 @@ SEMANTICS = ("zero_once", "mask")
 class Spec:
     model: str
     sets: filter_ablation.Spec
-    semantics: str = "zero_once"
-    freeze_body: bool = False
-    train: str = "{}"
-    compare: tuple[tuple[str, str], ...] = ()
+    semantics: str
+    freeze_body: bool
+    compare: tuple[tuple[str, str], ...]
 
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
-        sets = filter_ablation.Spec.from_dict({"model": d["model"], "layers": d["layers"], "sets": d["sets"]})
-        return cls(
-            d["model"],
-            sets,
-            d.get("semantics", "zero_once"),
-            bool(d.get("freeze_body", False)),
-            json.dumps(d.get("train", {}), sort_keys=True),
-            tuple(tuple(p) for p in d.get("compare", ())),
-        )
+        sets = filter_ablation.Spec.from_dict({"model": d["model"], "layers": d["layers"], "sets": d["sets"], "compare": []})
+        return cls(d["model"], sets, d["semantics"], bool(d["freeze_body"]), compare_pairs(d))
+
+
+def needs(spec: Spec) -> set[str]:
+    return filter_ablation.needs(spec.sets)
+
+
+def check(spec: Spec, target: Target) -> None:
+    for i, layer in enumerate(spec.sets.layers):
+        check_layer(f"layers[{i}]", target, layer)
+    filter_ablation.check_sets(spec.sets.sets, target)
+    check_compare(spec.compare, {"baseline", *(s.name for s in spec.sets.sets)})
+
+
+def condition_names(spec: Spec) -> list[str]:
+    """baseline, then one per set (one per draw of a random set)."""
+    names = ["baseline"]
+    for fset in spec.sets.sets:
+        names += [f"{fset.name}:draw{d}" for d in range(fset.repeats)] if fset.select == "random" else [fset.name]
+    return names
 
 
 def conditions(spec: Spec, context: Context) -> list[Condition]:
@@ -60,6 +67,11 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
 def apply(condition: Condition, context: Context):
     """The trained network with the set silenced, ready to train: masked (`mask`) so the units
     stay silent, and with all but the last layer frozen when `freeze_body`."""
+    import torch
+    from torch.nn.utils import prune
+
+    from ..models import addressable_layers, silence_point
+
     info = dict(condition.info)
     if info.get("semantics") == "mask":
         model = apply_condition(condition, context).train()

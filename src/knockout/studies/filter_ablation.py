@@ -17,10 +17,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-import torch
+from ..errors import ConfigError
+from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs, layer_units
 
-from . import Condition, Context, apply_condition, layer_units
-
+KIND = "evaluate"
+NOTEBOOK = "filter_ablation"
 SELECTS = ("units", "lowest_response", "random", "each", "cumulative")
 STATISTICS = ("mean", "max", "weight_l1", "selectivity", "dead_fraction")
 
@@ -30,14 +31,36 @@ class FilterSet:
     name: str
     select: str
     layers: tuple[str, ...]
-    k: int | None = None
-    units: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    statistic: str = "mean"
-    repeats: int = 1
-    exclude: str | None = None
-    order: str = "random"
-    descending: bool = False
-    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    k: int | None
+    units: tuple[tuple[str, tuple[int, ...]], ...]
+    statistic: str
+    repeats: int
+    exclude: str | None
+    order: str
+    descending: bool
+    fractions: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, name: str, s: dict, study_layers: tuple[str, ...]) -> FilterSet:
+        units = tuple((layer, tuple(int(u) for u in us)) for layer, us in (s.get("units") or {}).items())
+        return cls(
+            name=name,
+            select=s["select"],
+            layers=tuple(s.get("layers") or [layer for layer, _ in units] or study_layers),
+            k=s.get("k"),
+            units=units,
+            statistic=s["statistic"],
+            repeats=int(s["repeats"]),
+            exclude=s.get("exclude"),
+            order=s["order"],
+            descending=bool(s["descending"]),
+            fractions=tuple(s["fractions"]),
+        )
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the set ranks units by a unit statistic (so it needs the statistics)."""
+        return self.select == "lowest_response" or (self.select == "cumulative" and self.order != "random")
 
 
 @dataclass(frozen=True)
@@ -45,38 +68,51 @@ class Spec:
     model: str
     layers: tuple[str, ...]
     sets: tuple[FilterSet, ...]
-    compare: tuple[tuple[str, str], ...] = ()
+    compare: tuple[tuple[str, str], ...]
 
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
         layers = tuple(d["layers"])
-        sets = []
-        for name, s in d["sets"].items():
-            units = tuple((layer, tuple(int(u) for u in us)) for layer, us in (s.get("units") or {}).items())
-            sets.append(
-                FilterSet(
-                    name=name,
-                    select=s["select"],
-                    layers=tuple(s.get("layers") or [layer for layer, _ in units] or layers),
-                    k=s.get("k"),
-                    units=units,
-                    statistic=s.get("statistic", "mean"),
-                    repeats=int(s.get("repeats", 1)),
-                    exclude=s.get("exclude"),
-                    order=s.get("order", "random"),
-                    descending=bool(s.get("descending", False)),
-                    fractions=tuple(s.get("fractions", FilterSet.fractions)),
-                )
-            )
-        return cls(model=d["model"], layers=layers, sets=tuple(sets), compare=tuple(tuple(p) for p in d.get("compare", ())))
+        sets = tuple(FilterSet.from_dict(name, s, layers) for name, s in d["sets"].items())
+        return cls(model=d["model"], layers=layers, sets=sets, compare=compare_pairs(d))
 
 
-def needs_unit_stats(spec: Spec) -> bool:
-    return any(s.select == "lowest_response" or (s.select == "cumulative" and s.order != "random") for s in spec.sets)
+def needs(spec: Spec) -> set[str]:
+    """Unit statistics when a set ranks units by one."""
+    return {"unit_stats"} if any(s.ranked for s in spec.sets) else set()
 
 
-def _rng(seed: int, *keys: object) -> torch.Generator:
+def check(spec: Spec, target: Target) -> None:
+    """Layers, units and k against the model; `exclude` and `compare` against the sets."""
+    for i, layer in enumerate(spec.layers):
+        check_layer(f"layers[{i}]", target, layer)
+    check_sets(spec.sets, target)
+    check_compare(spec.compare, {"baseline", *(s.name for s in spec.sets)})
+
+
+def check_sets(sets: tuple[FilterSet, ...], target: Target) -> None:
+    by_name = {s.name: s for s in sets}
+    for fset in sets:
+        key = f"sets.{fset.name}"
+        sizes = {layer: check_layer(f"{key}.layers", target, layer) for layer in fset.layers}
+        for layer, units in fset.units:
+            bad = [u for u in units if u >= sizes[layer]]
+            if bad:
+                raise ConfigError(f"{key}.units.{layer}: unit {bad[0]} out of range ({layer} has {sizes[layer]} units)")
+        if fset.k is not None:
+            for layer, n in sizes.items():
+                if fset.k > n:
+                    raise ConfigError(f"{key}.k: {fset.k} is more than the {n} units of {layer}")
+        if fset.exclude is not None:
+            other = by_name.get(fset.exclude)
+            if other is None or other.select not in ("units", "lowest_response"):
+                raise ConfigError(f"{key}.exclude: {fset.exclude!r} is not a units or lowest_response set of this study")
+
+
+def _rng(seed: int, *keys: object):
     # A stable seed per (training seed, set, draw): reruns and other sets never share a draw.
+    import torch
+
     text = ":".join(str(k) for k in keys)
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(text.encode()))
 
@@ -109,6 +145,8 @@ def _condition(name: str, fset: FilterSet, units: dict[str, list[int]], **info) 
 
 def conditions(spec: Spec, context: Context) -> list[Condition]:
     """`baseline` first, then each set's conditions (names in the module docstring's order)."""
+    import torch
+
     by_name = {s.name: s for s in spec.sets}
     out = [Condition(name="baseline", set="baseline")]
     for fset in spec.sets:

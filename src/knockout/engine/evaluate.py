@@ -72,7 +72,7 @@ def _cut(condition, links: list[str], model: nn.Module) -> tuple[int, bool]:
     """Where the work for `condition` can start: (p, masked) where p is how many links of the base
     network's chain are shared (their output is cached), and masked tells whether the condition
     can run as masks on the base network (silencing only) instead of its own modified copy."""
-    from .models import silence_point
+    from ..models import silence_point
 
     if not condition.changed_layers:
         return len(links), True
@@ -99,8 +99,8 @@ def _cut(condition, links: list[str], model: nn.Module) -> tuple[int, bool]:
 
 def _masks(conditions, model: nn.Module, repeat: int) -> dict[str, torch.Tensor]:
     """Per silence point, a (K * repeat, units) 0/1 mask for K stacked conditions."""
-    from .interventions import layer_units
-    from .models import silence_point
+    from ..studies import layer_units
+    from ..models import silence_point
 
     points: dict[str, torch.Tensor] = {}
     for k, condition in enumerate(conditions):
@@ -138,8 +138,9 @@ def evaluate_conditions(
     context,
     images: torch.Tensor,
     labels: torch.Tensor,
-    budget_mb: float = 512,
-    device: str | torch.device = "cpu",
+    *,
+    budget_mb: float,
+    device: str | torch.device,
     apply=None,
 ) -> dict[str, ConditionOutput]:
     """Predictions and per-example losses of every condition on (images (N, ...), labels (N,)).
@@ -151,8 +152,8 @@ def evaluate_conditions(
     activations held at once. `apply(condition, context)` builds a modified copy (default:
     `interventions.apply_condition`).
     """
-    from .interventions import apply_condition
-    from .models import chain
+    from ..studies import apply_condition
+    from ..models import chain
 
     apply = apply or apply_condition
     device = torch.device(device)

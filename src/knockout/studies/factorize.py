@@ -12,36 +12,59 @@ import copy
 import json
 from dataclasses import dataclass
 
-import pandas as pd
-import torch
+from ..errors import ConfigError
+from . import Condition, Context, Target, check_compare, check_layer, compare_pairs
 
-from . import Condition, Context
-from ..models import build_model, count_parameters, resolve_spec
-
-RETRAIN = True
+KIND = "retrain"
+NOTEBOOK = "retrain"
 
 
 @dataclass(frozen=True)
 class Spec:
     model: str
-    layers: tuple[str, ...] | str = "auto"  # "auto": the n > 1 + m/c rule
-    train: str = "{}"
-    compare: tuple[tuple[str, str], ...] = (("factorized", "baseline"),)
+    layers: tuple[str, ...] | str  # "auto": the n > 1 + m/c rule
+    compare: tuple[tuple[str, str], ...]
 
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
-        layers = d.get("layers", "auto")
-        compare = tuple(tuple(p) for p in d.get("compare", cls.compare))
-        return cls(d["model"], layers if layers == "auto" else tuple(layers), json.dumps(d.get("train", {}), sort_keys=True), compare)
+        layers = d["layers"]
+        return cls(d["model"], layers if layers == "auto" else tuple(layers), compare_pairs(d))
+
+
+def needs(spec: Spec) -> set[str]:
+    return set()
+
+
+def check(spec: Spec, target: Target) -> None:
+    """A `cnn` model, and conv layers of it when they are listed."""
+    from ..models import resolve_spec
+
+    if resolve_spec(target.network.spec["arch"]).get("type") != "cnn":
+        raise ConfigError(f"model: factorize needs a cnn model, {target.name!r} is not one")
+    if spec.layers != "auto":
+        for i, layer in enumerate(spec.layers):
+            if not layer.startswith("conv"):
+                raise ConfigError(f"layers[{i}]: {layer!r} is not a conv layer")
+            check_layer(f"layers[{i}]", target, layer)
+    check_compare(spec.compare, {"baseline", "factorized"})
+
+
+def condition_names(spec: Spec) -> list[str]:
+    return ["baseline", "factorized"]
 
 
 def _conv_entries(spec: dict) -> list[dict]:
     return [{"channels": c} if isinstance(c, int) else dict(c) for c in spec["conv"]]
 
 
-def layer_table(arch: dict | str, input_shape: tuple[int, ...], layers="auto") -> pd.DataFrame:
-    """One row per conv layer of a `cnn` spec: layer, n, m, c, rule (n > 1 + m/c), replace,
-    P0 and P1 by the formulas, and the parameters the built modules really have."""
+def layer_table(arch: dict | str, input_shape: tuple[int, ...], layers="auto"):
+    """One row per conv layer of a `cnn` spec (a DataFrame): layer, n, m, c, rule (n > 1 + m/c),
+    replace, P0 and P1 by the formulas, and the parameters the built modules really have."""
+    import pandas as pd
+    import torch
+
+    from ..models import build_model, count_parameters, resolve_spec
+
     spec = resolve_spec(arch)
     if spec.get("type") != "cnn":
         raise ValueError(f"factorize needs a cnn spec, not {spec.get('type')!r}")
@@ -82,6 +105,8 @@ def layer_table(arch: dict | str, input_shape: tuple[int, ...], layers="auto") -
 def factorized_spec(arch: dict | str, layers: list[str]) -> dict:
     """The spec with each listed conv replaced by (n x 1, then 1 x n); the pooling, dropout and
     batch norm of the original follow the second."""
+    from ..models import resolve_spec
+
     spec = copy.deepcopy(resolve_spec(arch))
     convs = []
     for i, entry in enumerate(_conv_entries(spec), start=1):
@@ -115,8 +140,19 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
     ]
 
 
+def details(condition: Condition, context: Context) -> list[dict]:
+    """The per-layer table (P0, P1, which layers are replaced), for the condition's record."""
+    spec = context.trained.spec
+    table = layer_table(spec["arch"], tuple(spec["input_shape"]), json.loads(condition.arch).get("factorize", []) or ())
+    return json.loads(table.to_json(orient="records"))
+
+
 def apply(condition: Condition, context: Context):
     """A freshly initialised network, factorised as the condition says, seeded per seed."""
+    import torch
+
+    from ..models import build_model, resolve_spec
+
     spec = context.trained.spec
     layers = json.loads(condition.arch).get("factorize", [])
     arch = factorized_spec(spec["arch"], layers) if layers else resolve_spec(spec["arch"])

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import Condition, Context, apply_condition
+from ..errors import ConfigError
+from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs
 
+KIND = "evaluate"
+NOTEBOOK = "layer_swap"
 MODES = ("reinit", "rerandomize", "transplant", "rewind")
 
 
@@ -22,18 +25,33 @@ MODES = ("reinit", "rerandomize", "transplant", "rewind")
 class Spec:
     model: str
     layers: tuple[str, ...] | str  # names, or "all": every conv and linear layer
-    modes: tuple[str, ...] = ("reinit", "transplant")
-    compare: tuple[tuple[str, str], ...] = ()
+    modes: tuple[str, ...]
+    compare: tuple[tuple[str, str], ...]
 
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
-        layers = d.get("layers", "all")
+        layers = d["layers"]
         return cls(
             model=d["model"],
             layers=layers if layers == "all" else tuple(layers),
-            modes=tuple(d.get("modes", cls.modes)),
-            compare=tuple(tuple(p) for p in d.get("compare", ())),
+            modes=tuple(d["modes"]),
+            compare=compare_pairs(d),
         )
+
+
+def needs(spec: Spec) -> set[str]:
+    """The initial weights for reinit and transplant, the epoch checkpoints for rewind."""
+    out = {"init"} if {"reinit", "transplant", "rewind"} & set(spec.modes) else set()
+    return out | ({"checkpoints"} if "rewind" in spec.modes else set())
+
+
+def check(spec: Spec, target: Target) -> None:
+    if spec.layers != "all":
+        for i, layer in enumerate(spec.layers):
+            check_layer(f"layers[{i}]", target, layer)
+    if "rewind" in spec.modes and not target.train["checkpoints"]:
+        raise ConfigError(f"modes: rewind needs epoch checkpoints: set models.{target.name}.train.checkpoints (e.g. all)")
+    check_compare(spec.compare, {"baseline", *spec.modes})
 
 
 def resolve_layers(spec: Spec, context: Context) -> list[str]:
@@ -46,20 +64,18 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
     out = [Condition(name="baseline", set="baseline")]
     epochs = sorted(int(name[len("epoch") :]) for name in context.checkpoints)
     for mode in spec.modes:
-        if mode not in MODES:
-            raise ValueError(f"unknown layer_swap mode {mode!r}; choose from {MODES}")
         for layer in resolve_layers(spec, context):
+            info = (("layer", layer), ("mode", mode))
             if mode == "reinit":
-                out.append(Condition(f"reinit:{layer}", "reinit", replace=((layer, "init"),), info=(("layer", layer), ("mode", mode))))
+                out.append(Condition(f"reinit:{layer}", "reinit", replace=((layer, "init"),), info=info))
             elif mode == "rerandomize":
-                out.append(Condition(f"rerandomize:{layer}", "rerandomize", replace=((layer, "rerandom"),), info=(("layer", layer), ("mode", mode))))
+                out.append(Condition(f"rerandomize:{layer}", "rerandomize", replace=((layer, "rerandom"),), info=info))
             elif mode == "transplant":
-                out.append(Condition(f"transplant:{layer}", "transplant", base="init", replace=((layer, "trained"),), info=(("layer", layer), ("mode", mode))))
+                out.append(Condition(f"transplant:{layer}", "transplant", base="init", replace=((layer, "trained"),), info=info))
             else:
                 for epoch in [0, *epochs]:
                     source = "init" if epoch == 0 else f"epoch{epoch}"
-                    info = (("layer", layer), ("mode", mode), ("epoch", epoch))
-                    out.append(Condition(f"rewind:{layer}:epoch{epoch}", "rewind", replace=((layer, source),), info=info))
+                    out.append(Condition(f"rewind:{layer}:epoch{epoch}", "rewind", replace=((layer, source),), info=(*info, ("epoch", epoch))))
     return out
 
 

@@ -4,7 +4,7 @@ For each chosen filter of a layer, `top_activations` streams a set of images thr
 and keeps the k images whose feature map responds most (its Frobenius norm, study 3's "matrix
 norm", or its maximum), with the location of the map's maximum and the input patch under the
 receptive field of that location. `receptive_field` computes the field from the layers' kernels,
-strides, paddings and dilations; `save_grid` draws the patches as a rank x filter PNG.
+strides, paddings and dilations.
 
 Coordinates are pixel indices: input pixel (i, j) has its centre at (i, j), so the field of a
 3x3 valid convolution's output (0, 0) is centred at (1, 1) and spans rows 0..2.
@@ -12,16 +12,14 @@ Coordinates are pixel indices: input pixel (i, j) has its centre at (i, j), so t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .models import Exp, chain
+from ..models import Exp, chain
 
 COLUMNS = ["layer", "filter", "rank", "image", "score", "peak_y", "peak_x", "top", "left", "bottom", "right"]
 
@@ -294,8 +292,9 @@ def top_activations(
     filters: dict[str, list[int]],
     k: int = 5,
     score: str = "norm",
+    *,
+    device: str | torch.device,
     batch_size: int = 256,
-    device: str | torch.device = "cpu",
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The k images (of `images` (N, C, H, W)) that excite each chosen filter most.
 
@@ -356,32 +355,3 @@ def top_activations(
         arrays[f"patches_{layer}"] = patches
         arrays[f"filters_{layer}"] = np.asarray(idx, dtype=np.int64)
     return pd.DataFrame(rows, columns=COLUMNS), arrays
-
-
-# --------------------------------------------------------------------------- drawing
-
-
-def save_grid(patches, path: str | Path, mean, std, min_cell: int = 32) -> Path:
-    """Write patches (k, F, C, ph, pw) as a PNG grid: rows = rank, columns = filters.
-
-    Each patch is un-normalised with the per-channel dataset `mean` and `std` (x * std + mean)
-    and clipped to [0, 1]; NaN (outside the image) is white. Small patches are enlarged (nearest
-    neighbour, an integer factor) so each cell is at least `min_cell` pixels on its short side.
-    torchvision's make_grid puts 2 px of padding between and around the cells.
-    """
-    from torchvision.utils import make_grid, save_image
-
-    x = torch.as_tensor(np.asarray(patches), dtype=torch.float32)
-    k, F, C, ph, pw = x.shape
-    m = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-    x = x.reshape(k * F, C, ph, pw) * s + m
-    x = torch.nan_to_num(x, nan=1.0).clamp(0, 1)  # outside the image: white
-    scale = math.ceil(min_cell / min(ph, pw))
-    if scale > 1:
-        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    grid = make_grid(x, nrow=F, padding=2, pad_value=1.0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
-    return path

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import chain
+from ..models import chain
 from .top_activations import ELEMENTWISE, main_path, residual_blocks, spatial_params
 
 SUMMARY_COLUMNS = ["image", "label", "window", "baseline_prob", "min_prob", "argmin_y", "argmin_x",
@@ -407,11 +407,12 @@ def occlusion_maps(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    windows: Sequence[int] = (3, 5, 7, 9),
-    stride: int = 1,
-    fill: float | torch.Tensor = 0.0,
-    budget_mb: float = 256,
-    device: str | torch.device = "cpu",
+    windows: Sequence[int],
+    *,
+    stride: int,
+    fill: float | torch.Tensor,
+    budget_mb: float,
+    device: str | torch.device,
     reuse: bool = True,
 ) -> dict[str, np.ndarray]:
     """Occlusion maps of `images` (N, C, H, W, normalised) with true `labels` (N,) (see the
