@@ -18,6 +18,8 @@ GOOD = {
         "s": {"type": "layer_swap", "model": "mlp", "modes": ["reinit", "rewind"]},
         "v": {"type": "architecture", "model": "cnn", "variants": {"wide": {"dense": [128]}}},
         "z": {"type": "factorize", "model": "cnn"},
+        "t": {"type": "top_activations", "model": "cnn", "layers": {"conv1": 2}, "k": 5},
+        "o": {"type": "occlusion", "model": "cnn", "windows": [3, 5]},
     },
 }
 
@@ -42,6 +44,14 @@ def removing(path):
     def change(config):
         node, last = at(config, path)
         del node[last]
+
+    return change
+
+
+def both(first, second):
+    def change(config):
+        first(config)
+        second(config)
 
     return change
 
@@ -76,7 +86,14 @@ CASES = [
     (setting(["interventions", "v", "variants", "wide"], {"activation": "swish"}), "interventions.v.variants.wide: unknown activation 'swish'"),
     (setting(["interventions", "z", "model"], "mlp"), "interventions.z.model: factorize needs a cnn model, 'mlp' is not one"),
     (setting(["interventions", "z", "layers"], ["fc1"]), "interventions.z.layers[0]: 'fc1' is not a conv layer"),
-    (setting(["interventions", "x"], {"type": "prune", "model": "cnn"}), "interventions.x.type: 'prune' is not one of"),
+    (setting(["interventions", "x"], {"type": "prune", "model": "cnn"}), "interventions.x.type: unknown study type 'prune'; choose from ablate_then_train, architecture"),
+    (setting(["interventions", "t", "k"], 10_001), "interventions.t.k: 10001 top images per filter, but the test set of model 'cnn' has 10000"),
+    (both(setting(["datasets", "fashion_mnist", "test_subset"], 20), setting(["interventions", "t", "k"], 30)),
+     "interventions.t.k: 30 top images per filter, but the test set of model 'cnn' has 20"),
+    (setting(["interventions", "t", "layers"], {"conv1": 33}), "interventions.t.layers.conv1: conv1 has 32 filters, asked for 33"),
+    (setting(["interventions", "t", "layers"], {"conv4": 1}), "interventions.t.layers.conv4: no layer 'conv4' in model 'cnn'"),
+    (setting(["interventions", "o", "windows"], [3, 29]), "interventions.o.windows[1]: window 29 does not fit the 28x28 images"),
+    (setting(["budget_mb"], 0), "budget_mb: 0 is less than or equal to the minimum of 0"),
 ]
 
 

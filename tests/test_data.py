@@ -367,18 +367,18 @@ def test_prepare_writes_subsets_and_meta(tmp_path):
     assert meta["checksums"] == {f: source.file(f).md5 for f in source.filenames}
     assert meta["source"]["train-images-idx3-ubyte.gz"].endswith("mirror/mnist/train-images-idx3-ubyte.gz")
 
-    train = torch.load(out / "train.pt", weights_only=True)
-    test = torch.load(out / "test.pt", weights_only=True)
-    assert train["images"].dtype == torch.uint8 and train["images"].shape == (20, 1, 28, 28)
-    assert test["labels"].dtype == torch.int64 and test["indices"].dtype == torch.int64
-    np.testing.assert_array_equal(train["images"][:, 0].numpy(), arrays["train_images"][train["indices"].numpy()])
-    np.testing.assert_array_equal(test["labels"].numpy(), arrays["test_labels"][test["indices"].numpy()])
-    assert torch.bincount(train["labels"], minlength=10).tolist() == [2] * 10
+    train = np.load(out / "train.npz")  # numpy reads the prepared splits, no torch needed
+    test = np.load(out / "test.npz")
+    assert train["images"].dtype == np.uint8 and train["images"].shape == (20, 1, 28, 28)
+    assert test["labels"].dtype == np.int64 and test["indices"].dtype == np.int64
+    np.testing.assert_array_equal(train["images"][:, 0], arrays["train_images"][train["indices"]])
+    np.testing.assert_array_equal(test["labels"], arrays["test_labels"][test["indices"]])
+    assert np.bincount(train["labels"], minlength=10).tolist() == [2] * 10
 
-    subset = arrays["train_images"][train["indices"].numpy()] / 255.0
+    subset = arrays["train_images"][train["indices"]] / 255.0
     assert meta["mean"] == pytest.approx([subset.mean()], abs=1e-9)
     assert meta["std"] == pytest.approx([subset.std()], abs=1e-9)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.pt", "train.pt"]  # no tmp files
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.npz", "train.npz"]  # no tmp files
 
 
 def test_prepare_refuses_unverified_data(tmp_path):

@@ -71,17 +71,26 @@ def module_file(name: str) -> Path | None:
 
 
 def closure(verb: str) -> set[str]:
-    """External modules the CLI verb can import: its function's imports, then everything the
-    knockout modules it reaches import (a subpackage brings all its modules: intervention
-    families are found by name at run time)."""
-    cli = ast.parse((SRC / "cli.py").read_text())
-    func = next(n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == f"cmd_{verb.replace('-', '_')}")
-    main = next(n for n in cli.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    """External modules the CLI verb can import: the module-level imports of the CLI and of
+    `knockout.jobs`, the imports of the verb's function in `knockout.jobs`, then everything the
+    knockout modules they reach import (a subpackage brings all its modules: study types are
+    found by name at run time). The notebook verb also runs the notebooks' own imports."""
+    jobs = ast.parse((SRC / "jobs.py").read_text())
+    func = next(n for n in jobs.body if isinstance(n, ast.FunctionDef) and n.name == verb.replace("-", "_"))
+    module_level = [n for n in jobs.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     external, todo = set(), set()
-    for node in (func, main):
-        e, i = imports_of(node, "knockout.cli")
+    for node, name in [(func, "knockout.jobs"), (ast.Module(body=module_level, type_ignores=[]), "knockout.jobs")]:
+        e, i = imports_of(node, name)
         external |= e
         todo |= i
+    if verb == "notebook":
+        import nbformat
+
+        for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+            code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+            e, i = imports_of(ast.parse(code), "notebook")
+            external |= e
+            todo |= i
     todo |= {"knockout", "knockout.cli", "knockout.__main__"}
     seen = set()
     while todo:
@@ -94,10 +103,8 @@ def closure(verb: str) -> set[str]:
             continue
         if path.name == "__init__.py" and name != "knockout":  # a plugin package: all its modules
             todo |= {f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"}
-        if name == "knockout.cli":
-            continue  # only the verb's own function and main are followed
         tree = ast.parse(path.read_text())
-        if name == "knockout":  # its attributes import lazily: only module-level imports run
+        if name in ("knockout", "knockout.jobs"):  # lazy attributes; jobs: only its module level (above)
             tree = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
         e, i = imports_of(tree, name if path.name != "__init__.py" else f"{name}.__init__")
         external |= e

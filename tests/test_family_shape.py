@@ -1,22 +1,65 @@
-"""Every intervention family has the one shape, and a new module is picked up by its name."""
+"""Every study type has the one protocol, is found by its module name, and is planned without
+torch; the evaluated types' `apply` gives a new network and leaves the trained one as it was."""
 
-from knockout.interventions import Context, families
+import subprocess
+import sys
+
+import torch
+
 from knockout.models import build_model
+from knockout.studies import KINDS, Context, study_type, study_types
+from specs import study_spec
+
+TYPES = {"filter_ablation", "layer_swap", "ablate_then_train", "architecture", "factorize", "occlusion", "top_activations"}
+EXAMPLES = {
+    "filter_ablation": {"layers": ["conv1"], "sets": {"a": {"select": "units", "units": {"conv1": [0]}}}},
+    "layer_swap": {"layers": ["conv1"], "modes": ["reinit"]},
+    "ablate_then_train": {"layers": ["conv1"], "sets": {"a": {"select": "units", "units": {"conv1": [0]}}}},
+    "architecture": {"variants": {"wide": {"dense": [128]}}},
+    "factorize": {},
+    "occlusion": {},
+    "top_activations": {"layers": {"conv1": 2}},
+}
 
 
-def test_every_family_has_spec_conditions_apply_and_a_baseline():
-    found = families()
-    assert set(found) == {"filter_ablation", "layer_swap", "ablate_then_train", "architecture", "factorize"}
-    model = build_model("study5_cnn", (1, 28, 28), 10)
-    ctx = Context(trained=model, init=build_model("study5_cnn", (1, 28, 28), 10))
-    examples = {
-        "filter_ablation": {"model": "m", "layers": ["conv1"], "sets": {"a": {"select": "units", "units": {"conv1": [0]}}}},
-        "layer_swap": {"model": "m", "layers": ["conv1"], "modes": ["reinit"]},
-        "ablate_then_train": {"model": "m", "layers": ["conv1"], "sets": {"a": {"select": "units", "units": {"conv1": [0]}}}},
-        "architecture": {"model": "m", "variants": {"wide": {"dense": [128]}}},
-        "factorize": {"model": "m"},
-    }
-    for name, family in found.items():
-        conds = family.conditions(family.Spec.from_dict(examples[name]), ctx)
-        assert conds[0].name == "baseline"
-        assert family.apply(conds[-1], ctx) is not model
+def test_every_type_is_a_module_with_the_protocol_of_its_kind():
+    assert set(study_types()) == TYPES
+    for name in TYPES:
+        module = study_type(name)
+        assert module.KIND in KINDS and isinstance(module.NOTEBOOK, str)
+        assert isinstance(module.needs(study_spec(name, **EXAMPLES[name])), set)
+
+
+def test_conditions_start_at_baseline_and_apply_leaves_the_trained_network_untouched():
+    torch.manual_seed(0)
+    trained, init = build_model("study5_cnn", (1, 28, 28), 10), build_model("study5_cnn", (1, 28, 28), 10)
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    ctx = Context(trained=trained, init=init)
+    x = torch.randn(4, 1, 28, 28)
+    for name in TYPES:
+        module = study_type(name)
+        if module.KIND == "probe":
+            continue
+        conditions = module.conditions(study_spec(name, **EXAMPLES[name]), ctx)
+        assert conditions[0].name == "baseline"
+        changed = module.apply(conditions[-1], ctx)
+        assert all(p.data_ptr() != q.data_ptr() for p, q in zip(changed.parameters(), trained.parameters()))
+        with torch.no_grad():
+            changed.eval()(x)  # it runs
+    assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+
+
+def test_planning_a_study_imports_no_torch():
+    code = (
+        "import sys, yaml\n"
+        "from knockout.config import validate\n"
+        "from knockout.plan import Plan\n"
+        "plan = Plan(validate(yaml.safe_load(open('config.yaml'))))\n"
+        "assert plan.targets() and all(plan.study_job(n) for n in plan.studies)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from knockout.config import ConfigError, check, validate
-from knockout.evaluate import evaluate_conditions
-from knockout.intervene import tables
-from knockout.interventions import Context, apply_condition, filter_ablation, layer_swap
+from knockout.engine.evaluate import evaluate_conditions
+from knockout.jobs import condition_tables
 from knockout.models import build_model, silence_point
+from knockout.studies import Context, apply_condition, filter_ablation, layer_swap
 from knockout.units import unit_statistics
+from specs import study_spec
 
 BN_CNN = {"type": "cnn", "conv": [{"channels": 8, "pool": 2}, {"channels": 6}], "batch_norm": True, "dense": [12]}
 
@@ -38,7 +39,7 @@ def context_for(arch, shape, seed=0, **kw):
 
 
 def fa_spec(layers, sets, compare=()):
-    return filter_ablation.Spec.from_dict({"model": "m", "layers": layers, "sets": sets, "compare": list(compare)})
+    return study_spec("filter_ablation", layers=layers, sets=sets, compare=[list(p) for p in compare])
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_a_silenced_unit_outputs_zero_for_every_input(arch, shape, layer):
 
 def test_reinit_restores_initial_weights_bit_for_bit_and_transplant_the_trained_ones():
     ctx = context_for(BN_CNN, (1, 12, 12))
-    conds = {c.name: c for c in layer_swap.conditions(layer_swap.Spec.from_dict({"model": "m", "modes": ["reinit", "transplant", "rerandomize"]}), ctx)}
+    conds = {c.name: c for c in layer_swap.conditions(study_spec("layer_swap", modes=["reinit", "transplant", "rerandomize"]), ctx)}
     ctx.rerandom = build_model(BN_CNN, (1, 12, 12), 10)
     reinit = layer_swap.apply(conds["reinit:conv1"], ctx)
     for key in ["conv1.weight", "conv1_bn.weight", "conv1_bn.running_var"]:
@@ -84,7 +85,7 @@ def test_reinit_restores_initial_weights_bit_for_bit_and_transplant_the_trained_
 def test_rewind_takes_every_checkpoint_and_epoch0_is_init():
     ctx = context_for(BN_CNN, (1, 12, 12))
     ctx.checkpoints = {f"epoch{e}": build_model(BN_CNN, (1, 12, 12), 10) for e in (1, 2, 3)}
-    conds = layer_swap.conditions(layer_swap.Spec.from_dict({"model": "m", "layers": ["conv2", "fc2"], "modes": ["rewind"]}), ctx)
+    conds = layer_swap.conditions(study_spec("layer_swap", layers=["conv2", "fc2"], modes=["rewind"]), ctx)
     names = [c.name for c in conds]
     assert names == ["baseline"] + [f"rewind:{layer}:epoch{e}" for layer in ["conv2", "fc2"] for e in range(4)]
     model = layer_swap.apply(conds[3], ctx)  # rewind:conv2:epoch2
@@ -146,8 +147,8 @@ def test_shared_prefix_evaluation_equals_applying_each_condition(arch, shape, la
     if arch == BN_CNN:  # the full sweep only on the small network: the reference is one copy per unit
         sets["each"] = {"select": "each", "layers": [layers[0]]}
     conds = filter_ablation.conditions(fa_spec(layers, sets), ctx)
-    conds += layer_swap.conditions(layer_swap.Spec.from_dict({"model": "m", "layers": layers, "modes": ["reinit", "transplant"]}), ctx)[1:]
-    out = evaluate_conditions(conds, ctx, x, y, budget_mb=2)  # a tight budget: several chunks
+    conds += layer_swap.conditions(study_spec("layer_swap", layers=layers, modes=["reinit", "transplant"]), ctx)[1:]
+    out = evaluate_conditions(conds, ctx, x, y, budget_mb=2, device="cpu")  # a tight budget: several chunks
     for c in conds:
         with torch.no_grad():
             logits = apply_condition(c, ctx)(x)
@@ -171,8 +172,8 @@ def test_unit_statistics_find_dead_and_selective_units():
 
 
 def test_tables_count_flips_and_per_class_accuracy():
-    from knockout.evaluate import ConditionOutput
-    from knockout.interventions import Condition
+    from knockout.engine.evaluate import ConditionOutput
+    from knockout.studies import Condition
 
     labels = torch.tensor([0, 0, 1, 1])
     outputs = {
@@ -180,7 +181,7 @@ def test_tables_count_flips_and_per_class_accuracy():
         "x": ConditionOutput(torch.tensor([0, 0, 0, 1]), torch.zeros(4)),
     }
     conds = [Condition("baseline", "baseline"), Condition("x", "x", silence=(("conv1", (1, 2)),))]
-    t = tables(conds, outputs, labels, ["a", "b"], torch.tensor([10, 11, 12, 13]))
+    t = condition_tables(conds, outputs, labels, ["a", "b"], torch.tensor([10, 11, 12, 13]))
     row = t["csv"].set_index("condition").loc["x"]
     assert row.accuracy == 0.75 and row.baseline_accuracy == 0.75 and row.delta == 0 and row.units == "conv1:1,2"
     flips = t["examples.parquet"]
@@ -214,7 +215,7 @@ BASE = {
         ({"type": "layer_swap", "model": "mlp"}, "interventions.s.model: 'mlp' is not a key of models"),
         ({"type": "layer_swap", "model": "cnn", "modes": ["rewind"]}, "interventions.s.modes: rewind needs epoch checkpoints"),
         ({"type": "layer_swap", "model": "cnn", "modes": ["rewire"]}, "interventions.s.modes.0: 'rewire' is not one of"),
-        ({"type": "occlude", "model": "cnn"}, "interventions.s.type: 'occlude' is not one of"),
+        ({"type": "occlude", "model": "cnn"}, "interventions.s.type: unknown study type 'occlude'"),
     ],
 )
 def test_bad_intervention_specs_are_one_line_errors(study, message):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from knockout.models import build_model
-from knockout.occlusion import captum_spans, centred_spans, occlusion_maps, select_images, summary
+from knockout.engine.occlusion import captum_spans, centred_spans, occlusion_maps, select_images, summary
 
 SMALL_CNN = {"type": "cnn", "conv": [4, 8], "pool": 2, "dense": [16]}
 RGB_CNN = {"type": "cnn", "conv": [{"channels": 6, "padding": 1, "pool": 2}, {"channels": 8, "stride": 2}],
@@ -73,8 +73,8 @@ def captum_attribution(model, images, labels, w, stride, fill):
 )
 def test_attribution_matches_captum_occlusion(arch, shape, n, fill):
     model, images, labels = setup(arch, shape, n)
-    maps = occlusion_maps(model, images, labels, windows=(3, 5), stride=1, fill=torch.tensor(fill))
-    strided = occlusion_maps(model, images, labels, windows=(3, 5), stride=2, fill=torch.tensor(fill))
+    maps = occlusion_maps(model, images, labels, windows=(3, 5), stride=1, fill=torch.tensor(fill), budget_mb=256, device="cpu")
+    strided = occlusion_maps(model, images, labels, windows=(3, 5), stride=2, fill=torch.tensor(fill), budget_mb=256, device="cpu")
     for wi, w in enumerate((3, 5)):
         for stride, m in ((1, maps), (2, strided)):  # stride 2 with 12-5 odd: a cut-off last window
             expected = captum_attribution(model, images, labels, w, stride, fill)
@@ -95,8 +95,8 @@ def test_patchwise_forward_equals_running_every_occluded_image():
     cases = [(model, torch.randn(2, 3, 19, 17), torch.tensor([1, 2]), 3),  # small budget: several forwards
              (*setup("tiny_resnet", (3, 13, 11), 2), 64)]
     for m, x, y, budget in cases:
-        fast = occlusion_maps(m, x, y, windows=(2, 5), fill=0.7, budget_mb=budget)
-        slow = occlusion_maps(m, x, y, windows=(2, 5), fill=0.7, reuse=False)
+        fast = occlusion_maps(m, x, y, windows=(2, 5), fill=0.7, budget_mb=budget, stride=1, device="cpu")
+        slow = occlusion_maps(m, x, y, windows=(2, 5), fill=0.7, reuse=False, stride=1, budget_mb=256, device="cpu")
         np.testing.assert_allclose(fast["prob_centred"], slow["prob_centred"], atol=1e-6, rtol=0)
         np.testing.assert_allclose(fast["attribution"], slow["attribution"], atol=1e-6, rtol=0)
         assert (fast["pred_centred"] == slow["pred_centred"]).mean() > 0.99
@@ -105,7 +105,7 @@ def test_patchwise_forward_equals_running_every_occluded_image():
 def test_centred_map_is_the_probability_of_the_hand_occluded_image():
     model, images, labels = setup(SMALL_CNN, (1, 12, 12), 2)
     fill = 0.25
-    maps = occlusion_maps(model, images, labels, windows=(3, 4), fill=fill)
+    maps = occlusion_maps(model, images, labels, windows=(3, 4), fill=fill, stride=1, budget_mb=256, device="cpu")
     assert maps["prob_centred"].shape == (2, 2, 12, 12) and maps["pred_centred"].dtype == np.int16
     for n, wi, w, i, j in [(0, 0, 3, 5, 7), (1, 0, 3, 11, 0), (0, 1, 4, 6, 6), (1, 1, 4, 0, 11)]:
         x = images[n].clone()
@@ -128,7 +128,7 @@ def test_window_is_clipped_at_the_border():
     assert lo.tolist() == [0, 2, 4, 6, 8] and hi.tolist() == [5, 7, 9, 11, 12]
 
     model, images, labels = setup(SMALL_CNN, (1, 12, 12), 1)
-    maps = occlusion_maps(model, images, labels, windows=(5,), fill=-1.0)
+    maps = occlusion_maps(model, images, labels, windows=(5,), fill=-1.0, stride=1, budget_mb=256, device="cpu")
     x = images[0].clone()
     x[:, :3, :3] = -1.0
     assert maps["prob_centred"][0, 0, 0, 0] == pytest.approx(softmax_prob(model, x, labels[0]), abs=1e-6)
@@ -136,7 +136,7 @@ def test_window_is_clipped_at_the_border():
 
 def test_a_window_larger_than_the_image_gives_the_fill_image_everywhere():
     model, images, labels = setup(SMALL_CNN, (1, 12, 12), 2)
-    maps = occlusion_maps(model, images, labels, windows=(25,), fill=0.5)
+    maps = occlusion_maps(model, images, labels, windows=(25,), fill=0.5, stride=1, budget_mb=256, device="cpu")
     for n in range(2):
         p = softmax_prob(model, torch.full((1, 12, 12), 0.5), labels[n])
         np.testing.assert_allclose(maps["prob_centred"][n, 0], p, atol=1e-6)
@@ -149,7 +149,7 @@ def test_summary_of_a_constant_model_shows_no_change():
         for p in model.parameters():
             p.zero_()
         model.fc2.bias.copy_(torch.arange(10.0))  # always class 9
-    maps = occlusion_maps(model, images, labels, windows=(3, 5))
+    maps = occlusion_maps(model, images, labels, windows=(3, 5), stride=1, fill=0.0, budget_mb=256, device="cpu")
     table = summary(maps)
     assert len(table) == 6 and list(table["window"]) == [3, 5] * 3
     assert (table["changed_area"] == 0).all() and (table["takeover_class"] == -1).all()

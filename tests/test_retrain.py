@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from knockout.interventions import Context, ablate_then_train, architecture, factorize
 from knockout.models import PRESETS, build_model, count_parameters, load_model, resolve_spec, save_model
+from knockout.studies import Context, ablate_then_train, architecture, factorize
 from knockout.train import TrainConfig, train
+from specs import study_spec, train_settings
 
 SHAPE = (1, 12, 12)
 ARCH = {"type": "cnn", "conv": [{"channels": 8, "pool": 2}, {"channels": 8}], "batch_norm": True, "dense": [16]}
@@ -32,13 +33,12 @@ def data(n=128):
 @pytest.mark.parametrize("semantics,freeze", [("mask", False), ("zero_once", False), ("zero_once", True)])
 def test_mask_keeps_units_at_zero_through_training_and_zero_once_does_not(tmp_path, semantics, freeze):
     ctx = trained_context()
-    spec = ablate_then_train.Spec.from_dict(
-        {"model": "m", "layers": ["conv1"], "sets": {"s": {"select": "units", "units": {"conv1": [1, 5]}}}, "semantics": semantics, "freeze_body": freeze}
-    )
+    spec = study_spec("ablate_then_train", layers=["conv1"], sets={"s": {"select": "units", "units": {"conv1": [1, 5]}}}, semantics=semantics, freeze_body=freeze)
     condition = ablate_then_train.conditions(spec, ctx)[1]
     model = ablate_then_train.apply(condition, ctx)
     x, y = data()
-    train(model, x, y, x, y, TrainConfig(epochs=2, batch_size=16, optimizer="adam", lr=0.01), tmp_path, seed=0, progress=False)
+    cfg = TrainConfig.from_dict(train_settings(epochs=2, batch_size=16, optimizer="adam", lr=0.01))
+    train(model, x, y, x, y, cfg, tmp_path, seed=0, device="cpu", progress=False)
     final = load_model(tmp_path / "final.pt")  # what the pipeline keeps: plain weights
     silenced = final.conv1.weight[[1, 5]].abs().sum()
     if semantics == "mask":
@@ -52,20 +52,24 @@ def test_mask_keeps_units_at_zero_through_training_and_zero_once_does_not(tmp_pa
         assert not torch.equal(final.fc2.weight, ctx.trained.fc2.weight)
 
 
-def test_conditions_of_ablate_then_train_match_the_workflow_folder_names():
-    import importlib.util
-    from pathlib import Path
+@pytest.mark.parametrize(
+    "kind,entry",
+    [
+        ("ablate_then_train", {"layers": ["conv1"], "sets": {"u": {"select": "units", "units": {"conv1": [0]}}, "r": {"select": "random", "k": 2, "repeats": 3, "exclude": "u"}}}),
+        ("architecture", {"variants": {"wide": {"dense": [32]}, "no_bn": {"batch_norm": False}}}),
+        ("factorize", {}),
+    ],
+)
+def test_the_plan_names_the_conditions_the_study_trains(kind, entry):
+    """The workflow plans one training job per name without torch (`condition_names`); the
+    conditions built with torch must be exactly those, in the same order."""
+    from knockout.studies import study_type
 
-    ctx = trained_context()
-    spec = {"model": "m", "layers": ["conv1"], "sets": {"u": {"select": "units", "units": {"conv1": [0]}}, "r": {"select": "random", "k": 2, "repeats": 3, "exclude": "u"}}}
-    slugs = [c.slug for c in ablate_then_train.conditions(ablate_then_train.Spec.from_dict(spec), ctx)]
-    assert slugs == ["baseline", "u", "r-draw0", "r-draw1", "r-draw2"]
-    # workflow/rules/common.smk computes the same names without torch, for the DAG
-    text = (Path(__file__).resolve().parents[1] / "workflow/rules/common.smk").read_text()
-    start = text.index("def retrained_conditions")
-    namespace = {}
-    exec(text[start : text.index("\ndef ", start + 10)], namespace)
-    assert namespace["retrained_conditions"]({"type": "ablate_then_train", **spec}) == slugs
+    module = study_type(kind)
+    spec = study_spec(kind, **entry)
+    built = [c.name for c in module.conditions(spec, trained_context())]
+    assert built == module.condition_names(spec)
+    assert len({c.slug for c in module.conditions(spec, trained_context())}) == len(built)  # distinct folders
 
 
 STUDY4 = {
@@ -81,7 +85,7 @@ STUDY4 = {
 def test_each_architecture_variant_builds_with_the_expected_parameter_count(variant):
     overrides, expected = STUDY4[variant]
     ctx = Context(trained=build_model("study4_cnn", (3, 32, 32), 10), seed=3)
-    spec = architecture.Spec.from_dict({"model": "m", "variants": {variant: overrides}})
+    spec = study_spec("architecture", variants={variant: overrides})
     condition = architecture.conditions(spec, ctx)[1]
     model = architecture.apply(condition, ctx)
     assert count_parameters(model) == expected
@@ -109,7 +113,7 @@ def test_study5_factorisation_reproduces_the_notebook():
     table = factorize.layer_table("study5_cnn", (1, 28, 28))
     assert list(table["replace"]) == [False, False, True]  # the notebook's table
     ctx = Context(trained=build_model("study5_cnn", (1, 28, 28), 10), seed=0)
-    conds = factorize.conditions(factorize.Spec.from_dict({"model": "m"}), ctx)
+    conds = factorize.conditions(study_spec("factorize"), ctx)
     assert [c.name for c in conds] == ["baseline", "factorized"]
     assert count_parameters(factorize.apply(conds[0], ctx)) == 93_322
     assert count_parameters(factorize.apply(conds[1], ctx)) == 81_098

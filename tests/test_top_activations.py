@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from knockout.models import build_model
-from knockout.top_activations import RF, choose_filters, patch_bounds, receptive_field, save_grid, top_activations
+from knockout.engine.top_activations import RF, choose_filters, patch_bounds, receptive_field, top_activations
 
 
 def test_receptive_field_by_hand():
@@ -94,7 +94,7 @@ def probe_model():
 def test_top_images_peaks_and_patches_of_known_filters():
     images, where, bright = bright_pixel_images()
     model = probe_model()
-    table, arrays = top_activations(model, images, {"0": [0, 1]}, k=3, batch_size=4)
+    table, arrays = top_activations(model, images, {"0": [0, 1]}, k=3, batch_size=4, device="cpu")
     order = [5, 1, 3]  # brightest first
     f0 = table[table["filter"] == 0]
     assert f0["image"].tolist() == order and f0["rank"].tolist() == [1, 2, 3]
@@ -121,8 +121,8 @@ def test_max_and_norm_scores_differ_and_ties_go_to_the_lower_index():
     images[1, 0, 4, 4] = 3.0  # one bright pixel: norm 3, max 3
     images[2:] = images[1]  # three copies of image 1: ties
     model = probe_model()
-    by_norm, _ = top_activations(model, images, {"0": [0]}, k=4, score="norm", batch_size=2)
-    by_max, _ = top_activations(model, images, {"0": [0]}, k=4, score="max", batch_size=2)
+    by_norm, _ = top_activations(model, images, {"0": [0]}, k=4, score="norm", batch_size=2, device="cpu")
+    by_max, _ = top_activations(model, images, {"0": [0]}, k=4, score="max", batch_size=2, device="cpu")
     assert by_norm["image"].tolist() == [0, 1, 2, 3]
     assert by_max["image"].tolist() == [1, 2, 3, 4]
     assert (by_max["peak_y"].iloc[0], by_max["peak_x"].iloc[0]) == (4, 4)
@@ -131,7 +131,7 @@ def test_max_and_norm_scores_differ_and_ties_go_to_the_lower_index():
 def test_a_linear_layer_shows_the_whole_image():
     images, _, bright = bright_pixel_images()
     model = probe_model()
-    table, arrays = top_activations(model, images, {"3": [0, 2]}, k=2)
+    table, arrays = top_activations(model, images, {"3": [0, 2]}, k=2, device="cpu")
     assert (table[["top", "left", "bottom", "right"]] == [0, 0, 8, 8]).all().all()
     assert arrays["patches_3"].shape == (2, 2, 1, 8, 8) and not np.isnan(arrays["patches_3"]).any()
 
@@ -148,23 +148,10 @@ def test_choose_filters_is_deterministic():
         choose_filters(model, {"conv1": [32]})
 
 
-def test_save_grid_writes_a_png_of_the_expected_size(tmp_path):
-    from PIL import Image
-
-    patches = np.zeros((2, 3, 1, 3, 3), np.float32)
-    patches[0, 0, 0, 0, 0] = np.nan
-    path = save_grid(patches, tmp_path / "grid.png", mean=[0.5], std=[0.25])
-    img = np.asarray(Image.open(path).convert("RGB"))
-    cell = 3 * math.ceil(32 / 3)  # 33 px: enlarged to at least 32
-    assert img.shape == (2 * (cell + 2) + 2, 3 * (cell + 2) + 2, 3)  # 2 px padding (make_grid)
-    assert (img[2, 2] == 255).all()  # the NaN pixel: white
-    assert (img[2 + 15, 2 + 15] == 128).all()  # 0 * 0.25 + 0.5 = mid grey
-
-
 def test_resnet_stages_and_block_layers_can_be_probed():
     model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 16, 16), 10).eval()
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    table, arrays = top_activations(model, images, {"layer1": [0, 3], "layer2.0.conv1": [1]}, k=2, batch_size=3)
+    table, arrays = top_activations(model, images, {"layer1": [0, 3], "layer2.0.conv1": [1]}, k=2, batch_size=3, device="cpu")
     assert len(table) == 2 * 2 + 1 * 2 and set(table["image"]) <= {0, 1, 2, 3}
     assert arrays["patches_layer1"].shape == (2, 2, 3, 11, 11)  # layer1's field: 11 px
     assert arrays["patches_layer2.0.conv1"].shape == (2, 1, 3, 13, 13)

@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from knockout.models import build_model, load_model
 from knockout.train import TrainConfig, augment_batch, learning_rate, train
+from specs import train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,16 +32,18 @@ def run(tmp_path, seed=0, **cfg):
     torch.manual_seed(seed)
     model = build_model({"type": "cnn", "conv": [4], "pool": 2, "dense": [8]}, (1, 8, 8), 4)
     x, y = tiny_data()
-    config = TrainConfig.from_dict({"epochs": 3, "batch_size": 32, "lr": 0.05, **cfg})
-    metrics = train(model, x, y, x[:64], y[:64], config, tmp_path, seed=seed, progress=False)
+    config = TrainConfig.from_dict(train_settings(**{"epochs": 3, "batch_size": 32, "lr": 0.05, **cfg}))
+    epochs = tmp_path / "epochs" if config.checkpoints else None
+    metrics = train(model, x, y, x[:64], y[:64], config, tmp_path, seed=seed, device="cpu", epochs_dir=epochs, progress=False)
     return model, metrics
 
 
 def test_writes_the_model_folder_contract(tmp_path):
-    _, metrics = run(tmp_path, checkpoints="all")
-    for name in ["init.pt", "final.pt", "history.csv", "metrics.json", "epoch1.pt", "epoch3.pt"]:
+    _, metrics = run(tmp_path, checkpoints=[1, 3])
+    for name in ["init.pt", "final.pt", "history.csv", "metrics.json", "epochs/epoch1.pt", "epochs/epoch3.pt"]:
         assert (tmp_path / name).exists(), name
-    assert not (tmp_path / "resume.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "epochs").iterdir()) == ["epoch1.pt", "epoch3.pt"]
+    assert not (tmp_path / "resume.pt").exists() and not (tmp_path / "epochs.partial").exists()
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history.columns[:5]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
     assert "seconds" in history.columns and len(history) == 3
@@ -67,7 +71,7 @@ def test_init_checkpoint_is_the_untrained_model(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_schedules_peak_at_lr_and_stay_positive(schedule):
-    cfg = TrainConfig(lr=0.1, schedule=schedule)
+    cfg = TrainConfig.from_dict(train_settings(lr=0.1, schedule=schedule))
     lrs = [learning_rate(cfg, s, 100) for s in range(100)]
     assert max(lrs) == pytest.approx(0.1, rel=1e-3) and min(lrs) > 0
     if schedule == "onecycle":
@@ -97,16 +101,17 @@ def write_prepared(folder: Path, n=2048):
         labels = torch.arange(size) % 10
         images = torch.randint(0, 50, (size, 1, 28, 28), generator=g, dtype=torch.uint8)
         images[:, :, :3, :] = (labels * 25).to(torch.uint8)[:, None, None, None]
-        torch.save({"images": images, "labels": labels, "indices": torch.arange(size)}, folder / f"{split}.pt")
+        np.savez(folder / f"{split}.npz", images=images.numpy(), labels=labels.numpy(), indices=np.arange(size))
     meta = {"dataset": "fashion_mnist", "classes": [str(i) for i in range(10)], "num_classes": 10,
             "shape": [1, 28, 28], "mean": [0.15], "std": [0.2], "n_train": n, "n_test": 256}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def train_cli(data: Path, out: Path, epochs: int):
-    spec = {"arch": "study5_cnn", "train": {"epochs": epochs, "batch_size": 64, "optimizer": "adam", "lr": 0.002, "schedule": "onecycle"}}
-    cmd = [sys.executable, "-m", "knockout", "train", "--data", str(data), "--spec", json.dumps(spec),
-           "--seed", "1", "--out", str(out), "--device", "cpu", "--threads", "1"]
+    settings = train_settings(epochs=epochs, batch_size=64, optimizer="adam", lr=0.002, schedule="onecycle", checkpoints=list(range(1, epochs + 1)))
+    job = {"arch": "study5_cnn", "train": settings, "device": "cpu"}
+    cmd = [sys.executable, "-m", "knockout", "train", "--job", json.dumps(job), "--seed", "1", "--train", str(data / "train.npz"),
+           "--test", str(data / "test.npz"), "--meta", str(data / "meta.json"), "--out", str(out), "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -126,7 +131,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
-    assert not (out / "final.pt").exists() and not (out / "metrics.json").exists()
+    assert not (out / "final.pt").exists() and not (out / "metrics.json").exists() and not (out / "epochs").exists()
     (out / "init.pt").unlink(missing_ok=True)  # snakemake --rerun-incomplete removes outputs
 
     rerun = train_cli(data, out, epochs)
@@ -138,3 +143,5 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), k
     assert torch.equal(load_model(tmp_path / "whole" / "init.pt").conv1.weight, load_model(out / "init.pt").conv1.weight)
     assert len(pd.read_csv(out / "history.csv")) == epochs
+    for e in range(1, epochs + 1):  # every epoch checkpoint, those written before the kill too
+        assert torch.equal(load_model(tmp_path / "whole" / f"epochs/epoch{e}.pt").fc2.weight, load_model(out / f"epochs/epoch{e}.pt").fc2.weight)

@@ -1,11 +1,18 @@
-"""End to end through the real `snakemake` on a tiny study in a temporary folder."""
+"""End to end through the real `snakemake`, in temporary folders: the tiny study with every study
+type (evaluated, retrained, probed) and every notebook; a seed dropped from the config leaves no
+trace in the tables, notebooks and figures; editing one study reruns nothing else; the README's
+example type runs from its module and schema entry alone; every config of configs/ plans."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 import yaml
@@ -15,7 +22,7 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 MIRROR = "/usr/share/datasets"
 
 TINY = {
-    "seeds": [0, 1],
+    "seeds": [0, 1, 2],
     "device": "cpu",
     "threads": 1,
     "data": {"mirrors": [MIRROR], "download": False},
@@ -41,17 +48,24 @@ TINY = {
             },
             "compare": [["low", "rand"]],
         },
+        "retrain": {"type": "ablate_then_train", "model": "cnn", "layers": ["conv1"], "sets": {"low": {"select": "lowest_response", "k": 4}},
+                    "train": {"epochs": 1}, "compare": [["low", "baseline"]]},
+        "variants": {"type": "architecture", "model": "cnn", "variants": {"one_dense_fewer": {"dense": []}}, "train": {"epochs": 1}},
+        "factorized": {"type": "factorize", "model": "cnn", "train": {"epochs": 1}},
+        "occlusion": {"type": "occlusion", "model": "cnn", "images": {"n": 2}, "windows": [3, 7]},
+        "top": {"type": "top_activations", "model": "cnn", "layers": {"conv1": 3, "conv3": [0, 5]}, "k": 3},
     },
 }
+ANALYSES = ["baselines", *TINY["interventions"]]
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
+        [str(SNAKEMAKE), "-s", str(snakefile), "--cores", "2", *args],
         cwd=workdir,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
     )
 
 
@@ -59,62 +73,179 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
+def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
+    """(rule, first output) of every job a dry run lists."""
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    output: ([^,\n]+)", dry_run_output, flags=re.M)
+    return [(rule, out) for rule, out in jobs if rule != "all"]
+
+
+def printed(notebook: Path) -> str:
+    nb = nbformat.read(notebook, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
 needs_fashion = pytest.mark.skipif(
     not Path(MIRROR, "fashion-mnist").exists(), reason="Debian's dataset-fashion-mnist is not installed (bash setup.sh installs it)"
 )
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny study, run once for the tests below (they run in file order and build on it)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    write_config(workdir, TINY)
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return workdir
+
+
 @needs_fashion
 @pytest.mark.slow
-def test_tiny_study_runs_end_to_end(tmp_path):
-    write_config(tmp_path, TINY)
-    dry = snakemake(tmp_path, "-n")
-    assert dry.returncode == 0, dry.stderr
-    for rule in ["download", "prepare", "train"]:
-        assert rule in dry.stdout
-
-    run = snakemake(tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-
-    meta = json.loads((tmp_path / "results/data/fashion_mnist/meta.json").read_text())
+def test_tiny_study_runs_every_study_type_end_to_end(tiny):
+    meta = json.loads((tiny / "results/data/fashion_mnist/meta.json").read_text())
     assert meta["n_train"] == 600 and meta["n_test"] == 200 and meta["num_classes"] == 10
     for model in ["mlp", "cnn"]:
-        for seed in [0, 1]:
-            folder = tmp_path / f"results/models/{model}/seed{seed}"
-            for name in ["init.pt", "final.pt", "history.csv", "metrics.json"]:
-                assert (folder / name).exists()
-            assert (tmp_path / f"results/logs/train/{model}/seed{seed}.log").exists()
-            metrics = json.loads((folder / "metrics.json").read_text())
-            assert metrics["test_accuracy"] > 0.3  # 10 classes: well above chance on real data
-    assert (tmp_path / "results/models/mlp/seed0/epoch2.pt").exists()
-    history = pd.read_csv(tmp_path / "results/models/mlp/seed1/history.csv")
-    assert list(history["epoch"]) == [1, 2]
+        for seed in [0, 1, 2]:
+            folder = tiny / f"results/models/{model}/seed{seed}"
+            assert {p.name for p in folder.iterdir()} == {"init.pt", "final.pt", "history.csv", "metrics.json", "epochs"}
+            assert json.loads((folder / "metrics.json").read_text())["test_accuracy"] > 0.3  # well above chance
+    assert sorted(p.name for p in (tiny / "results/models/mlp/seed0/epochs").iterdir()) == ["epoch1.pt", "epoch2.pt"]
+    assert not any((tiny / "results/models/cnn/seed0/epochs").iterdir())  # no checkpoints asked for
 
-    per_seed = pd.read_csv(tmp_path / "results/interventions/filters/cnn/seed1.csv")
+    per_seed = pd.read_csv(tiny / "results/interventions/filters/cnn/seed1.csv")
     assert {"intervention", "model", "seed", "condition", "accuracy", "loss", "baseline_accuracy", "delta"} <= set(per_seed.columns)
     assert len(per_seed) == 1 + 1 + 2 + 64  # baseline, low, 2 random draws, every conv3 filter
-    for suffix in ["per_class.csv", "confusion.csv", "examples.parquet"]:
-        assert (tmp_path / f"results/interventions/filters/cnn/seed0.{suffix}").exists()
-    table = pd.read_csv(tmp_path / "results/tables/filters.csv")
-    assert {"mean", "std", "ci_low", "ci_high", "n_seeds"} <= set(table.columns)
-    assert (table["n_seeds"] == 2).all()
-    comparison = pd.read_csv(tmp_path / "results/tables/filters.comparisons.csv")
+    for suffix in ["per_class.csv", "confusion.csv", "examples.parquet"]:  # with their id columns
+        table = pd.read_parquet(tiny / f"results/interventions/filters/cnn/seed0.{suffix}") if suffix.endswith("parquet") \
+            else pd.read_csv(tiny / f"results/interventions/filters/cnn/seed0.{suffix}")
+        assert list(table.columns[:3]) == ["intervention", "model", "seed"] and set(table["seed"]) <= {0}
+    table = pd.read_csv(tiny / "results/tables/filters.csv")
+    assert {"mean", "std", "ci_low", "ci_high", "n_seeds"} <= set(table.columns) and (table["n_seeds"] == 3).all()
+    comparison = pd.read_csv(tiny / "results/tables/filters.comparisons.csv")
     assert list(comparison[["a", "b"]].iloc[0]) == ["low", "rand"] and "p = " in comparison.verdict[0]
-    swap = pd.read_csv(tmp_path / "results/tables/swap.csv").set_index(["level", "condition"])
+    swap = pd.read_csv(tiny / "results/tables/swap.csv").set_index(["level", "condition"])
     assert swap.loc[("condition", "rewind:fc1:epoch2"), "mean"] == swap.loc[("condition", "baseline"), "mean"]
-    assert (tmp_path / "results/units/cnn/seed0.csv").exists()
-    assert (tmp_path / "results/tables/baselines.csv").exists()
-    assert (tmp_path / "results/provenance.json").exists()
-    for analysis in ["baselines", "filters", "swap"]:
-        assert (tmp_path / f"results/notebooks/{analysis}.ipynb").exists()
-        figures = list((tmp_path / f"results/figures/{analysis}").glob("*.png"))
-        assert figures and all(f.with_suffix(".pdf").exists() for f in figures)
-    report = snakemake(tmp_path, "--report", "report.zip")
-    assert report.returncode == 0, report.stderr[-2000:]
-    assert (tmp_path / "report.zip").stat().st_size > 10_000
 
-    again = snakemake(tmp_path, "-n")
+    # retraining: one folder per condition and seed, collected into the same tables
+    runs = tiny / "results/interventions/retrain/cnn/runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["baseline", "low"]
+    factorized = pd.read_csv(tiny / "results/tables/factorized.csv").query("level == 'set'").set_index("set")
+    assert factorized.loc["factorized", "parameters"] == 81_098 and factorized.loc["baseline", "parameters"] == 93_322
+    record = json.loads((tiny / "results/interventions/factorized/cnn/runs/factorized/seed0/condition.json").read_text())
+    assert [row["layer"] for row in record["details"] if row["replace"]] == ["conv3"]
+    variants = pd.read_csv(tiny / "results/tables/variants.csv")
+    assert set(variants["set"]) == {"baseline", "one_dense_fewer"}
+
+    # probes: a table and named arrays per seed, with their ids
+    import numpy as np
+
+    maps = np.load(tiny / "results/interventions/occlusion/cnn/seed2.npz")
+    assert maps["prob_centred"].shape == (2, 2, 28, 28) and int(maps["seed"]) == 2 and str(maps["intervention"]) == "occlusion"
+    patches = np.load(tiny / "results/interventions/top/cnn/seed0.npz")
+    assert patches["patches_conv1"].shape[:2] == (3, 3) and list(patches["filters_conv3"]) == [0, 5]
+    assert not (tiny / "results/tables/top.csv").exists()  # filters differ per seed: no table over seeds
+
+    assert (tiny / "results/units/cnn/seed0.csv").exists() and (tiny / "results/provenance.json").exists()
+    for analysis in ANALYSES:
+        assert (tiny / f"results/notebooks/{analysis}.ipynb").exists()
+        figures = list((tiny / f"results/figures/{analysis}").glob("*.png"))
+        assert figures and all(f.with_suffix(".pdf").exists() for f in figures), analysis
+    report = snakemake(tiny, "--report", "report.zip")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert (tiny / "report.zip").stat().st_size > 10_000
+
+    began = time.perf_counter()
+    again = snakemake(tiny, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    print(f"no-op dry run: {time.perf_counter() - began:.1f} s")
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_editing_one_study_reruns_that_study_alone(tiny):
+    config = json.loads(json.dumps(TINY))
+    config["interventions"]["filters"]["sets"]["low"]["k"] = 3
+    write_config(tiny, config)
+    try:
+        dry = snakemake(tiny, "-n")
+        assert dry.returncode == 0, dry.stderr[-2000:]
+        jobs = planned_jobs(dry.stdout)
+        assert jobs, dry.stdout[-2000:]
+        # provenance.json records the whole config, so it is rewritten too; nothing else is.
+        others = [(rule, out) for rule, out in jobs if "filters" not in out and rule != "provenance"]
+        assert not others, others
+        assert {rule for rule, _ in jobs} == {"intervene", "aggregate", "notebook", "provenance"}
+        assert sum(rule == "intervene" for rule, _ in jobs) == 3  # one per seed
+    finally:
+        write_config(tiny, TINY)
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_a_dropped_seed_leaves_the_tables_notebooks_and_figures(tiny):
+    config = json.loads(json.dumps(TINY)) | {"seeds": [0, 1]}
+    write_config(tiny, config)
+    changed = time.time()
+    time.sleep(1)
+    run = snakemake(tiny)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert (tiny / "results/interventions/filters/cnn/seed2.csv").exists()  # still there, but read by no one
+    for name in [n for n, s in TINY["interventions"].items() if s["type"] != "top_activations"]:
+        table = pd.read_csv(tiny / f"results/tables/{name}.csv")
+        assert (table["n_seeds"] <= 2).all() and (table["n_seeds"] == 2).any(), name
+    assert set(pd.read_csv(tiny / "results/tables/baselines.per_seed.csv")["seed"]) == {0, 1}
+    assert (pd.read_csv(tiny / "results/tables/baselines.csv")["n_seeds"] == 2).all()
+    for analysis in ANALYSES:
+        seeds = re.findall(r"seeds: \[([\d, ]*)\]", printed(tiny / f"results/notebooks/{analysis}.ipynb"))
+        assert seeds and set(seeds) == {"0, 1"}, (analysis, seeds)
+        for figure in (tiny / f"results/figures/{analysis}").glob("*.png"):
+            assert figure.stat().st_mtime > changed, figure  # redrawn from the two seeds
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_the_readme_example_type_runs_from_its_module_and_schema_entry(tmp_path):
+    """A checkout with the README's `shuffle_bias` module and schema entry added, nothing else."""
+    checkout = tmp_path / "checkout"
+    for part in ["Snakefile", "workflow", "src", "notebooks", "envs", "profiles"]:
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, checkout / part)
+    readme = (ROOT / "README.md").read_text()
+    module = re.search(r"```python\n# src/knockout/studies/shuffle_bias.py\n(.*?)```", readme, re.S).group(1)
+    entry = re.search(r"```yaml\n# src/knockout/schema.yaml, under \$defs:\n(.*?)```", readme, re.S).group(1)
+    (checkout / "src/knockout/studies/shuffle_bias.py").write_text(module)
+    schema = checkout / "src/knockout/schema.yaml"
+    schema.write_text(schema.read_text() + entry)
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = {k: TINY[k] for k in ("device", "threads", "data", "datasets")} | {
+        "seeds": [0, 1],
+        "models": {"cnn": TINY["models"]["cnn"]},
+        "interventions": {"shuffled": {"type": "shuffle_bias", "model": "cnn", "layers": ["conv2", "fc1"]}},
+    }
+    write_config(workdir, config)
+    run = snakemake(workdir, snakefile=checkout / "Snakefile")
+    assert run.returncode == 0, run.stderr[-4000:]
+    table = pd.read_csv(workdir / "results/tables/shuffled.csv").query("level == 'condition'").set_index("condition")
+    assert set(table.index) == {"baseline", "shuffle_bias:conv2", "shuffle_bias:fc1"} and (table["n_seeds"] == 2).all()
+    assert (table.loc["shuffle_bias:conv2", "mean"] != table.loc["baseline", "mean"])
+    assert (workdir / "results/figures/shuffled/sets.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_in_configs_plans_its_whole_study(tmp_path, path):
+    """A dry run of each paper-scale config (no data needed to plan): its studies' jobs, the
+    notebooks, and nothing of the default study (--configfile replaces config.yaml)."""
+    run = snakemake(ROOT, "-n", "--configfile", str(path), "--directory", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-2000:]
+    config = yaml.safe_load(path.read_text())
+    analyses = {out.split("/")[-1][: -len(".ipynb")] for rule, out in planned_jobs(run.stdout) if rule == "notebook"}
+    assert analyses == {"baselines", *config.get("interventions", {})}
+    trained = {out.split("/")[2] for rule, out in planned_jobs(run.stdout) if rule == "train"}
+    assert trained == set(config["models"])
+
+
+BAD = {k: TINY[k] for k in ("seeds", "device", "threads", "data", "datasets", "models")} | {"interventions": {}}
 
 
 @pytest.mark.parametrize(
@@ -126,10 +257,12 @@ def test_tiny_study_runs_end_to_end(tmp_path):
         (lambda c: c["models"]["cnn"].update(optimiser="adam"), "models.cnn: Additional properties are not allowed ('optimiser'"),
         (lambda c: c["models"]["cnn"]["train"].update(optimizer="rmsprop"), "models.cnn.train.optimizer: 'rmsprop' is not one of"),
         (lambda c: c.update(seeds=[1, 1]), "seeds: [1, 1] has non-unique elements"),
+        (lambda c: c["interventions"].update(t={"type": "top_activations", "model": "cnn", "layers": {"conv1": 2}, "k": 201}),
+         "interventions.t.k: 201 top images per filter, but the test set of model 'cnn' has 200"),
     ],
 )
 def test_bad_config_stops_with_one_line_before_any_job(tmp_path, change, message):
-    config = json.loads(json.dumps(TINY))
+    config = json.loads(json.dumps(BAD))
     change(config)
     write_config(tmp_path, config)
     run = snakemake(tmp_path, "-n")

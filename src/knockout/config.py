@@ -49,12 +49,19 @@ def load_schema() -> dict:
 
 
 def validate(config: dict, schema: dict | None = None) -> dict:
-    """Schema-check `config` in place, filling defaults; raises ConfigError on the first problem."""
+    """Schema-check `config` in place, filling defaults; raises ConfigError on the first problem.
+    Each study is checked against the schema entry of its type, `$defs.<type>`."""
+    from .studies import study_types
+
     schema = schema or load_schema()
     _validate(config, schema, "")
-    # Models' train sections: the `$ref`'d defaults must be filled too (jsonschema won't follow).
-    for model in config["models"].values():
-        model["train"] = resolve("train", model.get("train", {}), schema)
+    for name, model in config["models"].items():
+        model["train"] = resolve("train", model.get("train", {}), schema, f"models.{name}.train")
+    for name, study in config["interventions"].items():
+        if study["type"] not in study_types() or study["type"] not in schema["$defs"]:
+            known = ", ".join(t for t in study_types() if t in schema["$defs"])
+            raise ConfigError(f"interventions.{name}.type: unknown study type {study['type']!r}; choose from {known}")
+        config["interventions"][name] = resolve(study["type"], study, schema, f"interventions.{name}")
     return config
 
 
@@ -65,12 +72,12 @@ def _validate(instance, schema: dict, prefix: str) -> None:
         raise ConfigError(_message(errors[0], prefix))
 
 
-def resolve(definition: str, value: dict, schema: dict | None = None) -> dict:
+def resolve(definition: str, value: dict, schema: dict | None = None, key: str | None = None) -> dict:
     """`value` checked against the schema's `$defs.<definition>` (e.g. `train`, `filter_ablation`)
-    with its defaults filled: the one route to a setting's default outside a whole config."""
+    with its defaults filled: the one route to a setting's default. Errors name `key`."""
     schema = schema or load_schema()
     value = copy.deepcopy(value)
-    _validate(value, {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}, definition)
+    _validate(value, {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}, key or definition)
     return value
 
 

@@ -3,13 +3,14 @@ into place, so an interrupted job never leaves a file that looks complete.
 
 Tables are tidy (one row per observation); a job's tables and arrays carry their id columns
 (`intervention, model, seed`) so that files can be concatenated without reading their names.
-No torch at import (the analysis env has none); `save_torch` imports it when called.
+No torch here (the analysis env has none): torch checkpoints go through `atomic_write` too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,19 +63,22 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_arrays(arrays: dict[str, Any], path: str | Path, ids: dict | None = None, compress: bool = True) -> Path:
-    """Named arrays as an .npz (0-d arrays for the `ids`), readable with `np.load` alone."""
+    """Named arrays as an .npz (0-d arrays for the `ids`), readable with `np.load` alone. The
+    same arrays give the same bytes (np.savez stamps the time into the zip; this does not)."""
     payload = {k: np.asarray(v) for k, v in {**(ids or {}), **arrays}.items()}
-    save = np.savez_compressed if compress else np.savez
-    return atomic_write(path, lambda tmp: save(tmp, **payload))
+
+    def write(tmp: Path) -> None:
+        method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        with zipfile.ZipFile(tmp, "w", compression=method) as archive:
+            for name, value in payload.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = method
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, value, allow_pickle=False)
+
+    return atomic_write(path, write)
 
 
 def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
-
-
-def save_torch(obj: Any, path: str | Path) -> Path:
-    """`torch.save` of plain tensors, lists and dicts (loadable with weights_only=True)."""
-    import torch
-
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))

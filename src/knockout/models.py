@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .io import save_torch
+from .io import atomic_write
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -234,7 +234,8 @@ def save_model(model: nn.Module, path: str | Path, **extra: Any) -> None:
 
     Plain tensors, lists and dicts only, so `torch.load(weights_only=True)` reads it.
     """
-    save_torch({"spec": model.spec, "state_dict": plain_state_dict(model), **extra}, path)
+    checkpoint = {"spec": model.spec, "state_dict": plain_state_dict(model), **extra}
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Sequential:

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from .engine.evaluate import evaluate
-from .io import save_torch, write_json, write_table
+from .io import atomic_write, write_json, write_table
 from .models import count_parameters, save_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -224,7 +224,7 @@ def train(
             }
             if cuda:
                 state["cuda_rng"] = torch.cuda.get_rng_state()
-            save_torch(state, resume_path)
+            atomic_write(resume_path, lambda tmp: torch.save(state, tmp))
 
     model.to(memory_format=torch.contiguous_format)
     save_model(model, out / "final.pt", seed=seed, epoch=cfg.epochs)
