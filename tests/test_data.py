@@ -396,7 +396,7 @@ def test_load_prepared_normalises_per_channel(tmp_path):
     source, _ = tiny_cifar_dataset(tmp_path / "raw", batch_size=20, n_batches=2, n_test=10)
     out = tmp_path / "prepared"
     meta = prepare("cifar10", tmp_path / "raw", out, train_subset=30, seed=1, source=source)
-    train, test, loaded_meta = load_prepared(out)
+    train, test, loaded_meta = load_prepared(out, "cpu")
 
     assert loaded_meta == meta and meta["classes"] == CIFAR_CLASSES and meta["shape"] == [3, 32, 32]
     assert isinstance(train, Split) and len(train) == 30 and len(test) == 10
@@ -409,4 +409,4 @@ def test_load_prepared_normalises_per_channel(tmp_path):
 
 def test_load_prepared_without_meta_is_an_error(tmp_path):
     with pytest.raises(DataError, match="meta.json: not prepared"):
-        load_prepared(tmp_path)
+        load_prepared(tmp_path, "cpu")

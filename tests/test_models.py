@@ -110,7 +110,7 @@ def test_checkpoint_roundtrip_is_weights_only(tmp_path):
     save_model(model, tmp_path / "final.pt", seed=0)
     raw = torch.load(tmp_path / "final.pt", weights_only=True)
     assert raw["spec"]["arch"]["type"] == "cnn"
-    again = load_model(tmp_path / "final.pt")
+    again = load_model(tmp_path / "final.pt", "cpu")
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(model.eval()(x), again.eval()(x))
 
@@ -123,7 +123,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"spec": Evil()}, f)
     with pytest.raises(pickle.UnpicklingError):
-        load_model(tmp_path / "evil.pt")
+        load_model(tmp_path / "evil.pt", "cpu")
 
 
 def test_summary_lists_layers_shapes_and_total():

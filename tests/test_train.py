@@ -64,7 +64,7 @@ def test_init_checkpoint_is_the_untrained_model(tmp_path):
     torch.manual_seed(7)
     fresh = build_model({"type": "cnn", "conv": [4], "pool": 2, "dense": [8]}, (1, 8, 8), 4)
     model, _ = run(tmp_path, seed=7)
-    init = load_model(tmp_path / "init.pt")
+    init = load_model(tmp_path / "init.pt", "cpu")
     assert torch.equal(init.conv1.weight, fresh.conv1.weight)
     assert not torch.equal(init.conv1.weight, model.conv1.weight)
 
@@ -138,10 +138,10 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err.decode()[-2000:]
     assert b"resuming after epoch" in err
-    whole, resumed = load_model(tmp_path / "whole" / "final.pt"), load_model(out / "final.pt")
+    whole, resumed = load_model(tmp_path / "whole" / "final.pt", "cpu"), load_model(out / "final.pt", "cpu")
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
-    assert torch.equal(load_model(tmp_path / "whole" / "init.pt").conv1.weight, load_model(out / "init.pt").conv1.weight)
+    assert torch.equal(load_model(tmp_path / "whole" / "init.pt", "cpu").conv1.weight, load_model(out / "init.pt", "cpu").conv1.weight)
     assert len(pd.read_csv(out / "history.csv")) == epochs
     for e in range(1, epochs + 1):  # every epoch checkpoint, those written before the kill too
-        assert torch.equal(load_model(tmp_path / "whole" / f"epochs/epoch{e}.pt").fc2.weight, load_model(out / f"epochs/epoch{e}.pt").fc2.weight)
+        assert torch.equal(load_model(tmp_path / "whole" / f"epochs/epoch{e}.pt", "cpu").fc2.weight, load_model(out / f"epochs/epoch{e}.pt", "cpu").fc2.weight)

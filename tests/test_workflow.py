@@ -109,8 +109,8 @@ def test_tiny_study_runs_every_study_type_end_to_end(tiny):
             folder = tiny / f"results/models/{model}/seed{seed}"
             assert {p.name for p in folder.iterdir()} == {"init.pt", "final.pt", "history.csv", "metrics.json", "epochs"}
             assert json.loads((folder / "metrics.json").read_text())["test_accuracy"] > 0.3  # well above chance
-    assert sorted(p.name for p in (tiny / "results/models/mlp/seed0/epochs").iterdir()) == ["epoch1.pt", "epoch2.pt"]
-    assert not any((tiny / "results/models/cnn/seed0/epochs").iterdir())  # no checkpoints asked for
+    assert sorted(p.name for p in (tiny / "results/models/mlp/seed0/epochs").glob("*.pt")) == ["epoch1.pt", "epoch2.pt"]
+    assert not any((tiny / "results/models/cnn/seed0/epochs").glob("*.pt"))  # no checkpoints asked for
 
     per_seed = pd.read_csv(tiny / "results/interventions/filters/cnn/seed1.csv")
     assert {"intervention", "model", "seed", "condition", "accuracy", "loss", "baseline_accuracy", "delta"} <= set(per_seed.columns)
@@ -207,6 +207,7 @@ def test_a_dropped_seed_leaves_the_tables_notebooks_and_figures(tiny):
 def test_the_readme_example_type_runs_from_its_module_and_schema_entry(tmp_path):
     """A checkout with the README's `shuffle_bias` module and schema entry added, nothing else."""
     checkout = tmp_path / "checkout"
+    checkout.mkdir()
     for part in ["Snakefile", "workflow", "src", "notebooks", "envs", "profiles"]:
         (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, checkout / part)
     readme = (ROOT / "README.md").read_text()

@@ -238,8 +238,9 @@ def save_model(model: nn.Module, path: str | Path, **extra: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Sequential:
-    """Rebuild the module saved by `save_model` (never unpickles code: weights_only=True)."""
+def load_model(path: str | Path, map_location: str | torch.device) -> nn.Sequential:
+    """Rebuild the module saved by `save_model` on the device `map_location` (never unpickles
+    code: weights_only=True)."""
     ckpt = torch.load(Path(path), weights_only=True, map_location=map_location)
     spec = ckpt["spec"]
     # The checkpoint holds every weight: don't read the pretrained file again.

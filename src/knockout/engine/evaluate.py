@@ -18,9 +18,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 1024, amp: bool = False
-) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, amp: bool) -> torch.Tensor:
     """images (N, C, H, W) or (N, D) -> logits (N, classes) in float32, in eval mode."""
     was_training = model.training
     model.eval()
@@ -38,11 +36,12 @@ def evaluate(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    batch_size: int = 1024,
-    amp: bool = False,
+    *,
+    batch_size: int,
+    amp: bool,
 ) -> Evaluation:
     """Mean cross-entropy, accuracy and per-example predictions of `model` on (images, labels)."""
-    logits = predict_logits(model, images, batch_size, amp)
+    logits = predict_logits(model, images, batch_size=batch_size, amp=amp)
     labels = labels.to(logits.device)
     predictions = logits.argmax(1)
     correct = predictions == labels

@@ -1,0 +1,120 @@
+"""`knockout <verb>`: what each Snakemake rule calls, plus a few commands for people.
+
+Argument parsing only: each verb's options are the keyword arguments of one function of
+`knockout.jobs`. Errors a user can fix end as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_USER_ERROR = 2
+
+
+def optional_int(text: str) -> int | None:
+    """An int, or None for an empty string (a config's `null` passed through the shell)."""
+    return int(text) if text.strip() else None
+
+
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """Options shared by several verbs."""
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--job", type=json.loads, required=True, help="the job's resolved settings (JSON, from the workflow's plan)")
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=int, help="torch threads (Snakemake's {threads})")
+    seed = argparse.ArgumentParser(add_help=False)
+    seed.add_argument("--seed", type=int, required=True, help="the training seed")
+    test = argparse.ArgumentParser(add_help=False)
+    test.add_argument("--test", required=True, help="the prepared test split (test.npz)")
+    test.add_argument("--meta", required=True, help="the prepared dataset's meta.json")
+    train = argparse.ArgumentParser(add_help=False)
+    train.add_argument("--train", required=True, help="the prepared training split (train.npz)")
+    final = argparse.ArgumentParser(add_help=False)
+    final.add_argument("--final", required=True, help="the trained network (final.pt)")
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--out", required=True)
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default="config.yaml")
+    return {"job": job, "threads": threads, "seed": seed, "test": test, "train": train, "final": final, "out": out, "config": config}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="knockout", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    shared = _parents()
+
+    def verb(name: str, help: str, *parents: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[shared[k] for k in parents])
+
+    s = verb("fetch", "verified copies of a dataset's files, from a mirror or the web", "out")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--mirror", dest="mirrors", action="append", default=[], help="local folder to look in first")
+    s.add_argument("--no-download", dest="download", action="store_false")
+
+    s = verb("prepare", "raw files -> train.npz, test.npz, meta.json", "out")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--raw", required=True)
+    s.add_argument("--train-subset", type=optional_int, required=True)
+    s.add_argument("--test-subset", type=optional_int, required=True)
+    s.add_argument("--seed", type=int, required=True, help="seed of the stratified subsets")
+
+    verb("train", "train one model for one seed into the folder --out", "job", "threads", "seed", "train", "test", "out")
+    verb("unit-stats", "per-unit statistics of a trained network over training data", "job", "threads", "final", "train", "out").add_argument(
+        "--meta", required=True)
+
+    s = verb("intervene", "evaluate every condition of one study for one seed", "job", "threads", "seed", "final", "test", "out")
+    s.add_argument("--init", help="the initial weights (init.pt), when the study needs them")
+    s.add_argument("--epochs", help="the epoch checkpoints' folder, when the study rewinds")
+    s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
+
+    verb("probe", "a probing study's table and arrays for one seed", "job", "threads", "seed", "final", "test", "out").add_argument(
+        "--arrays", required=True, help="the .npz to write")
+
+    s = verb("retrain", "train one condition of a retraining study for one seed", "job", "threads", "seed", "final", "train", "test", "out")
+    s.add_argument("--condition", required=True, help="the condition's folder name, e.g. rand-draw1")
+    s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
+
+    s = verb("collect", "a retraining study's trained conditions for one seed -> its tables", "job", "seed", "test", "out")
+    s.add_argument("--runs", nargs="+", required=True, help="the conditions' folders")
+
+    s = verb("aggregate", "per-seed tables -> mean, std, 95%% CI per condition and set; paired comparisons", "out")
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--compare", type=json.loads, required=True, help="JSON list of [set_a, set_b] pairs")
+    s.add_argument("--comparisons", required=True, help="CSV for the paired comparisons")
+
+    s = verb("baselines", "metrics.json files -> accuracy over seeds per model", "out")
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--per-seed", required=True, help="the per-seed rows")
+
+    s = verb("notebook", "execute an analysis notebook with papermill", "out")
+    s.add_argument("--notebook", required=True)
+    s.add_argument("--parameters", type=json.loads, required=True, help="papermill parameters (JSON)")
+
+    s = verb("provenance", "record config, versions, device, commit and data checksums", "out")
+    s.add_argument("--config", type=json.loads, required=True, help="the resolved config (JSON)")
+    s.add_argument("--manifests", nargs="*", default=[], help="the datasets' manifest.json files")
+    s.add_argument("--repo", required=True, help="the workflow's folder (for its git commit)")
+
+    verb("summary", "a Keras-like table of a configured model", "config").add_argument("--model", required=True)
+    verb("check-config", "validate a config file", "config")
+    verb("check-data", "can every dataset of the config be had? (exit 3 when not)", "config")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from . import jobs
+    from .errors import KnockoutError
+
+    args = vars(parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        getattr(jobs, command.replace("-", "_"))(**args)
+    except (KnockoutError, FileNotFoundError) as e:
+        print(f"knockout {command}: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Validation of a study config: the JSON schema (which fills every default: a setting has its one
+default there), then the checks that need the models, each study type's own `check` among them.
+Every problem is a `ConfigError` whose message is one line naming the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA = Path(__file__).with_name("schema.yaml")  # shipped inside the package
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default` values into the instance as it validates (as Snakemake)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _path(error: jsonschema.ValidationError, prefix: str) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _message(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    # oneOf/anyOf errors say "is not valid under any of the given schemas": name the best match.
+    if error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        return f"{_path(error, prefix)}: {best.message}"
+    return f"{_path(error, prefix)}: {error.message}"
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Schema-check `config` in place, filling defaults; raises ConfigError on the first problem.
+    Each study is checked against the schema entry of its type, `$defs.<type>`."""
+    from .studies import study_types
+
+    schema = schema or load_schema()
+    _validate(config, schema, "")
+    for name, model in config["models"].items():
+        model["train"] = resolve("train", model.get("train", {}), schema, f"models.{name}.train")
+    for name, study in config["interventions"].items():
+        if study["type"] not in study_types() or study["type"] not in schema["$defs"]:
+            known = ", ".join(t for t in study_types() if t in schema["$defs"])
+            raise ConfigError(f"interventions.{name}.type: unknown study type {study['type']!r}; choose from {known}")
+        config["interventions"][name] = resolve(study["type"], study, schema, f"interventions.{name}")
+    return config
+
+
+def _validate(instance, schema: dict, prefix: str) -> None:
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(_message(errors[0], prefix))
+
+
+def resolve(definition: str, value: dict, schema: dict | None = None, key: str | None = None) -> dict:
+    """`value` checked against the schema's `$defs.<definition>` (e.g. `train`, `filter_ablation`)
+    with its defaults filled: the one route to a setting's default. Errors name `key`."""
+    schema = schema or load_schema()
+    value = copy.deepcopy(value)
+    _validate(value, {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}, key or definition)
+    return value
+
+
+def check(config: dict) -> dict:
+    """Checks the schema cannot express: references between keys, buildable architectures, and
+    each study against the model it names (the study type's own `check`)."""
+    from .studies import Target, study_type
+
+    targets = {}
+    for name, model in config["models"].items():
+        if model["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"models.{name}.dataset: {model['dataset']!r} is not a key of datasets ({', '.join(sorted(config['datasets']))})"
+            )
+        targets[name] = Target(name, _build(config, name), model["train"], data_info(config, model["dataset"]))
+    for name, study in config["interventions"].items():
+        key = f"interventions.{name}"
+        if study["model"] not in config["models"]:
+            raise ConfigError(f"{key}.model: {study['model']!r} is not a key of models ({', '.join(sorted(config['models']))})")
+        kind = study_type(study["type"])
+        try:
+            kind.check(kind.Spec.from_dict(study), targets[study["model"]])
+        except ConfigError as e:
+            raise ConfigError(f"{key}.{e}") from None
+    return config
+
+
+def _build(config: dict, name: str):
+    from .models import build_model
+
+    arch = config["models"][name]["arch"]
+    weights = None if isinstance(arch, str) else arch.get("weights")
+    if weights and not Path(weights).expanduser().is_file():
+        raise ConfigError(f"models.{name}.arch.weights: no such file {weights}")
+    if weights:  # the file exists; checking the architecture does not need its weights
+        arch = {k: v for k, v in arch.items() if k != "weights"}
+    info = data_info(config, config["models"][name]["dataset"])
+    try:
+        return build_model(arch, info.shape, len(info.classes))
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"models.{name}.arch: {str(e).splitlines()[0]}") from None
+
+
+def data_info(config: dict, dataset: str):
+    """Shape, classes and test-set size of a configured dataset, before it is prepared."""
+    from .data import DATASETS
+    from .studies import DataInfo
+
+    source = DATASETS[dataset]
+    subset = config["datasets"][dataset]["test_subset"]
+    n_test = source.n_test if subset is None else min(subset, source.n_test)
+    return DataInfo(tuple(source.shape), tuple(source.classes), n_test)
+
+
+def load(path: str | Path) -> dict:
+    """Read, validate and check a config file."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+    return check(validate(config))
+
+
+def model_config(config: dict, name: str) -> dict:
+    if name not in config["models"]:
+        raise ConfigError(f"models: no model {name!r} (have {', '.join(config['models'])})")
+    return config["models"][name]

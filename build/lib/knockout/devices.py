@@ -1,0 +1,44 @@
+"""Which device a job runs on. On a machine with several GPUs, concurrent jobs (as many as
+`snakemake --resources gpu=N` lets run) each take a different GPU by holding a lock file for as
+long as the process lives; under SLURM, CUDA_VISIBLE_DEVICES already names the job's GPU."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+_held: list = []  # open lock files: closing them (at exit) frees the GPU
+
+
+def claim_gpu(count: int, lock_dir: str | Path | None = None, wait_s: float = 3600) -> int:
+    """Index of a GPU no other knockout process holds, among `count`; waits while all are taken."""
+    folder = Path(lock_dir or os.environ.get("KNOCKOUT_LOCK_DIR", tempfile.gettempdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        for index in range(count):
+            handle = open(folder / f"knockout-gpu{index}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            _held.append(handle)
+            return index
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free GPU among {count} after {wait_s:.0f} s")
+        time.sleep(1)
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; `auto`/`cuda` on several GPUs -> a free one."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        return torch.device(f"cuda:{claim_gpu(torch.cuda.device_count())}")
+    return torch.device(device)

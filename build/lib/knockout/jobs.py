@@ -1,0 +1,388 @@
+"""What one rule's job does: read its declared inputs, set threads, device and seed, call the
+library, write its declared outputs (through `knockout.io`). The CLI parses arguments and calls
+one function here; nothing else in the library reads or writes job files.
+
+A job's settings arrive once, resolved, as the `job` dict the workflow's plan made
+(`knockout.plan`): a study's config entry, the device, the epochs it rewinds to, the training
+settings. Per-seed tables carry the id columns `intervention, model, seed`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .io import read_arrays, read_json, write_arrays, write_json, write_table
+
+# Per-seed columns summarised over seeds when a table has them (retraining studies add some).
+VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_per_epoch", "baseline_prob", "min_prob", "changed_area")
+
+
+def _start(job: dict, threads: int | None):
+    """Torch's threads (Snakemake's {threads}) and the job's device, decided here and only here."""
+    import torch
+
+    from .devices import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    return resolve_device(job["device"])
+
+
+def _study(job: dict):
+    from .studies import study_type
+
+    kind = study_type(job["study"]["type"])
+    return kind, kind.Spec.from_dict(job["study"])
+
+
+def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_stats=None):
+    """The networks and statistics a study's conditions are built from (studies.Context):
+    exactly the files given, and for `epochs` exactly the job's epochs (one missing is an error)."""
+    import torch
+
+    from .errors import DataError
+    from .models import build_model, load_model
+    from .studies import Context
+
+    trained = load_model(final, map_location=device)
+    checkpoints = {}
+    for epoch in job.get("epochs", []) if epochs else []:
+        path = Path(epochs) / f"epoch{epoch}.pt"
+        if not path.is_file():
+            raise DataError(f"{path}: missing; training kept epochs {job['epochs']}")
+        checkpoints[f"epoch{epoch}"] = load_model(path, map_location=device)
+    # A fresh draw from the layers' initial distributions: the architecture from another seed,
+    # derived from the training seed so reruns agree.
+    spec = trained.spec
+    torch.manual_seed(10_000_019 + seed)
+    arch = {k: v for k, v in spec["arch"].items() if k != "weights"}
+    rerandom = build_model(arch, tuple(spec["input_shape"]), spec["num_classes"]).to(device)
+    return Context(
+        trained=trained,
+        init=load_model(init, map_location=device) if init else None,
+        checkpoints=checkpoints,
+        rerandom=rerandom,
+        unit_stats=pd.read_csv(unit_stats) if unit_stats else None,
+        seed=seed,
+    )
+
+
+def _ids(job: dict, seed: int) -> dict:
+    return {"intervention": job["name"], "model": job["study"]["model"], "seed": seed}
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def fetch(dataset: str, out: str, mirrors: list[str], download: bool) -> None:
+    from .data import fetch as fetch_files
+
+    fetch_files(dataset, Path(out), mirrors, download=download)
+
+
+def prepare(dataset: str, raw: str, out: str, train_subset: int | None, test_subset: int | None, seed: int) -> None:
+    from .data import prepare as prepare_splits
+
+    prepare_splits(dataset, Path(raw), Path(out), train_subset=train_subset, test_subset=test_subset, seed=seed)
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def train(job: dict, seed: int, train: str, test: str, meta: str, out: str, threads: int | None = None) -> dict:
+    """One model x seed: the model folder (init.pt, final.pt, history.csv, metrics.json, epochs/)."""
+    import torch
+
+    from .data import load_split, read_meta
+    from .models import build_model
+    from .train import TrainConfig, train as fit
+
+    device = _start(job, threads)
+    info = read_meta(meta)
+    train_split, test_split = load_split(train, info, "cpu"), load_split(test, info, "cpu")
+    torch.manual_seed(seed)  # the initial weights are a function of the seed alone
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    network = build_model(job["arch"], tuple(info["shape"]), info["num_classes"])
+    out = Path(out)
+    return fit(network, train_split.images, train_split.labels, test_split.images, test_split.labels,
+               TrainConfig.from_dict(job["train"]), out, seed=seed, device=device, epochs_dir=out / "epochs")
+
+
+def unit_stats(job: dict, final: str, train: str, meta: str, out: str, threads: int | None = None) -> None:
+    """Per-unit statistics of one trained network over the first training examples."""
+    from .data import load_split, read_meta
+    from .models import load_model
+    from .units import unit_statistics
+
+    device = _start(job, threads)
+    info = read_meta(meta)
+    split = load_split(train, info, device)
+    n = min(len(split), job["examples"])
+    network = load_model(final, map_location=device)
+    write_table(unit_statistics(network, split.images[:n], split.labels[:n], info["num_classes"]), out)
+
+
+# --- studies ---------------------------------------------------------------------------------------
+
+
+def intervene(job: dict, seed: int, final: str, test: str, meta: str, out: str, init: str | None = None,
+              epochs: str | None = None, unit_stats: str | None = None, threads: int | None = None) -> pd.DataFrame:
+    """An evaluated study, one seed: every condition on the test split -> the four tables."""
+    from .data import load_split, read_meta
+    from .engine.evaluate import evaluate_conditions
+
+    device = _start(job, threads)
+    kind, spec = _study(job)
+    context = _context(job, seed, final, device, init, epochs, unit_stats)
+    info = read_meta(meta)
+    split = load_split(test, info, device)
+    conditions = kind.conditions(spec, context)
+    outputs = evaluate_conditions(conditions, context, split.images, split.labels, budget_mb=job["budget_mb"], device=device, apply=kind.apply)
+    tables = condition_tables(conditions, outputs, split.labels.cpu(), info["classes"], split.indices)
+    return _write_condition_tables(tables, _ids(job, seed), out)
+
+
+def probe(job: dict, seed: int, final: str, test: str, meta: str, out: str, arrays: str, threads: int | None = None) -> pd.DataFrame:
+    """A probing study, one seed: its table and its arrays (with their id arrays)."""
+    from .data import load_split, read_meta
+
+    device = _start(job, threads)
+    kind, spec = _study(job)
+    context = _context(job, seed, final, device)
+    info = read_meta(meta)
+    table, values = kind.compute(spec, context, load_split(test, info, device), info, job["budget_mb"])
+    ids = _ids(job, seed)
+    write_arrays(values, arrays, ids=ids)
+    write_table(table, out, ids=ids)  # the table last: a complete pair
+    return table
+
+
+def retrain(job: dict, seed: int, condition: str, final: str, train: str, test: str, meta: str, out: str,
+            unit_stats: str | None = None, threads: int | None = None) -> dict:
+    """One condition of a retraining study, one seed, trained into the folder `out`: the model
+    folder's files plus `predictions.npz` (per test example) and `condition.json` (its record)."""
+    import torch
+
+    from .data import load_split, read_meta
+    from .engine.evaluate import evaluate_conditions
+    from .models import count_parameters, multiply_adds
+    from .studies import Condition, Context
+    from .train import TrainConfig, train as fit
+
+    device = _start(job, threads)
+    kind, spec = _study(job)
+    context = _context(job, seed, final, device, unit_stats=unit_stats)
+    by_slug = {c.slug: c for c in kind.conditions(spec, context)}
+    if condition not in by_slug:
+        raise ValueError(f"{job['name']}: no condition {condition!r} (have {', '.join(by_slug)})")
+    chosen = by_slug[condition]
+    torch.manual_seed(seed)  # dropout draws, as in the baseline's training
+    network = kind.apply(chosen, context)
+    info = read_meta(meta)
+    train_split, test_split = load_split(train, info, "cpu"), load_split(test, info, "cpu")
+    out = Path(out)
+    metrics = fit(network, train_split.images, train_split.labels, test_split.images, test_split.labels,
+                  TrainConfig.from_dict(job["train"]), out, seed=seed, device=device)
+    plain = Context(trained=network.eval())
+    result = evaluate_conditions([Condition("baseline", "baseline")], plain, test_split.images, test_split.labels,
+                                 budget_mb=job["budget_mb"], device=device)["baseline"]
+    write_arrays({"predictions": result.predictions.numpy(), "losses": result.losses.numpy()}, out / "predictions.npz", compress=False)
+    record = {
+        "name": chosen.name,
+        "set": chosen.set,
+        "info": [list(kv) for kv in chosen.info],
+        "parameters": count_parameters(network),
+        "multiply_adds": multiply_adds(network, tuple(info["shape"])),
+        "test_accuracy": (result.predictions == test_split.labels).float().mean().item(),
+    }
+    if hasattr(kind, "details"):  # a type's own per-condition record (factorize: its layer table)
+        record["details"] = kind.details(chosen, context)
+    write_json(record, out / "condition.json")
+    return metrics
+
+
+def collect(job: dict, seed: int, runs: list[str], test: str, meta: str, out: str) -> pd.DataFrame:
+    """The trained conditions of one seed -> the same four tables as `intervene`, plus
+    parameters, multiply_adds, train_accuracy, gap (train - test accuracy), seconds_per_epoch."""
+    import torch
+
+    from .data import load_split, read_meta
+    from .engine.evaluate import ConditionOutput
+    from .studies import Condition
+
+    info = read_meta(meta)
+    split = load_split(test, info, "cpu")
+    conditions, outputs, extra = [], {}, {}
+    for folder in map(Path, runs):
+        record, metrics = read_json(folder / "condition.json"), read_json(folder / "metrics.json")
+        saved = read_arrays(folder / "predictions.npz")
+        condition = Condition(record["name"], record["set"], info=tuple(tuple(kv) for kv in record["info"]))
+        conditions.append(condition)
+        outputs[condition.name] = ConditionOutput(torch.from_numpy(saved["predictions"]), torch.from_numpy(saved["losses"]))
+        extra[condition.name] = {
+            "parameters": record["parameters"],
+            "multiply_adds": record["multiply_adds"],
+            "train_accuracy": metrics["train_accuracy"],
+            "gap": metrics["train_accuracy"] - metrics["test_accuracy"],
+            "seconds_per_epoch": metrics["seconds_per_epoch"],
+        }
+    tables = condition_tables(conditions, outputs, split.labels, info["classes"], split.indices)
+    main = tables["csv"]
+    tables["csv"] = pd.concat([main, pd.DataFrame([extra[c] for c in main["condition"]])], axis=1)
+    return _write_condition_tables(tables, _ids(job, seed), out)
+
+
+def condition_tables(conditions, outputs, labels, classes: list[str], indices) -> dict[str, pd.DataFrame]:
+    """Per-condition outputs (`ConditionOutput` by name) on a split -> the four tidy tables, by
+    suffix: `csv` (one row per condition), `per_class.csv`, `confusion.csv` (non-zero cells) and
+    `examples.parquet` (the flips: examples right at baseline and wrong after, or the reverse;
+    `example` indexes the original split through `indices`)."""
+    import torch
+
+    base = outputs["baseline"]
+    base_correct = base.predictions == labels
+    n_classes = len(classes)
+    counts = torch.bincount(labels, minlength=n_classes).clamp(min=1)
+    base_per_class = torch.bincount(labels[base_correct], minlength=n_classes) / counts
+    rows, per_class, confusion, flips = [], [], [], []
+    for c in conditions:
+        out = outputs[c.name]
+        correct = out.predictions == labels
+        rows.append({
+            "condition": c.name,
+            "set": c.set,
+            "accuracy": correct.float().mean().item(),
+            "loss": out.losses.mean().item(),
+            "baseline_accuracy": base_correct.float().mean().item(),
+            "delta": (correct.float().mean() - base_correct.float().mean()).item(),
+            "n_silenced": sum(len(u) for _, u in c.silence),
+            "units": ";".join(f"{layer}:{','.join(map(str, units))}" for layer, units in c.silence),
+            "base": c.base,
+            **dict(c.info),
+        })
+        acc = torch.bincount(labels[correct], minlength=n_classes) / counts
+        for k in range(n_classes):
+            per_class.append({
+                "condition": c.name, "class": k, "class_name": classes[k], "n": int((labels == k).sum()),
+                "accuracy": acc[k].item(), "baseline_accuracy": base_per_class[k].item(), "delta": (acc[k] - base_per_class[k]).item(),
+            })
+        cells = torch.bincount(labels * n_classes + out.predictions, minlength=n_classes**2)
+        for cell in cells.nonzero().flatten().tolist():
+            confusion.append({"condition": c.name, "true": cell // n_classes, "predicted": cell % n_classes, "count": int(cells[cell])})
+        for i in (correct != base_correct).nonzero().flatten().tolist():
+            flips.append({
+                "condition": c.name, "example": int(indices[i]), "label": int(labels[i]), "baseline_prediction": int(base.predictions[i]),
+                "prediction": int(out.predictions[i]), "flip": "right_to_wrong" if base_correct[i] else "wrong_to_right",
+            })
+    flip_columns = ["condition", "example", "label", "baseline_prediction", "prediction", "flip"]
+    return {
+        "csv": pd.DataFrame(rows),
+        "per_class.csv": pd.DataFrame(per_class),
+        "confusion.csv": pd.DataFrame(confusion, columns=["condition", "true", "predicted", "count"]),
+        "examples.parquet": pd.DataFrame(flips, columns=flip_columns),
+    }
+
+
+def _write_condition_tables(tables: dict[str, pd.DataFrame], ids: dict, out: str) -> pd.DataFrame:
+    """The four tables beside `out` (seed{seed}.csv); the main CSV last: its presence means the
+    others are complete."""
+    out = Path(out)
+    stem = out.name[: -len(".csv")]
+    for suffix, frame in sorted(tables.items(), key=lambda kv: kv[0] == "csv"):
+        write_table(frame, out.with_name(f"{stem}.{suffix}"), ids=ids)
+    return tables["csv"]
+
+
+# --- over seeds ------------------------------------------------------------------------------------
+
+
+def aggregate(inputs: list[str], compare: list, out: str, comparisons: str) -> None:
+    """Per-seed tables of one study -> mean, std and 95% CI per condition and set, and the
+    paired comparisons the study asks for."""
+    from .stats import comparisons as compare_sets, read_per_seed, summarize
+
+    per_seed = read_per_seed(inputs)
+    write_table(summarize(per_seed, value_cols=[c for c in VALUE_COLUMNS if c in per_seed]), out)
+    write_table(compare_sets(per_seed, [tuple(p) for p in compare]), comparisons)
+
+
+def baselines(inputs: list[str], out: str, per_seed: str) -> None:
+    """metrics.json of every model x seed (results/models/{model}/seed{seed}/) -> test accuracy
+    over seeds per model."""
+    from .stats import mean_ci
+
+    rows = pd.DataFrame([{"model": Path(p).parent.parent.name, **{k: v for k, v in read_json(p).items() if k != "config"}} for p in inputs])
+    table = []
+    for model, group in rows.groupby("model", sort=True):
+        mean, std, lo, hi, n = mean_ci(group["test_accuracy"])
+        table.append({"model": model, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "n_seeds": n,
+                      "parameters": int(group["parameters"].iloc[0]), "seconds_per_epoch": group["seconds_per_epoch"].mean()})
+    write_table(pd.DataFrame(table), out)
+    write_table(rows, per_seed)
+
+
+# --- notebooks and provenance ----------------------------------------------------------------------
+
+
+def notebook(notebook: str, out: str, parameters: dict) -> None:
+    """Execute an analysis notebook with papermill, given the parameters it declares."""
+    import papermill
+
+    from .io import atomic_write
+
+    declared = papermill.inspect_notebook(notebook)
+    given = {k: v for k, v in parameters.items() if k in declared}
+    Path(given["out_dir"]).mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: papermill.execute_notebook(notebook, str(tmp), parameters=given, kernel_name="python3", progress_bar=False))
+
+
+def provenance(config: dict, manifests: list[str], repo: str, out: str) -> None:
+    from .provenance import record
+
+    write_json(record(config, manifests, Path(repo)), out)
+
+
+# --- for people --------------------------------------------------------------------------------------
+
+
+def summary(config: str, model: str) -> None:
+    """Print a Keras-like table of a configured model (its layers, output shapes, parameters)."""
+    from .config import data_info, load, model_config
+    from .models import build_model, summary as table
+
+    settings = load(config)
+    entry = model_config(settings, model)
+    info = data_info(settings, entry["dataset"])
+    print(f'Model: "{model}" on {entry["dataset"]}, input {tuple(info.shape)}')
+    print(table(build_model(entry["arch"], info.shape, len(info.classes)), info.shape))
+
+
+def check_config(config: str) -> None:
+    from .config import load
+
+    settings = load(config)
+    print(f"{config}: ok ({len(settings['models'])} models, seeds {settings['seeds']})")
+
+
+def check_data(config: str) -> None:
+    """Exit 0 when every dataset of the config is in a mirror or downloadable, 3 otherwise."""
+    import sys
+
+    from .config import load
+    from .data import locate, reachable
+
+    settings = load(config)
+    missing = []
+    for name in settings["datasets"]:
+        found = locate(name, settings["data"]["mirrors"])
+        if found:
+            print(f"{name}: in mirror {next(iter(found.values())).parent}")
+        elif settings["data"]["download"] and reachable(name):
+            print(f"{name}: downloadable")
+        else:
+            print(f"{name}: in no mirror and not downloadable")
+            missing.append(name)
+    if missing:
+        sys.exit(3)

@@ -1,0 +1,213 @@
+"""What the workflow runs for a validated config, decided without torch: the files of every job
+(inputs and outputs, nothing read or written undeclared), the resolved settings each job gets
+once, and what each notebook is given. `workflow/rules/common.smk` asks this module and keeps no
+list of study types: a study's job kind, inputs and notebook come from its module
+(`knockout.studies`).
+
+Paths are relative to the working directory, under `results/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from .studies import slug, study_type
+
+# What one job of each kind writes per study, model and seed, beside `seed{seed}`.
+PER_SEED = {
+    "evaluate": (".csv", ".per_class.csv", ".confusion.csv", ".examples.parquet"),
+    "retrain": (".csv", ".per_class.csv", ".confusion.csv", ".examples.parquet"),
+    "probe": (".csv", ".npz"),
+}
+MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # + the epochs/ folder
+RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # one retrained condition
+
+
+@dataclass(frozen=True)
+class Study:
+    """One configured study as the workflow sees it."""
+
+    name: str
+    type: str
+    model: str
+    kind: str  # evaluate | retrain | probe
+    notebook: str  # notebooks/{notebook}.ipynb
+    aggregate: bool  # a table over seeds
+    needs: frozenset[str]  # init, checkpoints, unit_stats
+    conditions: tuple[str, ...]  # retrain: the trained conditions' names
+    spec: dict  # the validated config entry
+
+
+class Plan:
+    """The jobs and files of one config (validated, defaults filled)."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.seeds = [int(s) for s in config["seeds"]]
+        self.models = sorted(config["models"])
+        self.datasets = sorted(config["datasets"])
+        self.studies = {name: self._study(name, spec) for name, spec in config["interventions"].items()}
+
+    @staticmethod
+    def _study(name: str, spec: dict) -> Study:
+        module = study_type(spec["type"])
+        parsed = module.Spec.from_dict(spec)
+        conditions = tuple(module.condition_names(parsed)) if module.KIND == "retrain" else ()
+        return Study(
+            name=name,
+            type=spec["type"],
+            model=spec["model"],
+            kind=module.KIND,
+            notebook=module.NOTEBOOK,
+            aggregate=getattr(module, "AGGREGATE", True),
+            needs=frozenset(module.needs(parsed)),
+            conditions=conditions,
+            spec=spec,
+        )
+
+    def names(self, kind: str | None = None) -> list[str]:
+        """Study names, of one job kind or all."""
+        return [n for n, s in self.studies.items() if kind is None or s.kind == kind]
+
+    def aggregated(self) -> list[str]:
+        """The studies with a table over seeds."""
+        return [n for n, s in self.studies.items() if s.aggregate]
+
+    # --- data and models --------------------------------------------------------------------------
+
+    def dataset_of(self, model: str) -> str:
+        return self.config["models"][model]["dataset"]
+
+    def data(self, model: str, train: bool = True) -> dict[str, str]:
+        """The prepared splits a job of `model` reads (the test split and meta; train too)."""
+        folder = f"results/data/{self.dataset_of(model)}"
+        files = {"test": f"{folder}/test.npz", "meta": f"{folder}/meta.json"}
+        return ({"train": f"{folder}/train.npz"} if train else {}) | files
+
+    def model_dir(self, model: str, seed: int | str) -> str:
+        return f"results/models/{model}/seed{seed}"
+
+    def epochs(self, model: str) -> list[int]:
+        """The epochs whose weights training keeps (`epochs/epoch{e}.pt`)."""
+        train = self.config["models"][model]["train"]
+        saved = train["checkpoints"]
+        return list(range(1, train["epochs"] + 1)) if saved == "all" else sorted(saved)
+
+    def train_settings(self, model: str, overrides: dict | None = None, checkpoints: bool = True) -> dict:
+        """The model's training settings, resolved: `augment: auto` decided by the dataset,
+        `checkpoints` as the list of epochs (none for retrained conditions)."""
+        train = dict(self.config["models"][model]["train"]) | (overrides or {})
+        if train["augment"] == "auto":
+            train["augment"] = self.dataset_of(model) == "cifar10"  # random crops and flips suit CIFAR
+        train["checkpoints"] = self.epochs(model) if checkpoints else []
+        return train
+
+    def train_job(self, model: str) -> dict:
+        """The settings a `train` job of `model` gets (the same for every seed)."""
+        return {"arch": self.config["models"][model]["arch"], "train": self.train_settings(model), "device": self.config["device"]}
+
+    def unit_stats_job(self) -> dict:
+        return {"device": self.config["device"], "examples": self.config["unit_stats"]["examples"]}
+
+    def trained(self, model: str, seed: int | str) -> list[str]:
+        """Every file a `train` job writes."""
+        folder = self.model_dir(model, seed)
+        return [f"{folder}/{name}" for name in MODEL_FILES] + [f"{folder}/epochs"]
+
+    def metrics(self) -> list[str]:
+        return [f"{self.model_dir(m, s)}/metrics.json" for m in self.models for s in self.seeds]
+
+    def histories(self) -> list[dict]:
+        return [{"model": m, "seed": s, "path": f"{self.model_dir(m, s)}/history.csv"} for m in self.models for s in self.seeds]
+
+    # --- studies ----------------------------------------------------------------------------------
+
+    def study_job(self, name: str) -> dict:
+        """The resolved settings one job of study `name` gets (the same for every seed): its config
+        entry, the device, the epochs it rewinds to and, for retraining, the training settings."""
+        study = self.studies[name]
+        job = {"name": name, "study": study.spec, "device": self.config["device"], "budget_mb": self.config["budget_mb"]}
+        if "checkpoints" in study.needs:
+            job["epochs"] = self.epochs(study.model)
+        if study.kind == "retrain":
+            job["train"] = self.train_settings(study.model, study.spec.get("train"), checkpoints=False)
+        return job
+
+    def study_inputs(self, name: str, seed: int | str) -> dict[str, str]:
+        """What a study's job reads for one seed: the trained network, what the study needs
+        besides (initial weights, epoch checkpoints, unit statistics) and the data."""
+        study = self.studies[name]
+        folder = self.model_dir(study.model, seed)
+        inputs = {"final": f"{folder}/final.pt"}
+        if "init" in study.needs:
+            inputs["init"] = f"{folder}/init.pt"
+        if "checkpoints" in study.needs:
+            inputs["epochs"] = f"{folder}/epochs"
+        if "unit_stats" in study.needs:
+            inputs["unit_stats"] = f"results/units/{study.model}/seed{seed}.csv"
+        return inputs | self.data(study.model, train=study.kind == "retrain")
+
+    def per_seed(self, name: str, suffix: str = ".csv") -> list[str]:
+        model = self.studies[name].model
+        return [f"results/interventions/{name}/{model}/seed{seed}{suffix}" for seed in self.seeds]
+
+    def runs(self, name: str, seed: int | str) -> list[str]:
+        """The folders of a retraining study's trained conditions for one seed."""
+        study = self.studies[name]
+        return [f"results/interventions/{name}/{study.model}/runs/{slug(c)}/seed{seed}" for c in study.conditions]
+
+    def run_files(self, name: str, seed: int | str) -> list[str]:
+        """What `collect` reads of each trained condition."""
+        return [f"{run}/{f}" for run in self.runs(name, seed) for f in ("condition.json", "metrics.json", "predictions.npz")]
+
+    def tables(self, name: str) -> dict[str, str]:
+        return {"table": f"results/tables/{name}.csv", "comparisons": f"results/tables/{name}.comparisons.csv"}
+
+    # --- analyses ---------------------------------------------------------------------------------
+
+    @cached_property
+    def analyses(self) -> list[str]:
+        return ["baselines", *self.studies]
+
+    def notebook(self, analysis: str) -> str:
+        """The notebook (its name in notebooks/) that analyses `analysis`."""
+        return "baselines" if analysis == "baselines" else self.studies[analysis].notebook
+
+    def analysis(self, analysis: str) -> tuple[dict[str, str | list[str]], dict]:
+        """(input files by name, papermill parameters) of one analysis notebook. The notebook reads
+        exactly these files, which the parameters name; it is given the ones it declares."""
+        out = {"out_dir": f"results/figures/{analysis}"}
+        if analysis == "baselines":
+            histories = self.histories()
+            files = {"table": "results/tables/baselines.csv", "per_seed": "results/tables/baselines.per_seed.csv",
+                     "histories": [h["path"] for h in histories]}
+            return files, out | {k: v for k, v in files.items() if k != "histories"} | {"histories": histories}
+        study = self.studies[analysis]
+        data = self.data(study.model, train=False)
+        files: dict[str, str | list[str]] = {"per_seed": self.per_seed(analysis), "meta": data["meta"]}
+        if study.aggregate:
+            files |= self.tables(analysis)
+        if study.kind == "probe":
+            files["arrays"] = self.per_seed(analysis, ".npz")
+        else:
+            files |= {"per_class": self.per_seed(analysis, ".per_class.csv"), "examples": self.per_seed(analysis, ".examples.parquet"),
+                      "test_images": data["test"]}
+        parameters = out | {"study": analysis, "model": study.model, "kind": study.type} | files
+        if study.kind == "retrain":
+            runs = [{"condition": c, "seed": s, "history": f"{run}/history.csv", "record": f"{run}/condition.json"}
+                    for s in self.seeds for c, run in zip(study.conditions, self.runs(analysis, s))]
+            files |= {"baselines": "results/tables/baselines.csv", "runs": [r[k] for r in runs for k in ("history", "record")]}
+            parameters |= {"baselines": files["baselines"], "runs": runs}
+        return files, parameters
+
+    # --- everything -------------------------------------------------------------------------------
+
+    def targets(self) -> list[str]:
+        """What `rule all` asks for: the trained models, the tables, provenance and every notebook
+        (whose inputs pull in the rest)."""
+        tables = []
+        for name, study in self.studies.items():
+            tables += list(self.tables(name).values()) if study.aggregate else self.per_seed(name)
+        notebooks = [f"results/notebooks/{a}.ipynb" for a in self.analyses]
+        return self.metrics() + ["results/tables/baselines.csv", "results/provenance.json", *tables, *notebooks]

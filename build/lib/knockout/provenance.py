@@ -1,0 +1,62 @@
+"""A record of what produced the results: the resolved config, package versions, device, git
+commit and data checksums, written next to the results (`results/provenance.json`)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "seaborn", "matplotlib", "snakemake", "papermill", "jsonschema", "pyyaml")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit(repo: Path) -> dict:
+    """The commit of `repo` and whether the work tree had uncommitted changes (None without git)."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def device_info() -> dict:
+    import torch
+
+    info = {"cuda_available": torch.cuda.is_available(), "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def record(config: dict, manifests: list[Path], repo: Path) -> dict:
+    """Everything above as one dict; `manifests` are the datasets' verified-download manifests."""
+    data = {}
+    for path in map(Path, manifests):
+        manifest = json.loads(path.read_text())
+        data[manifest["dataset"]] = manifest["files"]
+    return {
+        "config": config,
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": device_info(),
+        "git": git_commit(repo),
+        "data": data,
+    }

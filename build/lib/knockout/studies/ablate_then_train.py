@@ -1,0 +1,100 @@
+"""`ablate_then_train` (study 1): silence a filter set of a trained network, then train on.
+
+Sets are `filter_ablation`'s `units`, `lowest_response` and `random` (with `repeats` and
+`exclude`); `baseline` (nothing silenced, trained the same way) is the control. Two semantics:
+  zero_once  the layer's weights and bias are zeroed once and then free to change (what study
+             1's code did; a following batch norm is left as it is, so gradients still reach
+             the zeroed weights; without one a ReLU passes no gradient at exactly 0)
+  mask       the units stay silent through training: a persistent `torch.nn.utils.prune` mask
+             on the layer's weight and bias (and a following batch norm's scale and shift)
+`freeze_body` trains only the last layer, as fastai does for a pretrained body.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs, filter_ablation
+
+KIND = "retrain"
+NOTEBOOK = "retrain"
+SEMANTICS = ("zero_once", "mask")
+
+
+@dataclass(frozen=True)
+class Spec:
+    model: str
+    sets: filter_ablation.Spec
+    semantics: str
+    freeze_body: bool
+    compare: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Spec:
+        sets = filter_ablation.Spec.from_dict({"model": d["model"], "layers": d["layers"], "sets": d["sets"], "compare": []})
+        return cls(d["model"], sets, d["semantics"], bool(d["freeze_body"]), compare_pairs(d))
+
+
+def needs(spec: Spec) -> set[str]:
+    return filter_ablation.needs(spec.sets)
+
+
+def check(spec: Spec, target: Target) -> None:
+    for i, layer in enumerate(spec.sets.layers):
+        check_layer(f"layers[{i}]", target, layer)
+    filter_ablation.check_sets(spec.sets.sets, target)
+    check_compare(spec.compare, {"baseline", *(s.name for s in spec.sets.sets)})
+
+
+def condition_names(spec: Spec) -> list[str]:
+    """baseline, then one per set (one per draw of a random set)."""
+    names = ["baseline"]
+    for fset in spec.sets.sets:
+        names += [f"{fset.name}:draw{d}" for d in range(fset.repeats)] if fset.select == "random" else [fset.name]
+    return names
+
+
+def conditions(spec: Spec, context: Context) -> list[Condition]:
+    """filter_ablation's conditions for the sets, with the semantics in each condition."""
+    extra = (("semantics", spec.semantics), ("freeze_body", spec.freeze_body))
+    return [
+        Condition(c.name, c.set, base="trained", silence=c.silence, info=c.info + extra)
+        for c in filter_ablation.conditions(spec.sets, context)
+    ]
+
+
+def apply(condition: Condition, context: Context):
+    """The trained network with the set silenced, ready to train: masked (`mask`) so the units
+    stay silent, and with all but the last layer frozen when `freeze_body`."""
+    import torch
+    from torch.nn.utils import prune
+
+    from ..models import addressable_layers, silence_point
+
+    info = dict(condition.info)
+    if info.get("semantics") == "mask":
+        model = apply_condition(condition, context).train()
+    else:
+        model = copy.deepcopy(context.trained).train()
+        with torch.no_grad():
+            modules = dict(model.named_modules())
+            for layer, units in condition.silence:
+                modules[layer].weight[list(units)] = 0
+                if modules[layer].bias is not None:
+                    modules[layer].bias[list(units)] = 0
+    if info.get("semantics") == "mask":
+        modules = dict(model.named_modules())
+        for layer, units in condition.silence:
+            for name in {layer, silence_point(model, layer)}:
+                module = modules[name]
+                for param in ("weight", "bias"):
+                    if getattr(module, param, None) is not None:
+                        mask = torch.ones_like(getattr(module, param))
+                        mask[list(units)] = 0
+                        prune.custom_from_mask(module, param, mask)
+    if info.get("freeze_body"):
+        head = list(addressable_layers(model))[-1]
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(head + "."))
+    return model

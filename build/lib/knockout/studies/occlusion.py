@@ -1,0 +1,74 @@
+"""`occlusion` (study 3; Zeiler & Fergus 2014): a grey window slid over test images, the
+probability of the true class with the window centred at each pixel, which class takes over, and
+Captum's occlusion attribution, per window size. The maps are arrays (`seed{seed}.npz`); the
+table has one row per image and window, aggregated over seeds per window (`set` = `w{size}`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from . import Context, Target
+
+KIND = "probe"
+NOTEBOOK = "occlusion"
+
+
+@dataclass(frozen=True)
+class Spec:
+    model: str
+    n_images: int
+    per_class: bool
+    image_seed: int
+    windows: tuple[int, ...]
+    stride: int
+    fill: str | float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Spec:
+        images = d["images"]
+        return cls(d["model"], images["n"], images["per_class"], images["seed"], tuple(d["windows"]), d["stride"], d["fill"])
+
+
+def needs(spec: Spec) -> set[str]:
+    return set()
+
+
+def check(spec: Spec, target: Target) -> None:
+    _, height, width = target.data.shape
+    for i, w in enumerate(spec.windows):
+        if w > min(height, width):
+            raise ConfigError(f"windows[{i}]: window {w} does not fit the {height}x{width} images")
+
+
+def fill_value(fill: str | float, mean: list[float], std: list[float]):
+    """`mean` (dataset-mean grey, as study 3), `zero` (black) or a pixel value in [0, 1] ->
+    the per-channel value (C,) in the normalised space the model sees."""
+    import torch
+
+    if fill == "mean":
+        return torch.zeros(len(mean))
+    pixel = 0.0 if fill == "zero" else float(fill)
+    return (pixel - torch.tensor(mean)) / torch.tensor(std)
+
+
+def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
+    """The maps of the chosen test images -> (table, arrays); `test` is the prepared split."""
+    from ..engine.occlusion import occlusion_maps, select_images, summary
+
+    idx = select_images(test.labels, spec.n_images, spec.per_class, spec.image_seed)
+    maps = occlusion_maps(
+        context.trained, test.images[idx], test.labels[idx], windows=spec.windows, stride=spec.stride,
+        fill=fill_value(spec.fill, meta["mean"], meta["std"]), budget_mb=budget_mb,
+        device=next(context.trained.parameters()).device,
+    )
+    maps["examples"] = idx.numpy()  # indices into the prepared test split
+    maps["mean"], maps["std"] = meta["mean"], meta["std"]
+    table = summary(maps)
+    # Tidy for the aggregate over seeds: one condition per image and window, one set per window.
+    table.insert(0, "condition", [f"w{w}:image{i}" for w, i in zip(table["window"], table["image"])])
+    table.insert(1, "set", [f"w{w}" for w in table["window"]])
+    table["class_name"] = [meta["classes"][c] for c in table["label"]]
+    table["takeover_name"] = [meta["classes"][c] if c >= 0 else "" for c in table["takeover_class"]]
+    return table, maps

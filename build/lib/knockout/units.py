@@ -1,0 +1,94 @@
+"""Per-unit statistics of a trained network over a dataset (`unit_stats`; Morcos et al. 2018).
+
+A unit is a conv output channel or a linear output feature. Its response is the output of the
+activation that follows the layer (`conv2_act` in knockout's models), or, where there is none as
+a separate stage (inside a ResNet block), the output of the layer's batch norm.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .models import addressable_layers, silence_point
+
+COLUMNS = ["layer", "unit", "mean", "max", "dead_fraction", "weight_l1", "selectivity", "preferred_class"]
+
+
+def response_point(model: nn.Module, layer: str) -> str:
+    names = dict(model.named_modules())
+    act = f"{layer}_act"
+    return act if act in names else silence_point(model, layer)
+
+
+@torch.no_grad()
+def unit_statistics(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    layers: list[str] | None = None,
+    batch_size: int = 512,
+) -> pd.DataFrame:
+    """images (N, ...) and labels (N,) -> one row per unit of `layers` (default: all conv and
+    linear layers) with: mean (over inputs of the spatial mean response), max (over inputs and
+    positions), dead_fraction (inputs where the response is <= 0 everywhere), weight_l1 (sum of
+    the unit's |weights|), selectivity ((mu_max - mu_-max) / (mu_max + mu_-max) over class means
+    of the response) and preferred_class (the argmax class)."""
+    model.eval()
+    modules = dict(model.named_modules())
+    layers = layers or list(addressable_layers(model))
+    device = next(model.parameters()).device
+    sums = {}
+    maxima = {}
+    dead = {}
+    class_sums = {}
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for layer in layers:
+        point = response_point(model, layer)
+        handles.append(modules[point].register_forward_hook(lambda m, i, o, layer=layer: captured.__setitem__(layer, o)))
+    counts = torch.zeros(num_classes)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size]
+            model(x)
+            counts += torch.bincount(y, minlength=num_classes).float()
+            onehot = torch.nn.functional.one_hot(y, num_classes).float()  # (B, classes)
+            for layer in layers:
+                out = captured[layer].float().cpu()
+                flat = out.flatten(2) if out.dim() > 2 else out.unsqueeze(-1)  # (B, units, positions)
+                per_input = flat.mean(2)  # (B, units)
+                sums[layer] = sums.get(layer, 0) + per_input.sum(0)
+                peak = flat.amax(2)
+                maxima[layer] = torch.maximum(maxima[layer], peak.amax(0)) if layer in maxima else peak.amax(0)
+                dead[layer] = dead.get(layer, 0) + (peak <= 0).float().sum(0)
+                class_sums[layer] = class_sums.get(layer, 0) + onehot.T @ per_input  # (classes, units)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    n = len(images)
+    for layer in layers:
+        weight = modules[layer].weight.detach().cpu()
+        l1 = weight.abs().flatten(1).sum(1)
+        class_means = class_sums[layer] / counts.clamp(min=1)[:, None]  # (classes, units)
+        top, preferred = class_means.max(0)
+        others = (class_means.sum(0) - top) / max(num_classes - 1, 1)
+        selectivity = (top - others) / (top + others).where((top + others).abs() > 1e-12, torch.ones_like(top))
+        for unit in range(len(l1)):
+            rows.append(
+                {
+                    "layer": layer,
+                    "unit": unit,
+                    "mean": (sums[layer][unit] / n).item(),
+                    "max": maxima[layer][unit].item(),
+                    "dead_fraction": (dead[layer][unit] / n).item(),
+                    "weight_l1": l1[unit].item(),
+                    "selectivity": selectivity[unit].item(),
+                    "preferred_class": int(preferred[unit]),
+                }
+            )
+    return pd.DataFrame(rows, columns=COLUMNS)
