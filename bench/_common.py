@@ -242,20 +242,20 @@ def print_table(header: Sequence[str], lines: Iterable[Sequence], left: Iterable
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     left = set(left)
     for i, c in enumerate(cells):
-        print("  ".join(v.ljust(w) if j in left else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths))))
+        print("  ".join(v.ljust(w) if j in left else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths))).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
 
 
 def write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> None:
-    """rows' `columns` (other keys ignored) as CSV; floats with 6 significant digits."""
+    """rows' `columns` (other keys ignored) as CSV; floats rounded to 6 significant digits."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+            writer.writerow({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in r.items()})
 
 
 def min_ratio(rows: list[dict], ratio: str) -> float | None:
