@@ -5,12 +5,14 @@ What it measures
 For every filter (output channel) of one conv layer, the accuracy of the network with that one
 filter silenced (its output zeroed), on the same model and images, computed two ways in one run:
 
-  * ours: ``filter_ablation.conditions`` of the spec
-    ``{layers: [LAYER], sets: {each: {select: each}}}`` (the baseline condition plus one
-    ``each:LAYER:UNIT`` condition per filter) evaluated by ``knockout.evaluate.evaluate_conditions``
-    (activations cached once up to the silenced layer's output, or up to its residual block's
-    input for a layer inside a block; several conditions stacked per forward as masks). The timed region covers building the conditions and evaluating all of them,
-    *including* the baseline (intact) condition.
+  * ours: ``knockout.studies.filter_ablation.conditions`` of the study entry
+    ``{type: filter_ablation, layers: [LAYER], sets: {each: {select: each}}}`` (resolved against
+    the schema by ``knockout.config.resolve`` once, before the timing; the baseline condition
+    plus one ``each:LAYER:UNIT`` condition per filter) evaluated by
+    ``knockout.engine.evaluate.evaluate_conditions`` (activations cached once up to the silenced
+    layer's output, or up to its residual block's input for a layer inside a block; several
+    conditions stacked per forward as masks). The timed region covers building the spec and the
+    conditions and evaluating all of them, *including* the baseline (intact) condition.
   * Captum: ``captum.attr.LayerFeatureAblation(forward_func, module).attribute(x,
     additional_forward_args=(y,), layer_mask=M, layer_baselines=0, perturbations_per_eval=1)``
     per batch of ``--captum-batch`` images, where ``module`` is the module whose output must be
@@ -28,10 +30,11 @@ filter silenced (its output zeroed), on the same model and images, computed two 
     feeds that very tensor through its intact forward, so without the copy Captum silently
     reports wrong accuracies for every unit of a ResNet block (the check below catches it).
 
-Both sides run with the same ``torch.set_num_threads`` and are warmed up by a tiny untimed call
-first. The check: the per-unit accuracies of the two agree (their correct-example counts are
-compared; batched vs. unbatched convolutions may round differently and flip an example now and
-then, so a difference of one example is tolerated). The exit status is 1 when more than 1% of a
+Both sides run with the same ``torch.set_num_threads`` (``--threads``) on the same device
+(``--device``, default cpu) and are warmed up by a tiny untimed call first. The check: the
+per-unit accuracies of the two agree (their correct-example counts are compared; batched vs.
+unbatched convolutions may round differently and flip an example now and then, so a difference
+of one example is tolerated). The exit status is 1 when more than 1% of a
 layer's units differ by more than one example, or the intact accuracies differ.
 
 Models, weights and images
@@ -40,7 +43,7 @@ Models, weights and images
     ``results/models/cnn/seed0/final.pt`` when that file exists, else a seeded random init; the
     first ``--cnn-images`` Fashion-MNIST test images and their labels from
     ``results/data/fashion_mnist`` when prepared, else seeded random N(0, 1) tensors labelled with
-    the intact model's predictions. Layers: conv1, conv2, conv3 (one row each).
+    the intact model's predictions. Layers: conv1, conv2, conv3 (``--cnn-layers``; one row each).
   * resnet18: ``build_model({type: resnet, depth: 18, small_input: True}, (3, 32, 32), 10)`` with a
     seeded random init, on seeded random N(0, 1) 3x32x32 tensors (no CIFAR-10 here). A random
     ResNet predicts one class for every input, so per-unit accuracies would all equal the intact
@@ -57,7 +60,8 @@ Output: a table with model, layer, units, images, captum_s, ours_s, speedup (cap
 whether the goal (>= 10x) is met, the largest per-unit accuracy difference, the number of units
 whose accuracy differs, how many units change the accuracy at all and the lowest per-unit
 accuracy (to show the check is not vacuous), and the CPU other processes used while each side
-ran. ``--out FILE.csv`` also writes the rows as CSV.
+ran; then the agreement and, as the last line, ``min ratio: N.NNx`` (the smallest speedup over
+the rows). ``--out FILE.csv`` also writes the rows as CSV.
 Times are those of whatever machine runs this, and only meaningful when ``other_cpu`` is near 0
 for both sides; on a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
 timed side).
@@ -74,28 +78,18 @@ How to run (from the repository root)
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
-import time
-from pathlib import Path
 
-try:
-    import knockout  # noqa: F401
-except ImportError:  # not installed: use the checkout's src/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
+from _common import Timed, cnn_setup, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
 import torch
 from torch import nn
 
-from knockout.data import load_prepared
-from knockout.evaluate import evaluate_conditions
-from knockout.interventions import Context, filter_ablation, layer_units
-from knockout.models import build_model, load_model, silence_point
+from knockout.config import resolve
+from knockout.engine.evaluate import evaluate_conditions
+from knockout.models import silence_point
+from knockout.studies import Context, filter_ablation, layer_units
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT / "results" / "data" / "fashion_mnist"
-CNN_WEIGHTS = ROOT / "results" / "models" / "cnn" / "seed0" / "final.pt"
 GOAL = 10.0
 
 COLUMNS = [
@@ -106,7 +100,8 @@ COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[options(quick="fewer images (256 CNN, 8 ResNet) unless given")],
     )
     p.add_argument("--models", default="cnn,resnet18", help="comma list of: cnn, resnet18 (default both)")
     p.add_argument("--cnn-layers", default="conv1,conv2,conv3")
@@ -114,16 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=None, help="images for every model (overrides the two below)")
     p.add_argument("--cnn-images", type=int, default=1000, help="default 1000 (--quick: 256)")
     p.add_argument("--resnet-images", type=int, default=32, help="default 32 (--quick: 8)")
-    p.add_argument("--quick", action="store_true", help="fewer images (256 CNN, 8 ResNet) unless given")
     p.add_argument("--captum-batch", type=int, default=256, help="images per Captum attribute() call (default 256)")
     p.add_argument("--budget-mb", type=float, default=512, help="evaluate_conditions' budget_mb (default 512)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's, all cores)")
-    p.add_argument("--device", default="cpu", help="torch device for both sides (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random weights and images (default 0)")
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                   help="before each timed side, wait up to SECONDS for other processes to leave the "
-                        "CPUs idle (default 0: don't wait; a shared machine needs it)")
-    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(args.models) - {"cnn", "resnet18"}
@@ -140,107 +128,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- timing helpers
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cpu_counters() -> float | None:
-    """Non-idle CPU seconds of the whole machine since boot (Linux), else None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    fields += [0] * (8 - len(fields))
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_idle(limit_s: float, window_s: float = 2.0, threshold: float = 0.2) -> None:
-    """Wait (at most limit_s) for a window_s stretch in which other processes use < threshold cores."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        with OtherLoad() as load:
-            time.sleep(window_s)
-        if load.cores is None or load.cores < threshold:
-            return
-        print(f"  waiting for an idle machine (others use {load.cores:.2f} cores) ...", file=sys.stderr, flush=True)
-
-
-class OtherLoad:
-    """CPU (in cores) that other processes used while a block ran; None off Linux."""
-
-    cores: float | None = None
-
-    def __enter__(self):
-        t = os.times()
-        self.start = (_cpu_counters(), t.user + t.system, time.perf_counter())
-        return self
-
-    def __exit__(self, *exc):
-        busy, t, wall = _cpu_counters(), os.times(), time.perf_counter()
-        busy0, own0, wall0 = self.start
-        if busy is not None and busy0 is not None:
-            self.cores = max(0.0, ((busy - busy0) - (t.user + t.system - own0)) / (wall - wall0))
-        return False
-
-
-# --------------------------------------------------------------------------- models and images
-
-
-def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    if CNN_WEIGHTS.exists():
-        model = load_model(CNN_WEIGHTS)
-        notes.append(f"cnn: trained weights {CNN_WEIGHTS.relative_to(ROOT)}")
-    else:
-        torch.manual_seed(seed)
-        model = build_model("study5_cnn", (1, 28, 28), 10)
-        notes.append(f"cnn: random init (seed {seed}); {CNN_WEIGHTS.relative_to(ROOT)} not found")
-    model.eval()
-    if (DATA_DIR / "meta.json").exists():
-        _, test, _ = load_prepared(DATA_DIR)
-        images, labels = test.images[:n], test.labels[:n]
-        notes.append(f"cnn: the first {len(images)} Fashion-MNIST test images and labels")
-    else:
-        images = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            labels = model(images).argmax(1)
-        notes.append(f"cnn: {n} random N(0,1) images (no {DATA_DIR.relative_to(ROOT)}), labels = intact predictions")
-    return model, images, labels
-
-
-def resnet_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(seed)
-    model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 32, 32), 10)
-    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
-    with torch.no_grad():
-        for m in model.modules():  # running statistics = those of the benchmark images
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(images)
-        model.eval()
-        model.fc.bias -= model(images).mean(0)  # spread predictions over the classes
-        labels = model(images).argmax(1)
-    notes.append(
-        f"resnet18: random init (seed {seed}), BN statistics and fc bias calibrated on {n} random "
-        f"N(0,1) 3x32x32 images; labels = intact predictions (classes {torch.bincount(labels, minlength=10).tolist()})"
-    )
-    return model, images, labels
-
-
 # --------------------------------------------------------------------------- the two ways
 
 
-def ours(model: nn.Module, layer: str, images, labels, budget_mb: float, device, warmup: bool = False):
-    """Per-unit correct counts (units,) and the intact count, via evaluate_conditions
-    (warmup: only the baseline and two units, result not used)."""
+def each_entry(layer: str) -> dict:
+    """The study entry {layers: [layer], sets: {each: {select: each}}}, checked against the
+    schema and with its defaults filled (once, outside the timing, as the pipeline does)."""
+    return resolve("filter_ablation", {"type": "filter_ablation", "model": "m", "layers": [layer],
+                                       "sets": {"each": {"select": "each"}}})
+
+
+def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: float, device,
+         warmup: bool = False):
+    """Per-unit correct counts (units,) and the intact count, via evaluate_conditions on the
+    conditions of the study `entry` (each_entry(layer)) (warmup: only the baseline and two
+    units, result not used)."""
     context = Context(trained=model)
-    spec = filter_ablation.Spec.from_dict({"model": "m", "layers": [layer], "sets": {"each": {"select": "each"}}})
+    spec = filter_ablation.Spec.from_dict(entry)
     conds = filter_ablation.conditions(spec, context)
     if warmup:
         evaluate_conditions(conds[:3], context, images, labels, budget_mb=budget_mb, device=device)
@@ -315,23 +219,18 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
     units = layer_units(model, layer)
     n = len(images)
     # warm-up: a tiny call of each (allocator, kernels, thread pool), untimed
-    ours(model, layer, images[:2], labels[:2], args.budget_mb, device, warmup=True)
+    entry = each_entry(layer)
+    ours(model, entry, layer, images[:2], labels[:2], args.budget_mb, device, warmup=True)
     cmodel, point = captum_model(model, layer)
     captum(cmodel, point, units, images[:2], labels[:2], 2, device, warmup=True)
 
     wait_for_idle(args.wait_idle)
-    with OtherLoad() as load_c:
-        sync(device)
-        t0 = time.perf_counter()
+    with Timed(device) as t_c:
         lost = captum(cmodel, point, units, images, labels, args.captum_batch, device)
-        sync(device)
-        captum_s = time.perf_counter() - t0
     wait_for_idle(args.wait_idle)
-    with OtherLoad() as load_o:
-        t0 = time.perf_counter()
-        ours_counts, ours_intact = ours(model, layer, images, labels, args.budget_mb, device)
-        sync(device)
-        ours_s = time.perf_counter() - t0
+    with Timed(device) as t_o:
+        ours_counts, ours_intact = ours(model, entry, layer, images, labels, args.budget_mb, device)
+    captum_s, ours_s = t_c.seconds, t_o.seconds
 
     intact = intact_correct(model, images, labels, args.captum_batch, device)
     captum_counts = intact - lost
@@ -352,31 +251,17 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
         "units_changed": int((ours_counts != ours_intact).sum()),
         "acc_min": round(int(ours_counts.min()) / n, 4),
         "acc_intact": round(ours_intact / n, 4),
-        "other_cpu": "/".join("n/a" if c.cores is None else f"{c.cores:.2f}" for c in (load_c, load_o)),
-        "_busy": any(c.cores is not None and c.cores > 0.2 for c in (load_c, load_o)),
+        "other_cpu": "/".join("n/a" if t.load is None else f"{t.load:.2f}" for t in (t_c, t_o)),
+        "_busy": any(t.load is not None and t.load > 0.2 for t in (t_c, t_o)),
         "_ok": ok,
         "_why": "" if ok else (f"intact counts differ (ours {ours_intact}, captum {intact})" if ours_intact != intact
                                else f"{bad} of {units} units differ by more than one example"),
     }
 
 
-def print_table(rows: list[dict]) -> None:
-    header = ["model", "layer", "units", "images", "captum_s", "ours_s", "speedup", "goal>=10x",
-              "max_abs_diff", "units_differ", "units_changed", "acc_min", "acc_intact", "other_cpu"]
-    keys = COLUMNS
-    cells = [header] + [[str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    for i, c in enumerate(cells):
-        print("  ".join(v.rjust(w) if j >= 2 else v.ljust(w) for j, (v, w) in enumerate(zip(c, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = start(args)
     import captum as captum_pkg
 
     print(f"torch {torch.__version__}, captum {captum_pkg.__version__}, device {device}, "
@@ -402,28 +287,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} {layer}: captum {row['captum_s']:.2f} s, ours {row['ours_s']:.2f} s "
                   f"({row['speedup']:.1f}x)", file=sys.stderr, flush=True)
 
-    print_table(rows)
-    print()
-    print(f"goal: >= {GOAL:g}x  (speedup = captum_s / ours_s); met in {sum(r['goal_met'] == 'yes' for r in rows)} "
-          f"of {len(rows)} rows")
-    print("max_abs_diff: largest |acc_ours - acc_captum| over the layer's units; units_differ: units whose "
-          "accuracies differ at all; units_changed: units whose removal changes the accuracy (ours)")
-    print("other_cpu: cores other processes used while captum / ours ran (0.00 = idle machine)")
-    busy = [r for r in rows if r["_busy"]]
-    if busy:
-        print(f"warning: other processes used > 0.2 cores during {len(busy)} row(s): those times are "
-              "noisy (--wait-idle 120 waits for quiet moments)")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        print(f"wrote {args.out}")
     failed = [r for r in rows if not r["_ok"]]
     for r in failed:
-        print(f"MISMATCH {r['model']} {r['layer']}: {r['_why']}", file=sys.stderr)
-    print("agreement: " + ("FAILED" if failed else "ok (every row within one example per unit)"))
+        print(f"MISMATCH {r['model']} {r['layer']}: {r['_why']}", file=sys.stderr, flush=True)
+    busy = [r for r in rows if r["_busy"]]
+    finish(
+        rows, COLUMNS, ratio="speedup", out=args.out, left=(0, 1),
+        header=["model", "layer", "units", "images", "captum_s", "ours_s", "speedup", "goal>=10x", "max_abs_diff",
+                "units_differ", "units_changed", "acc_min", "acc_intact", "other_cpu"],
+        notes=[
+            f"goal: >= {GOAL:g}x  (speedup = captum_s / ours_s); met in {sum(r['goal_met'] == 'yes' for r in rows)} "
+            f"of {len(rows)} rows",
+            "max_abs_diff: largest |acc_ours - acc_captum| over the layer's units; units_differ: units whose "
+            "accuracies differ at all; units_changed: units whose removal changes the accuracy (ours)",
+            "other_cpu: cores other processes used while captum / ours ran (0.00 = idle machine)",
+            *([f"warning: other processes used > 0.2 cores during {len(busy)} row(s): those times are "
+               "noisy (--wait-idle 120 waits for quiet moments)"] if busy else []),
+            "agreement: " + ("FAILED" if failed else "ok (every row within one example per unit)"),
+        ],
+    )
     return 1 if failed else 0
 
 

@@ -12,20 +12,23 @@ For the same model, images, window sizes (default 3, 5, 7, 9), stride (default 1
     (``--captum-default cnn``: one more row, a few minutes for the CNN). Captum computes only the
     attribution, from the windows inside the image: (H - w + 1)^2 occluded images per image and
     window at stride 1.
-  * ours: ``knockout.occlusion.occlusion_maps(model, images, labels, windows, stride, fill)``,
-    which computes the same attribution *and* the centred maps (the true-class probability and
-    the predicted class with the window centred on every pixel, clipped at the borders): H * W
-    distinct occluded images per image and window (the inside windows are among them), i.e.
-    more forwards than Captum (4096 vs 2936 per 32x32 image for windows 3-9). It reuses the
+  * ours: ``knockout.engine.occlusion.occlusion_maps(model, images, labels, windows, stride=s,
+    fill=fill, budget_mb=B, device=D)`` (B: ``--budget-mb``, default 256), which computes the
+    same attribution *and* the centred maps (the true-class probability and the predicted class
+    with the window centred on every pixel, clipped at the borders): H * W distinct occluded
+    images per image and window (the inside windows are among them), i.e. more forwards than
+    Captum (4096 vs 2936 per 32x32 image for windows 3-9). It reuses the
     original image's activations: only the patch of each early feature map that the occlusion
     changes is recomputed, until that patch covers the whole map.
 
-Both run with the same ``torch.set_num_threads``, after a small untimed warm-up of each, in
-alternating rounds (ours, Captum, ours, ...; ``--repeats``, default 3, but no new round once a
-row has taken ``--round-budget`` = 60 s, so the ResNet gets one): each side's fastest round is
-reported, the one least disturbed by other processes on a shared machine. The
-check: the largest |attribution_ours - attribution_captum| over all images, windows and pixels
-(the exit status is 1 when it exceeds 1e-4; float32 rounding alone is ~1e-7).
+Both run with the same ``torch.set_num_threads`` (``--threads``) on the same device
+(``--device``, default cpu), after a small untimed warm-up of each, in alternating rounds (ours,
+Captum, ours, ...; ``--repeats``, default 3, but no new round once a row has taken
+``--round-budget`` = 60 s, so the ResNet gets one): each side's fastest round is reported, the
+one least disturbed by other processes on a shared machine (``--wait-idle 120`` also waits for a
+quiet moment before each timed side). The check: the largest |attribution_ours -
+attribution_captum| over all images, windows and pixels (the exit status is 1 when it exceeds
+1e-4; float32 rounding alone is ~1e-7).
 
 Models and images
 -----------------
@@ -33,16 +36,18 @@ Models and images
     ``results/models/cnn/seed0/final.pt`` and the first ``--cnn-images`` Fashion-MNIST test images
     when present, else a seeded random init and N(0, 1) images labelled with its predictions.
   * resnet18: ``{type: resnet, depth: 18, small_input: True}`` on 3x32x32 N(0, 1) images, random
-    init with batch-norm statistics and classifier bias calibrated on the images (so predictions
-    are spread over the classes, as in bench/ablation_sweep.py); labels = its predictions.
+    init with batch-norm statistics and classifier bias calibrated on the images, topped up with
+    more random ones to 16 (so predictions are spread over the classes, as in
+    bench/ablation_sweep.py); labels = its predictions.
 
 Output: a table with model, images, windows, captum_ppe, captum_s, ours_s (wall seconds, best
 round), rounds, ratio (captum_s / ours_s), goal_met (>= 2x), captum_cpu_s, ours_cpu_s and
 cpu_ratio (this process's CPU seconds, all threads: steadier than wall time when other processes
 compete for the cores; with ``--threads 1`` it is the work each side does), max_abs_diff,
 fwd_per_image (occluded images per image, captum/ours) and other_cpu (cores other processes
-used meanwhile: the wall times are only comparable when that is small). ``--out FILE.csv`` also
-writes the rows.
+used meanwhile: the wall times are only comparable when that is small); then the agreement and,
+as the last line, ``min ratio: N.NNx`` (the smallest ratio over the rows). ``--out FILE.csv``
+also writes the rows.
 
 How to run (from the repository root)
 -------------------------------------
@@ -55,27 +60,15 @@ How to run (from the repository root)
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
-import time
-from pathlib import Path
 
-try:
-    import knockout  # noqa: F401
-except ImportError:  # not installed: use the checkout's src/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
+from _common import Timed, cnn_setup, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
 import numpy as np
 import torch
-from torch import nn
 
-from knockout.models import build_model, load_model
-from knockout.occlusion import occlusion_maps
+from knockout.engine.occlusion import occlusion_maps, window_positions
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT / "results" / "data" / "fashion_mnist"
-CNN_WEIGHTS = ROOT / "results" / "models" / "cnn" / "seed0" / "final.pt"
 GOAL = 2.0
 TOLERANCE = 1e-4
 COLUMNS = ["model", "images", "windows", "captum_ppe", "captum_s", "ours_s", "rounds", "ratio", "goal_met",
@@ -84,7 +77,8 @@ COLUMNS = ["model", "images", "windows", "captum_ppe", "captum_s", "ours_s", "ro
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[options(quick="fewer images and windows unless given")])
     p.add_argument("--models", default="cnn,resnet18", help="comma list of: cnn, resnet18 (default both)")
     p.add_argument("--images", type=int, default=None, help="images for every model (overrides the two below)")
     p.add_argument("--cnn-images", type=int, default=8, help="default 8 (--quick: 2)")
@@ -101,10 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed rounds (ours, then Captum) per row, best of each kept (default 3) ...")
     p.add_argument("--round-budget", type=float, default=60,
                    help="... but no new round once a row's rounds took this many seconds (default 60)")
-    p.add_argument("--quick", action="store_true", help="fewer images and windows unless given")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
     args = p.parse_args(argv)
     given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
     if args.quick:
@@ -122,86 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- load measurement
-
-
-def _busy_cpu_seconds() -> float | None:
-    """Non-idle CPU seconds of the whole machine since boot (Linux), else None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    fields += [0] * (8 - len(fields))
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-class Timed:
-    """Wall time of a block, this process's CPU time, and the CPU (in cores) other processes
-    used meanwhile."""
-
-    def __enter__(self):
-        t = os.times()
-        self._start = (_busy_cpu_seconds(), t.user + t.system, time.perf_counter())
-        return self
-
-    def __exit__(self, *exc):
-        busy, t, wall = _busy_cpu_seconds(), os.times(), time.perf_counter()
-        busy0, own0, wall0 = self._start
-        self.seconds = wall - wall0
-        self.cpu = t.user + t.system - own0  # this process's CPU seconds, all threads
-        self.other = None
-        if busy is not None and busy0 is not None:
-            self.other = max(0.0, ((busy - busy0) - (t.user + t.system - own0)) / self.seconds)
-        return False
-
-
-# --------------------------------------------------------------------------- models and images
-
-
-def cnn_setup(n: int, seed: int, notes: list[str]):
-    if CNN_WEIGHTS.exists():
-        model = load_model(CNN_WEIGHTS)
-        notes.append(f"cnn: trained weights {CNN_WEIGHTS.relative_to(ROOT)}")
-    else:
-        torch.manual_seed(seed)
-        model = build_model("study5_cnn", (1, 28, 28), 10)
-        notes.append(f"cnn: random init (seed {seed}); {CNN_WEIGHTS.relative_to(ROOT)} not found")
-    model.eval()
-    if (DATA_DIR / "meta.json").exists():
-        from knockout.data import load_prepared
-
-        _, test, _ = load_prepared(DATA_DIR)
-        images, labels = test.images[:n], test.labels[:n]
-        notes.append(f"cnn: the first {len(images)} Fashion-MNIST test images and their labels")
-    else:
-        images = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            labels = model(images).argmax(1)
-        notes.append(f"cnn: {n} random N(0,1) images, labels = the model's predictions")
-    return model, images, labels
-
-
-def resnet_setup(n: int, seed: int, notes: list[str]):
-    torch.manual_seed(seed)
-    model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 32, 32), 10)
-    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
-    calib = torch.cat([images, torch.randn(max(0, 16 - n), 3, 32, 32, generator=torch.Generator().manual_seed(seed + 2))])
-    with torch.no_grad():
-        for m in model.modules():  # batch-norm statistics from the images (a random init has none)
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(calib)
-        model.eval()
-        model.fc.bias -= model(calib).mean(0)  # spread the predictions over the classes
-        labels = model(images).argmax(1)
-    notes.append(f"resnet18: random init (seed {seed}), batch norms and fc bias calibrated on {len(calib)} "
-                 f"random N(0,1) images; {n} of them occluded, labels = the model's predictions")
-    return model, images, labels
-
-
 # --------------------------------------------------------------------------- the two ways
 
 
@@ -216,45 +127,47 @@ def captum_attribution(model, images, labels, windows, stride, fill, ppe) -> np.
         for w in windows:
             a = occ.attribute(images, sliding_window_shapes=(C, w, w), strides=(C, stride, stride),
                               baselines=fill, target=labels, perturbations_per_eval=ppe)
-            out.append(a[:, 0].numpy())  # the same for every channel: the window spans them all
+            out.append(a[:, 0].cpu().numpy())  # the same for every channel: the window spans them all
     return np.stack(out, 1)
 
 
 def forwards_per_image(H: int, W: int, windows, stride: int) -> tuple[int, int]:
     """Occluded images per image: Captum's (inside windows) and ours (centred + Captum's)."""
-    from knockout.occlusion import window_positions
-
     captum = sum((-(-(H - w) // stride) + 1) * (-(-(W - w) // stride) + 1) for w in windows if w <= min(H, W))
     ours = sum(len(window_positions(H, W, w, stride).rects) for w in windows)
     return captum, ours
 
 
-def run_model(name, model, images, labels, args, ppes) -> list[dict]:
+def run_model(name, model, images, labels, args, ppes, device) -> list[dict]:
+    model, images, labels = model.to(device), images.to(device), labels.to(device)
     H, W = images.shape[2:]
     # warm-up (untimed): imports, thread pool, a batch through the model; a window as large as
     # the image is a single occluded image for both
     with torch.no_grad():
         model(images[:1].expand(64, -1, -1, -1))
-    occlusion_maps(model, images[:1], labels[:1], windows=(max(H, W),), budget_mb=args.budget_mb)
+    occlusion_maps(model, images[:1], labels[:1], windows=(max(H, W),), stride=1, fill=args.fill,
+                   budget_mb=args.budget_mb, device=device)
     captum_attribution(model, images[:1], labels[:1], (min(H, W),), 1, args.fill, 4)
 
     fwd_c, fwd_o = forwards_per_image(H, W, args.windows, args.stride)
     run_ours = lambda: occlusion_maps(model, images, labels, windows=args.windows, stride=args.stride,  # noqa: E731
-                                      fill=args.fill, budget_mb=args.budget_mb)
+                                      fill=args.fill, budget_mb=args.budget_mb, device=device)
     rows = []
     for ppe in ppes:
         run_captum = lambda: captum_attribution(model, images, labels, args.windows, args.stride, args.fill, ppe)  # noqa: E731
         best_o, best_c, cpu_o, cpu_c, others, diff, spent, rounds = None, None, None, None, [], 0.0, 0.0, 0
         # alternate the two; keep each one's fastest round (the least disturbed by other load)
         while rounds < args.repeats and (rounds == 0 or spent < args.round_budget):
-            with Timed() as t_o:
+            wait_for_idle(args.wait_idle)
+            with Timed(device) as t_o:
                 maps = run_ours()
-            with Timed() as t_c:
+            wait_for_idle(args.wait_idle)
+            with Timed(device) as t_c:
                 theirs = run_captum()
             rounds += 1
             spent += t_o.seconds + t_c.seconds
             diff = max(diff, float(np.abs(theirs - maps["attribution"]).max()))
-            others += [t.other for t in (t_o, t_c) if t.other is not None]
+            others += [t.load for t in (t_o, t_c) if t.load is not None]
             best_o = min(best_o or t_o.seconds, t_o.seconds)
             best_c = min(best_c or t_c.seconds, t_c.seconds)
             cpu_o = min(cpu_o or t_o.cpu, t_o.cpu)
@@ -273,29 +186,19 @@ def run_model(name, model, images, labels, args, ppes) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    cells = [COLUMNS] + [[str(r[k]) for k in COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    for i, c in enumerate(cells):
-        print("  ".join(v.ljust(w) if j in (0, 2) else v.rjust(w) for j, (v, w) in enumerate(zip(c, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = start(args)
     import captum
 
-    print(f"torch {torch.__version__}, captum {captum.__version__}, torch threads {torch.get_num_threads()}, "
-          f"cpus {os.cpu_count()}, windows {args.windows}, stride {args.stride}, fill {args.fill:g}")
+    print(f"torch {torch.__version__}, captum {captum.__version__}, device {device}, torch threads "
+          f"{torch.get_num_threads()}, cpus {os.cpu_count()}, windows {args.windows}, stride {args.stride}, fill {args.fill:g}")
     notes: list[str] = []
     setups = []
     if "cnn" in args.models:
         setups.append(("cnn", *cnn_setup(args.cnn_images, args.seed, notes)))
     if "resnet18" in args.models:
-        setups.append(("resnet18", *resnet_setup(args.resnet_images, args.seed, notes)))
+        setups.append(("resnet18", *resnet_setup(args.resnet_images, args.seed, notes, calibrate_min=16)))
     for note in notes:
         print(note)
     print(flush=True)
@@ -303,27 +206,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, model, images, labels in setups:
         ppes = [args.ppe] + ([1] if name in args.captum_default and args.ppe != 1 else [])
-        rows += run_model(name, model.eval(), images, labels, args, ppes)
+        rows += run_model(name, model.eval(), images, labels, args, ppes, device)
 
-    print_table(rows)
-    print()
-    print(f"ratio = captum_s / ours_s (goal >= {GOAL:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of "
-          f"{len(rows)} rows). ours also computes the centred maps (probability and prediction with the window "
-          "centred on every pixel); Captum only the attribution.")
-    print("*_cpu_s: CPU seconds of this process (all threads); fwd_per_image: occluded images evaluated per "
-          "image, captum/ours; max_abs_diff: largest |attribution difference| over images, windows and pixels; "
-          "other_cpu: cores other processes used")
-    if any(isinstance(r["other_cpu"], float) and r["other_cpu"] > 0.2 for r in rows):
-        print("warning: other processes used > 0.2 cores during some rows: those times are noisy")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        print(f"wrote {args.out}")
     bad = [r for r in rows if not r["_ok"]]
-    print("agreement: " + (f"FAILED in {len(bad)} row(s) (> {TOLERANCE:g})" if bad else f"ok (all within {TOLERANCE:g})"))
+    finish(rows, COLUMNS, ratio="ratio", out=args.out, left=(0, 2), notes=[
+        f"ratio = captum_s / ours_s (goal >= {GOAL:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of "
+        f"{len(rows)} rows). ours also computes the centred maps (probability and prediction with the window "
+        "centred on every pixel); Captum only the attribution.",
+        "*_cpu_s: CPU seconds of this process (all threads); fwd_per_image: occluded images evaluated per "
+        "image, captum/ours; max_abs_diff: largest |attribution difference| over images, windows and pixels; "
+        "other_cpu: cores other processes used",
+        *(["warning: other processes used > 0.2 cores during some rows: those times are noisy "
+           "(--wait-idle 120 waits for quiet moments)"]
+          if any(isinstance(r["other_cpu"], float) and r["other_cpu"] > 0.2 for r in rows) else []),
+        "agreement: " + (f"FAILED in {len(bad)} row(s) (> {TOLERANCE:g})" if bad else f"ok (all within {TOLERANCE:g})"),
+    ])
     return 1 if bad else 0
 
 

@@ -9,17 +9,22 @@ images by default) of two presets:
   * cnn: study 5's CNN, ``build_model('study5_cnn', (1, 28, 28), 10)``, Adam lr 1e-3, batch 64
 
 each trained two ways, from the same initial weights (same seed), with the same batch size,
-optimizer and torch.set_num_threads:
+optimizer, torch.set_num_threads (``--threads``, default all cores) and device (``--device``,
+default cpu):
 
-  1. ours: ``knockout.train.train(...)``; the split is held as one normalised float tensor and
-     batches are index slices. The time is the ``seconds`` column of its history.csv, which
-     covers the training loop only (not the evaluation after each epoch, not checkpoint writing).
+  1. ours: ``knockout.train.train(...)`` with ``TrainConfig.from_dict(knockout.config.resolve(
+     "train", {...}))`` (constant lr, no momentum, weight decay, augmentation or checkpoints;
+     amp off, so on a GPU both sides do float32 maths, though ours also trains a CNN in
+     channels_last there as knockout.train does); the split is held as one normalised float
+     tensor (``knockout.data.load_prepared``) and batches are index slices. The time is the
+     ``seconds`` column of its history.csv, which covers the training loop only (not the
+     evaluation after each epoch, not checkpoint writing).
   2. notebook: ``torchvision.datasets.FashionMNIST(root, train=True,
      transform=Compose([ToTensor(), Normalize(mean, std)]))`` + ``DataLoader(batch_size=B,
      shuffle=True, num_workers=W)`` and the usual loop (zero_grad, forward, cross_entropy,
-     backward, step, running loss via loss.item()). The time covers one pass over the loader,
-     including creating its iterator (which starts the worker processes, as every epoch of the
-     notebooks did). One row per --workers value (default 0 and 2; the notebooks used 4 on a
+     backward, step, running loss via loss.item(); each batch moved to the device). The time
+     covers one pass over the loader, including creating its iterator (which starts the worker
+     processes, as every epoch of the notebooks did). One row per --workers value (default 0 and 2; the notebooks used 4 on a
      bigger machine).
 
 Both sides run a few warm-up batches (on a throw-away copy of the model) before anything is
@@ -31,18 +36,20 @@ verified there. torchvision (download=False) only looks for the *decompressed* I
 root/FashionMNIST/raw/ (Debian's re-compressed .gz files fail its md5 checks, so its own download
 path would refuse them), so the verified .gz files are decompressed into a temporary folder.
 
-Output: a table with model, method, batch size, images/s, seconds/epoch and the final training
-loss, then the speed-up ours / notebook per model, both against the fastest DataLoader row and
-against num_workers=0. ``--out FILE.csv`` also writes the rows as CSV.
+Output: a table with model, method, batch size, images/s, seconds/epoch, the final training
+loss and ours / this row's images per second, then the speed-up ours / notebook per model, both
+against the fastest DataLoader row and against num_workers=0, and as the last line
+``min ratio: N.NNx``, the smallest ours / notebook over the rows (the speed-up against the
+fastest DataLoader of the slowest-gaining model). ``--out FILE.csv`` also writes the rows as CSV.
 
 Timings are only meaningful on an otherwise idle machine: with 2 torch threads on 2 cores, one
 other busy process slows an epoch down several-fold. Every row therefore reports, in cores, the
 CPU other processes used while it ran ("others", /proc/stat) and the time this process's threads
 were ready to run but got no CPU ("waited", /proc/self/task/*/schedstat); a warning is printed
 when "waited" exceeds 0.05 (for DataLoader-worker rows, which wait for their own workers: when
-"others" exceeds 0.2). On a shared machine use ``--wait-idle 120`` (wait for a quiet moment before each
-timed run), ``--retries 6`` (redo runs that were disturbed anyway) and/or ``--repeat 3`` (keep the
-fastest of 3).
+"others" exceeds 0.2). On a shared machine use ``--wait-idle 120`` (wait for a quiet moment
+before each timed run), ``--retries 6`` (redo runs that were disturbed anyway) and/or
+``--repeat 3`` (keep the fastest of 3).
 
 How to run (from the repository root)
 -------------------------------------
@@ -71,17 +78,14 @@ import tempfile
 import time
 from pathlib import Path
 
-try:
-    import knockout  # noqa: F401
-except ImportError:  # not installed: use the checkout's src/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
+from _common import Timed, finish, options, start, sync, wait_for_idle  # first: src/ on the path
 import torch
 import torchvision
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
+from knockout.config import resolve
 from knockout.data import DATASETS, fetch, load_prepared, prepare
 from knockout.models import build_model, count_parameters
 from knockout.train import TrainConfig, train
@@ -117,26 +121,21 @@ COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[options(quick=f"short run: --train-subset {QUICK_SUBSET} unless one is given",
+                         threads=os.cpu_count() or 1)],
     )
     p.add_argument("--models", default="mlp,cnn", help="comma list of: mlp, cnn (default both)")
     p.add_argument("--train-subset", type=int, default=None,
                    help="train on a class-stratified subset of N images (default all 60,000)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"short run: --train-subset {QUICK_SUBSET} unless one is given")
     p.add_argument("--epochs", type=int, default=1, help="timed epochs per run (default 1)")
     p.add_argument("--workers", default="0,2",
                    help="comma list of DataLoader num_workers for the notebook way (default 0,2)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads for both sides (default: all cores, os.cpu_count())")
     p.add_argument("--mlp-batch-size", type=int, default=MODELS["mlp"][3])
     p.add_argument("--cnn-batch-size", type=int, default=MODELS["cnn"][3])
     p.add_argument("--warmup-batches", type=int, default=5, help="untimed batches before timing (default 5)")
     p.add_argument("--repeat", type=int, default=1,
                    help="time every row this many times and keep the fastest (default 1)")
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                   help="before each timed run, wait up to SECONDS for other processes to leave the "
-                        "CPUs idle (default 0: don't wait; shared machines need it)")
     p.add_argument("--retries", type=int, default=0,
                    help="redo a timed run during which other processes kept ours off the CPUs, up to "
                         "this many times in all (default 0)")
@@ -146,7 +145,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-download", action="store_true", help="only use the mirrors")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep the data and model folders here (default: a temporary folder, removed)")
-    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -191,12 +189,13 @@ def notebook_dataset(tv_root: Path, mean: list[float], std: list[float], indices
 # --------------------------------------------------------------------------- the two ways
 
 
-def notebook_epoch(model, loader, optimizer, max_batches: int | None = None) -> tuple[float, float, int]:
+def notebook_epoch(model, loader, optimizer, device, max_batches: int | None = None) -> tuple[float, float, int]:
     """One pass of the usual notebook loop; out: (seconds, mean train loss, images seen)."""
     model.train()
     began = time.perf_counter()
     running_loss, seen = 0.0, 0
     for i, (x, y) in enumerate(loader):
+        x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -206,105 +205,31 @@ def notebook_epoch(model, loader, optimizer, max_batches: int | None = None) -> 
         seen += len(y)
         if max_batches is not None and i + 1 >= max_batches:
             break
+    sync(device)
     seconds = time.perf_counter() - began
     return seconds, running_loss / max(seen, 1), seen
 
 
-class OtherLoad:
-    """How much other processes got in the way while a block ran (Linux /proc; else None).
-
-    cores: CPU other processes used, in cores (from /proc/stat). A single-threaded stretch of
-        ours leaves a core idle for them, so this alone does not mean we were slowed down.
-    waited: time this process's threads were ready to run but had no CPU, in cores (from
-        /proc/self/task/*/schedstat). With DataLoader workers this includes waiting for our own
-        workers (2 workers + 2 threads on 2 cores), so such runs are judged by `cores` instead
-        (finished workers count as ours, not as others).
-    steal: CPU the hypervisor gave to other guests, in cores.
-    A busy machine makes every number here meaningless, so each row reports them.
-    """
-
-    cores: float | None = None
-    waited: float | None = None
-    steal: float | None = None
-
-    def __init__(self, workers: int = 0):
-        self.workers = workers
-
-    def __enter__(self):
-        self.start = (_cpu_counters(), _own_cpu_seconds(), _waited_seconds(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc):
-        counters, own, waited, wall = _cpu_counters(), _own_cpu_seconds(), _waited_seconds(), time.perf_counter()
-        (counters0, own0, waited0, wall0) = self.start
-        span = wall - wall0
-        if counters is not None and counters0 is not None:
-            self.cores = max(0.0, ((counters[0] - counters0[0]) - (own - own0)) / span)
-            self.steal = (counters[1] - counters0[1]) / span
-        if waited is not None and waited0 is not None:
-            self.waited = max(0.0, waited - waited0) / span
-        return False
-
-    @property
-    def contended(self) -> bool:
-        """Whether our threads were kept off the CPU (or, without schedstat, others were busy)."""
-        if self.waited is not None and not self.workers:
-            return self.waited + (self.steal or 0) > CONTENDED
-        return self.cores is not None and self.cores + (self.steal or 0) > 0.2
-
-    def __str__(self) -> str:
-        if self.cores is None and self.waited is None:
-            return "n/a"
-        text = "others " + ("n/a" if self.cores is None else f"{self.cores:.2f}")
-        text += ", waited " + ("n/a" if self.waited is None else f"{self.waited:.2f}")
-        return text + (f", steal {self.steal:.2f}" if (self.steal or 0) >= 0.01 else "")
-
-
-def _waited_seconds() -> float | None:
-    """Seconds this process's live threads spent runnable but waiting for a CPU, or None."""
-    total, found = 0, False
-    for stat in Path("/proc/self/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[1])
-            found = True
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9 if found else None
-
-
-def _cpu_counters() -> tuple[float, float] | None:
-    """(non-idle, steal) CPU seconds of the whole machine since boot, or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    fields += [0] * (8 - len(fields))
-    idle = fields[3] + fields[4]  # idle + iowait
-    steal = fields[7]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(fields[:8]) - idle - steal) / tick, steal / tick
-
-
-def wait_for_idle(limit_s: float, window_s: float = 2.0, threshold: float = 0.2) -> None:
-    """Wait (at most limit_s) for a window_s stretch in which other processes use < threshold cores."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        with OtherLoad() as load:
-            time.sleep(window_s)
-        if load.cores is None or load.cores + (load.steal or 0) < threshold:
-            return
-        print(f"  waiting for an idle machine (others use {load} cores) ...", file=sys.stderr, flush=True)
-
-
-WAIT_IDLE_S = 0.0  # set from --wait-idle
 CONTENDED = 0.05  # our threads' wait for a CPU, in cores, above which a run is flagged (and redone)
 
 
-def _own_cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (DataLoader workers are joined)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+def contended(row: dict) -> bool:
+    """Whether other processes kept the row's run off the CPUs: its threads waited more than
+    CONTENDED cores for a CPU (with DataLoader workers, which it also waits for, or without
+    schedstat: other processes used more than 0.2 cores)."""
+    t = row["other_load"]
+    if t.waited is not None and not row["loader_workers"]:
+        return t.waited + (t.steal or 0) > CONTENDED
+    return t.others is not None and t.others + (t.steal or 0) > 0.2
+
+
+def contention(t: Timed) -> str:
+    """The contention column: others, waited (and steal), in cores."""
+    if t.others is None and t.waited is None:
+        return "n/a"
+    text = "others " + ("n/a" if t.others is None else f"{t.others:.2f}")
+    text += ", waited " + ("n/a" if t.waited is None else f"{t.waited:.2f}")
+    return text + (f", steal {t.steal:.2f}" if (t.steal or 0) >= 0.01 else "")
 
 
 def make_optimizer(name: str, lr: float, params):
@@ -312,7 +237,7 @@ def make_optimizer(name: str, lr: float, params):
 
 
 def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work: Path, seed: int,
-             warmup_batches: int) -> dict:
+             warmup_batches: int, device, wait_idle: float) -> dict:
     # Warm-up: a short train() on a throw-away copy (allocator, oneDNN/MKL kernels, thread pool).
     if warmup_batches > 0:
         n = min(len(train_split), warmup_batches * cfg.batch_size)
@@ -321,14 +246,14 @@ def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work:
         shutil.rmtree(work / "warmup", ignore_errors=True)
         train(warm, train_split.images[:n], train_split.labels[:n], test_split.images[:256],
               test_split.labels[:256], dataclasses.replace(cfg, epochs=1, checkpoints=()),
-              work / "warmup", seed=seed, device="cpu", progress=False)
+              work / "warmup", seed=seed, device=device, progress=False)
     model.load_state_dict(init_state)
     out_dir = work / "run"
     shutil.rmtree(out_dir, ignore_errors=True)  # else train() would resume a finished run
-    wait_for_idle(WAIT_IDLE_S)
-    with OtherLoad() as load:
+    wait_for_idle(wait_idle)
+    with Timed(device) as load:
         metrics = train(model, train_split.images, train_split.labels, test_split.images,
-                        test_split.labels, cfg, out_dir, seed=seed, device="cpu", progress=False)
+                        test_split.labels, cfg, out_dir, seed=seed, device=device, progress=False)
     # Same initial weights as the notebook side: init.pt is what train() started from.
     saved = torch.load(out_dir / "init.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], init_state[k]) for k in init_state), "ours did not start from init_state"
@@ -341,26 +266,29 @@ def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work:
         "train_loss": float(history[-1]["train_loss"]),
         "test_acc": metrics["test_accuracy"],
         "other_load": load,
+        "loader_workers": 0,
     }
 
 
 def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt: str, lr: float,
-                 epochs: int, seed: int, warmup_batches: int) -> dict:
+                 epochs: int, seed: int, warmup_batches: int, device, wait_idle: float) -> dict:
+    model.to(device)
     if warmup_batches > 0:
         warm = copy.deepcopy(model)
         warm.load_state_dict(init_state)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
-        notebook_epoch(warm, loader, make_optimizer(opt, lr, warm.parameters()), max_batches=warmup_batches)
+        notebook_epoch(warm, loader, make_optimizer(opt, lr, warm.parameters()), device,
+                       max_batches=warmup_batches)
         del loader, warm
     model.load_state_dict(init_state)
     optimizer = make_optimizer(opt, lr, model.parameters())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         generator=torch.Generator().manual_seed(seed))
     seconds, loss, seen = [], 0.0, 0
-    wait_for_idle(WAIT_IDLE_S)
-    with OtherLoad(workers) as load:
+    wait_for_idle(wait_idle)
+    with Timed(device) as load:
         for _ in range(epochs):
-            s, loss, seen = notebook_epoch(model, loader, optimizer)
+            s, loss, seen = notebook_epoch(model, loader, optimizer, device)
             seconds.append(s)
     assert seen == len(dataset), (seen, len(dataset))
     return {
@@ -368,43 +296,11 @@ def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt:
         "images_per_second": len(dataset) * len(seconds) / sum(seconds),
         "train_loss": loss,
         "other_load": load,
+        "loader_workers": workers,
     }
 
 
 # --------------------------------------------------------------------------- report
-
-
-def print_table(rows: list[dict], ratios: list[str]) -> None:
-    header = ["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this", "contention (cores)"]
-    lines = []
-    for r in rows:
-        speed = r["speedup_vs_this"]
-        lines.append([
-            r["model"], r["method"], str(r["batch_size"]), f"{r['images_per_second']:,.0f}",
-            f"{r['seconds_per_epoch']:.2f}", f"{r['train_loss']:.4f}",
-            "" if speed is None else f"{speed:.2f}x", str(r["other_load"]),
-        ])
-    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
-    right = {2, 3, 4, 5, 6}
-    fmt = lambda cells: "  ".join(  # noqa: E731
-        c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-    )
-    print(fmt(header))
-    print("  ".join("-" * w for w in widths))
-    for l in lines:
-        print(fmt(l))
-    print()
-    for line in ratios:
-        print(line)
-    busy = [r for r in rows if contended(r)]
-    if busy:
-        print(f"\nWARNING: other processes got in the way during {len(busy)} of the {len(rows)} runs "
-              f"(contention column: 'waited' > {CONTENDED} cores, or with DataLoader workers 'others' > 0.2): "
-              "those timings are not trustworthy; rerun on an idle machine (see --wait-idle, --retries).")
-
-
-def contended(row: dict) -> bool:
-    return row["other_load"].contended
 
 
 def fastest(repeat: int, retries: int, run) -> dict:
@@ -423,11 +319,9 @@ def fastest(repeat: int, retries: int, run) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global WAIT_IDLE_S
     args = parse_args(argv)
-    WAIT_IDLE_S = args.wait_idle
-    threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    device = start(args)
+    threads = torch.get_num_threads()
 
     tmp = None
     if args.workdir is None:
@@ -443,9 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                        seed=args.seed)
         train_split, test_split, meta = load_prepared(work / "prepared")
         n = len(train_split)
-        indices = torch.load(work / "prepared" / "train.pt", weights_only=True)["indices"]
         tv_root = torchvision_root(raw, work / "torchvision")
-        dataset = notebook_dataset(tv_root, meta["mean"], meta["std"], None if n == 60_000 else indices)
+        dataset = notebook_dataset(tv_root, meta["mean"], meta["std"], None if n == 60_000 else train_split.indices)
         # Both sides see the same images in the same units (up to float rounding).
         probe = [0, n // 2, n - 1]
         x_nb = torch.stack([dataset[i][0] for i in probe])
@@ -453,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         assert [dataset[i][1] for i in probe] == train_split.labels[probe].tolist()
 
         print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, python "
-              f"{platform.python_version()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+              f"{platform.python_version()}, {os.cpu_count()} CPUs, torch threads {threads}, device {device}, "
               f"DataLoader start method {torch.multiprocessing.get_start_method()}")
         print(f"Fashion-MNIST train images: {n:,}; epochs timed: {args.epochs}; warm-up batches: "
               f"{args.warmup_batches}; fastest of {args.repeat}; seed {args.seed}; mean/std {meta['mean'][0]:.4f}/{meta['std'][0]:.4f}")
@@ -470,17 +363,19 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{key} ({preset}, {count_parameters(model):,} params, {opt} lr {lr:g})"
             print(f"{label}: timing ...", file=sys.stderr, flush=True)
 
-            cfg = TrainConfig(epochs=args.epochs, batch_size=batch, optimizer=opt, lr=lr, momentum=0.0,
-                              weight_decay=0.0, schedule="constant", augment=False, checkpoints=())
+            # amp off: on a GPU both sides then do the same float32 maths (on the CPU it is never used)
+            cfg = TrainConfig.from_dict(resolve("train", {
+                "epochs": args.epochs, "batch_size": batch, "optimizer": opt, "lr": lr, "momentum": 0.0,
+                "weight_decay": 0.0, "schedule": "constant", "augment": False, "checkpoints": [], "amp": False}))
             ours = fastest(args.repeat, args.retries, lambda: run_ours(
                 model, init_state, train_split, test_split, cfg, work / f"ours_{key}", args.seed,
-                args.warmup_batches))
+                args.warmup_batches, device, args.wait_idle))
             model_rows = [{"model": key, "method": "ours: knockout.train", "num_workers": "", **ours}]
             print(f"  ours: {ours['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
             for w in args.workers:
                 nb = fastest(args.repeat, args.retries, lambda: run_notebook(
                     model, init_state, dataset, batch, w, opt, lr, args.epochs, args.seed,
-                    args.warmup_batches))
+                    args.warmup_batches, device, args.wait_idle))
                 model_rows.append({"model": key, "method": f"notebook: DataLoader workers={w}",
                                    "num_workers": w, **nb})
                 print(f"  notebook workers={w}: {nb['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr,
@@ -495,23 +390,29 @@ def main(argv: list[str] | None = None) -> int:
                 r["speedup_vs_this"] = None if r is model_rows[0] else ours_ips / r["images_per_second"]
                 r["speedup_vs_best_loader"] = ours_ips / best["images_per_second"]
                 r["speedup_vs_workers0"] = ours_ips / zero["images_per_second"] if zero else None
+                load = r["other_load"]
+                r.update(other_cpu_cores=load.others, waited_cores=load.waited, steal_cores=load.steal)
             rows += model_rows
             ratios.append(f"{label}, batch {batch}: ours / notebook = "
                           f"{ours_ips / best['images_per_second']:.2f}x vs the best DataLoader "
                           f"(workers={best['num_workers']})"
                           + (f", {ours_ips / zero['images_per_second']:.2f}x vs workers=0" if zero else ""))
 
-        print_table(rows, ratios)
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-                writer.writeheader()
-                for r in rows:
-                    load = r["other_load"]
-                    r = {**r, "other_cpu_cores": load.cores, "waited_cores": load.waited, "steal_cores": load.steal}
-                    writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-            print(f"\nwrote {args.out}")
+        busy = [r for r in rows if contended(r)]
+        if busy:
+            ratios += ["", f"WARNING: other processes got in the way during {len(busy)} of the {len(rows)} runs "
+                       f"(contention column: 'waited' > {CONTENDED} cores, or with DataLoader workers 'others' > 0.2): "
+                       "those timings are not trustworthy; rerun on an idle machine (see --wait-idle, --retries)."]
+        finish(
+            rows, COLUMNS, ratio="speedup_vs_this", out=args.out, left=(0, 1, 7), notes=ratios,
+            header=["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this",
+                    "contention (cores)"],
+            cells=lambda r: [
+                r["model"], r["method"], r["batch_size"], f"{r['images_per_second']:,.0f}",
+                f"{r['seconds_per_epoch']:.2f}", f"{r['train_loss']:.4f}",
+                "" if r["speedup_vs_this"] is None else f"{r['speedup_vs_this']:.2f}x", contention(r["other_load"]),
+            ],
+        )
     finally:
         if tmp is not None:
             tmp.cleanup()
