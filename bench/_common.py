@@ -180,7 +180,7 @@ def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Ten
     from knockout.models import build_model, load_model
 
     if CNN_WEIGHTS.exists():
-        model = load_model(CNN_WEIGHTS)
+        model = load_model(CNN_WEIGHTS, "cpu")
         notes.append(f"cnn: trained weights {CNN_WEIGHTS.relative_to(ROOT)}")
     else:
         torch.manual_seed(seed)
@@ -188,7 +188,7 @@ def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Ten
         notes.append(f"cnn: random init (seed {seed}); {CNN_WEIGHTS.relative_to(ROOT)} not found")
     model.eval()
     if (DATA_DIR / "meta.json").exists():
-        _, test, _ = load_prepared(DATA_DIR)
+        _, test, _ = load_prepared(DATA_DIR, "cpu")
         images, labels = test.images[:n], test.labels[:n]
         notes.append(f"cnn: the first {len(images)} Fashion-MNIST test images and their labels")
     else:

@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         fetch(DATASET, raw, args.mirrors, download=not args.no_download)
         meta = prepare(DATASET, raw, work / "prepared", train_subset=args.train_subset, test_subset=1000,
                        seed=args.seed)
-        train_split, test_split, meta = load_prepared(work / "prepared")
+        train_split, test_split, meta = load_prepared(work / "prepared", "cpu")
         n = len(train_split)
         tv_root = torchvision_root(raw, work / "torchvision")
         dataset = notebook_dataset(tv_root, meta["mean"], meta["std"], None if n == 60_000 else train_split.indices)
