@@ -16,7 +16,7 @@ filter silenced (its output zeroed), on the same model and images, computed two 
   * Captum: ``captum.attr.LayerFeatureAblation(forward_func, module).attribute(x,
     additional_forward_args=(y,), layer_mask=M, layer_baselines=0, perturbations_per_eval=1)``
     per batch of ``--captum-batch`` images, where ``module`` is the module whose output must be
-    zero for the filter to be silent (``knockout.models.silence_point``: the conv itself in the
+    zero for the filter to be silent (``knockout.studies.silence_point``: the conv itself in the
     study-5 CNN, the batch norm after it in a ResNet), ``M = arange(C).view(1, C, 1, 1)`` makes
     each channel one feature group, and ``forward_func(x, y) = (model(x).argmax(1) == y).float()``
     returns per-example correctness. Captum's attribution is then ``correct(intact) -
@@ -87,7 +87,7 @@ from torch import nn
 
 from knockout.config import resolve
 from knockout.engine.evaluate import evaluate_conditions
-from knockout.models import silence_point
+from knockout.studies import silence_point
 from knockout.studies import Context, filter_ablation, layer_units
 
 GOAL = 10.0

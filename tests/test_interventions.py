@@ -11,8 +11,8 @@ from torch import nn
 from knockout.config import ConfigError, check, validate
 from knockout.engine.evaluate import evaluate_conditions
 from knockout.jobs import condition_tables
-from knockout.models import build_model, silence_point
-from knockout.studies import Context, apply_condition, filter_ablation, layer_swap
+from knockout.models import build_model
+from knockout.studies import Context, apply_condition, filter_ablation, layer_swap, silence_point
 from knockout.units import unit_statistics
 from specs import study_spec
 

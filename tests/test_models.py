@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from knockout.graph import units_of
 from knockout.models import (
     PRESETS,
-    addressable_layers,
     build_model,
     count_parameters,
     load_model,
@@ -57,12 +57,12 @@ def test_study3_feature_map_sizes_match_the_report():
 
 def test_layer_names_are_stable_and_addressable():
     cnn = build_model("study5_cnn", (1, 28, 28), 10)
-    assert list(addressable_layers(cnn)) == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    assert list(units_of(cnn)) == ["conv1", "conv2", "conv3", "fc1", "fc2"]
     mlp = build_model("study2_mlp", (1, 28, 28), 10)
-    assert list(addressable_layers(mlp)) == ["fc1", "fc2", "fc3", "fc4", "fc5"]
+    assert list(units_of(mlp)) == ["fc1", "fc2", "fc3", "fc4", "fc5"]
     assert mlp.fc5.out_features == 128  # the notebook's quirk, kept
     resnet = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 32, 32), 10)
-    names = addressable_layers(resnet)
+    names = units_of(resnet)
     assert "layer3.1.conv2" in names and "fc" in names and "conv1" in names
 
 

@@ -65,10 +65,10 @@ def test_field_is_the_gradient_footprint(layer):
             assert top <= footprint[0] and left <= footprint[1] and footprint[2] <= bottom and footprint[3] <= right
 
 
-def test_receptive_field_refuses_non_spatial_modules():
+def test_no_field_once_the_map_is_flattened():
     model = build_model({"type": "cnn", "conv": [4], "dense": [8]}, (1, 8, 8), 10)
-    with pytest.raises(ValueError, match="flatten"):
-        receptive_field(model, "fc1")
+    assert receptive_field(model, "conv1_act") is not None
+    assert receptive_field(model, "fc1") is None  # after flattening: the whole image
 
 
 def bright_pixel_images():
@@ -138,11 +138,11 @@ def test_a_linear_layer_shows_the_whole_image():
 
 def test_choose_filters_is_deterministic():
     model = build_model("study5_cnn", (1, 28, 28), 10)
-    chosen = choose_filters(model, {"conv1": 5, "conv2": [3, 1], "conv3_act": 2}, seed=7)
+    chosen = choose_filters(model, {"conv1": 5, "conv2": [3, 1], "conv3": 2}, seed=7)
     assert chosen["conv2"] == [3, 1]
     assert len(set(chosen["conv1"])) == 5 and chosen["conv1"] == sorted(chosen["conv1"])
-    assert all(0 <= f < 32 for f in chosen["conv1"]) and all(0 <= f < 64 for f in chosen["conv3_act"])
-    assert choose_filters(model, {"conv3_act": 2, "conv1": 5}, seed=7) == {k: chosen[k] for k in ("conv3_act", "conv1")}
+    assert all(0 <= f < 32 for f in chosen["conv1"]) and all(0 <= f < 64 for f in chosen["conv3"])
+    assert choose_filters(model, {"conv3": 2, "conv1": 5}, seed=7) == {k: chosen[k] for k in ("conv3", "conv1")}
     assert choose_filters(model, {"conv1": 5}, seed=8)["conv1"] != chosen["conv1"]
     with pytest.raises(ValueError):
         choose_filters(model, {"conv1": [32]})

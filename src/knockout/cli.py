@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True, help="seed of the stratified subsets")
 
     verb("train", "train one model for one seed into the folder --out", "job", "threads", "seed", "train", "test", "out")
+
+    s = verb("adopt", "trained checkpoints you have, as a model folder's files", "job", "threads", "seed", "out")
+    s.add_argument("--sources", nargs="+", required=True, help="your checkpoint files (one per epoch for a folder --out)")
+    s.add_argument("--meta", required=True, help="the prepared dataset's meta.json")
+    s.add_argument("--test", help="the test split, to evaluate the final weights")
+    s.add_argument("--metrics", help="metrics.json to write")
     verb("unit-stats", "per-unit statistics of a trained network over training data", "job", "threads", "final", "train", "out").add_argument(
         "--meta", required=True)
 

@@ -37,10 +37,11 @@ def _path(error: jsonschema.ValidationError, prefix: str) -> str:
 
 
 def _message(error: jsonschema.ValidationError, prefix: str = "") -> str:
-    # oneOf/anyOf errors say "is not valid under any of the given schemas": name the best match.
-    if error.context:
-        best = jsonschema.exceptions.best_match(error.context)
-        return f"{_path(error, prefix)}: {best.message}"
+    # oneOf/anyOf errors say "is not valid under any of the given schemas": name the problem in
+    # the alternative the value was meant for (not "is not of type 'string'" for a mapping).
+    while error.context:
+        meant = [e for e in error.context if e.validator != "type" or e.relative_path] or list(error.context)
+        error = max(meant, key=lambda e: (len(e.absolute_path), len(e.absolute_schema_path)))
     return f"{_path(error, prefix)}: {error.message}"
 
 
@@ -86,13 +87,18 @@ def check(config: dict) -> dict:
     each study against the model it names (the study type's own `check`)."""
     from .studies import Target, study_type
 
+    from .plan import Plan
+
+    plan = Plan(config)
     targets = {}
     for name, model in config["models"].items():
         if model["dataset"] not in config["datasets"]:
             raise ConfigError(
                 f"models.{name}.dataset: {model['dataset']!r} is not a key of datasets ({', '.join(sorted(config['datasets']))})"
             )
-        targets[name] = Target(name, _build(config, name), model["train"], data_info(config, model["dataset"]))
+        network = _build(config, name)
+        _check_checkpoints(plan, name, network)
+        targets[name] = Target(name, network, model["train"], data_info(config, model["dataset"]), frozenset(plan.provides(name)))
     for name, study in config["interventions"].items():
         key = f"interventions.{name}"
         if study["model"] not in config["models"]:
@@ -102,11 +108,29 @@ def check(config: dict) -> dict:
             kind.check(kind.Spec.from_dict(study), targets[study["model"]])
         except ConfigError as e:
             raise ConfigError(f"{key}.{e}") from None
+        missing = sorted(plan.studies[name].needs - targets[study["model"]].provides - {"unit_stats"})
+        if missing:
+            raise ConfigError(f"{key}: {study['type']} needs {plan.missing(study['model'], missing[0])}")
     return config
 
 
+def _check_checkpoints(plan, name: str, network) -> None:
+    """Every checkpoint the user gives for model `name` is there and fits its architecture."""
+    from .models import match_state, read_state_dict
+
+    for which, paths in plan.checkpoint_files(name).items():
+        for path in paths:
+            key = f"models.{name}.checkpoints" + ("" if which == "final" and isinstance(plan.config["models"][name]["checkpoints"], str) else f".{which}")
+            if not Path(path).is_file():
+                raise ConfigError(f"{key}: no such file {path}")
+            try:
+                match_state(network, read_state_dict(Path(path)), path)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+
+
 def _build(config: dict, name: str):
-    from .models import build_model
+    from .models import build_model, check_output
 
     arch = config["models"][name]["arch"]
     weights = None if isinstance(arch, str) else arch.get("weights")
@@ -116,8 +140,10 @@ def _build(config: dict, name: str):
         arch = {k: v for k, v in arch.items() if k != "weights"}
     info = data_info(config, config["models"][name]["dataset"])
     try:
-        return build_model(arch, info.shape, len(info.classes))
-    except (ValueError, KeyError, RuntimeError) as e:
+        network = build_model(arch, info.shape, len(info.classes))
+        check_output(network, info.shape, len(info.classes))
+        return network
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ConfigError(f"models.{name}.arch: {str(e).splitlines()[0]}") from None
 
 

@@ -1,9 +1,12 @@
-"""Architectures built from a spec: `mlp`, `cnn` and `resnet`, plus the five studies' presets.
+"""Architectures built from a spec: knockout's own `mlp`, `cnn` and `resnet` (with the five
+studies' presets, parameter counts as the notebooks'), any `torchvision` classification model,
+or the user's own `module` (an import path or a file, returning an `nn.Module`).
 
-Every model is an `nn.Sequential` of named stages (`conv1`, `conv1_act`, `conv1_pool`, `flatten`,
-`fc1`, ...; torchvision's names for ResNets), so a layer's name is stable across runs and the
-network can be cut at any stage: interventions run the prefix once and only the suffix per
-condition.
+knockout's own are `nn.Sequential`s of named stages (`conv1`, `conv1_act`, `conv1_pool`,
+`flatten`, `fc1`, ...; torchvision's names for ResNets); the others keep their modules' names.
+Units, silence points and cuts are found on the traced graph (`knockout.graph`), whatever the
+model. Every built model carries `.spec` (architecture, input shape, classes), which is what a
+checkpoint stores beside the weights.
 """
 
 from __future__ import annotations
@@ -194,7 +197,202 @@ def build_resnet(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> 
     return nn.Sequential(OrderedDict(stages))
 
 
-BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet}
+def build_torchvision(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Any classification builder of torchvision (`torchvision.models.list_models`), by `name`,
+    with its keyword arguments. `weights`: a torchvision weights name (`IMAGENET1K_V1`,
+    `DEFAULT`; from torch's cache, else downloaded), a local state_dict file, or null (random).
+    The classifier head is resized to `num_classes` (a fresh layer when the weights had another
+    count), a first convolution for another number of input channels is adapted (pretrained
+    filters summed over RGB for grey images), and `small_input: true` turns a ResNet-like stem
+    (`conv1`, `maxpool`) into a 3x3/1 conv without pooling, for 32x32 images."""
+    import torchvision
+
+    name = spec.get("name")
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise ValueError(f"unknown torchvision classification model {name!r} (e.g. resnet18, vgg11_bn, mobilenet_v3_small, vit_b_16; {len(known)} in all)")
+    kwargs = {k: v for k, v in spec.items() if k not in ("type", "name", "weights", "small_input")}
+    weights = spec.get("weights")
+    if weights is None:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    elif Path(str(weights)).expanduser().suffix in (".pt", ".pth", ".bin", ".ckpt") or Path(str(weights)).expanduser().is_file():
+        state = read_state_dict(Path(weights).expanduser())
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        _fit_head(model, state)
+        load_state(model, state, str(weights))
+    else:
+        model = torchvision.models.get_model(name, weights=_pretrained(name, weights), **kwargs)
+    _adapt_input(model, input_shape[0], bool(spec.get("small_input", False)), name)
+    _resize_head(model, num_classes)
+    return model
+
+
+def _pretrained(name: str, weights: str):
+    """torchvision's weights enum member `weights` of model `name`, its file in torch's cache or
+    downloaded now; one line saying where to put the file when neither works."""
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name)
+    if weights not in enum.__members__:
+        raise ValueError(f"no weights {weights!r} for {name} (have {', '.join(enum.__members__)}, or a state_dict file)")
+    member = enum[weights]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
+    if not cached.is_file():
+        try:
+            torch.hub.load_state_dict_from_url(member.url, progress=False, check_hash=True)
+        except Exception as e:  # offline, proxy, disk: say where the file goes
+            reason = " ".join(str(e).split())[:120]
+            raise ValueError(f"{name} weights {weights} are not in torch's cache and could not be downloaded ({reason}): put {Path(member.url).name} from {member.url} in {cached.parent}") from None
+    return member
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a file: a plain one, or inside {state_dict | model_state_dict | model},
+    a knockout checkpoint included; DataParallel's `module.` prefix removed (weights_only)."""
+    try:
+        loaded = torch.load(Path(path), weights_only=True, map_location="cpu", mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable state_dict ({' '.join(str(e).split())[:120]})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    if loaded and all(k.startswith("module.") for k in loaded):
+        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+    return loaded
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load `state` into `model`, exactly; one line naming the first mismatch otherwise."""
+    match_state(model, state, where)
+    model.load_state_dict(state)
+
+
+def match_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """ValueError naming the first difference when `state` does not fit `model` exactly."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or wrong:
+        first = (f"lacks {missing[0]}" if missing else f"has {extra[0]}, which the model does not" if extra
+                 else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, the model's {tuple(own[wrong[0]].shape)}")
+        count = len(missing) + len(extra) + len(wrong)
+        raise ValueError(f"{where} does not match the architecture: {first}" + (f" ({count} differences)" if count > 1 else ""))
+
+
+def head_name(model: nn.Module) -> str:
+    """The module that produces the logits: the last linear (or 1x1-conv, SqueezeNet) layer."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not name.endswith("out_proj") and "aux" not in name.lower():
+            last = name
+    if last is None:
+        raise ValueError("no linear or convolutional layer to use as the classifier head")
+    return last
+
+
+def _fit_head(model: nn.Module, state: dict) -> None:
+    """Give `model`'s head the size of the head in `state` (so the file's weights load)."""
+    name = head_name(model)
+    weight = state.get(f"{name}.weight")
+    if weight is not None:
+        _resize_head(model, int(weight.shape[0]))
+
+
+def _resize_head(model: nn.Module, num_classes: int) -> None:
+    name = head_name(model)
+    head = model.get_submodule(name)
+    size = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+    if size == num_classes:
+        return
+    if isinstance(head, nn.Linear):
+        new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    else:
+        new = nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride, head.padding, bias=head.bias is not None)
+    _set_module(model, name, new)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def _adapt_input(model: nn.Module, channels: int, small_input: bool, name: str) -> None:
+    """The first convolution for `channels` input channels (pretrained filters averaged over RGB
+    and spread over the new channels: a grey image excites them as its RGB copy did), and the
+    small-input stem of a ResNet-like network."""
+    first_name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first_name is None:
+        return
+    first = model.get_submodule(first_name)
+    if small_input:
+        if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+            raise ValueError(f"small_input needs a ResNet-like stem (conv1, maxpool); {name} has none: resize the images instead")
+        first_name, first = "conv1", model.conv1
+    if first.in_channels == channels and not small_input:
+        return
+    kernel, stride, padding = (3, 1, 1) if small_input else (first.kernel_size, first.stride, first.padding)
+    new = nn.Conv2d(channels, first.out_channels, kernel, stride, padding, dilation=first.dilation if not small_input else 1,
+                    groups=1, bias=first.bias is not None)
+    if not small_input and first.groups == 1:
+        with torch.no_grad():
+            new.weight.copy_(first.weight.mean(1, keepdim=True).repeat(1, channels, 1, 1) * (first.in_channels / channels))
+            if first.bias is not None:
+                new.bias.copy_(first.bias)
+    _set_module(model, first_name, new)
+    if small_input:
+        model.maxpool = nn.Identity()
+
+
+def build_module(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The user's own network: `target` is `package.module:callable` (importable) or
+    `path/to/file.py:callable` (relative to the working folder); the callable gets `kwargs`, and
+    `num_classes`, `in_channels` or `input_shape` when it takes them and they are not given."""
+    import importlib
+    import importlib.util
+    import inspect
+
+    target = str(spec.get("target", ""))
+    where, _, attr = target.rpartition(":")
+    if not where or not attr:
+        raise ValueError(f"target {target!r} is not 'package.module:callable' or 'file.py:callable'")
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise ValueError(f"target {target!r}: no such file {path}")
+        module_name = f"knockout_user_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+        loader = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader)
+        try:
+            loader.loader.exec_module(module)
+        except Exception as e:
+            raise ValueError(f"target {target!r}: importing {path} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:
+            raise ValueError(f"target {target!r}: cannot import {where} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"target {target!r}: {where} has no callable {attr!r}")
+    kwargs = dict(spec.get("kwargs") or {})
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    for key, value in (("num_classes", num_classes), ("in_channels", input_shape[0]), ("input_shape", tuple(input_shape))):
+        if key in accepted and key not in kwargs:
+            kwargs[key] = value
+    network = factory(**kwargs)
+    if not isinstance(network, nn.Module):
+        raise ValueError(f"target {target!r} returned a {type(network).__name__}, not an nn.Module")
+    return network
+
+
+BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "torchvision": build_torchvision, "module": build_module}
 
 
 def build_model(arch: str | dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -208,11 +406,21 @@ def build_model(arch: str | dict, input_shape: tuple[int, ...], num_classes: int
     return model
 
 
-def addressable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv and linear layers an intervention can address, by their stable names."""
-    return {
-        name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
+def check_output(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """One forward of a zero image: the model must accept the input and give a logit per class."""
+    from .graph import logits_of
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = logits_of(model(torch.zeros(2, *input_shape)))
+    except Exception as e:
+        raise ValueError(f"a {'x'.join(map(str, input_shape))} input fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] < num_classes:  # more is allowed (study 2's MLP has 128 for 10)
+        raise ValueError(f"gives outputs of shape {tuple(out.shape[1:])} for {num_classes} classes")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -273,23 +481,42 @@ def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def summary(model: nn.Sequential, input_shape: tuple[int, ...]) -> str:
-    """A Keras-like table: each stage with its output shape and parameter count, and the total."""
-    rows = [("Layer (type)", "Output Shape", "Param #")]
-    x = torch.zeros(1, *input_shape)
+def summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """A table of the layers an intervention can address (found on the traced graph, for any
+    model): name, type, output shape, units, the module whose output is zeroed when a unit is
+    silenced, parameters; then the total."""
+    from .graph import graph_of
+
+    graph = graph_of(model, torch.zeros(1, *input_shape))
+    shapes: dict[str, tuple] = {}
+
+    def record(name):
+        def hook(module, args, output):
+            shapes.setdefault(name, tuple((output[0] if isinstance(output, tuple) else output).shape)[1:])
+
+        return hook
+
+    hooks = [unit.module.register_forward_hook(record(name)) for name, unit in graph.units.items()]
     was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for name, stage in model.named_children():
-            x = stage(x)
-            shape = "(None, " + ", ".join(str(d) for d in x.shape[1:]) + ")"
-            rows.append((f"{name} ({type(stage).__name__})", shape, f"{count_parameters(stage):,}"))
-    model.train(was_training)
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    line = "=" * (sum(widths) + 4)
-    fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    rows = [("Layer (type)", "Output Shape", "Units", "Silenced at", "Param #")]
+    for name, unit in graph.units.items():
+        shape = "(None, " + ", ".join(str(d) for d in shapes.get(name, ())) + ")"
+        point = graph.silence_point(name) if unit.kind != "heads" else f"{name} (values)"
+        rows.append((f"{name} ({type(unit.module).__name__})", shape, f"{unit.count} {unit.kind if unit.kind == 'heads' else 'units'}",
+                     point, f"{count_parameters(unit.module):,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    line = "=" * (sum(widths) + 8)
+    fmt = lambda r: "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    traced = "traced: shared-prefix evaluation" if graph.traced else f"not traceable ({graph.reason}): forward hooks, no sharing"
     out = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
-    out.append(f"Total params: {count_parameters(model):,}")
+    out.append(f"Total params: {count_parameters(model):,}  ({len(graph.units)} addressable layers; {traced})")
     return "\n".join(out)
 
 
@@ -309,23 +536,3 @@ def chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     walk("", model)
     return out
-
-
-def silence_point(model: nn.Module, layer: str) -> str:
-    """Name of the module whose output must be zero for `layer`'s units to be silent: the batch
-    norm that follows the layer when there is one (a zeroed conv channel would otherwise come out
-    of the norm as its bias), else the layer itself."""
-    names = dict(model.named_modules())
-    if layer not in names:
-        raise KeyError(layer)
-    head, _, leaf = layer.rpartition(".")
-    prefix = f"{head}." if head else ""
-    candidates = [f"{layer}_bn"]  # knockout's cnn: conv2 -> conv2_bn
-    if leaf.startswith("conv"):  # torchvision: conv2 -> bn2 in the same block
-        candidates.append(prefix + "bn" + leaf[len("conv") :])
-    if leaf == "0" and head.endswith("downsample"):  # downsample.0 -> downsample.1
-        candidates.append(f"{head}.1")
-    for name in candidates:
-        if isinstance(names.get(name), nn.modules.batchnorm._BatchNorm):
-            return name
-    return layer

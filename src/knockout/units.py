@@ -1,8 +1,8 @@
 """Per-unit statistics of a trained network over a dataset (`unit_stats`; Morcos et al. 2018).
 
 A unit is a conv output channel or a linear output feature. Its response is the output of the
-activation that follows the layer (`conv2_act` in knockout's models), or, where there is none as
-a separate stage (inside a ResNet block), the output of the layer's batch norm.
+activation that alone reads the layer's silence point (its batch norm, or the layer itself; see
+`knockout.graph`), or the silence point's output where no activation follows it.
 """
 
 from __future__ import annotations
@@ -11,15 +11,31 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .models import addressable_layers, silence_point
+from .graph import graph_of
 
 COLUMNS = ["layer", "unit", "mean", "max", "dead_fraction", "weight_l1", "selectivity", "preferred_class"]
 
 
-def response_point(model: nn.Module, layer: str) -> str:
-    names = dict(model.named_modules())
-    act = f"{layer}_act"
-    return act if act in names else silence_point(model, layer)
+def _responses(model: nn.Module, graph, layers: list[str]):
+    """A function batch -> {layer: response (B, units, ...)}: traced, the response nodes only;
+    untraced, forward hooks on the silence points."""
+    if graph.traced:
+        nodes = [graph.response_node(layer) for layer in layers]
+        values = graph.values(nodes)
+        return lambda x: dict(zip(layers, values(x)))
+    modules = dict(model.named_modules())
+
+    def run(x):
+        seen = {}
+        handles = [modules[graph.silence_point(layer)].register_forward_hook(lambda m, i, o, layer=layer: seen.__setitem__(layer, o)) for layer in layers]
+        try:
+            model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
+    return run
 
 
 @torch.no_grad()
@@ -38,37 +54,32 @@ def unit_statistics(
     of the response) and preferred_class (the argmax class)."""
     model.eval()
     modules = dict(model.named_modules())
-    layers = layers or list(addressable_layers(model))
     device = next(model.parameters()).device
+    graph = graph_of(model, images[:1].to(device))
+    layers = layers or [name for name, unit in graph.units.items() if unit.kind != "heads"]
+    responses = _responses(model, graph, layers)
     sums = {}
     maxima = {}
     dead = {}
     class_sums = {}
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for layer in layers:
-        point = response_point(model, layer)
-        handles.append(modules[point].register_forward_hook(lambda m, i, o, layer=layer: captured.__setitem__(layer, o)))
     counts = torch.zeros(num_classes)
-    try:
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size]
-            model(x)
-            counts += torch.bincount(y, minlength=num_classes).float()
-            onehot = torch.nn.functional.one_hot(y, num_classes).float()  # (B, classes)
-            for layer in layers:
-                out = captured[layer].float().cpu()
-                flat = out.flatten(2) if out.dim() > 2 else out.unsqueeze(-1)  # (B, units, positions)
-                per_input = flat.mean(2)  # (B, units)
-                sums[layer] = sums.get(layer, 0) + per_input.sum(0)
-                peak = flat.amax(2)
-                maxima[layer] = torch.maximum(maxima[layer], peak.amax(0)) if layer in maxima else peak.amax(0)
-                dead[layer] = dead.get(layer, 0) + (peak <= 0).float().sum(0)
-                class_sums[layer] = class_sums.get(layer, 0) + onehot.T @ per_input  # (classes, units)
-    finally:
-        for h in handles:
-            h.remove()
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size]
+        captured = responses(x)
+        counts += torch.bincount(y, minlength=num_classes).float()
+        onehot = torch.nn.functional.one_hot(y, num_classes).float()  # (B, classes)
+        for layer in layers:
+            out = captured[layer].float().cpu()
+            if graph.units[layer].kind == "linear":
+                out = out.movedim(-1, 1)  # features first, then positions (tokens), if any
+            flat = out.flatten(2) if out.dim() > 2 else out.unsqueeze(-1)  # (B, units, positions)
+            per_input = flat.mean(2)  # (B, units)
+            sums[layer] = sums.get(layer, 0) + per_input.sum(0)
+            peak = flat.amax(2)
+            maxima[layer] = torch.maximum(maxima[layer], peak.amax(0)) if layer in maxima else peak.amax(0)
+            dead[layer] = dead.get(layer, 0) + (peak <= 0).float().sum(0)
+            class_sums[layer] = class_sums.get(layer, 0) + onehot.T @ per_input  # (classes, units)
     rows = []
     n = len(images)
     for layer in layers:

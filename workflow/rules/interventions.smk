@@ -15,7 +15,7 @@ rule unit_stats:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
-        job=as_json(PLAN.unit_stats_job()),
+        job=lambda w: as_json(PLAN.unit_stats_job()),
     shell:
         "knockout unit-stats --job {params.job:q} --final {input.final:q} --train {input.train:q}"
         " --meta {input.meta:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

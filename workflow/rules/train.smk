@@ -1,4 +1,5 @@
-# Training: one job per model x seed, writing results/models/{model}/seed{seed}/.
+# Training: one job per model x seed, writing results/models/{model}/seed{seed}/; or, for a model
+# whose trained checkpoints the user gives, those checkpoints adopted into the same files.
 
 
 rule train:
@@ -17,6 +18,8 @@ rule train:
         "results/logs/train/{model}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train/{model}/seed{seed}.tsv"
+    wildcard_constraints:
+        model="|".join(PLAN.trained_models()) or "^$",
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]
@@ -28,6 +31,66 @@ rule train:
     shell:
         "knockout train --job {params.job:q} --seed {wildcards.seed} --train {input.train:q} --test {input.test:q}"
         " --meta {input.meta:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule adopt:
+    input:
+        source=lambda w: PLAN.adopt_inputs(w.model, w.seed, "final"),
+        test=lambda w: PLAN.data(w.model)["test"],
+        meta=lambda w: PLAN.data(w.model)["meta"],
+    output:
+        final="results/models/{model}/seed{seed}/final.pt",
+        metrics="results/models/{model}/seed{seed}/metrics.json",
+    log:
+        "results/logs/adopt/{model}/seed{seed}.log",
+    wildcard_constraints:
+        model="|".join(PLAN.adopted_models()) or "^$",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    params:
+        job=lambda w: as_json(PLAN.adopt_job(w.model)),
+    shell:
+        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.source:q} --meta {input.meta:q}"
+        " --test {input.test:q} --out {output.final:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule adopt_init:
+    input:
+        source=lambda w: PLAN.adopt_inputs(w.model, w.seed, "init"),
+        meta=lambda w: PLAN.data(w.model)["meta"],
+    output:
+        "results/models/{model}/seed{seed}/init.pt",
+    log:
+        "results/logs/adopt/{model}/seed{seed}.init.log",
+    wildcard_constraints:
+        model="|".join(PLAN.adopted_models("init")) or "^$",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        job=lambda w: as_json(PLAN.adopt_job(w.model)),
+    shell:
+        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.source:q} --meta {input.meta:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule adopt_epochs:
+    input:
+        sources=lambda w: PLAN.adopt_inputs(w.model, w.seed, "epochs"),
+        meta=lambda w: PLAN.data(w.model)["meta"],
+    output:
+        directory("results/models/{model}/seed{seed}/epochs"),
+    log:
+        "results/logs/adopt/{model}/seed{seed}.epochs.log",
+    wildcard_constraints:
+        model="|".join(PLAN.adopted_models("epochs")) or "^$",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        job=lambda w: as_json(PLAN.adopt_job(w.model)),
+    shell:
+        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.sources:q} --meta {input.meta:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule baselines:
@@ -54,7 +117,7 @@ rule provenance:
     conda:
         "../../envs/torch.yaml"
     params:
-        config=as_json(config),
+        config=lambda w: as_json(config),
         repo=workflow.basedir,
     shell:
         "knockout provenance --config {params.config:q} --manifests {input:q}"

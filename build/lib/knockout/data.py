@@ -6,7 +6,7 @@ decompressed content. The pipeline is
 
     fetch(name, raw_dir, mirrors)  -> raw_dir/<files> + raw_dir/manifest.json
     prepare(name, raw_dir, out_dir) -> out_dir/train.npz, test.npz, meta.json
-    load_prepared(out_dir)          -> normalised float tensors
+    load_prepared(out_dir, device)  -> normalised float tensors
 
 Every output file is written to a temporary name and renamed into place, so an
 interrupted run never leaves a file that looks complete.
@@ -832,7 +832,7 @@ def load_split(path: Path, meta: dict, device: str | torch.device) -> Split:
     return Split(images=x, labels=labels.to(device=device, dtype=torch.int64), indices=indices)
 
 
-def load_prepared(data_dir: Path, device: str | torch.device = "cpu") -> tuple[Split, Split, dict]:
+def load_prepared(data_dir: Path, device: str | torch.device) -> tuple[Split, Split, dict]:
     """Both splits of a folder written by `prepare`, and its meta: (train, test, meta)."""
     data_dir = Path(data_dir)
     meta = read_meta(data_dir / "meta.json")

@@ -110,6 +110,33 @@ def train(job: dict, seed: int, train: str, test: str, meta: str, out: str, thre
                TrainConfig.from_dict(job["train"]), out, seed=seed, device=device, epochs_dir=out / "epochs")
 
 
+def adopt(job: dict, seed: int, sources: list[str], meta: str, out: str, test: str | None = None, metrics: str | None = None,
+          threads: int | None = None) -> None:
+    """Checkpoints the user has, as knockout checkpoints: `out` a file (final or initial
+    weights; with `metrics`, their test-set numbers too) or a folder (`epoch{e}.pt` for the
+    job's epochs, one source each). Each must fit the architecture exactly."""
+    from .data import load_split, read_meta
+    from .engine.evaluate import evaluate
+    from .models import build_model, count_parameters, load_state, read_state_dict, save_model
+
+    device = _start(job, threads)
+    info = read_meta(meta)
+    arch = job["arch"] if isinstance(job["arch"], str) else {k: v for k, v in job["arch"].items() if k != "weights"}
+    network = build_model(arch, tuple(info["shape"]), info["num_classes"])
+    if len(sources) > 1 or Path(out).suffix != ".pt":
+        for epoch, source in zip(job["epochs"], sources, strict=True):
+            load_state(network, read_state_dict(Path(source)), source)
+            save_model(network, Path(out) / f"epoch{epoch}.pt", seed=seed, epoch=epoch, source=source)
+        return
+    load_state(network, read_state_dict(Path(sources[0])), sources[0])
+    save_model(network, out, seed=seed, source=sources[0])
+    if metrics:
+        split = load_split(test, info, device)
+        result = evaluate(network.to(device), split.images, split.labels, batch_size=job["eval_batch_size"], amp=False)
+        write_json({"seed": seed, "parameters": count_parameters(network), "test_loss": result.loss, "test_accuracy": result.accuracy,
+                    "seconds_per_epoch": None, "source": sources[0], "device": str(device)}, metrics)
+
+
 def unit_stats(job: dict, final: str, train: str, meta: str, out: str, threads: int | None = None) -> None:
     """Per-unit statistics of one trained network over the first training examples."""
     from .data import load_split, read_meta

@@ -88,8 +88,53 @@ class Plan:
     def model_dir(self, model: str, seed: int | str) -> str:
         return f"results/models/{model}/seed{seed}"
 
+    def adopted(self, model: str) -> dict | None:
+        """The checkpoints the user gives for `model` instead of training it ({final, init,
+        epochs: {pattern, list}}), or None when it is trained here."""
+        given = self.config["models"][model].get("checkpoints")
+        return {"final": given} if isinstance(given, str) else given
+
+    def trained_models(self) -> list[str]:
+        return [m for m in self.models if self.adopted(m) is None]
+
+    def adopted_models(self, part: str = "final") -> list[str]:
+        """Models whose `part` (final, init, epochs) the user gives."""
+        return [m for m in self.models if self.adopted(m) is not None and part in self.adopted(m)]
+
+    def provides(self, model: str) -> set[str]:
+        """What the runs of `model` have besides their final weights: `init` (initial weights)
+        and `checkpoints` (weights after some epochs)."""
+        if self.adopted(model) is None:
+            return {"init"} | ({"checkpoints"} if self.epochs(model) else set())
+        return {"init"} & set(self.adopted(model)) | ({"checkpoints"} if "epochs" in self.adopted(model) else set())
+
+    def missing(self, model: str, need: str) -> str:
+        """What to give for `need` of `model`, in words (for a one-line error)."""
+        what = {"init": "the initial weights", "checkpoints": "weights of earlier epochs"}[need]
+        if self.adopted(model) is None:
+            return f"{what} of model {model!r}: set models.{model}.train.checkpoints (e.g. all)"
+        part = {"init": "init", "checkpoints": "epochs"}[need]
+        return f"{what} of model {model!r}, which is not trained here: give models.{model}.checkpoints.{part}"
+
+    def checkpoint_files(self, model: str) -> dict[str, list[str]]:
+        """The user's checkpoint files of `model`, per part, for every seed (none if trained here)."""
+        given = self.adopted(model) or {}
+        files = {part: [given[part].format(seed=s) for s in self.seeds] for part in ("final", "init") if part in given}
+        if "epochs" in given:
+            files["epochs"] = [given["epochs"]["pattern"].format(seed=s, epoch=e) for s in self.seeds for e in given["epochs"]["list"]]
+        return files
+
+    def adopt_inputs(self, model: str, seed: int | str, part: str) -> list[str]:
+        """The user's files that become `part` of results/models/{model}/seed{seed}/."""
+        given = self.adopted(model)
+        if part == "epochs":
+            return [given["epochs"]["pattern"].format(seed=seed, epoch=e) for e in given["epochs"]["list"]]
+        return [given[part].format(seed=seed)]
+
     def epochs(self, model: str) -> list[int]:
-        """The epochs whose weights training keeps (`epochs/epoch{e}.pt`)."""
+        """The epochs whose weights a run of `model` keeps (`epochs/epoch{e}.pt`)."""
+        if self.adopted(model) is not None:
+            return sorted(self.adopted(model).get("epochs", {}).get("list", []))
         train = self.config["models"][model]["train"]
         saved = train["checkpoints"]
         return list(range(1, train["epochs"] + 1)) if saved == "all" else sorted(saved)
@@ -107,6 +152,13 @@ class Plan:
         """The settings a `train` job of `model` gets (the same for every seed)."""
         return {"arch": self.config["models"][model]["arch"], "train": self.train_settings(model), "device": self.config["device"]}
 
+    def adopt_job(self, model: str) -> dict:
+        """The settings an `adopt` job of `model` gets: the architecture the weights fit, the
+        epochs they are of, the batch size to evaluate with."""
+        train = self.config["models"][model]["train"]
+        return {"arch": self.config["models"][model]["arch"], "epochs": self.epochs(model), "eval_batch_size": train["eval_batch_size"],
+                "device": self.config["device"]}
+
     def unit_stats_job(self) -> dict:
         return {"device": self.config["device"], "examples": self.config["unit_stats"]["examples"]}
 
@@ -119,7 +171,8 @@ class Plan:
         return [f"{self.model_dir(m, s)}/metrics.json" for m in self.models for s in self.seeds]
 
     def histories(self) -> list[dict]:
-        return [{"model": m, "seed": s, "path": f"{self.model_dir(m, s)}/history.csv"} for m in self.models for s in self.seeds]
+        """The training histories (models trained here)."""
+        return [{"model": m, "seed": s, "path": f"{self.model_dir(m, s)}/history.csv"} for m in self.trained_models() for s in self.seeds]
 
     # --- studies ----------------------------------------------------------------------------------
 

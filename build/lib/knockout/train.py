@@ -197,7 +197,7 @@ def train(
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - began
-        test = evaluate(model, test_x, test_y, cfg.eval_batch_size, amp=cuda and cfg.amp)
+        test = evaluate(model, test_x, test_y, batch_size=cfg.eval_batch_size, amp=cuda and cfg.amp)
         history.append(
             {
                 "epoch": epoch,

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..graph import logits_of
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -27,7 +29,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, a
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            outs.append(model(batch).float())
+            outs.append(logits_of(model(batch)).float())
     model.train(was_training)
     return torch.cat(outs)
 
@@ -62,73 +64,17 @@ class ConditionOutput:
     losses: torch.Tensor  # float32 (N,), per-example cross-entropy
 
 
-# Stages that keep an all-zero channel all zero (and act per channel): a silenced unit's mask can
-# be applied after them, so they too are computed once and shared by every condition.
-ZERO_PRESERVING = (nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Identity)
+@dataclass
+class _Plan:
+    """How one condition is evaluated: from which cut of its base network's graph, as channel
+    masks on the unchanged network (`masks`: mask node -> (units, unit dim, silenced units)) or
+    with its own weights (`weights`: the tensors `apply` changed, by state_dict name)."""
 
-
-def _cut(condition, links: list[str], model: nn.Module) -> tuple[int, bool]:
-    """Where the work for `condition` can start: (p, masked) where p is how many links of the base
-    network's chain are shared (their output is cached), and masked tells whether the condition
-    can run as masks on the base network (silencing only) instead of its own modified copy."""
-    from ..models import silence_point
-
-    if not condition.changed_layers:
-        return len(links), True
-    masked = not condition.replace
-    first = len(links)
-    modules = dict(model.named_modules())
-    for layer in condition.changed_layers:
-        point = silence_point(model, layer) if masked else layer
-        for i, link in enumerate(links):
-            if point == link and masked:  # a whole link: its output is cached, then masked
-                j = i + 1
-                while j < len(links) and type(modules[links[j]]) in ZERO_PRESERVING:
-                    j += 1
-                first = min(first, j)
-                break
-            if point == link:
-                first = min(first, i)
-                break
-            if point.startswith(link + "."):  # inside a block: cache the block's input
-                first = min(first, i)
-                break
-    return first, masked
-
-
-def _masks(conditions, model: nn.Module, repeat: int) -> dict[str, torch.Tensor]:
-    """Per silence point, a (K * repeat, units) 0/1 mask for K stacked conditions."""
-    from ..studies import layer_units
-    from ..models import silence_point
-
-    points: dict[str, torch.Tensor] = {}
-    for k, condition in enumerate(conditions):
-        for layer, units in condition.silence:
-            point = silence_point(model, layer)
-            if point not in points:
-                points[point] = torch.ones(len(conditions), layer_units(model, layer))
-            points[point][k, list(units)] = 0
-    return {p: m.repeat_interleave(repeat, dim=0) for p, m in points.items()}
-
-
-def _apply_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return x * mask.to(x.device, x.dtype).view(*mask.shape, *([1] * (x.dim() - 2)))
-
-
-def _run(links, x: torch.Tensor) -> torch.Tensor:
-    for _, module in links:
-        x = module(x)
-    return x
-
-
-def _per_example_bytes(links, x: torch.Tensor) -> int:
-    """Bytes one example needs running `links` on `x` (1 example): 3x its largest activation."""
-    largest = x[:1].numel()
-    x = x[:1]
-    for _, module in links:
-        x = module(x)
-        largest = max(largest, x.numel())
-    return 3 * 4 * largest
+    condition: object
+    cut: int
+    masks: dict | None = None
+    weights: dict | None = None
+    rebuilt: bool = False  # apply() changed the architecture: the whole network runs
 
 
 @torch.no_grad()
@@ -144,91 +90,208 @@ def evaluate_conditions(
 ) -> dict[str, ConditionOutput]:
     """Predictions and per-example losses of every condition on (images (N, ...), labels (N,)).
 
-    Activations up to the first changed layer are computed once per image chunk and shared by
-    all conditions that start there; silencing conditions run as masks, several conditions
-    stacked along the batch in one forward of the unchanged network; conditions that change
-    weights run their own modified copy from the first changed layer on. `budget_mb` bounds the
-    activations held at once. `apply(condition, context)` builds a modified copy (default:
-    `interventions.apply_condition`).
+    The base network is traced (`knockout.graph`); each condition starts from the cut before the
+    first thing it changes. The live tensors at every cut are computed once per chunk of images
+    and shared by all conditions starting there. Conditions that only silence units run as 0/1
+    channel masks on the unchanged network, K of them stacked along the batch in one forward,
+    the mask applied after the last zero-preserving operation that follows the silence point (so
+    an activation or pooling after it is shared too). Conditions that change weights run the
+    suffix with their own weights (`apply(condition, context)` gives them; default
+    `studies.apply_condition`). `budget_mb` bounds the activations held at once. A network that
+    cannot be traced runs every condition whole (masks through hooks), without sharing.
     """
+    from ..graph import graph_of
     from ..studies import apply_condition
-    from ..models import chain
 
     apply = apply or apply_condition
     device = torch.device(device)
     budget = budget_mb * 2**20
     n = len(images)
-    plans: dict[str, list] = {}  # base -> [(p, masked, condition)]
-    links_of = {}
-    for condition in conditions:
-        if condition.base not in links_of:
-            base = context.network(condition.base).eval().to(device)
-            links_of[condition.base] = (base, [name for name, _ in chain(base)])
-        base, links = links_of[condition.base]
-        p, masked = _cut(condition, links, base)
-        plans.setdefault(condition.base, []).append((p, masked, condition))
-
     preds = {c.name: torch.empty(n, dtype=torch.long) for c in conditions}
     losses = {c.name: torch.empty(n) for c in conditions}
-    for base_name, plan in plans.items():
-        base = context.network(base_name)
-        links = chain(base)
-        probe = images[:1].to(device)
-        chunk = max(1, min(n, int(budget // _per_example_bytes(links, probe))))
-        cuts = sorted({p for p, _, _ in plan})
-        for start in range(0, n, chunk):
-            x = images[start : start + chunk].to(device)
-            y = labels[start : start + chunk].to(device)
-            b = len(x)
-            done = 0
-            for p in cuts:
-                x = _run(links[done:p], x)  # advance the shared prefix to this cut
-                done = p
-                group = [(m, c) for q, m, c in plan if q == p]
-                for masked, c in group:
-                    if not masked:  # its own copy, built per chunk so only one is held at a time
-                        out = _run(chain(apply(c, context).to(device))[p:], x)
-                        _store(preds, losses, [c], out, y, start)
-                masked_group = [c for m, c in group if m]
-                if not masked_group:
-                    continue
-                row_bytes = _per_example_bytes(links[p:], x) if p < len(links) else 4 * x[:1].numel()
-                k_max = max(1, int(budget // (row_bytes * b)))
-                for i in range(0, len(masked_group), k_max):
-                    batch = masked_group[i : i + k_max]
-                    _store(preds, losses, batch, _masked_forward(batch, base, links, p, x), y, start)
+    by_base: dict[str, list] = {}
+    for condition in conditions:
+        by_base.setdefault(condition.base, []).append(condition)
+    for base_name, group in by_base.items():
+        base = context.network(base_name).eval().to(device)
+        graph = graph_of(base, images[:1].to(device))
+        plans = [_plan(c, graph, base, context, apply) for c in group]
+        if graph.traced:
+            _shared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses)
+        else:
+            _unshared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses)
     return {c.name: ConditionOutput(preds[c.name], losses[c.name]) for c in conditions}
 
 
-def _masked_forward(batch, base: nn.Module, links, p: int, x: torch.Tensor) -> torch.Tensor:
-    """Run `len(batch)` silencing conditions at once: the cached activations x (B, ...) stacked
-    K times, masked at the cut and through hooks on later silence points."""
-    masks = _masks(batch, base, 1)  # (K, units) per silence point
+def _plan(condition, graph, base: nn.Module, context, apply) -> _Plan:
+    silenced = dict(condition.silence)
+    if not condition.replace and all(graph.units[layer].kind != "heads" for layer in silenced):
+        masks = _mask_nodes(graph, silenced)
+        if masks is not None:
+            if not graph.traced:
+                return _Plan(condition, 0, masks=masks)
+            last = len(graph.nodes) - 1  # the output node: nothing silenced, only the logits are live
+            return _Plan(condition, min((graph.position[node] + 1 for node in masks), default=last), masks=masks)
+    changed = apply(condition, context).eval()
+    base_state = base.state_dict()
+    state = changed.state_dict()
+    if state.keys() != base_state.keys() or any(state[k].shape != base_state[k].shape for k in state):
+        return _Plan(condition, 0, weights={"network": changed}, rebuilt=True)
+    weights = {k: v for k, v in state.items() if not torch.equal(v, base_state[k].to(v.device))}
+    if not graph.traced:
+        return _Plan(condition, 0, weights=weights)
+    modules = {k.rpartition(".")[0] for k in weights}
+    nodes = [graph.position[node] for name in modules for node in graph.module_nodes(name)]
+    if len(nodes) < len(modules):  # a changed tensor not read through a module call: after the input
+        return _Plan(condition, 1, weights=weights)
+    return _Plan(condition, min(nodes, default=len(graph.nodes) - 1), weights=weights)
+
+
+def _mask_nodes(graph, silenced: dict) -> dict | None:
+    """Per mask node, (units, unit dim, silenced units): the earliest layer's mask goes after the
+    zero-preserving operations that follow its silence point (its value is live at the cut), the
+    others on their silence points (applied by hooks); None when a silence point is called more
+    than once (then the condition changes weights instead)."""
+    def entry(layer):
+        unit = graph.units[layer]
+        return unit.count, 1 if unit.kind == "conv" else -1, tuple(silenced[layer])
+
+    if not graph.traced:
+        return {graph.silence_point(layer): entry(layer) for layer in silenced}
+    points = {}
+    for layer in silenced:
+        nodes = graph.module_nodes(graph.silence_point(layer))
+        if len(nodes) != 1:
+            return None
+        points[layer] = nodes[0]
+    if not points:
+        return {}
+    order = sorted(points, key=lambda layer: graph.position[points[layer]])
+    first = graph.mask_node(order[0])
+    if any(graph.position[points[layer]] <= graph.position[first] for layer in order[1:]):
+        first = points[order[0]]  # another silence point lies within: no carrying on
+    return {first: entry(order[0])} | {points[layer]: entry(layer) for layer in order[1:]}
+
+
+def _shared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses) -> None:
+    """Traced: one pass per image chunk computes every cut's live tensors; each cut's conditions
+    then run the suffix, masked (K per forward) or with their own weights."""
+    cuts: dict[int, list[_Plan]] = {}
+    for plan in plans:
+        cuts.setdefault(plan.cut, []).append(plan)
+    live_nodes = list(dict.fromkeys(node for index in sorted(cuts) for node in graph.cut(index).live))
+    live_bytes = sum(graph._info[node][2] for node in live_nodes)
+    widest = max(graph.bytes_per_example(index) for index in cuts)
+    chunk = max(1, min(len(images), int(budget / 2 // max(1, live_bytes + widest))))
+    prefix = graph.values(live_nodes)
+    params = dict(base.named_parameters()) | dict(base.named_buffers())
+    suffix_params = {index: {k: params[k] for k in graph.cut(index).suffix.state_dict()} for index in cuts}
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(device)
+        y = labels[start : start + chunk].to(device)
+        live = dict(zip(live_nodes, prefix(x)))
+        for index, group in sorted(cuts.items()):
+            cut = graph.cut(index)
+            inputs = [live[node] for node in cut.live]
+            masked = [p for p in group if p.masks is not None]
+            per_condition = graph.bytes_per_example(index) * len(x)
+            k_max = max(1, int(budget / 2 // max(1, per_condition))) if cut.stackable else 1
+            for i in range(0, len(masked), k_max):
+                batch = masked[i : i + k_max]
+                _store(preds, losses, batch, _masked_forward(batch, graph, cut, inputs, len(x)), y, start)
+            for plan in group:
+                if plan.masks is not None:
+                    continue
+                if plan.rebuilt:
+                    logits = plan.weights["network"].to(device)(x)
+                else:
+                    own = suffix_params[index] | {k: v for k, v in plan.weights.items() if k in suffix_params[index]}
+                    logits = torch.func.functional_call(cut.suffix, own, tuple(t.clone() for t in inputs))
+                _store(preds, losses, [plan], logits, y, start)
+
+
+def _masked_forward(batch: list[_Plan], graph, cut, inputs: list[torch.Tensor], b: int) -> torch.Tensor:
+    """K silencing conditions at once on the cut's live tensors (B examples each): the live
+    tensors stacked K times, a masked node's value multiplied by its (K, units) 0/1 mask, the
+    masks of nodes after the cut applied by forward hooks on their modules."""
     k = len(batch)
-    names = [name for name, _ in links]
-    cached = [pt for pt in masks if pt in names and names.index(pt) < p]  # silenced before the cut
-    if cached:  # one broadcast multiply stacks the K conditions and silences their units
-        mask = masks.pop(cached[0]).to(x.device, x.dtype)
-        stacked = (x.unsqueeze(0) * mask.view(k, 1, -1, *([1] * (x.dim() - 2)))).flatten(0, 1)
-    else:
-        stacked = x.repeat(k, *([1] * (x.dim() - 1)))
-    masks = {point: m.repeat_interleave(len(x), dim=0) for point, m in masks.items()}
-    modules = dict(base.named_modules())
-    handles = [
-        modules[point].register_forward_hook(lambda m, i, o, mask=mask: _apply_mask(o, mask))
-        for point, mask in masks.items()
-    ]
+    masks = _stacked_masks(batch, inputs[0].device)
+    stacked = []
+    for node, value in zip(cut.live, inputs):
+        if node in masks:
+            mask, dim = masks.pop(node)
+            stacked.append(_apply_mask(value.unsqueeze(0), mask, dim, 1).flatten(0, 1))
+        else:
+            stacked.append(value.repeat(k, *([1] * (value.dim() - 1))) if k > 1 else value.clone())
+    handles = []
+    for node, (mask, dim) in masks.items():  # later silence points: hooks on their modules
+        module = graph.module.get_submodule(node.target)
+        handles.append(module.register_forward_hook(lambda m, i, o, mask=mask, dim=dim: _apply_mask(o.view(k, b, *o.shape[1:]), mask, dim, 1).flatten(0, 1)))
     try:
-        return _run(links[p:], stacked)
+        return logits_of(cut.suffix(*stacked))
     finally:
         for h in handles:
             h.remove()
 
 
-def _store(preds, losses, batch, logits: torch.Tensor, y: torch.Tensor, start: int) -> None:
-    k = len(batch)
-    logits = logits.float().view(k, len(y), -1)
-    for i, condition in enumerate(batch):
-        end = start + len(y)
-        preds[condition.name][start:end] = logits[i].argmax(1).cpu()
-        losses[condition.name][start:end] = F.cross_entropy(logits[i], y, reduction="none").cpu()
+def _stacked_masks(batch: list[_Plan], device) -> dict:
+    """Per mask node, a (K, units) 0/1 mask over the K conditions of `batch`, and its unit dim."""
+    out = {}
+    for k, plan in enumerate(batch):
+        for node, (count, dim, units) in plan.masks.items():
+            if node not in out:
+                out[node] = (torch.ones(len(batch), count, device=device), dim)
+            out[node][0][k, list(units)] = 0
+    return out
+
+
+def _apply_mask(x: torch.Tensor, mask: torch.Tensor, dim: int, batch_dims: int) -> torch.Tensor:
+    """x (K, B, ...) times mask (K, units) along the unit dim of each (B, ...) tensor (1 or -1)."""
+    k, units = mask.shape
+    rest = x.dim() - 1 - batch_dims  # dims of one example
+    shape = [k] + [1] * batch_dims + [1] * rest
+    shape[1 + batch_dims if dim == 1 else -1] = units
+    return x * mask.to(x.dtype).view(shape)
+
+
+def _unshared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses) -> None:
+    """Untraced: every condition runs the whole network; silencing through forward hooks on the
+    silence points (K conditions stacked along the batch), weights through their own copy."""
+    modules = dict(base.named_modules())
+    with_masks = [p for p in plans if p.masks is not None]
+    sample = 4 * images[:1].numel() * 64  # no graph to measure activations: assume 64x the input
+    chunk = max(1, min(len(images), int(budget / 2 // sample)))
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(device)
+        y = labels[start : start + chunk].to(device)
+        k_max = max(1, int(budget / 2 // (sample * len(x))))
+        for i in range(0, len(with_masks), k_max):
+            batch = with_masks[i : i + k_max]
+            k = len(batch)
+            handles = [
+                modules[point].register_forward_hook(lambda m, a, o, mask=mask, dim=dim: _apply_mask(o.view(k, len(x), *o.shape[1:]), mask, dim, 1).flatten(0, 1))
+                for point, (mask, dim) in _stacked_masks(batch, device).items()
+            ]
+            try:
+                logits = logits_of(base(x.repeat(k, *([1] * (x.dim() - 1)))))
+            finally:
+                for h in handles:
+                    h.remove()
+            _store(preds, losses, batch, logits, y, start)
+        for plan in plans:
+            if plan.masks is None:
+                network = plan.weights["network"] if plan.rebuilt else None
+                if network is None:
+                    state = base.state_dict() | plan.weights
+                    logits = torch.func.functional_call(base, state, (x,))
+                else:
+                    logits = network.to(device)(x)
+                _store(preds, losses, [plan], logits_of(logits), y, start)
+
+
+def _store(preds, losses, batch: list[_Plan], logits: torch.Tensor, y: torch.Tensor, start: int) -> None:
+    logits = logits_of(logits).float().view(len(batch), len(y), -1)
+    for i, plan in enumerate(batch):
+        name, end = plan.condition.name, start + len(y)
+        preds[name][start:end] = logits[i].argmax(1).cpu()
+        losses[name][start:end] = F.cross_entropy(logits[i], y, reduction="none").cpu()

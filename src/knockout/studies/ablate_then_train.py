@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs, filter_ablation
+from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs, filter_ablation, silence_point
 
 KIND = "retrain"
 NOTEBOOK = "retrain"
@@ -70,7 +70,7 @@ def apply(condition: Condition, context: Context):
     import torch
     from torch.nn.utils import prune
 
-    from ..models import addressable_layers, silence_point
+    from ..graph import units_of
 
     info = dict(condition.info)
     if info.get("semantics") == "mask":
@@ -86,7 +86,7 @@ def apply(condition: Condition, context: Context):
     if info.get("semantics") == "mask":
         modules = dict(model.named_modules())
         for layer, units in condition.silence:
-            for name in {layer, silence_point(model, layer)}:
+            for name in {layer, silence_point(context.trained, layer)}:
                 module = modules[name]
                 for param in ("weight", "bias"):
                     if getattr(module, param, None) is not None:
@@ -94,7 +94,7 @@ def apply(condition: Condition, context: Context):
                         mask[list(units)] = 0
                         prune.custom_from_mask(module, param, mask)
     if info.get("freeze_body"):
-        head = list(addressable_layers(model))[-1]
+        head = list(units_of(model))[-1]
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(head + "."))
     return model

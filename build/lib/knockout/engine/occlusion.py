@@ -33,8 +33,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..graph import ELEMENTWISE, spatial_params
 from ..models import chain
-from .top_activations import ELEMENTWISE, main_path, residual_blocks, spatial_params
+
+
+def residual_blocks() -> tuple[type, ...]:
+    """torchvision's ResNet blocks (imported lazily: torchvision is slow to import)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return BasicBlock, Bottleneck
+
+
+def main_path(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A residual block's main path in forward order, by name (conv1, bn1, relu, conv2, ...),
+    without the final activation that follows the addition."""
+    names = ["conv1", "bn1", "relu", "conv2", "bn2"]
+    if hasattr(block, "conv3"):  # Bottleneck
+        names += ["relu", "conv3", "bn3"]
+    return [(n, getattr(block, n)) for n in names]
 
 SUMMARY_COLUMNS = ["image", "label", "window", "baseline_prob", "min_prob", "argmin_y", "argmin_x",
                    "changed_area", "takeover_class"]

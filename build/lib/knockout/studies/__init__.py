@@ -127,6 +127,7 @@ class Target:
     network: nn.Module
     train: dict  # its resolved training settings
     data: DataInfo
+    provides: frozenset[str] = frozenset(NEEDS)  # of NEEDS, what its runs have (init, checkpoints)
 
 
 @dataclass
@@ -159,12 +160,14 @@ class Context:
 
 def check_layer(key: str, target: Target, layer: str) -> int:
     """The number of units of `layer` in the target model; ConfigError naming `key` otherwise."""
-    from ..models import addressable_layers
+    from ..graph import units_of
 
-    valid = list(addressable_layers(target.network))
-    if layer not in valid:
-        raise ConfigError(f"{key}: no layer {layer!r} in model {target.name!r} (layers: {', '.join(valid)})")
-    return layer_units(target.network, layer)
+    units = units_of(target.network)
+    if layer not in units:
+        valid = list(units)
+        shown = ", ".join(valid) if len(valid) <= 12 else ", ".join(valid[:6] + ["..."] + valid[-3:]) + f"; {len(valid)} in all, see `knockout summary`"
+        raise ConfigError(f"{key}: no layer {layer!r} in model {target.name!r} (layers: {shown})")
+    return units[layer].count
 
 
 def check_compare(pairs, names) -> None:
@@ -183,40 +186,55 @@ def compare_pairs(d: dict) -> tuple[tuple[str, str], ...]:
 
 
 def layer_units(model: nn.Module, layer: str) -> int:
-    """Number of units of a conv (output channels) or linear (output features) layer."""
-    module = dict(model.named_modules())[layer]
-    return module.out_channels if hasattr(module, "out_channels") else module.out_features
+    """Number of units of an addressable layer: conv output channels, linear output features,
+    attention heads."""
+    from ..graph import units_of
+
+    return units_of(model)[layer].count
 
 
-def silence_units(model: nn.Module, layer: str, units) -> None:
-    """Make `units` of `layer` output 0 for every input, in place: their weights and bias, and a
-    following batch norm's scale and shift (which would otherwise turn 0 into its bias)."""
+def silence_point(model: nn.Module, layer: str) -> str:
+    """The module whose output is zero for `layer`'s silenced units (`knockout.graph`)."""
+    from ..graph import graph_of
+
+    return graph_of(model).silence_point(layer)
+
+
+def silence_units(model: nn.Module, layer: str, units, point: str | None = None) -> None:
+    """Make `units` of `layer` output 0 for every input, in place: their weights and bias, and
+    those of the batch norm that reads the layer (`point`, its silence point), which would
+    otherwise turn 0 into its bias. An attention head: its value projection, so its slice of the
+    attention output is 0."""
     import torch
-
-    from ..models import silence_point
+    from torch import nn
 
     modules = dict(model.named_modules())
     idx = torch.as_tensor(list(units), dtype=torch.long)
     with torch.no_grad():
-        for name in dict.fromkeys([layer, silence_point(model, layer)]):
+        if isinstance(modules[layer], nn.MultiheadAttention):
+            attention = modules[layer]
+            size = attention.head_dim
+            rows = (idx[:, None] * size + torch.arange(size)).flatten()
+            weight, offset = (attention.in_proj_weight, 2 * attention.embed_dim) if attention._qkv_same_embed_dim else (attention.v_proj_weight, 0)
+            weight[offset + rows] = 0
+            if attention.in_proj_bias is not None:
+                attention.in_proj_bias[2 * attention.embed_dim + rows] = 0
+            return
+        for name in dict.fromkeys([layer, point or layer]):
             for param in ("weight", "bias"):
                 tensor = getattr(modules[name], param, None)
                 if tensor is not None:
                     tensor[idx] = 0
 
 
-def copy_layer(dst: nn.Module, src: nn.Module, layer: str) -> None:
-    """Copy every parameter and buffer of `layer` (and its following batch norm) from src to dst."""
+def copy_layer(dst: nn.Module, src: nn.Module, layer: str, point: str | None = None) -> None:
+    """Copy every parameter and buffer of `layer` (and of `point`, its silence point) from src."""
     import torch
 
-    from ..models import silence_point
-
-    names = {layer, silence_point(dst, layer)}
     src_modules = dict(src.named_modules())
     with torch.no_grad():
-        for name, module in dst.named_modules():
-            if name in names:
-                module.load_state_dict(src_modules[name].state_dict())
+        for name in dict.fromkeys([layer, point or layer]):
+            dst.get_submodule(name).load_state_dict(src_modules[name].state_dict())
 
 
 def apply_condition(condition: Condition, context: Context) -> nn.Module:
@@ -224,9 +242,10 @@ def apply_condition(condition: Condition, context: Context) -> nn.Module:
     the silenced units zeroed. The reference the shared-prefix evaluator is tested against."""
     import copy
 
-    model = copy.deepcopy(context.network(condition.base))
+    base = context.network(condition.base)
+    model = copy.deepcopy(base)
     for layer, source in condition.replace:
-        copy_layer(model, context.network(source), layer)
+        copy_layer(model, context.network(source), layer, silence_point(base, layer))
     for layer, units in condition.silence:
-        silence_units(model, layer, units)
+        silence_units(model, layer, units, silence_point(base, layer))
     return model.eval()

@@ -49,15 +49,15 @@ def check(spec: Spec, target: Target) -> None:
     if spec.layers != "all":
         for i, layer in enumerate(spec.layers):
             check_layer(f"layers[{i}]", target, layer)
-    if "rewind" in spec.modes and not target.train["checkpoints"]:
-        raise ConfigError(f"modes: rewind needs epoch checkpoints: set models.{target.name}.train.checkpoints (e.g. all)")
+    if "rewind" in spec.modes and "checkpoints" not in target.provides:
+        raise ConfigError(f"modes: rewind needs epoch checkpoints: set models.{target.name}.train.checkpoints (e.g. all), or give models.{target.name}.checkpoints.epochs")
     check_compare(spec.compare, {"baseline", *spec.modes})
 
 
 def resolve_layers(spec: Spec, context: Context) -> list[str]:
-    from ..models import addressable_layers
+    from ..graph import units_of
 
-    return list(addressable_layers(context.trained)) if spec.layers == "all" else list(spec.layers)
+    return list(units_of(context.trained)) if spec.layers == "all" else list(spec.layers)
 
 
 def conditions(spec: Spec, context: Context) -> list[Condition]:
