@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import ELEMENTWISE, spatial_params
+from ..graph import ELEMENTWISE, logits_of, spatial_params
 from ..models import chain
 
 
@@ -355,7 +355,7 @@ class _Engine:
             x = full
         for module in self.modules[len(subs) :]:
             x = module(x)
-        return x
+        return logits_of(x)
 
 
 def _largest_row(engine: _Engine, images, rects, plan, stores, after, fill) -> int:
@@ -398,7 +398,7 @@ def _fill_vector(fill, channels: int, dtype, device) -> torch.Tensor:
 def _baseline(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int):
     probs, preds = [], []
     for s in range(0, len(images), batch):
-        p = torch.softmax(model(images[s : s + batch]), 1)
+        p = torch.softmax(logits_of(model(images[s : s + batch])), 1)
         probs.append(p.gather(1, labels[s : s + batch, None])[:, 0])
         preds.append(p.argmax(1))
     return torch.cat(probs), torch.cat(preds)
