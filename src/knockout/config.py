@@ -130,13 +130,20 @@ def _check_checkpoints(plan, name: str, network) -> None:
 
 
 def _build(config: dict, name: str):
-    from .models import build_model, check_output
+    """The model, built without pretrained weights (checking them is enough: they are there)."""
+    from .models import build_model, check_output, is_weights_file, pretrained_available
 
     arch = config["models"][name]["arch"]
     weights = None if isinstance(arch, str) else arch.get("weights")
-    if weights and not Path(weights).expanduser().is_file():
-        raise ConfigError(f"models.{name}.arch.weights: no such file {weights}")
-    if weights:  # the file exists; checking the architecture does not need its weights
+    try:
+        if weights and is_weights_file(weights, arch):
+            if not Path(weights).expanduser().is_file():
+                raise ConfigError(f"models.{name}.arch.weights: no such file {weights}")
+        elif weights:
+            pretrained_available(arch["name"], weights)
+    except ValueError as e:
+        raise ConfigError(f"models.{name}.arch.weights: {e}") from None
+    if weights:
         arch = {k: v for k, v in arch.items() if k != "weights"}
     info = data_info(config, config["models"][name]["dataset"])
     try:

@@ -215,7 +215,7 @@ def build_torchvision(spec: dict, input_shape: tuple[int, ...], num_classes: int
     weights = spec.get("weights")
     if weights is None:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    elif Path(str(weights)).expanduser().suffix in (".pt", ".pth", ".bin", ".ckpt") or Path(str(weights)).expanduser().is_file():
+    elif is_weights_file(weights, spec):
         state = read_state_dict(Path(weights).expanduser())
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         _fit_head(model, state)
@@ -227,16 +227,47 @@ def build_torchvision(spec: dict, input_shape: tuple[int, ...], num_classes: int
     return model
 
 
-def _pretrained(name: str, weights: str):
-    """torchvision's weights enum member `weights` of model `name`, its file in torch's cache or
-    downloaded now; one line saying where to put the file when neither works."""
+def is_weights_file(weights: str, spec: dict | str) -> bool:
+    """Whether `weights` names a state_dict file (knockout's resnet takes only files; for a
+    torchvision model a path, or a name with a file suffix, is a file; else a weights name)."""
+    if isinstance(spec, str) or spec.get("type") != "torchvision":
+        return True
+    path = Path(str(weights)).expanduser()
+    return "/" in str(weights) or path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.is_file()
+
+
+def _weights_member(name: str, weights: str):
     import torchvision
 
     enum = torchvision.models.get_model_weights(name)
     if weights not in enum.__members__:
         raise ValueError(f"no weights {weights!r} for {name} (have {', '.join(enum.__members__)}, or a state_dict file)")
-    member = enum[weights]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
+    return enum[weights]
+
+
+def _cached(member) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(member.url).name
+
+
+def pretrained_available(name: str, weights: str) -> None:
+    """ValueError unless torchvision's weights `weights` of `name` are in torch's cache or their
+    server answers (checked before any job, without downloading them)."""
+    import urllib.request
+
+    member = _weights_member(name, weights)
+    if _cached(member).is_file():
+        return
+    try:
+        urllib.request.urlopen(urllib.request.Request(member.url, method="HEAD"), timeout=5).close()
+    except Exception:
+        raise ValueError(f"{name} {weights} is not in torch's cache and {member.url} cannot be reached: put {Path(member.url).name} in {_cached(member).parent}") from None
+
+
+def _pretrained(name: str, weights: str):
+    """torchvision's weights enum member `weights` of model `name`, its file in torch's cache or
+    downloaded now; one line saying where to put the file when neither works."""
+    member = _weights_member(name, weights)
+    cached = _cached(member)
     if not cached.is_file():
         try:
             torch.hub.load_state_dict_from_url(member.url, progress=False, check_hash=True)
