@@ -233,10 +233,31 @@ def test_the_readme_example_type_runs_from_its_module_and_schema_entry(tmp_path)
     assert (workdir / "results/figures/shuffled/sets.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@needs_fashion
+@pytest.mark.slow
+def test_the_own_model_example_runs_end_to_end(tmp_path):
+    """examples/own_model: the user's network from a file, a filter sweep and layer swaps, on
+    less data and fewer epochs than the example asks for (its files otherwise as they are)."""
+    config = yaml.safe_load((ROOT / "examples/own_model/config.yaml").read_text())
+    config |= {"seeds": [0, 1], "device": "cpu", "threads": 1, "data": TINY["data"], "datasets": TINY["datasets"]}
+    config["models"]["mynet"]["train"]["epochs"] = 1
+    write_config(tmp_path, config)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # the target path is relative to the working folder
+    run = snakemake(tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    sweep = pd.read_csv(tmp_path / "results/tables/mynet_sweep.csv").query("level == 'condition'")
+    assert len(sweep) == 1 + 16 + 1 + 3 and (sweep["n_seeds"] == 2).all()  # baseline, each unit, low, 3 random draws
+    layers = pd.read_csv(tmp_path / "results/tables/mynet_layers.csv").query("level == 'condition'")
+    assert {"reinit:block2.side", "rerandomize:head"} <= set(layers["condition"])
+    for analysis in ["baselines", "mynet_sweep", "mynet_layers"]:
+        assert any((tmp_path / f"results/figures/{analysis}").glob("*.png")), analysis
+
+
+@pytest.mark.parametrize("path", [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "examples/own_model/config.yaml"], ids=lambda p: p.name)
 def test_every_config_in_configs_plans_its_whole_study(tmp_path, path):
     """A dry run of each paper-scale config (no data needed to plan): its studies' jobs, the
     notebooks, and nothing of the default study (--configfile replaces config.yaml)."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # paths in a config are relative to the working folder
     run = snakemake(ROOT, "-n", "--configfile", str(path), "--directory", str(tmp_path))
     assert run.returncode == 0, run.stderr[-2000:]
     config = yaml.safe_load(path.read_text())
