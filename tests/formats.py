@@ -53,9 +53,10 @@ def _pickle_member(tar: tarfile.TarFile, name: str, obj: object) -> None:
 
 
 def _batch(images: np.ndarray, labels, label: str) -> dict:
-    """A CIFAR batch dict (bytes keys, as the real python2 pickles read back)."""
+    """A CIFAR batch dict (str keys: the real python 2 pickles as torchvision reads them, with
+    encoding='latin1')."""
     data = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), -1)
-    return {b"batch_label": label.encode(), b"labels": [int(l) for l in labels], b"data": data}
+    return {"batch_label": label, "labels": [int(l) for l in labels], "data": data}
 
 
 def write_cifar_tar(
@@ -76,7 +77,7 @@ def write_cifar_tar(
         for i, (images, labels) in enumerate(train_batches, start=1):
             _pickle_member(tar, f"cifar-10-batches-py/data_batch_{i}", _batch(images, labels, f"training batch {i}"))
         _pickle_member(tar, "cifar-10-batches-py/test_batch", _batch(*test_batch, "testing batch 1"))
-        meta = {b"label_names": [n.encode() for n in label_names], b"num_vis": 3072}
+        meta = {"label_names": list(label_names), "num_vis": 3072}
         _pickle_member(tar, "cifar-10-batches-py/batches.meta", meta)
         for name, data in (extra_members or {}).items():
             info = tarfile.TarInfo(name)
@@ -146,3 +147,29 @@ def tiny_cifar_dataset(
         "test_labels": np.asarray(test[1]),
     }
     return source_for(DATASETS["cifar10"], folder), arrays
+
+
+def write_png_folder(folder: Path, sizes: dict[str, list[tuple[int, int]]], mode: str = "RGB") -> dict[Path, tuple]:
+    """A folder of solid-colour PNGs, one subfolder per class: `sizes` maps each class to the
+    (width, height) of its images. Out: each file's colour (an RGB triple, or a grey level)."""
+    from PIL import Image
+
+    colours = {}
+    for k, (cls, shapes) in enumerate(sorted(sizes.items())):
+        (Path(folder) / cls).mkdir(parents=True, exist_ok=True)
+        for i, (width, height) in enumerate(shapes):
+            colour = (40 * k + 9 * i, 200 - 30 * k, 17 * i + 3) if mode == "RGB" else 30 * k + 11 * i
+            path = Path(folder) / cls / f"img{i:02d}.png"
+            Image.new(mode, (width, height), colour).save(path)
+            colours[path] = colour
+    return colours
+
+
+def write_torchvision_mnist(root: Path, class_name: str, arrays: dict[str, np.ndarray]) -> Path:
+    """The four uncompressed IDX files where torchvision's MNIST-like `class_name` (KMNIST,
+    FashionMNIST, ...) reads them: root/<class_name>/raw/. `arrays` as tiny_idx_dataset's."""
+    raw = Path(root) / class_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f, key in zip(DATASETS["mnist"].filenames, arrays):
+        (raw / f.removesuffix(".gz")).write_bytes(idx_bytes(arrays[key]))
+    return raw

@@ -62,7 +62,12 @@ CASES = [
     (setting(["seeds"], []), "seeds: [] should be non-empty"),
     (setting(["device"], "tpu"), "device: 'tpu' does not match"),
     (setting(["threads"], 0), "threads: 0 is less than the minimum of 1"),
-    (setting(["datasets", "imagenet"], {}), "datasets: 'imagenet' is not one of"),
+    (setting(["datasets", "imagenet"], {}), "datasets.imagenet: not a built-in dataset (mnist, fashion_mnist, cifar10): give its source"),
+    (setting(["datasets", "cifar100"], {"source": "torchvision", "class": "CIFAR1000"}), "datasets.cifar100.class: torchvision.datasets has no dataset class 'CIFAR1000' (did you mean CIFAR100?)"),
+    (setting(["datasets", "mine"], {"source": "image_folder", "train": "/nonexistent/train", "test": "/nonexistent/test", "size": 32}), "datasets.mine.train: no such folder /nonexistent/train"),
+    (setting(["data"], {"memory_mb": 10}), "datasets.fashion_mnist: its test split, 10000 images of 1x28x28, takes 30 MB as float32 tensors, "
+     "more than data.memory_mb (10): set datasets.fashion_mnist.test_subset to at most 3343, or raise data.memory_mb"),
+    (setting(["data"], {"memory_mb": 0}), "data.memory_mb: 0 is less than or equal to the minimum of 0"),
     (setting(["datasets", "fashion_mnist", "train_subset"], 5), "datasets.fashion_mnist.train_subset: 5 is less than the minimum of 10"),
     (setting(["datasets", "fashion_mnist", "subset"], 5), "datasets.fashion_mnist: Additional properties are not allowed ('subset'"),
     (removing(["models", "cnn", "dataset"]), "models.cnn: 'dataset' is a required property"),

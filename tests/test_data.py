@@ -1,7 +1,8 @@
-"""Tests for knockout.data: formats, checksums, fetching, subsets, preparation.
+"""Tests for knockout.data and knockout.sources: formats, checksums, fetching, subsets,
+preparation; datasets from torchvision classes, image folders and tensors files; the refusals.
 
-All data are tiny files in the real formats (tests/formats.py); downloads go to
-a local http.server on 127.0.0.1, never to the internet.
+All data are tiny files in the real formats (tests/formats.py) or torchvision's FakeData;
+downloads go to a local http.server on 127.0.0.1, never to the internet.
 """
 
 from __future__ import annotations
@@ -27,12 +28,17 @@ from formats import (
     tiny_cifar_dataset,
     tiny_idx_dataset,
     write_idx_gz,
+    write_png_folder,
+    write_torchvision_mnist,
 )
+from knockout.config import ConfigError, check, resolve_dataset, validate
 from knockout.data import (
     DATASETS,
+    SUBSET_KEYS,
     DataError,
     Split,
     fetch,
+    inspect,
     load_prepared,
     locate,
     prepare,
@@ -219,16 +225,37 @@ def test_idx_declared_dims_must_match_byte_count(tmp_path):
     raw = bytearray(idx_bytes(np.zeros((10, 28, 28), dtype=np.uint8)))
     raw[4:8] = (11).to_bytes(4, "big")  # header claims one more image than is there
     (tmp_path / name).write_bytes(gzip.compress(bytes(raw)))
-    with pytest.raises(DataError, match=f"mnist: {name}: .*header declares"):
+    with pytest.raises(DataError, match=f"mnist: {name}: malformed IDX file .*invalid for input of size 7840") as err:
         read_raw("mnist", tmp_path, source=_trust(source, tmp_path))
+    assert_one_line(err)
 
 
 def test_idx_wrong_magic_is_refused(tmp_path):
     source, _ = tiny_idx_dataset(tmp_path)
     # A labels file where the images belong.
     write_idx_gz(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros(20, dtype=np.uint8))
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: bad IDX magic number 2049, expected 2051"):
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: malformed IDX file .*3 dimension instead of 1") as err:
         read_raw("mnist", tmp_path, source=_trust(source, tmp_path))
+    assert_one_line(err)
+
+
+def test_idx_garbage_header_is_refused(tmp_path):
+    source, _ = tiny_idx_dataset(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\xff\xff\xff\xff" + bytes(40)))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz: not an IDX file of bytes") as err:
+        read_raw("mnist", tmp_path, source=_trust(source, tmp_path))
+    assert_one_line(err)
+
+
+def test_cifar_batch_with_a_wrong_label_count_is_refused(tmp_path):
+    from formats import write_cifar_tar
+
+    images = np.zeros((4, 3, 32, 32), dtype=np.uint8)
+    write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", [(images, [0, 1, 2])], (images, [0, 1, 2, 3]), CIFAR_CLASSES)
+    source = _trust(DATASETS["cifar10"], tmp_path)
+    with pytest.raises(DataError, match="cifar10: cifar-10-python.tar.gz: data_batch_\\*: 3 labels for 4 images") as err:
+        read_raw("cifar10", tmp_path, source=source)
+    assert_one_line(err)
 
 
 # --------------------------------------------------------------------------- locate and fetch
@@ -410,3 +437,338 @@ def test_load_prepared_normalises_per_channel(tmp_path):
 def test_load_prepared_without_meta_is_an_error(tmp_path):
     with pytest.raises(DataError, match="meta.json: not prepared"):
         load_prepared(tmp_path, "cpu")
+
+
+# --------------------------------------------------------------------------- the built-ins, unchanged
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_the_default_studys_fashion_mnist_is_prepared_byte_for_byte_as_before(tmp_path):
+    """sha256 of the splits the hand-written IDX reader prepared for config.yaml (10,000 / 2,000,
+    seed 0): torchvision's reader gives the very same files."""
+    fetch("fashion_mnist", tmp_path / "raw", ["/usr/share/datasets"], download=False)
+    spec = resolve_dataset("fashion_mnist", {"train_subset": 10_000, "test_subset": 2_000})
+    meta = prepare("fashion_mnist", tmp_path / "raw", tmp_path / "out", train_subset=10_000, test_subset=2_000, seed=0, spec=spec)
+    digest = {f: hashlib.sha256((tmp_path / "out" / f).read_bytes()).hexdigest() for f in ("train.npz", "test.npz")}
+    assert digest == {
+        "train.npz": "4d51bc870d4040a889027d1ec6b348e3d3150fb4e3b59b1dd2d5d5bd3426bb86",
+        "test.npz": "8249a69a1ec9bb51ac73e49151d238969bd3823f0b254d247f1b474c0481368b",
+    }
+    assert meta["classes"][0] == "T-shirt/top" and meta["shape"] == [1, 28, 28]
+
+
+def test_builtins_are_known_before_any_job():
+    info = inspect("cifar10", resolve_dataset("cifar10", {"test_subset": 500}))
+    assert info.shape == (3, 32, 32) and info.classes == tuple(CIFAR_CLASSES)
+    assert (info.n_train, info.n_test, info.complete, info.deferred) == (50_000, 500, True, None)
+
+
+def test_the_torch_free_modules_name_the_same_builtins_sources_and_subset_keys():
+    from knockout import config, plan
+    from knockout.data import BUILTIN, SOURCES
+
+    assert plan.SUBSET_KEYS == SUBSET_KEYS
+    assert config.BUILTIN_DATASETS == BUILTIN and config.DATASET_SOURCES == SOURCES
+    schema = config.load_schema()
+    assert schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == list(SOURCES)
+    assert all(f"dataset_{s}" in schema["$defs"] for s in ("builtin", *SOURCES))
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _rows_in_folder_order(colours: dict[Path, tuple], folder: Path) -> list:
+    """The colours of a folder's images in ImageFolder's order (class, then file name)."""
+    return [colours[p] for p in sorted(p for p in colours if folder in p.parents)]
+
+
+def test_image_folder_of_pngs_of_different_sizes_is_resized_to_size(tmp_path):
+    sizes = {"ant": [(30, 40), (50, 20), (16, 16), (64, 48)], "bee": [(20, 20), (33, 17), (16, 40), (80, 80)],
+             "cat": [(16, 16), (21, 35), (40, 30), (17, 16)]}
+    colours = write_png_folder(tmp_path / "train", sizes)
+    colours |= write_png_folder(tmp_path / "test", {c: s[:2] for c, s in sizes.items()})
+    spec = resolve_dataset("bugs", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 16})
+    assert spec["channels"] == 3  # the schema's default
+
+    info = inspect("bugs", spec)  # from the listing alone, before any job
+    assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 16, 16), ("ant", "bee", "cat"), 12, 6)
+
+    manifest = fetch("bugs", tmp_path / "raw", [], spec=spec)
+    assert manifest["source"] == "image_folder" and manifest["classes"] == ["ant", "bee", "cat"]
+    assert len(manifest["files"]) == 18
+    assert manifest["files"]["train/bee/img03.png"]["size"] == (tmp_path / "train/bee/img03.png").stat().st_size
+
+    meta = prepare("bugs", tmp_path / "raw", tmp_path / "out", spec=spec)
+    assert meta["shape"] == [3, 16, 16] and meta["classes"] == ["ant", "bee", "cat"] and (meta["n_train"], meta["n_test"]) == (12, 6)
+    assert meta["source"]["source"] == "image_folder" and set(meta["checksums"]) == {"listing_sha256"}
+    for split, n in (("train", 12), ("test", 6)):
+        arrays = np.load(tmp_path / "out" / f"{split}.npz")
+        assert arrays["images"].shape == (n, 3, 16, 16) and arrays["images"].dtype == np.uint8
+        expected = _rows_in_folder_order(colours, tmp_path / split)
+        for image, label, index in zip(arrays["images"], arrays["labels"], arrays["indices"]):
+            assert label == index // (4 if split == "train" else 2)  # the class of the index'th file
+            assert (image == np.array(expected[index], dtype=np.uint8)[:, None, None]).all()  # solid colour stays
+
+
+def test_image_folder_in_grey_with_a_non_square_size(tmp_path):
+    colours = write_png_folder(tmp_path / "train", {"a": [(30, 20), (12, 12)], "b": [(40, 10), (9, 25)]})
+    colours |= write_png_folder(tmp_path / "test", {"a": [(8, 8)], "b": [(50, 50)]})
+    spec = resolve_dataset("g", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"),
+                                 "size": [6, 10], "channels": 1})
+    assert inspect("g", spec).shape == (1, 6, 10)
+    fetch("g", tmp_path / "raw", [], spec=spec)
+    meta = prepare("g", tmp_path / "raw", tmp_path / "out", spec=spec)
+    images = np.load(tmp_path / "out" / "train.npz")["images"]
+    assert meta["shape"] == [1, 6, 10] and images.shape == (4, 1, 6, 10)
+    grey = [(r * 299 + g * 587 + b * 114) / 1000 for r, g, b in _rows_in_folder_order(colours, tmp_path / "train")]
+    assert np.abs(images.reshape(4, -1).astype(float) - np.array(grey)[:, None]).max() <= 0.5  # PIL's L = ITU-R 601
+
+
+def test_images_are_resized_by_their_shorter_side_then_centre_cropped():
+    from PIL import Image
+
+    from knockout.sources import _fit
+
+    wide = Image.new("RGB", (40, 20), (255, 0, 0))
+    wide.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue
+    out = np.asarray(_fit(wide, (10, 10)))
+    assert out.shape == (10, 10, 3)  # 40x20 -> 20x10 -> the middle 10 columns
+    assert tuple(out[5, 0]) == (255, 0, 0) and tuple(out[5, -1]) == (0, 0, 255)
+    tall = Image.new("L", (8, 24), 0)
+    tall.paste(255, (0, 12, 8, 24))  # top black, bottom white
+    out = np.asarray(_fit(tall, (4, 4)))
+    assert out.shape == (4, 4) and out[0, 2] == 0 and out[-1, 2] == 255
+
+
+def test_an_image_folder_edited_after_fetching_is_not_prepared(tmp_path):
+    write_png_folder(tmp_path / "train", {"a": [(8, 8)], "b": [(8, 8)]})
+    write_png_folder(tmp_path / "test", {"a": [(8, 8)], "b": [(8, 8)]})
+    spec = resolve_dataset("f", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 8})
+    fetch("f", tmp_path / "raw", [], spec=spec)
+    write_png_folder(tmp_path / "train", {"a": [(8, 8), (9, 9)]})
+    with pytest.raises(DataError, match="datasets.f: the image folders changed since they were fetched") as err:
+        prepare("f", tmp_path / "raw", tmp_path / "out", spec=spec)
+    assert_one_line(err)
+
+
+# --------------------------------------------------------------------------- tensors files
+
+
+def _tensors(n_train=40, n_test=12, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "train_images": rng.integers(0, 256, (n_train, 8, 8, 3), dtype=np.uint8),
+        "train_labels": np.arange(n_train) % k,
+        "test_images": rng.integers(0, 256, (n_test, 8, 8, 3), dtype=np.uint8),
+        "test_labels": np.arange(n_test) % k,
+    }
+
+
+def test_tensors_npz_nhwc_uint8(tmp_path):
+    arrays = _tensors() | {"classes": np.array(["w", "x", "y", "z"])}
+    np.savez(tmp_path / "data.npz", **arrays)
+    spec = resolve_dataset("t", {"source": "tensors", "path": str(tmp_path / "data.npz"), "train_subset": 20, "subset_seed": 2})
+    info = inspect("t", spec)
+    assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 8, 8), ("w", "x", "y", "z"), 20, 12)
+
+    manifest = fetch("t", tmp_path / "raw", [], spec=spec)
+    assert manifest["files"]["data.npz"]["sha256"] == hashlib.sha256((tmp_path / "data.npz").read_bytes()).hexdigest()
+    meta = prepare("t", tmp_path / "raw", tmp_path / "out", train_subset=20, seed=2, spec=spec)
+    assert meta["classes"] == ["w", "x", "y", "z"] and meta["shape"] == [3, 8, 8] and meta["n_train"] == 20
+    assert meta["checksums"] == {"data.npz": manifest["files"]["data.npz"]["sha256"]}
+    train = np.load(tmp_path / "out" / "train.npz")
+    np.testing.assert_array_equal(train["images"], arrays["train_images"].transpose(0, 3, 1, 2)[train["indices"]])
+    np.testing.assert_array_equal(train["labels"], arrays["train_labels"][train["indices"]])
+    assert np.bincount(train["labels"]).tolist() == [5, 5, 5, 5]  # stratified, as the built-ins
+
+    np.savez(tmp_path / "data.npz", **(arrays | {"train_labels": arrays["train_labels"][::-1].copy()}))
+    with pytest.raises(DataError, match="datasets.t: data.npz: changed since it was fetched") as err:
+        prepare("t", tmp_path / "raw", tmp_path / "out", spec=spec)
+    assert_one_line(err)
+
+
+def test_tensors_pt_with_float_images_nchw(tmp_path):
+    rng = np.random.default_rng(1)
+    x = {s: torch.from_numpy(rng.random((n, 1, 6, 6), dtype=np.float32)) for s, n in (("train", 10), ("test", 4))}
+    torch.save({"train_images": x["train"], "train_labels": torch.arange(10) % 2, "test_images": x["test"],
+                "test_labels": torch.tensor([0, 1, 1, 0]), "classes": ["even", "odd"]}, tmp_path / "data.pt")
+    spec = resolve_dataset("p", {"source": "tensors", "path": str(tmp_path / "data.pt")})
+    assert inspect("p", spec).shape == (1, 6, 6)
+    fetch("p", tmp_path / "raw", [], spec=spec)
+    meta = prepare("p", tmp_path / "raw", tmp_path / "out", spec=spec)
+    test = np.load(tmp_path / "out" / "test.npz")
+    assert meta["classes"] == ["even", "odd"] and test["images"].dtype == np.uint8
+    np.testing.assert_array_equal(test["images"], np.rint(x["test"].double().numpy() * 255).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------- torchvision classes
+
+FAKE = {"source": "torchvision", "class": "FakeData", "kwargs": {"image_size": [3, 10, 10], "num_classes": 4},
+        "splits": {"train": {"size": 24, "random_offset": 0}, "test": {"size": 8, "random_offset": 500}}}
+
+
+def test_torchvision_fakedata_through_the_torchvision_source(tmp_path):
+    from torchvision.datasets import FakeData
+    from torchvision.transforms.functional import pil_to_tensor
+
+    spec = resolve_dataset("fake", FAKE | {"train_subset": 12})
+    before = inspect("fake", spec, tmp_path / "raw")
+    assert before.shape is None and not before.complete and "torchvision.datasets.FakeData" in before.deferred
+    assert inspect("fake", spec | {"size": 6, "channels": 1}).shape == (1, 6, 6)  # what can be known, is
+
+    manifest = fetch("fake", tmp_path / "raw", [tmp_path / "no-mirror"], download=False, spec=spec)
+    assert manifest["origin"] == "generated" and (manifest["n_train"], manifest["n_test"]) == (24, 8)
+    after = inspect("fake", spec, tmp_path / "raw")
+    assert after.shape == (3, 10, 10) and (after.n_train, after.n_test) == (12, 8)
+    assert after.classes is None and after.deferred.endswith("FakeData lists no classes: they are known once it is prepared")
+
+    meta = prepare("fake", tmp_path / "raw", tmp_path / "out", train_subset=12, spec=spec)
+    train = np.load(tmp_path / "out" / "train.npz")
+    reference = FakeData(size=24, image_size=(3, 10, 10), num_classes=4, random_offset=0)
+    for image, label, index in zip(train["images"], train["labels"], train["indices"]):
+        ref_image, ref_label = reference[int(index)]
+        assert label == ref_label and (image == pil_to_tensor(ref_image).numpy()).all()
+    labels = [reference[i][1] for i in range(24)] + [FakeData(size=8, num_classes=4, random_offset=500)[i][1] for i in range(8)]
+    assert meta["classes"] == [str(k) for k in range(max(labels) + 1)] and meta["source"]["class"] == "FakeData"
+
+
+def test_torchvision_class_from_a_mirror_in_its_own_layout(tmp_path):
+    """KMNIST's files as torchvision keeps them (root/KMNIST/raw/, uncompressed), in a mirror:
+    torchvision finds and reads them; the manifest checksums the files it read."""
+    from torchvision.datasets import KMNIST
+
+    _, arrays = tiny_idx_dataset(tmp_path / "gz", n_train=30, n_test=10)
+    raw = write_torchvision_mnist(tmp_path / "mirror" / "kana", "KMNIST", arrays)
+    spec = resolve_dataset("kana", {"source": "torchvision", "class": "KMNIST"})
+    manifest = fetch("kana", tmp_path / "raw", [tmp_path / "elsewhere", tmp_path / "mirror"], download=False, spec=spec)
+    assert manifest["origin"] == "mirror" and manifest["root"] == str((tmp_path / "mirror" / "kana").resolve())
+    assert set(manifest["files"]) == {f"KMNIST/raw/{p.name}" for p in raw.iterdir()}
+    assert manifest["classes"] == KMNIST.classes and manifest["shape"] == [1, 28, 28]
+    info = inspect("kana", spec, tmp_path / "raw")
+    assert info.complete and (info.n_train, info.n_test) == (30, 10)
+
+    meta = prepare("kana", tmp_path / "raw", tmp_path / "out", spec=spec)
+    train = np.load(tmp_path / "out" / "train.npz")
+    np.testing.assert_array_equal(train["images"][:, 0], arrays["train_images"])
+    np.testing.assert_array_equal(train["labels"], arrays["train_labels"])
+    assert meta["classes"] == KMNIST.classes and set(meta["checksums"]) == set(manifest["files"])
+
+    flip_byte(raw / "t10k-labels-idx1-ubyte")
+    with pytest.raises(DataError, match="datasets.kana: KMNIST/raw/t10k-labels-idx1-ubyte: changed since it was fetched") as err:
+        prepare("kana", tmp_path / "raw", tmp_path / "out", spec=spec)
+    assert_one_line(err)
+
+
+def test_a_torchvision_class_in_no_mirror_and_offline_says_where_to_put_it(tmp_path):
+    spec = resolve_dataset("c100", {"source": "torchvision", "class": "CIFAR100"})
+    with pytest.raises(DataError) as err:
+        fetch("c100", tmp_path / "raw", [tmp_path / "mirror"], download=False, spec=spec)
+    message = assert_one_line(err)
+    assert message.startswith("datasets.c100: torchvision.datasets.CIFAR100 is in no mirror")
+    assert f"CIFAR100(root='{tmp_path / 'mirror' / 'c100'}')" in message and "download is disabled" in message
+
+
+def test_a_torchvision_split_the_class_refuses_is_one_line(tmp_path):
+    (tmp_path / "mirror").mkdir()
+    spec = resolve_dataset("s", {"source": "torchvision", "class": "SVHN", "splits": {"test": "validation"}})
+    with pytest.raises(DataError, match=r"datasets.s: torchvision.datasets.SVHN\(split='validation'\): Unknown value 'validation'") as err:
+        fetch("s", tmp_path / "raw", [tmp_path / "mirror"], download=False, spec=spec)
+    assert_one_line(err)
+
+
+def test_a_split_over_the_memory_limit_found_only_when_prepared_stops_then(tmp_path):
+    spec = resolve_dataset("fake", FAKE)
+    fetch("fake", tmp_path / "raw", [], spec=spec)
+    with pytest.raises(DataError) as err:
+        prepare("fake", tmp_path / "raw", tmp_path / "out", spec=spec, memory_mb=0.005)
+    assert assert_one_line(err).startswith("datasets.fake: its train split, 24 images of 3x10x10")
+    assert not (tmp_path / "out" / "train.npz").exists()
+
+
+# --------------------------------------------------------------------------- refused before any job
+
+
+def _config(entry: dict, name: str = "d", memory_mb: float | None = None, interventions: dict | None = None) -> dict:
+    config = {"datasets": {name: entry}, "models": {"m": {"dataset": name, "arch": {"type": "mlp", "widths": [8]}}},
+              "interventions": interventions or {}}
+    if memory_mb is not None:
+        config["data"] = {"memory_mb": memory_mb}
+    return config
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    """An image folder whose test classes differ from its train classes, a tensors file lacking
+    an array, one with labels out of range, a good one."""
+    write_png_folder(tmp_path / "train", {"a": [(8, 8)], "b": [(8, 8)]})
+    write_png_folder(tmp_path / "test", {"a": [(8, 8)], "c": [(8, 8)]})
+    arrays = _tensors(k=3)
+    np.savez(tmp_path / "good.npz", **arrays)
+    np.savez(tmp_path / "lacking.npz", **{k: v for k, v in arrays.items() if k != "test_labels"})
+    np.savez(tmp_path / "range.npz", **(arrays | {"classes": np.array(["a", "b", "c"]), "train_labels": arrays["train_labels"] + 1}))
+    np.savez(tmp_path / "negative.npz", **(arrays | {"test_labels": arrays["test_labels"] - 1}))
+    return tmp_path
+
+
+REFUSED = [
+    ({"source": "torchvision", "class": "CIFAR1000"}, "datasets.d.class: torchvision.datasets has no dataset class 'CIFAR1000' (did you mean CIFAR100?)"),
+    ({"source": "torchvision", "class": "VOCSegmentation"}, "datasets.d.class: VOCSegmentation is a segmentation dataset, not an image-classification dataset"),
+    ({"source": "torchvision", "class": "Sintel"}, "datasets.d.class: Sintel is an optical-flow dataset, not an image-classification dataset"),
+    ({"source": "torchvision", "class": "ImageFolder"}, "use source: image_folder"),
+    ({"source": "torchvision", "class": "CIFAR100", "kwargs": {"fine": True}}, "datasets.d.kwargs.fine: CIFAR100 takes no argument 'fine' (it takes: "),
+    ({"source": "torchvision", "class": "CIFAR100", "kwargs": {"root": "/data"}}, "datasets.d.kwargs.root: set by knockout"),
+    ({"source": "torchvision", "class": "SVHN", "kwargs": {"split": "extra"}}, "datasets.d.kwargs.split: SVHN takes its split as split=: give it in datasets.d.splits"),
+    ({"source": "torchvision", "class": "CIFAR100", "splits": {"test": "val"}}, "datasets.d.splits.test: CIFAR100 takes train=True/False, not a split name"),
+    ({"source": "torchvision", "class": "FakeData"}, "datasets.d.splits: FakeData takes neither train nor split: give splits.train and splits.test"),
+    ({"source": "torchvision", "class": "FakeData", "splits": {"train": {"size": 5}, "test": {"size": 5}}}, "datasets.d.splits: the train and test splits get the same arguments"),
+    ({"source": "torchvision", "class": "CIFAR100", "channels": 2}, "datasets.d.channels: 2 is not one of [1, 3]"),
+    ({"source": "image_folder", "train": "{tmp}/nope", "test": "{tmp}/test", "size": 8}, "datasets.d.train: no such folder {tmp}/nope"),
+    ({"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/test", "size": 8}, "datasets.d.test: its classes are not the train folder's (only in train: b; only in test: c)"),
+    ({"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/test"}, "datasets.d: 'size' is a required property"),
+    ({"source": "tensors", "path": "{tmp}/lacking.npz"}, "datasets.d.path: lacking.npz: no array 'test_labels' (it has: test_images, train_images, train_labels)"),
+    ({"source": "tensors", "path": "{tmp}/range.npz"}, "datasets.d.path: range.npz: train_labels outside 0..2 (3 classes): min 1, max 3"),
+    ({"source": "tensors", "path": "{tmp}/negative.npz"}, "datasets.d.path: negative.npz: test_labels outside 0..2: min -1, max 1"),
+    ({"source": "tensors", "path": "{tmp}/missing.npz"}, "datasets.d.path: no such file {tmp}/missing.npz"),
+    ({"source": "tensors", "path": "{tmp}/good.csv"}, "datasets.d.path: '{tmp}/good.csv' does not match"),
+    ({"source": "tensors", "path": "{tmp}/good.npz", "layout": "NWHC"}, "datasets.d.layout: 'NWHC' is not one of"),
+    ({"source": "tensors", "path": "{tmp}/good.npz", "sizes": 8}, "datasets.d: Additional properties are not allowed ('sizes' was unexpected)"),
+    ({"source": "webdataset"}, "datasets.d.source: 'webdataset' is not one of ['torchvision', 'image_folder', 'tensors']"),
+    ({}, "datasets.d: not a built-in dataset (mnist, fashion_mnist, cifar10): give its source (torchvision, image_folder, tensors)"),
+]
+
+
+@pytest.mark.parametrize("entry,message", REFUSED, ids=[f"{i}-{m.split(':')[0]}" for i, (_, m) in enumerate(REFUSED)])
+def test_a_bad_dataset_is_refused_before_any_job_in_one_line(bad_files, entry, message):
+    entry = json.loads(json.dumps(entry).replace("{tmp}", str(bad_files)))
+    with pytest.raises(ConfigError) as err:
+        check(validate(_config(entry)), raw_root=bad_files / "raw")
+    assert message.replace("{tmp}", str(bad_files)) in assert_one_line(err)
+
+
+def test_a_split_over_the_memory_limit_is_refused_before_any_job():
+    with pytest.raises(ConfigError) as err:
+        check(validate(_config({}, name="fashion_mnist", memory_mb=100)))
+    assert assert_one_line(err) == (
+        "datasets.fashion_mnist: its train split, 60000 images of 1x28x28, takes 179 MB as float32 tensors, more than "
+        "data.memory_mb (100): set datasets.fashion_mnist.train_subset to at most 33436, or raise data.memory_mb")
+    check(validate(_config({"train_subset": 33436}, name="fashion_mnist", memory_mb=100)))  # that subset fits
+
+
+def test_a_dataset_known_only_once_fetched_defers_the_model_checks_to_the_jobs(tmp_path, capsys):
+    from knockout.jobs import _check_study
+    from knockout.models import build_model
+
+    study = {"type": "filter_ablation", "model": "m", "layers": ["fc9"], "sets": {"s": {"select": "each"}}}
+    config = check(validate(_config(FAKE, interventions={"f": study})), raw_root=tmp_path)  # no layer fc9, unknown yet
+    assert capsys.readouterr().err.strip() == (
+        "knockout: datasets.d: torchvision.datasets.FakeData is known once its files are fetched; "
+        "the checks of models m and of studies f run in their jobs")
+    # ... where the study's job checks it against the trained network and the prepared data
+    network = build_model(config["models"]["m"]["arch"], (3, 10, 10), 4)
+    meta = {"shape": [3, 10, 10], "classes": list("0123"), "n_train": 24, "n_test": 8}
+    job = {"name": "f", "study": config["interventions"]["f"]}
+    with pytest.raises(ConfigError, match=r"interventions.f.layers\[0\]: no layer 'fc9' in model 'm'"):
+        from knockout.studies import study_type
+
+        kind = study_type("filter_ablation")
+        _check_study(job, kind, kind.Spec.from_dict(job["study"]), network, meta)

@@ -253,6 +253,43 @@ def test_the_own_model_example_runs_end_to_end(tmp_path):
         assert any((tmp_path / f"results/figures/{analysis}").glob("*.png")), analysis
 
 
+@needs_fashion
+@pytest.mark.slow
+def test_an_image_folder_dataset_is_trained_and_studied_beside_fashion_mnist(tmp_path):
+    """A folder of PNGs of several sizes (one subfolder per class) as `source: image_folder`,
+    resized to 16x16, next to the default study's Fashion-MNIST: prepared, trained, studied."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 10)):
+        for k, colour in enumerate(["red", "green", "blue"]):
+            folder = tmp_path / "shapes" / split / colour
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 120, (*rng.integers(12, 40, 2), 3))
+                pixels[..., k] += 120  # the class is the dominant channel
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    config = {k: TINY[k] for k in ("device", "threads", "data")} | {
+        "seeds": [0],
+        "datasets": {"fashion_mnist": {"train_subset": 300, "test_subset": 100},
+                     "shapes": {"source": "image_folder", "train": "shapes/train", "test": "shapes/test", "size": 16}},
+        "models": {"mlp": {"dataset": "fashion_mnist", "arch": {"type": "mlp", "widths": [16]}, "train": {"epochs": 1, "lr": 0.1}},
+                   "cnn": {"dataset": "shapes", "arch": {"type": "cnn", "conv": [8, 16], "dense": [16]},
+                           "train": {"epochs": 3, "optimizer": "adam", "lr": 0.01, "batch_size": 16}}},
+        "interventions": {"filters": {"type": "filter_ablation", "model": "cnn", "layers": ["conv2"], "sets": {"each": {"select": "each"}}}},
+    }
+    write_config(tmp_path, config)
+    run = snakemake(tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    meta = json.loads((tmp_path / "results/data/shapes/meta.json").read_text())
+    assert meta["classes"] == ["blue", "green", "red"] and meta["shape"] == [3, 16, 16] and (meta["n_train"], meta["n_test"]) == (90, 30)
+    assert json.loads((tmp_path / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.6
+    assert len(pd.read_csv(tmp_path / "results/interventions/filters/cnn/seed0.csv")) == 1 + 16
+    assert (tmp_path / "results/notebooks/filters.ipynb").exists()
+    assert json.loads((tmp_path / "results/data/fashion_mnist/meta.json").read_text())["n_train"] == 300
+
+
 @pytest.mark.parametrize("path", [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "examples/own_model/config.yaml"], ids=lambda p: p.name)
 def test_every_config_in_configs_plans_its_whole_study(tmp_path, path):
     """A dry run of each paper-scale config (no data needed to plan): its studies' jobs, the
@@ -274,7 +311,7 @@ BAD = {k: TINY[k] for k in ("seeds", "device", "threads", "data", "datasets", "m
     "change,message",
     [
         (lambda c: c["models"]["mlp"].update(dataset="fashion"), "models.mlp.dataset: 'fashion' is not a key of datasets"),
-        (lambda c: c["datasets"].update(imagenet={}), "datasets: 'imagenet' is not one of"),
+        (lambda c: c["datasets"].update(imagenet={}), "datasets.imagenet: not a built-in dataset"),
         (lambda c: c["models"]["cnn"].update(arch="study9_cnn"), "models.cnn.arch: unknown preset 'study9_cnn'"),
         (lambda c: c["models"]["cnn"].update(optimiser="adam"), "models.cnn: Additional properties are not allowed ('optimiser'"),
         (lambda c: c["models"]["cnn"]["train"].update(optimizer="rmsprop"), "models.cnn.train.optimizer: 'rmsprop' is not one of"),

@@ -13,11 +13,6 @@ import sys
 EXIT_USER_ERROR = 2
 
 
-def optional_int(text: str) -> int | None:
-    """An int, or None for an empty string (a config's `null` passed through the shell)."""
-    return int(text) if text.strip() else None
-
-
 def _parents() -> dict[str, argparse.ArgumentParser]:
     """Options shared by several verbs."""
     job = argparse.ArgumentParser(add_help=False)
@@ -48,17 +43,9 @@ def parser() -> argparse.ArgumentParser:
     def verb(name: str, help: str, *parents: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[shared[k] for k in parents])
 
-    s = verb("fetch", "verified copies of a dataset's files, from a mirror or the web", "out")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--mirror", dest="mirrors", action="append", default=[], help="local folder to look in first")
-    s.add_argument("--no-download", dest="download", action="store_false")
-
-    s = verb("prepare", "raw files -> train.npz, test.npz, meta.json", "out")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--raw", required=True)
-    s.add_argument("--train-subset", type=optional_int, required=True)
-    s.add_argument("--test-subset", type=optional_int, required=True)
-    s.add_argument("--seed", type=int, required=True, help="seed of the stratified subsets")
+    verb("fetch", "a dataset's raw data, verified, from a mirror or the web; its manifest.json in --out", "job", "out")
+    verb("prepare", "raw data -> train.npz, test.npz, meta.json in --out", "job", "out").add_argument(
+        "--raw", required=True, help="the folder fetch wrote (its manifest.json)")
 
     verb("train", "train one model for one seed into the folder --out", "job", "threads", "seed", "train", "test", "out")
 

@@ -6,6 +6,7 @@ Every problem is a `ConfigError` whose message is one line naming the key path.
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -56,6 +57,8 @@ def validate(config: dict, schema: dict | None = None) -> dict:
 
     schema = schema or load_schema()
     _validate(config, schema, "")
+    for name, entry in config["datasets"].items():
+        config["datasets"][name] = resolve_dataset(name, entry, schema)
     for name, model in config["models"].items():
         model["train"] = resolve("train", model.get("train", {}), schema, f"models.{name}.train")
     for name, study in config["interventions"].items():
@@ -64,6 +67,21 @@ def validate(config: dict, schema: dict | None = None) -> dict:
             raise ConfigError(f"interventions.{name}.type: unknown study type {study['type']!r}; choose from {known}")
         config["interventions"][name] = resolve(study["type"], study, schema, f"interventions.{name}")
     return config
+
+
+BUILTIN_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # knockout.data.BUILTIN, without torch
+DATASET_SOURCES = ("torchvision", "image_folder", "tensors")
+
+
+def resolve_dataset(name: str, entry: dict, schema: dict | None = None) -> dict:
+    """A `datasets` entry checked against the schema entry of its source, `$defs.dataset_<source>`
+    (`$defs.dataset_builtin` for a built-in given without `source`), its defaults filled."""
+    source = entry.get("source")
+    if source is None and name not in BUILTIN_DATASETS:
+        raise ConfigError(
+            f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}): give its source ({', '.join(DATASET_SOURCES)})"
+        )
+    return resolve(f"dataset_{source or 'builtin'}", entry, schema, f"datasets.{name}")
 
 
 def _validate(instance, schema: dict, prefix: str) -> None:
@@ -82,27 +100,53 @@ def resolve(definition: str, value: dict, schema: dict | None = None, key: str |
     return value
 
 
-def check(config: dict) -> dict:
-    """Checks the schema cannot express: references between keys, buildable architectures, and
-    each study against the model it names (the study type's own `check`)."""
+def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
+    """Checks the schema cannot express: each dataset as far as it can be known (its source's
+    files, whether its larger split fits `data.memory_mb`), references between keys, buildable
+    architectures, and each study against the model it names (the study type's own `check`).
+    `raw_root`: where the `download` rule writes its manifests (results/raw, relative to the
+    working directory), read for torchvision datasets fetched by an earlier run.
+
+    A model whose dataset's shape or classes cannot be known yet (a torchvision class not
+    fetched yet) is not built here: one line on stderr says so, and its checks and its studies'
+    run in their jobs (`knockout.jobs`), once the data is prepared."""
+    from .data import too_large
     from .studies import Target, study_type
 
     from .plan import Plan
 
     plan = Plan(config)
-    targets = {}
+    infos = {}
+    for name in config["datasets"]:
+        infos[name] = info = data_info(config, name, raw_root)
+        problem = too_large(name, info.shape, info.n_train, info.n_test, config["data"]["memory_mb"])
+        if problem:
+            raise ConfigError(problem)
+    targets, deferred = {}, {}
     for name, model in config["models"].items():
         if model["dataset"] not in config["datasets"]:
             raise ConfigError(
                 f"models.{name}.dataset: {model['dataset']!r} is not a key of datasets ({', '.join(sorted(config['datasets']))})"
             )
-        network = _build(config, name)
+        info = infos[model["dataset"]]
+        if not info.complete:
+            _weights(config, name)
+            deferred.setdefault(model["dataset"], []).append(name)
+            continue
+        network = _build(config, name, info)
         _check_checkpoints(plan, name, network)
-        targets[name] = Target(name, network, model["train"], data_info(config, model["dataset"]), frozenset(plan.provides(name)))
+        targets[name] = Target(name, network, model["train"], info, frozenset(plan.provides(name)))
+    for dataset, models in deferred.items():
+        studies = [s for s, study in config["interventions"].items() if study["model"] in models]
+        also = f" and of studies {', '.join(studies)}" if studies else ""
+        print(f"knockout: {infos[dataset].deferred}; the checks of models {', '.join(models)}{also} run in their jobs",
+              file=sys.stderr)
     for name, study in config["interventions"].items():
         key = f"interventions.{name}"
         if study["model"] not in config["models"]:
             raise ConfigError(f"{key}.model: {study['model']!r} is not a key of models ({', '.join(sorted(config['models']))})")
+        if study["model"] not in targets:
+            continue  # checked by its jobs
         kind = study_type(study["type"])
         try:
             kind.check(kind.Spec.from_dict(study), targets[study["model"]])
@@ -129,9 +173,10 @@ def _check_checkpoints(plan, name: str, network) -> None:
                 raise ConfigError(f"{key}: {e}") from None
 
 
-def _build(config: dict, name: str):
-    """The model, built without pretrained weights (checking them is enough: they are there)."""
-    from .models import build_model, check_output, is_weights_file, pretrained_available
+def _weights(config: dict, name: str) -> str | None:
+    """A model's pretrained weights, checked to be there (a file that exists, or torchvision
+    weights in torch's cache or downloadable); None without any."""
+    from .models import is_weights_file, pretrained_available
 
     arch = config["models"][name]["arch"]
     weights = None if isinstance(arch, str) else arch.get("weights")
@@ -143,9 +188,19 @@ def _build(config: dict, name: str):
             pretrained_available(arch["name"], weights)
     except ValueError as e:
         raise ConfigError(f"models.{name}.arch.weights: {e}") from None
-    if weights:
+    return weights
+
+
+def _build(config: dict, name: str, info=None):
+    """The model, built without pretrained weights (checking that they are there is enough)."""
+    from .models import build_model, check_output
+
+    arch = config["models"][name]["arch"]
+    if _weights(config, name):
         arch = {k: v for k, v in arch.items() if k != "weights"}
-    info = data_info(config, config["models"][name]["dataset"])
+    info = info or data_info(config, config["models"][name]["dataset"])
+    if not info.complete:
+        raise ConfigError(f"models.{name}: {info.deferred}: fetch it first (snakemake results/raw/{config['models'][name]['dataset']}/manifest.json)")
     try:
         network = build_model(arch, info.shape, len(info.classes))
         check_output(network, info.shape, len(info.classes))
@@ -154,15 +209,18 @@ def _build(config: dict, name: str):
         raise ConfigError(f"models.{name}.arch: {str(e).splitlines()[0]}") from None
 
 
-def data_info(config: dict, dataset: str):
-    """Shape, classes and test-set size of a configured dataset, before it is prepared."""
-    from .data import DATASETS
-    from .studies import DataInfo
+def data_info(config: dict, dataset: str, raw_root: str | Path | None = "results/raw"):
+    """Shape, classes and split sizes of a configured dataset before any job (a
+    `knockout.studies.DataInfo`; see `knockout.data.inspect`). `raw_root`: where fetched
+    datasets' manifests are (None: do not look). ConfigError, one line, for an entry or a file
+    that cannot work."""
+    from .data import inspect
+    from .errors import DataError
 
-    source = DATASETS[dataset]
-    subset = config["datasets"][dataset]["test_subset"]
-    n_test = source.n_test if subset is None else min(subset, source.n_test)
-    return DataInfo(tuple(source.shape), tuple(source.classes), n_test)
+    try:
+        return inspect(dataset, config["datasets"][dataset], Path(raw_root) / dataset if raw_root is not None else None)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load(path: str | Path) -> dict:

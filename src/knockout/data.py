@@ -1,15 +1,20 @@
-"""Datasets: find or download the raw files, verify them, parse them, prepare subsets.
+"""Datasets: find or download the raw data, verify it, read it with torchvision, prepare subsets.
 
-Raw files are only ever used after their checksum is verified: either the md5 of
-the official archive, or (for Debian's re-compressed copies) the sha256 of the
-decompressed content. The pipeline is
+A dataset is a key of `datasets:` in the config. The three built-ins (`mnist`, `fashion_mnist`,
+`cifar10`, given without `source`) come from their official files, each verified against its
+checksum: the md5 of the official archive or, for Debian's re-compressed copies, the sha256 of
+the decompressed content. Any other dataset names its `source` (see `knockout.sources`): a class
+of `torchvision.datasets`, a folder of images per class, or a tensors file. The pipeline is
 
-    fetch(name, raw_dir, mirrors)  -> raw_dir/<files> + raw_dir/manifest.json
-    prepare(name, raw_dir, out_dir) -> out_dir/train.npz, test.npz, meta.json
-    load_prepared(out_dir, device)  -> normalised float tensors
+    inspect(name, spec, raw_dir)   -> DataInfo, before any job (config checks)
+    fetch(name, dest, mirrors)     -> dest/<files> + dest/manifest.json (the `download` rule)
+    prepare(name, raw_dir, out_dir) -> out_dir/train.npz, test.npz, meta.json (the `prepare` rule)
+    load_prepared(out_dir, device) -> normalised float tensors
 
-Every output file is written to a temporary name and renamed into place, so an
-interrupted run never leaves a file that looks complete.
+Built-in files are verified, laid out as torchvision reads them (decompressed, or safely
+extracted) in a temporary folder, and read with torchvision's readers. Every output file is
+written to a temporary name and renamed into place, so an interrupted run never leaves a file
+that looks complete.
 """
 
 from __future__ import annotations
@@ -18,16 +23,16 @@ import gzip
 import hashlib
 import http.client
 import json
-import math
 import os
-import pickle
 import shutil
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -36,18 +41,24 @@ import numpy as np
 import torch
 
 __all__ = [
+    "BUILTIN",
     "DATASETS",
     "DataError",
     "DataFile",
     "DatasetSource",
+    "RawSplit",
     "Split",
     "fetch",
+    "inspect",
     "load_prepared",
     "locate",
     "prepare",
+    "raw_spec",
     "read_raw",
     "reachable",
+    "source_of",
     "stratified_subset",
+    "too_large",
     "verify",
 ]
 
@@ -80,7 +91,7 @@ class DatasetSource:
         in that order) or 'cifar' (one cifar-10-python.tar.gz).
     files: the raw files, in the order above.
     urls: base URLs tried in order; a file's URL is base + file name.
-    classes: class names, index = label.
+    classes: class names, index = label (ours: MNIST's are '0'..'9', not torchvision's '0 - zero').
     torchvision_name: torchvision's class name (its root/<name>/raw/ layout), or None.
     debian_package: Debian package that installs the data, or None.
     """
@@ -101,6 +112,11 @@ class DatasetSource:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def n_train(self) -> int:
+        """Images in the official training split (60,000 for the MNISTs, 50,000 for CIFAR-10)."""
+        return 60_000 if self.kind == "idx" else 50_000
 
     @property
     def n_test(self) -> int:
@@ -202,8 +218,31 @@ DATASETS: dict[str, DatasetSource] = {
     ),
 }
 
+BUILTIN = tuple(DATASETS)  # the keys of `datasets:` that need no `source`
+SOURCES = ("torchvision", "image_folder", "tensors")  # the other datasets' `source`
+SUBSET_KEYS = ("train_subset", "test_subset", "subset_seed")  # what prepare takes; fetch does not
+
 _CHUNK = 1 << 20
 _USER_AGENT = "knockout-data/0.1 (python urllib)"
+
+
+def source_of(name: str, spec: dict | None) -> str:
+    """`builtin` for a built-in name given without `source`, else the spec's `source`.
+    DataError for another name without a source."""
+    if spec and spec.get("source"):
+        return spec["source"]
+    if name in DATASETS:
+        return "builtin"
+    raise DataError(
+        f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source "
+        f"({', '.join(SOURCES)})"
+    )
+
+
+def raw_spec(spec: dict | None) -> dict:
+    """What of a dataset's config entry decides its raw data: all but the subset keys (changing a
+    subset re-prepares the data, it does not fetch it again)."""
+    return {k: v for k, v in (spec or {}).items() if k not in SUBSET_KEYS}
 
 
 # --------------------------------------------------------------------------- checksums
@@ -423,17 +462,23 @@ def fetch(
     timeout: float = 30,
     urls: list[str] | None = None,
     source: DatasetSource | None = None,
+    spec: dict | None = None,
 ) -> dict:
-    """Make `dest` hold verified copies of every raw file of a dataset.
+    """Make the raw data of a dataset available and describe it in dest/manifest.json.
 
-    In: dataset name; dest folder (created); mirror roots searched with `locate`;
-    whether to download from the official URLs (or `urls`, base URLs, if given)
-    when no mirror has the data; per-request timeout in seconds.
-    If dest already has a manifest.json whose files all verify, nothing is done.
-    Out: the manifest written to dest/manifest.json:
-    {dataset, files: {filename: {md5, sha256, source}}}.
+    In: dataset name; dest folder (created); mirror roots (~ and $VARS expanded); whether to
+    download when no mirror has the data; per-request timeout in seconds; `spec`, the dataset's
+    config entry (None or no `source`: the built-in `name`).
+    Built-ins: dest gets verified copies of the official files (from `locate`, else downloaded
+    from the official URLs, or `urls`, base URLs, if given); if dest already has a manifest.json
+    whose files all verify, nothing is done. Manifest: {dataset, files: {filename: {md5, sha256,
+    source}}}. Other sources: see `knockout.sources.fetch`.
     Raises DataError if a download has the wrong checksum, or if no way worked.
     """
+    if source_of(name, spec) != "builtin":
+        from . import sources
+
+        return sources.fetch(name, raw_spec(spec), Path(dest), [_expand(m) for m in mirrors], download)
     src = _source(name, source)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -491,61 +536,49 @@ def reachable(
         return False
 
 
-# --------------------------------------------------------------------------- parsing
-
-_IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
-_IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+# --------------------------------------------------------------------------- reading the built-ins
 
 
-def _read_idx(dataset: str, path: Path, expected_magic: int) -> np.ndarray:
-    """Parse a gzipped IDX file of unsigned bytes.
-
-    In: path to an .idx*-ubyte.gz file, the magic number it must have.
-    Out: uint8 array shaped as declared in the header (N,H,W for images, N for labels).
-    DataError naming the file if it is not gzip, has the wrong magic, or its
-    byte count does not match the declared dimensions.
-    """
-    where = f"{dataset}: {path.name}"
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{where}: corrupt or truncated gzip ({_one_line(err)})") from None
-    if len(raw) < 4:
-        raise DataError(f"{where}: too short for an IDX header ({len(raw)} bytes)")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != expected_magic:
-        raise DataError(f"{where}: bad IDX magic number {magic}, expected {expected_magic}")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{where}: truncated IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected_bytes = math.prod(dims)
-    if len(raw) - header != expected_bytes:
-        raise DataError(
-            f"{where}: {len(raw) - header} data bytes but header declares {dims} = {expected_bytes}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _check_labels(where: str, labels: np.ndarray, n_images: int, n_classes: int) -> None:
+def _check_labels(where: str, labels, n_images: int, n_classes: int) -> None:
     """DataError unless there is one label per image and each is a valid class index."""
-    if labels.shape != (n_images,):
+    if tuple(labels.shape) != (n_images,):
         raise DataError(f"{where}: {labels.shape[0]} labels for {n_images} images")
     if n_images and (labels.min() < 0 or labels.max() >= n_classes):
         raise DataError(f"{where}: labels outside 0..{n_classes - 1}")
 
 
+def _decompress(src: DatasetSource, raw_dir: Path, filename: str, work: Path) -> Path:
+    """A verified .gz file, decompressed into `work` (torchvision reads IDX files uncompressed)."""
+    target = work / filename.removesuffix(".gz")
+    try:
+        with gzip.open(raw_dir / filename, "rb") as f, open(target, "wb") as out:
+            shutil.copyfileobj(f, out, _CHUNK)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{src.name}: {filename}: corrupt or truncated gzip ({_one_line(err)})") from None
+    return target
+
+
+def _read_idx_file(src: DatasetSource, filename: str, path: Path, labels: bool) -> torch.Tensor:
+    """torchvision's reader of one uncompressed IDX file: uint8 N,H,W images or int64 N labels.
+    Its errors (asserts, shape and type errors) become one DataError naming the file."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    try:
+        return (read_label_file if labels else read_image_file)(str(path))
+    except AssertionError:
+        raise DataError(f"{src.name}: {filename}: not an IDX file of bytes (bad magic number)") from None
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise DataError(f"{src.name}: {filename}: malformed IDX file ({_one_line(err)})") from None
+
+
 def _read_idx_split(
-    src: DatasetSource, raw_dir: Path, images_file: str, labels_file: str
+    src: DatasetSource, raw_dir: Path, work: Path, images_file: str, labels_file: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of an IDX dataset; out: (uint8 N,1,H,W images, int64 N labels)."""
-    images = _read_idx(src.name, raw_dir / images_file, _IDX_IMAGES_MAGIC)
-    labels = _read_idx(src.name, raw_dir / labels_file, _IDX_LABELS_MAGIC).astype(np.int64)
+    images = _read_idx_file(src, images_file, _decompress(src, raw_dir, images_file, work), labels=False)
+    labels = _read_idx_file(src, labels_file, _decompress(src, raw_dir, labels_file, work), labels=True)
     _check_labels(f"{src.name}: {labels_file}", labels, images.shape[0], len(src.classes))
-    # frombuffer arrays are read-only; copy so torch owns writable memory.
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels)
+    return images.unsqueeze(1).contiguous(), labels.to(torch.int64)
 
 
 _CIFAR_DIR = "cifar-10-batches-py"
@@ -558,90 +591,80 @@ def _check_member_name(where: str, member: str) -> None:
         raise DataError(f"{where}: refusing unsafe archive member name {member!r}")
 
 
-def _load_member(where: str, tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], member: str) -> dict:
-    """Unpickle one member of a verified CIFAR archive (bytes keys, as the files were written)."""
-    info = members.get(member)
-    if info is None or not info.isfile():
-        raise DataError(f"{where}: archive has no file {member}")
-    try:
-        f = tar.extractfile(info)
-        return pickle.load(f, encoding="bytes")
-    except Exception as err:  # a broken pickle can raise almost anything
-        raise DataError(f"{where}: {member}: unreadable pickle ({_one_line(err)})") from None
-
-
-def _cifar_batch(where: str, batch: dict, member: str) -> tuple[np.ndarray, np.ndarray]:
-    """A CIFAR batch dict -> (uint8 N,3072 data, int64 N labels), checked."""
-    try:
-        data = np.asarray(batch[b"data"])
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{where}: {member}: not a CIFAR batch ({_one_line(err)})") from None
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{where}: {member}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
-    if labels.shape != (data.shape[0],):
-        raise DataError(f"{where}: {member}: {labels.shape} labels for {data.shape[0]} images")
-    return data, labels
-
-
-def _read_cifar(src: DatasetSource, path: Path) -> tuple[tuple, tuple, list[str]]:
-    """Parse cifar-10-python.tar.gz in memory (nothing is extracted to disk).
-
-    Out: ((train uint8 N,3,32,32, int64 N), (test ..., ...), class names).
-    Must only be called on an archive whose checksum was verified (it unpickles).
-    """
+def _extract_cifar(src: DatasetSource, path: Path, work: Path) -> Path:
+    """The batches of a verified CIFAR archive extracted into work/cifar-10-batches-py/ (the layout
+    torchvision's CIFAR10 reads). Every member name is checked first (none absolute, none with
+    '..'), only regular files of that folder are extracted, and through tarfile's `data` filter."""
     where = f"{src.name}: {path.name}"
     try:
-        tar = tarfile.open(path, "r:gz")
+        with tarfile.open(path, "r:gz") as tar:
+            infos = tar.getmembers()
+            for info in infos:
+                _check_member_name(where, info.name)
+            wanted = [i for i in infos if i.isfile() and PurePosixPath(i.name).parent == PurePosixPath(_CIFAR_DIR)]
+            names = {PurePosixPath(i.name).name for i in wanted}
+            for required in ("data_batch_1", "test_batch", "batches.meta"):
+                if required not in names:
+                    raise DataError(f"{where}: archive has no file {_CIFAR_DIR}/{required}")
+            tar.extractall(work, members=wanted, filter="data")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise DataError(f"{where}: corrupt or truncated archive ({_one_line(err)})") from None
-    with tar:
-        try:
-            infos = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-            raise DataError(f"{where}: corrupt or truncated archive ({_one_line(err)})") from None
-        for info in infos:
-            _check_member_name(where, info.name)
-        members = {info.name: info for info in infos}
-        n_batches = 0
-        while f"{_CIFAR_DIR}/data_batch_{n_batches + 1}" in members:
-            n_batches += 1
-        if n_batches == 0:
-            raise DataError(f"{where}: archive has no file {_CIFAR_DIR}/data_batch_1")
-        train = [
-            _cifar_batch(where, _load_member(where, tar, members, m), m)
-            for m in (f"{_CIFAR_DIR}/data_batch_{i}" for i in range(1, n_batches + 1))
-        ]
-        test_member = f"{_CIFAR_DIR}/test_batch"
-        test = _cifar_batch(where, _load_member(where, tar, members, test_member), test_member)
-        meta = _load_member(where, tar, members, f"{_CIFAR_DIR}/batches.meta")
+    return work / _CIFAR_DIR
+
+
+def _read_cifar(src: DatasetSource, path: Path, work: Path) -> tuple[tuple, tuple, list[str]]:
+    """Read a verified cifar-10-python.tar.gz with torchvision's CIFAR10, extracted into `work`.
+
+    Out: ((train uint8 N,3,32,32, int64 N), (test ..., ...), class names).
+    Must only be called on an archive whose checksum was verified (its batches are unpickled).
+    """
+    from torchvision.datasets import CIFAR10
+
+    where = f"{src.name}: {path.name}"
+    folder = _extract_cifar(src, path, work)
+    n_batches = 0
+    while (folder / f"data_batch_{n_batches + 1}").is_file():
+        n_batches += 1
+
+    def listed(filename: str) -> list[str]:
+        return [filename, _file_hashes(folder / filename)[0]]
+
+    # CIFAR10 checks each extracted file against its list of md5s; the archive they came from was
+    # verified, so the list is theirs (and a smaller archive, as in the tests, reads too).
+    reader = type("CIFAR10", (CIFAR10,), {
+        "train_list": [listed(f"data_batch_{i}") for i in range(1, n_batches + 1)],
+        "test_list": [listed("test_batch")],
+        "meta": {**CIFAR10.meta, "md5": listed(CIFAR10.meta["filename"])[1]},
+    })
     try:
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
-    except (KeyError, TypeError) as err:
-        raise DataError(f"{where}: batches.meta has no label_names ({_one_line(err)})") from None
+        train = reader(str(work), train=True)
+        test = reader(str(work), train=False)
+        classes = [str(c) for c in train.classes]
+    except Exception as err:  # a malformed pickle can raise almost anything
+        raise DataError(f"{where}: unreadable CIFAR batches ({type(err).__name__}: {_one_line(err)})") from None
 
-    def to_tensors(data: np.ndarray, labels: np.ndarray, member: str) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_labels(f"{where}: {member}", labels, data.shape[0], len(classes))
-        # Rows are 1024 red, then green, then blue values, each row-major 32x32.
-        return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+    def tensors(dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if dataset.data.dtype != np.uint8:
+            raise DataError(f"{where}: {what}: data is {dataset.data.dtype}, expected uint8")
+        try:
+            labels = torch.from_numpy(np.asarray(dataset.targets, dtype=np.int64))
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: {what}: labels are not integers ({_one_line(err)})") from None
+        _check_labels(f"{where}: {what}", labels, len(dataset.data), len(classes))
+        # torchvision holds N,H,W,C (for PIL); the batches, and we, N,C,H,W.
+        return torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2))), labels
 
-    train_data = np.concatenate([d for d, _ in train])
-    train_labels = np.concatenate([l for _, l in train])
-    return (
-        to_tensors(train_data, train_labels, "data_batch_*"),
-        to_tensors(*test, test_member),
-        classes,
-    )
+    return tensors(train, "data_batch_*"), tensors(test, "test_batch"), classes
 
 
-def _read(src: DatasetSource, raw_dir: Path) -> tuple[tuple, tuple, list[str]]:
-    """Parse already-verified raw files; same output as read_raw."""
+def _read(src: DatasetSource, raw_dir: Path, work: Path) -> tuple[tuple, tuple, list[str]]:
+    """Read already-verified raw files, laid out for torchvision in `work`; same output as read_raw."""
     raw_dir = Path(raw_dir)
     if src.kind == "cifar":
-        return _read_cifar(src, raw_dir / src.files[0].name)
+        return _read_cifar(src, raw_dir / src.files[0].name, work)
     train_images, train_labels, test_images, test_labels = src.filenames
-    train = _read_idx_split(src, raw_dir, train_images, train_labels)
-    test = _read_idx_split(src, raw_dir, test_images, test_labels)
+    train = _read_idx_split(src, raw_dir, work, train_images, train_labels)
+    test = _read_idx_split(src, raw_dir, work, test_images, test_labels)
     return train, test, list(src.classes)
 
 
@@ -651,18 +674,20 @@ def _verify_all(src: DatasetSource, raw_dir: Path) -> dict[str, str]:
 
 
 def read_raw(
-    name: str, raw_dir: Path, source: DatasetSource | None = None
+    name: str, raw_dir: Path, source: DatasetSource | None = None, work_dir: Path | None = None
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[str]]:
-    """Verify and parse the raw files of a dataset.
+    """Verify and read the raw files of a built-in dataset.
 
-    In: dataset name, folder holding its raw files.
+    In: dataset name, folder holding its raw files; `work_dir`, where the files are laid out
+    for torchvision meanwhile (a temporary folder in it, removed after; default: the system's).
     Out: ((train_images, train_labels), (test_images, test_labels), classes) with
     images uint8 N,C,H,W (MNIST-like: C=1, 28x28; CIFAR: C=3, 32x32), labels int64 N.
     DataError naming the file for a bad checksum or malformed content.
     """
     src = _source(name, source)
-    _verify_all(src, raw_dir)  # CIFAR files are unpickled: only ever parse verified data
-    return _read(src, raw_dir)
+    _verify_all(src, raw_dir)  # CIFAR files are unpickled: only ever read verified data
+    with tempfile.TemporaryDirectory(prefix=".layout-", dir=work_dir) as work:
+        return _read(src, Path(raw_dir), Path(work))
 
 
 # --------------------------------------------------------------------------- subsets and preparation
@@ -719,9 +744,9 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
 
 
 def _save_split(path: Path, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-    """One split subset as an uncompressed .npz (images, labels, indices): numpy reads it, the
-    notebooks too, without torch."""
-    arrays = {"images": images[indices].numpy(), "labels": labels[indices].numpy(), "indices": indices.numpy()}
+    """One split subset (its images, labels and indices into the original split) as an
+    uncompressed .npz: numpy reads it, the notebooks too, without torch."""
+    arrays = {"images": images.numpy(), "labels": labels.numpy(), "indices": indices.numpy()}
     write_arrays(arrays, path, compress=False)
 
 
@@ -734,6 +759,90 @@ def _manifest_sources(raw_dir: Path) -> dict[str, str] | None:
         return None
 
 
+@dataclass
+class RawSplit:
+    """One split of a dataset as its source reads it, before subsetting: every label, and the
+    images on demand (only the subset is ever converted).
+
+    labels: int64 N, the class index of every example of the split.
+    images: sorted int64 indices -> uint8 (n, C, H, W) images of those examples.
+    shape: (C, H, W) of every image.
+    """
+
+    labels: torch.Tensor
+    images: Callable[[torch.Tensor], torch.Tensor]
+    shape: tuple[int, int, int]
+
+
+def too_large(name: str, shape, n_train: int | None, n_test: int | None, memory_mb: float | None) -> str | None:
+    """The one-line refusal when the larger prepared split, as float32 images (how jobs hold it in
+    memory), would take more than `memory_mb`; None when it fits or its size is not known."""
+    if shape is None or memory_mb is None:
+        return None
+    sizes = [(n, split) for n, split in ((n_train, "train"), (n_test, "test")) if n is not None]
+    if not sizes:
+        return None
+    n, split = max(sizes)
+    per_image = 4 * int(np.prod(shape))
+    if n * per_image <= memory_mb * 2**20:
+        return None
+    c, h, w = shape
+    fit = int(memory_mb * 2**20 // per_image)
+    return (
+        f"datasets.{name}: its {split} split, {n} images of {c}x{h}x{w}, takes {n * per_image / 2**20:.0f} MB as "
+        f"float32 tensors, more than data.memory_mb ({memory_mb:g}): set datasets.{name}.{split}_subset to at most "
+        f"{fit}, or raise data.memory_mb"
+    )
+
+
+def inspect(name: str, spec: dict | None, raw_dir: Path | None = None):
+    """What can be known of a configured dataset before any job runs (for the config checks).
+
+    In: its key and config entry (validated; None: a built-in with no subsets); `raw_dir`, where
+    the `download` rule writes its manifest (results/raw/{name}), if it may have run already.
+    Out: a `knockout.studies.DataInfo`: shape (C, H, W), classes, and the sizes of the prepared
+    splits (subsets applied). Built-ins, image folders and tensors files are known from the
+    config and the files (folder listings, array headers and labels); a torchvision class is
+    known once it was fetched (from its manifest), until then its unknown fields are None and
+    `deferred` says why. DataError, one line naming the key or file, for an entry or file that
+    cannot work (an unknown torchvision class, a missing folder, an array missing, labels out of
+    range, ...).
+    """
+    from .studies import DataInfo
+
+    spec = spec or {}
+    if source_of(name, spec) == "builtin":
+        src = DATASETS[name]
+        found = {"shape": src.shape, "classes": src.classes, "n_train": src.n_train, "n_test": src.n_test}
+    else:
+        from . import sources
+
+        found = sources.inspect(name, raw_spec(spec), raw_dir)
+
+    def kept(subset: int | None, n: int | None) -> int | None:
+        return None if n is None else n if subset is None else min(subset, n)
+
+    return DataInfo(
+        shape=tuple(found["shape"]) if found.get("shape") is not None else None,
+        classes=tuple(found["classes"]) if found.get("classes") is not None else None,
+        n_test=kept(spec.get("test_subset"), found.get("n_test")),
+        n_train=kept(spec.get("train_subset"), found.get("n_train")),
+        deferred=found.get("deferred"),
+    )
+
+
+def _read_manifest(name: str, spec: dict, raw_dir: Path) -> dict:
+    """raw_dir/manifest.json, written by `fetch` for this dataset and this very entry."""
+    path = Path(raw_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{name}: {path}: not fetched or unreadable ({_one_line(err)})") from None
+    if manifest.get("dataset") != name or manifest.get("spec") != raw_spec(spec):
+        raise DataError(f"{name}: {path} was fetched for another config entry; fetch it again (the download rule)")
+    return manifest
+
+
 def prepare(
     name: str,
     raw_dir: Path,
@@ -742,43 +851,68 @@ def prepare(
     test_subset: int | None = None,
     seed: int = 0,
     source: DatasetSource | None = None,
+    spec: dict | None = None,
+    memory_mb: float | None = None,
 ) -> dict:
-    """Verify, parse and subset a dataset into tensors ready for training.
+    """Verify, read and subset a dataset into tensors ready for training.
 
-    In: dataset name; folder with its raw files; output folder (created);
-    subset sizes (None: whole split); seed for the stratified subsets.
+    In: dataset name; folder with its raw files and manifest (from `fetch`); output folder
+    (created); subset sizes (None: whole split); seed for the stratified subsets; `spec`, the
+    dataset's config entry (None or no `source`: the built-in `name`); `memory_mb`, the most the
+    larger split may take as float32 tensors (None: no limit; DataError, before any image is
+    converted, when over).
     Out files: out_dir/train.npz and test.npz, each {'images': uint8 N,C,H,W,
     'labels': int64 N, 'indices': int64 N into the original split}, and
     out_dir/meta.json, written last as the completion marker.
     Returns meta: {dataset, classes, num_classes, shape [C,H,W], mean, std
     (per channel over the train subset, 0..1 units), n_train, n_test,
-    subset_seed, source, checksums {file: md5}}.
+    subset_seed, source, checksums}: for built-ins `source` maps each file to where it came from
+    and `checksums` each file to its md5; for the other sources `source` describes the source
+    (its type and where it was read) and `checksums` are the manifest's (sha256 per file, or of
+    an image folder's listing).
     """
-    src = _source(name, source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Remove the completion marker first so a crash below cannot leave old meta with new tensors.
     (out_dir / "meta.json").unlink(missing_ok=True)
 
-    checksums = _verify_all(src, raw_dir)
-    (train_images, train_labels), (test_images, test_labels), classes = _read(src, raw_dir)
-    train_idx = stratified_subset(train_labels, train_subset, seed)
-    test_idx = stratified_subset(test_labels, test_subset, seed)
-    _save_split(out_dir / "train.npz", train_images, train_labels, train_idx)
-    _save_split(out_dir / "test.npz", test_images, test_labels, test_idx)
+    with tempfile.TemporaryDirectory(prefix=".layout-", dir=out_dir) as work:
+        if source_of(name, spec) == "builtin":
+            src = _source(name, source)
+            checksums = _verify_all(src, raw_dir)
+            (train_x, train_y), (test_x, test_y), classes = _read(src, raw_dir, Path(work))
+            train = RawSplit(train_y, lambda idx: train_x[idx], tuple(train_x.shape[1:]))
+            test = RawSplit(test_y, lambda idx: test_x[idx], tuple(test_x.shape[1:]))
+            dataset, origin = src.name, _manifest_sources(raw_dir)
+        else:
+            from . import sources
 
-    mean, std = _channel_stats(train_images[train_idx])
+            manifest = _read_manifest(name, spec, raw_dir)
+            train, test, classes = sources.read(name, raw_spec(spec), manifest)
+            dataset, origin, checksums = name, sources.origin(manifest), sources.checksums(manifest)
+        if train.shape != test.shape:
+            raise DataError(f"{name}: train images are {train.shape}, test images {test.shape}: they must match")
+        train_idx = stratified_subset(train.labels, train_subset, seed)
+        test_idx = stratified_subset(test.labels, test_subset, seed)
+        problem = too_large(name, train.shape, train_idx.numel(), test_idx.numel(), memory_mb)
+        if problem:
+            raise DataError(problem)
+        train_images = train.images(train_idx)
+        _save_split(out_dir / "train.npz", train_images, train.labels[train_idx], train_idx)
+        _save_split(out_dir / "test.npz", test.images(test_idx), test.labels[test_idx], test_idx)
+
+    mean, std = _channel_stats(train_images)
     meta = {
-        "dataset": src.name,
+        "dataset": dataset,
         "classes": list(classes),
         "num_classes": len(classes),
-        "shape": list(train_images.shape[1:]),
+        "shape": list(train.shape),
         "mean": mean,
         "std": std,
         "n_train": int(train_idx.numel()),
         "n_test": int(test_idx.numel()),
         "subset_seed": seed,
-        "source": _manifest_sources(raw_dir),
+        "source": origin,
         "checksums": checksums,
     }
     write_json(meta, out_dir / "meta.json")

@@ -76,16 +76,37 @@ def _ids(job: dict, seed: int) -> dict:
 # --- data ------------------------------------------------------------------------------------------
 
 
-def fetch(dataset: str, out: str, mirrors: list[str], download: bool) -> None:
+def fetch(job: dict, out: str) -> None:
+    """The raw data of one dataset into the folder `out`, described by out/manifest.json. `job`:
+    {dataset, spec (its config entry without subsets; none: a built-in), mirrors, download}."""
     from .data import fetch as fetch_files
 
-    fetch_files(dataset, Path(out), mirrors, download=download)
+    fetch_files(job["dataset"], Path(out), job.get("mirrors", []), download=job.get("download", True), spec=job.get("spec"))
 
 
-def prepare(dataset: str, raw: str, out: str, train_subset: int | None, test_subset: int | None, seed: int) -> None:
+def prepare(job: dict, raw: str, out: str) -> None:
+    """The raw data of one dataset (the folder `raw`, from `fetch`) -> train.npz, test.npz and
+    meta.json in `out`. `job`: {dataset, spec (its config entry, with its subsets), memory_mb}."""
     from .data import prepare as prepare_splits
 
-    prepare_splits(dataset, Path(raw), Path(out), train_subset=train_subset, test_subset=test_subset, seed=seed)
+    spec = job.get("spec") or {}
+    prepare_splits(job["dataset"], Path(raw), Path(out), train_subset=spec.get("train_subset"), test_subset=spec.get("test_subset"),
+                   seed=spec.get("subset_seed", 0), spec=spec, memory_mb=job.get("memory_mb"))
+
+
+def _check_study(job: dict, kind, spec, network, info: dict) -> None:
+    """The study's own check, against the trained network and the prepared data: the config check
+    did it before any job unless the dataset could not be known then (a torchvision class not yet
+    fetched); it is cheap, so every study job does it again."""
+    from .errors import ConfigError
+    from .studies import DataInfo, Target
+
+    data = DataInfo(tuple(info["shape"]), tuple(info["classes"]), info["n_test"], info["n_train"])
+    train = dict(job.get("train", {})) | {"checkpoints": job.get("epochs", [])}
+    try:
+        kind.check(spec, Target(job["study"]["model"], network, train, data))
+    except ConfigError as e:
+        raise ConfigError(f"interventions.{job['name']}.{e}") from None
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -104,8 +125,15 @@ def train(job: dict, seed: int, train: str, test: str, meta: str, out: str, thre
     train_split, test_split = load_split(train, info, "cpu"), load_split(test, info, "cpu")
     torch.manual_seed(seed)  # the initial weights are a function of the seed alone
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
-    network = build_model(job["arch"], tuple(info["shape"]), info["num_classes"])
     out = Path(out)
+    try:  # checked before any job, unless the dataset was not known then
+        network = build_model(job["arch"], tuple(info["shape"]), info["num_classes"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        from .errors import ConfigError
+
+        shape = "x".join(map(str, info["shape"]))
+        raise ConfigError(f"models.{out.parent.name}.arch: {str(e).splitlines()[0]} (on {info['dataset']}: {shape} images, "
+                          f"{info['num_classes']} classes)") from None
     return fit(network, train_split.images, train_split.labels, test_split.images, test_split.labels,
                TrainConfig.from_dict(job["train"]), out, seed=seed, device=device, epochs_dir=out / "epochs")
 
@@ -164,6 +192,7 @@ def intervene(job: dict, seed: int, final: str, test: str, meta: str, out: str, 
     kind, spec = _study(job)
     context = _context(job, seed, final, device, init, epochs, unit_stats)
     info = read_meta(meta)
+    _check_study(job, kind, spec, context.trained, info)
     split = load_split(test, info, device)
     conditions = kind.conditions(spec, context)
     outputs = evaluate_conditions(conditions, context, split.images, split.labels, budget_mb=job["budget_mb"], device=device, apply=kind.apply)
@@ -179,6 +208,7 @@ def probe(job: dict, seed: int, final: str, test: str, meta: str, out: str, arra
     kind, spec = _study(job)
     context = _context(job, seed, final, device)
     info = read_meta(meta)
+    _check_study(job, kind, spec, context.trained, info)
     table, values = kind.compute(spec, context, load_split(test, info, device), info, job["budget_mb"])
     ids = _ids(job, seed)
     write_arrays(values, arrays, ids=ids)
@@ -201,13 +231,14 @@ def retrain(job: dict, seed: int, condition: str, final: str, train: str, test: 
     device = _start(job, threads)
     kind, spec = _study(job)
     context = _context(job, seed, final, device, unit_stats=unit_stats)
+    info = read_meta(meta)
+    _check_study(job, kind, spec, context.trained, info)
     by_slug = {c.slug: c for c in kind.conditions(spec, context)}
     if condition not in by_slug:
         raise ValueError(f"{job['name']}: no condition {condition!r} (have {', '.join(by_slug)})")
     chosen = by_slug[condition]
     torch.manual_seed(seed)  # dropout draws, as in the baseline's training
     network = kind.apply(chosen, context)
-    info = read_meta(meta)
     train_split, test_split = load_split(train, info, "cpu"), load_split(test, info, "cpu")
     out = Path(out)
     metrics = fit(network, train_split.images, train_split.labels, test_split.images, test_split.labels,
@@ -379,9 +410,13 @@ def summary(config: str, model: str) -> None:
     from .config import data_info, load, model_config
     from .models import build_model, summary as table
 
+    from .errors import ConfigError
+
     settings = load(config)
     entry = model_config(settings, model)
     info = data_info(settings, entry["dataset"])
+    if not info.complete:
+        raise ConfigError(f"{info.deferred}: fetch it first (snakemake results/raw/{entry['dataset']}/manifest.json)")
     print(f'Model: "{model}" on {entry["dataset"]}, input {tuple(info.shape)}')
     print(table(build_model(entry["arch"], info.shape, len(info.classes)), info.shape))
 
@@ -394,19 +429,28 @@ def check_config(config: str) -> None:
 
 
 def check_data(config: str) -> None:
-    """Exit 0 when every dataset of the config is in a mirror or downloadable, 3 otherwise."""
+    """Exit 0 when every dataset of the config is in a mirror, downloadable or (for folders and
+    tensors files) present, 3 otherwise."""
     import sys
 
     from .config import load
-    from .data import locate, reachable
+    from .data import locate, raw_spec, reachable, source_of
+    from .sources import available
 
     settings = load(config)
+    data = settings["data"]
     missing = []
-    for name in settings["datasets"]:
-        found = locate(name, settings["data"]["mirrors"])
+    for name, spec in settings["datasets"].items():
+        if source_of(name, spec) != "builtin":
+            ok, how = available(name, raw_spec(spec), data["mirrors"], data["download"])
+            print(f"{name}: {how}")
+            if not ok:
+                missing.append(name)
+            continue
+        found = locate(name, data["mirrors"])
         if found:
             print(f"{name}: in mirror {next(iter(found.values())).parent}")
-        elif settings["data"]["download"] and reachable(name):
+        elif data["download"] and reachable(name):
             print(f"{name}: downloadable")
         else:
             print(f"{name}: in no mirror and not downloadable")

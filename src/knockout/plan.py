@@ -9,6 +9,7 @@ Paths are relative to the working directory, under `results/`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -22,6 +23,7 @@ PER_SEED = {
 }
 MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # + the epochs/ folder
 RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # one retrained condition
+SUBSET_KEYS = ("train_subset", "test_subset", "subset_seed")  # knockout.data.SUBSET_KEYS, without torch
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,25 @@ class Plan:
         return [n for n, s in self.studies.items() if s.aggregate]
 
     # --- data and models --------------------------------------------------------------------------
+
+    def fetch_job(self, dataset: str) -> dict:
+        """The settings a `download` job gets: the dataset's entry without its subsets (a new
+        subset re-prepares the data, it does not fetch it again), the mirrors, whether to download."""
+        entry = {k: v for k, v in self.config["datasets"][dataset].items() if k not in SUBSET_KEYS}
+        data = self.config["data"]
+        return {"dataset": dataset, "spec": entry, "mirrors": data["mirrors"], "download": data["download"]}
+
+    def prepare_job(self, dataset: str) -> dict:
+        """The settings a `prepare` job gets: the dataset's entry (its subsets too) and the memory
+        its larger split may take as float32 tensors."""
+        return {"dataset": dataset, "spec": self.config["datasets"][dataset], "memory_mb": self.config["data"]["memory_mb"]}
+
+    def raw_inputs(self, dataset: str) -> dict[str, str]:
+        """The user's files a `download` job reads that the workflow watches: a tensors file (an
+        edit refetches it). Image folders are not (their files are many): after editing one, run
+        `snakemake --forcerun download`; a prepare job that runs on a stale listing stops."""
+        entry = self.config["datasets"][dataset]
+        return {"tensors": os.path.expanduser(entry["path"])} if entry.get("source") == "tensors" else {}
 
     def dataset_of(self, model: str) -> str:
         return self.config["models"][model]["dataset"]

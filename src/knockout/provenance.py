@@ -50,7 +50,9 @@ def record(config: dict, manifests: list[Path], repo: Path) -> dict:
     data = {}
     for path in map(Path, manifests):
         manifest = json.loads(path.read_text())
-        data[manifest["dataset"]] = manifest["files"]
+        # An image folder's manifest lists every image: its digest stands for the listing here.
+        listing = {"files": len(manifest["files"]), "listing_sha256": manifest["listing_sha256"]} if "listing_sha256" in manifest else None
+        data[manifest["dataset"]] = listing or manifest["files"]
     return {
         "config": config,
         "packages": package_versions(),

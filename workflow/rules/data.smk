@@ -1,7 +1,11 @@
-# Data: verified raw files (mirror first, then the official sources), then tensors once.
+# Data: the raw data made available and verified (a mirror first, then the official sources), then
+# tensors once. A dataset is a built-in or any `source` (knockout.sources): a torchvision class,
+# an image folder, a tensors file; the library decides, the rules only pass the entry on.
 
 
 rule download:
+    input:
+        unpack(lambda w: PLAN.raw_inputs(w.dataset)),
     output:
         "results/raw/{dataset}/manifest.json",
     log:
@@ -10,10 +14,9 @@ rule download:
         "../../envs/torch.yaml"
     params:
         out=subpath(output[0], parent=True),
-        mirrors=lambda w: shlex.join(f"--mirror={m}" for m in config["data"]["mirrors"]),
-        download="" if config["data"]["download"] else "--no-download",
+        job=lambda w: as_json(PLAN.fetch_job(w.dataset)),
     shell:
-        "knockout fetch --dataset {wildcards.dataset:q} --out {params.out:q} {params.mirrors} {params.download} > {log:q} 2>&1"
+        "knockout fetch --job {params.job:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -28,9 +31,6 @@ rule prepare:
     params:
         raw=subpath(input[0], parent=True),
         out=subpath(output[0], parent=True),
-        train_subset=lambda w: config["datasets"][w.dataset]["train_subset"] or "",
-        test_subset=lambda w: config["datasets"][w.dataset]["test_subset"] or "",
-        seed=lambda w: config["datasets"][w.dataset]["subset_seed"],
+        job=lambda w: as_json(PLAN.prepare_job(w.dataset)),
     shell:
-        "knockout prepare --dataset {wildcards.dataset:q} --raw {params.raw:q} --out {params.out:q}"
-        " --train-subset={params.train_subset:q} --test-subset={params.test_subset:q} --seed {params.seed} > {log:q} 2>&1"
+        "knockout prepare --job {params.job:q} --raw {params.raw:q} --out {params.out:q} > {log:q} 2>&1"
