@@ -77,7 +77,7 @@ def user_file(tmp_path_factory):
 def architectures(user_file):
     """name -> (arch, input shape, [layers to silence]) of networks with different graph shapes."""
     return {
-        "resnet": ({"type": "torchvision", "name": "resnet18", "small_input": True}, (3, 16, 16), ["layer2.0.conv1", "layer3.1.conv2"]),
+        "resnet": ({"type": "torchvision", "name": "resnet18", "small_input": True}, (3, 8, 8), ["layer2.0.conv1", "layer3.1.conv2"]),
         "vgg_bn": ({"type": "module", "target": f"{__name__}:TinyVGG"}, (3, 16, 16), ["features.4", "classifier.1"]),
         "mobilenet_se": ({"type": "torchvision", "name": "mobilenet_v3_small"}, (3, 32, 32), ["features.2.block.0.0", "features.4.block.2.fc1"]),
         "densenet_cat": ({"type": "module", "target": "torchvision.models.densenet:DenseNet",

@@ -202,10 +202,26 @@ def test_a_dropped_seed_leaves_the_tables_notebooks_and_figures(tiny):
             assert figure.stat().st_mtime > changed, figure  # redrawn from the two seeds
 
 
-@needs_fashion
+def image_folder(root: Path) -> None:
+    """A folder of PNGs of several sizes, one subfolder per class (the dominant colour)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 10)):
+        for k, colour in enumerate(["red", "green", "blue"]):
+            folder = root / split / colour
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 120, (*rng.integers(12, 40, 2), 3))
+                pixels[..., k] += 120
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
 @pytest.mark.slow
-def test_the_readme_example_type_runs_from_its_module_and_schema_entry(tmp_path):
-    """A checkout with the README's `shuffle_bias` module and schema entry added, nothing else."""
+def test_the_readme_example_type_runs_on_an_image_folder(tmp_path):
+    """A checkout with the README's `shuffle_bias` module and schema entry added, nothing else,
+    run on a dataset of your own: a folder of PNGs of several sizes resized to 16x16."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     for part in ["Snakefile", "workflow", "src", "notebooks", "envs", "profiles"]:
@@ -218,15 +234,20 @@ def test_the_readme_example_type_runs_from_its_module_and_schema_entry(tmp_path)
     schema.write_text(schema.read_text() + entry)
 
     workdir = tmp_path / "work"
-    workdir.mkdir()
-    config = {k: TINY[k] for k in ("device", "threads", "data", "datasets")} | {
+    image_folder(workdir / "shapes")
+    config = {k: TINY[k] for k in ("device", "threads", "data")} | {
         "seeds": [0, 1],
-        "models": {"cnn": TINY["models"]["cnn"]},
+        "datasets": {"shapes": {"source": "image_folder", "train": "shapes/train", "test": "shapes/test", "size": 16}},
+        "models": {"cnn": {"dataset": "shapes", "arch": {"type": "cnn", "conv": [8, 16], "dense": [16]},
+                           "train": {"epochs": 3, "optimizer": "adam", "lr": 0.01, "batch_size": 16}}},
         "interventions": {"shuffled": {"type": "shuffle_bias", "model": "cnn", "layers": ["conv2", "fc1"]}},
     }
     write_config(workdir, config)
     run = snakemake(workdir, snakefile=checkout / "Snakefile")
     assert run.returncode == 0, run.stderr[-4000:]
+    meta = json.loads((workdir / "results/data/shapes/meta.json").read_text())
+    assert meta["classes"] == ["blue", "green", "red"] and meta["shape"] == [3, 16, 16] and (meta["n_train"], meta["n_test"]) == (90, 30)
+    assert json.loads((workdir / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.6
     table = pd.read_csv(workdir / "results/tables/shuffled.csv").query("level == 'condition'").set_index("condition")
     assert set(table.index) == {"baseline", "shuffle_bias:conv2", "shuffle_bias:fc1"} and (table["n_seeds"] == 2).all()
     assert (table.loc["shuffle_bias:conv2", "mean"] != table.loc["baseline", "mean"])
@@ -251,43 +272,6 @@ def test_the_own_model_example_runs_end_to_end(tmp_path):
     assert {"reinit:block2.side", "rerandomize:head"} <= set(layers["condition"])
     for analysis in ["baselines", "mynet_sweep", "mynet_layers"]:
         assert any((tmp_path / f"results/figures/{analysis}").glob("*.png")), analysis
-
-
-@needs_fashion
-@pytest.mark.slow
-def test_an_image_folder_dataset_is_trained_and_studied_beside_fashion_mnist(tmp_path):
-    """A folder of PNGs of several sizes (one subfolder per class) as `source: image_folder`,
-    resized to 16x16, next to the default study's Fashion-MNIST: prepared, trained, studied."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 30), ("test", 10)):
-        for k, colour in enumerate(["red", "green", "blue"]):
-            folder = tmp_path / "shapes" / split / colour
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 120, (*rng.integers(12, 40, 2), 3))
-                pixels[..., k] += 120  # the class is the dominant channel
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
-    config = {k: TINY[k] for k in ("device", "threads", "data")} | {
-        "seeds": [0],
-        "datasets": {"fashion_mnist": {"train_subset": 300, "test_subset": 100},
-                     "shapes": {"source": "image_folder", "train": "shapes/train", "test": "shapes/test", "size": 16}},
-        "models": {"mlp": {"dataset": "fashion_mnist", "arch": {"type": "mlp", "widths": [16]}, "train": {"epochs": 1, "lr": 0.1}},
-                   "cnn": {"dataset": "shapes", "arch": {"type": "cnn", "conv": [8, 16], "dense": [16]},
-                           "train": {"epochs": 3, "optimizer": "adam", "lr": 0.01, "batch_size": 16}}},
-        "interventions": {"filters": {"type": "filter_ablation", "model": "cnn", "layers": ["conv2"], "sets": {"each": {"select": "each"}}}},
-    }
-    write_config(tmp_path, config)
-    run = snakemake(tmp_path)
-    assert run.returncode == 0, run.stderr[-4000:]
-    meta = json.loads((tmp_path / "results/data/shapes/meta.json").read_text())
-    assert meta["classes"] == ["blue", "green", "red"] and meta["shape"] == [3, 16, 16] and (meta["n_train"], meta["n_test"]) == (90, 30)
-    assert json.loads((tmp_path / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.6
-    assert len(pd.read_csv(tmp_path / "results/interventions/filters/cnn/seed0.csv")) == 1 + 16
-    assert (tmp_path / "results/notebooks/filters.ipynb").exists()
-    assert json.loads((tmp_path / "results/data/fashion_mnist/meta.json").read_text())["n_train"] == 300
 
 
 @pytest.mark.parametrize("path", [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "examples/own_model/config.yaml"], ids=lambda p: p.name)
