@@ -213,8 +213,8 @@ def image_folder(root: Path) -> None:
             folder = root / split / colour
             folder.mkdir(parents=True)
             for i in range(n):
-                pixels = rng.integers(0, 120, (*rng.integers(12, 40, 2), 3))
-                pixels[..., k] += 120
+                pixels = rng.integers(0, 200, (*rng.integers(12, 40, 2), 3))
+                pixels[..., k] += 40  # the class: a tint, under noise
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
 
 
@@ -239,7 +239,7 @@ def test_the_readme_example_type_runs_on_an_image_folder(tmp_path):
         "seeds": [0, 1],
         "datasets": {"shapes": {"source": "image_folder", "train": "shapes/train", "test": "shapes/test", "size": 16}},
         "models": {"cnn": {"dataset": "shapes", "arch": {"type": "cnn", "conv": [8, 16], "dense": [16]},
-                           "train": {"epochs": 3, "optimizer": "adam", "lr": 0.01, "batch_size": 16}}},
+                           "train": {"epochs": 2, "optimizer": "adam", "lr": 0.003, "batch_size": 16}}},
         "interventions": {"shuffled": {"type": "shuffle_bias", "model": "cnn", "layers": ["conv2", "fc1"]}},
     }
     write_config(workdir, config)
@@ -247,7 +247,7 @@ def test_the_readme_example_type_runs_on_an_image_folder(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     meta = json.loads((workdir / "results/data/shapes/meta.json").read_text())
     assert meta["classes"] == ["blue", "green", "red"] and meta["shape"] == [3, 16, 16] and (meta["n_train"], meta["n_test"]) == (90, 30)
-    assert json.loads((workdir / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.6
+    assert json.loads((workdir / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.5  # chance: 1/3
     table = pd.read_csv(workdir / "results/tables/shuffled.csv").query("level == 'condition'").set_index("condition")
     assert set(table.index) == {"baseline", "shuffle_bias:conv2", "shuffle_bias:fc1"} and (table["n_seeds"] == 2).all()
     assert table.loc["shuffle_bias:conv2", "loss_mean"] != table.loc["baseline", "loss_mean"]  # the biases moved
