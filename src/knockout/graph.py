@@ -283,6 +283,46 @@ class Graph:
             node = user
         return node
 
+    def delta_consumer(self, layer: str) -> tuple[fx.Node, fx.Node, str] | None:
+        """(mask node M, consumer N, kind) when the only reader of `layer`'s mask node is a
+        linear operation N: then silencing units U only subtracts N's response to M's channels
+        U from N's intact output (one input channel's worth of work per unit, instead of all of
+        them). kind: `conv` (a Conv2d, groups 1, zero padding), `linear` (a Linear on the unit
+        dim), `flatten_linear` (a Linear after flattening a conv map). None otherwise."""
+        try:
+            node = self.mask_node(layer)
+        except ValueError:
+            return None
+        if len(node.users) != 1:
+            return None
+        user = next(iter(node.users))
+        if user.op != "call_module" or not user.args or user.args[0] is not node or len(user.all_input_nodes) != 1:
+            if self._flattens(user, node) and len(user.users) == 1:
+                linear = next(iter(user.users))
+                if linear.op == "call_module" and isinstance(self.module.get_submodule(linear.target), nn.Linear) and linear.args[0] is user:
+                    return node, linear, "flatten_linear"
+            return None
+        module = self.module.get_submodule(user.target)
+        unit = self.units[layer]
+        if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and unit.kind == "conv":
+            return node, user, "conv"
+        if isinstance(module, nn.Linear) and unit.kind == "linear":
+            return node, user, "linear"
+        if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1 and len(user.users) == 1:
+            linear = next(iter(user.users))
+            if linear.op == "call_module" and isinstance(self.module.get_submodule(linear.target), nn.Linear) and linear.args[0] is user:
+                return node, linear, "flatten_linear"
+        return None
+
+    def _flattens(self, node: fx.Node, source: fx.Node) -> bool:
+        """torch.flatten(x, 1) or x.flatten(1): the map of each example as one vector."""
+        if not node.args or node.args[0] is not source:
+            return False
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        is_flatten = (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method" and node.target == "flatten")
+        return is_flatten and start == 1 and end == -1
+
     def response_node(self, layer: str) -> fx.Node:
         """The node whose value is `layer`'s response: the activation that alone reads its
         silence point, else the silence point itself."""
