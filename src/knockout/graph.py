@@ -171,6 +171,33 @@ def _inside_attention(model: nn.Module, name: str) -> bool:
 
 
 @dataclass
+class Spread:
+    """How silencing units of one layer changes the network (`Graph.spread`).
+
+    source: its silence point; confined: the nodes whose change stays in the units' channels,
+    each (op, unit dim, channel offset, width: features per unit after flattening, else 1);
+    linear: the linear operations the change first reaches, each (kind, channels it reads);
+    changed: the nodes that change everywhere, in order (ending with the output), run by
+    `suffix` from `inputs`: linear, confined and unchanged nodes' values."""
+
+    layer: str
+    source: fx.Node
+    dim: int
+    confined: dict
+    linear: dict
+    changed: list
+    run: tuple  # (inputs, suffix)
+
+    @property
+    def inputs(self) -> list[fx.Node]:
+        return self.run[0]
+
+    @property
+    def suffix(self) -> fx.GraphModule:
+        return self.run[1]
+
+
+@dataclass
 class Cut:
     """The network split before node `index`: `live` are the nodes computed before it and read
     after it (the block input and the main path, inside a residual block); `suffix` computes the
@@ -193,6 +220,7 @@ class Graph:
     norms: dict[str, str] = field(default_factory=dict)  # untraced: layer -> the norm reading it
     example: torch.Tensor | None = field(default=None, repr=False)  # one input, for probing
     _cuts: dict = field(default_factory=dict, repr=False)
+    _spreads: dict = field(default_factory=dict, repr=False)
 
     @property
     def traced(self) -> bool:
@@ -283,41 +311,13 @@ class Graph:
             node = user
         return node
 
-    def delta_consumer(self, layer: str) -> tuple[fx.Node, fx.Node, str] | None:
-        """(mask node M, consumer N, kind) when the only reader of `layer`'s mask node is a
-        linear operation N: then silencing units U only subtracts N's response to M's channels
-        U from N's intact output (one input channel's worth of work per unit, instead of all of
-        them). kind: `conv` (a Conv2d, groups 1, zero padding), `linear` (a Linear on the unit
-        dim), `flatten_linear` (a Linear after flattening a conv map). None otherwise."""
-        try:
-            node = self.mask_node(layer)
-        except ValueError:
-            return None
-        if len(node.users) != 1:
-            return None
-        user = next(iter(node.users))
-        if user.op != "call_module" or not user.args or user.args[0] is not node or len(user.all_input_nodes) != 1:
-            if self._flattens(user, node) and len(user.users) == 1:
-                linear = next(iter(user.users))
-                if linear.op == "call_module" and isinstance(self.module.get_submodule(linear.target), nn.Linear) and linear.args[0] is user:
-                    return node, linear, "flatten_linear"
-            return None
-        module = self.module.get_submodule(user.target)
-        unit = self.units[layer]
-        if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and unit.kind == "conv":
-            return node, user, "conv"
-        if isinstance(module, nn.Linear) and unit.kind == "linear":
-            return node, user, "linear"
-        if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1 and len(user.users) == 1:
-            linear = next(iter(user.users))
-            if linear.op == "call_module" and isinstance(self.module.get_submodule(linear.target), nn.Linear) and linear.args[0] is user:
-                return node, linear, "flatten_linear"
-        return None
-
     def _flattens(self, node: fx.Node, source: fx.Node) -> bool:
         """torch.flatten(x, 1) or x.flatten(1): the map of each example as one vector."""
         if not node.args or node.args[0] is not source:
             return False
+        if node.op == "call_module":
+            module = self.module.get_submodule(node.target)
+            return isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
         is_flatten = (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method" and node.target == "flatten")
@@ -417,6 +417,176 @@ class Graph:
         graph.output(tuple(env[n] for n in nodes))
         return fx.GraphModule(self.module, graph)
 
+    # --- arithmetic: multiply-adds per example -----------------------------------------------------
+
+    def macs(self, node: fx.Node) -> int:
+        """Multiply-adds of one example through `node`: a conv or linear module's (output
+        elements x inputs per output), 0 for anything else."""
+        if node.op != "call_module":
+            return 0
+        module = self.module.get_submodule(node.target)
+        outputs = self._info.get(node, (0, 0, 0, 0, ()))[3]
+        if isinstance(module, CONVS):
+            return outputs * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        if isinstance(module, nn.Linear):
+            return outputs * module.in_features
+        return 0
+
+    def descendants(self, node: fx.Node) -> set[fx.Node]:
+        out, todo = set(), list(node.users)
+        while todo:
+            n = todo.pop()
+            if n not in out:
+                out.add(n)
+                todo += list(n.users)
+        return out
+
+    def unit_bound(self, layer: str) -> tuple[int, int]:
+        """(full, unavoidable): the multiply-adds of one example's forward, and those a
+        condition silencing one unit of `layer` cannot avoid (see `spread`): one input
+        channel's share of each linear operation the change first reaches, and all of what
+        depends on those operations."""
+        full = sum(self.macs(n) for n in self.nodes)
+        spread = self.spread(layer)
+        if spread is None:
+            return full, sum(self.macs(n) for n in self.descendants(self.mask_node(layer)))
+        unavoidable = sum(self.macs(n) for n in spread.changed)
+        for node in spread.linear:
+            unavoidable += self.macs(node) // max(1, spread.linear[node][1])
+        return full, unavoidable
+
+    def spread(self, layer: str) -> Spread | None:
+        """How silencing units of `layer` spreads through the network (cached): from its silence
+        point, whose units become 0, through per-channel operations that keep the change in
+        those units' channels (normalisation, activations, pooling, dropout, adds and products
+        with unchanged tensors, concatenation, flattening), to the linear operations it first
+        reaches (convolutions, linear layers), whose outputs change everywhere, as does all that
+        depends on them. None when the layer's silence point is called more than once."""
+        if layer not in self._spreads:
+            self._spreads[layer] = self._spread(layer)
+        return self._spreads[layer]
+
+    def _spread(self, layer: str) -> Spread | None:
+        points = self.module_nodes(self.silence_point(layer))
+        if len(points) != 1:
+            return None
+        source = points[0]
+        dim = 1 if self.units[layer].kind == "conv" else -1
+        confined: dict[fx.Node, tuple] = {source: ("source", dim, 0, 1)}  # node -> (op, dim, offset, per-unit width)
+        linear: dict[fx.Node, tuple] = {}  # node -> (kind, channels it reads: the share one unit costs)
+        changed: list[fx.Node] = []
+        for node in self.nodes[self.position[source] + 1 :]:
+            inputs = node.all_input_nodes
+            if any(n in linear or n in changed for n in inputs):
+                changed.append(node)
+                continue
+            read = [n for n in inputs if n in confined]
+            if not read:
+                continue
+            entry = self._confinable(node, read[0], confined) if len(read) == 1 else None
+            reader = self._linear_reader(node, read[0], confined) if len(read) == 1 and entry is None else None
+            if entry is not None:
+                confined[node] = entry
+            elif reader is not None:
+                linear[node] = reader
+            else:
+                changed.append(node)
+        if not linear and not changed:
+            return None
+        return Spread(layer, source, dim, confined, linear, changed, self._spread_suffix(changed))
+
+    def _confinable(self, node: fx.Node, source: fx.Node, confined: dict):
+        """(op, dim, offset, width) when `node` keeps a change of `source`'s units in their
+        channels (reading them once, as its first argument or an operand), else None."""
+        _, dim, offset, width = confined[source]
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        if node.op == "call_module":
+            module = self.module.get_submodule(node.target)
+            if not node.args or node.args[0] is not source or len(node.all_input_nodes) != 1:
+                return None
+            if isinstance(module, nn.Flatten) and dim == 1 and module.start_dim == 1 and module.end_dim == -1:
+                return ("flatten", 1, offset, None)
+            if isinstance(module, NORMS) and dim == 1 and width == 1:
+                return ("norm", dim, offset, width)
+            if isinstance(module, (ELEMENTWISE, ZERO_PRESERVING_MODULES)) and width == 1:
+                return ("module", dim, offset, width)
+            return None
+        if node.op == "call_function" and node.target is torch.cat and width == 1:
+            tensors, cat_dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if cat_dim not in (dim, dim % 4 if dim < 0 else dim) or cat_dim != 1 or [t is source for t in tensors].count(True) != 1:
+                return None
+            before = tensors[: [t is source for t in tensors].index(True)]
+            shift = sum(self._info[t][4][0] for t in before)
+            return ("cat", dim, offset + shift, width)
+        if self._flattens(node, source) and dim == 1:
+            return ("flatten", 1, offset, None)
+        functions = (ELEMENTWISE_FUNCTIONS | ZERO_PRESERVING_FUNCTIONS) - {torch.cat}
+        if (node.op == "call_function" and node.target in functions) or (node.op == "call_method" and node.target in ELEMENTWISE_METHODS):
+            if width == 1 and args.count(source) == 1 and all(a is source or a not in confined for a in args):
+                return ("function", dim, offset, width)
+        return None
+
+    def _linear_reader(self, node: fx.Node, source: fx.Node, confined: dict):
+        """(kind, channels) when `node` is a linear operation reading `source` alone."""
+        if node.op != "call_module" or not node.args or node.args[0] is not source or len(node.all_input_nodes) != 1:
+            return None
+        module = self.module.get_submodule(node.target)
+        op, dim, _, width = confined[source]
+        if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and dim == 1 and width == 1:
+            return ("conv", module.in_channels)
+        if isinstance(module, nn.Linear) and op == "flatten":
+            return ("flat", self._info[source][4][0] // max(1, self._flat_width(source)))
+        if isinstance(module, nn.Linear) and dim == -1:
+            return ("linear", module.in_features)
+        if isinstance(module, nn.Linear) and dim == 1 and len(self._info[source][4]) == 1:  # (B, F): a Linear's units
+            return ("linear", module.in_features)
+        return None
+
+    def _flat_width(self, node: fx.Node) -> int:
+        """Features per unit after flattening a (C, H, W) map: H x W."""
+        source = node.args[0]
+        shape = self._info[source][4]
+        return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+    def _spread_suffix(self, changed: list[fx.Node]) -> tuple[list[fx.Node], fx.GraphModule]:
+        """(inputs, module): the changed nodes as a module of their outside inputs (in order)."""
+        inside = set(changed)
+        inputs: dict[fx.Node, None] = {}
+        for node in changed:
+            for arg in node.all_input_nodes:
+                if arg not in inside:
+                    inputs[arg] = None
+        graph = fx.Graph()
+        env = {n: graph.placeholder(f"in_{n.name}") for n in inputs}
+        for node in changed:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+        if changed and changed[-1].op != "output":
+            graph.output(env[changed[-1]])
+        return list(inputs), fx.GraphModule(self.module, graph)
+
+    def _depthwise(self, node: fx.Node) -> bool:
+        module = self.module.get_submodule(node.target) if node.op == "call_module" else None
+        return isinstance(module, CONVS) and module.groups == module.in_channels == module.out_channels
+
+    def _channels_into(self, node: fx.Node) -> int:
+        """Units of the map a linear layer reads: the channels of a flattened conv map, else its
+        input features."""
+        source = node.args[0]
+        if isinstance(source, fx.Node) and source.args and isinstance(source.args[0], fx.Node) and self._flattens(source, source.args[0]):
+            shape = self._info.get(source.args[0], (0, 0, 0, 0, ()))[4]
+            if len(shape) >= 2:
+                return shape[0]
+        return self.module.get_submodule(node.target).in_features
+
+    def _per_channel(self, node: fx.Node) -> bool:
+        """An operation after which a change confined to some channels stays confined to them."""
+        if node.op == "call_module":
+            module = self.module.get_submodule(node.target)
+            return isinstance(module, (ELEMENTWISE, ZERO_PRESERVING_MODULES, nn.Flatten)) or self._depthwise(node)
+        if node.op == "call_function":
+            return node.target in ELEMENTWISE_FUNCTIONS or node.target in ZERO_PRESERVING_FUNCTIONS or node.target in (torch.flatten, torch.cat)
+        return node.op == "call_method" and node.target in (*ELEMENTWISE_METHODS, "flatten")
+
     def bytes_per_example(self, index: int) -> int:
         """Bytes one example needs running the suffix from `index`: its live tensors and the
         largest two node outputs after the cut (an op's input and output)."""
@@ -499,9 +669,10 @@ def _probe(graph: Graph) -> dict[fx.Node, tuple]:
         if _is_tensor(a) and _is_tensor(b) and a.dim() == b.dim():
             dims = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
             batch = dims[0] if len(dims) == 1 and b.shape[dims[0]] * 2 == a.shape[dims[0]] * 3 else None
-            info[node] = (True, batch, (b.numel() - a.numel()) * a.element_size())
+            shape = tuple(n for d, n in enumerate(b.shape) if d != batch)
+            info[node] = (True, batch, (b.numel() - a.numel()) * a.element_size(), b.numel() - a.numel(), shape)
         else:
-            info[node] = (False, None, 0)
+            info[node] = (False, None, 0, 0, ())
     return info
 
 

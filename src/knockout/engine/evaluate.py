@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch import fx
 from torch.nn import functional as F
 
 from ..graph import logits_of
@@ -75,7 +76,7 @@ class _Plan:
     masks: dict | None = None
     weights: dict | None = None
     rebuilt: bool = False  # apply() changed the architecture: the whole network runs
-    delta: tuple | None = None  # (mask node M, linear consumer N, kind, units): N's intact output minus its response to M's units
+    spread: tuple | None = None  # (layer, units): one layer's units silenced, evaluated along `Graph.spread`
 
 
 @torch.no_grad()
@@ -128,10 +129,8 @@ def _plan(condition, graph, base: nn.Module, context, apply) -> _Plan:
     silenced = dict(condition.silence)
     if graph.traced and not condition.replace and len(silenced) == 1:
         (layer, units), = silenced.items()
-        consumer = graph.delta_consumer(layer) if graph.units[layer].kind != "heads" else None
-        if consumer is not None:
-            node, linear, kind = consumer
-            return _Plan(condition, graph.position[linear] + 1, delta=(node, linear, kind, tuple(units)))
+        if graph.units[layer].kind != "heads" and graph.spread(layer) is not None:
+            return _Plan(condition, -1, spread=(layer, tuple(units)))
     if not condition.replace and all(graph.units[layer].kind != "heads" for layer in silenced):
         masks = _mask_nodes(graph, silenced)
         if masks is not None:
@@ -184,12 +183,16 @@ def _shared(plans, graph, base, context, apply, images, labels, budget, device, 
     """Traced: one pass per image chunk computes every cut's live tensors; each cut's conditions
     then run the suffix, masked (K per forward) or with their own weights."""
     cuts: dict[int, list[_Plan]] = {}
+    spreads: dict[str, list[_Plan]] = {}
     for plan in plans:
-        cuts.setdefault(plan.cut, []).append(plan)
-    sources = [plan.delta[0] for plan in plans if plan.delta is not None]  # the maps deltas are taken from
-    live_nodes = list(dict.fromkeys([*(node for index in sorted(cuts) for node in graph.cut(index).live), *sources]))
+        if plan.spread is not None:
+            spreads.setdefault(plan.spread[0], []).append(plan)
+        else:
+            cuts.setdefault(plan.cut, []).append(plan)
+    needed = [node for layer in spreads for node in _spread_needs(graph.spread(layer))]
+    live_nodes = list(dict.fromkeys([*(node for index in sorted(cuts) for node in graph.cut(index).live), *needed]))
     live_bytes = sum(graph._info[node][2] for node in live_nodes)
-    widest = max(graph.bytes_per_example(index) for index in cuts)
+    widest = max([graph.bytes_per_example(index) for index in cuts] + [_spread_bytes(graph, graph.spread(layer)) for layer in spreads])
     chunk = max(1, min(len(images), int(budget / 2 // max(1, live_bytes + widest))))
     prefix = graph.values(live_nodes)
     params = dict(base.named_parameters()) | dict(base.named_buffers())
@@ -207,12 +210,8 @@ def _shared(plans, graph, base, context, apply, images, labels, budget, device, 
             for i in range(0, len(masked), k_max):
                 batch = masked[i : i + k_max]
                 _store(preds, losses, batch, _masked_forward(batch, graph, cut, inputs, len(x)), y, start)
-            subtracted = [p for p in group if p.delta is not None]
-            for i in range(0, len(subtracted), k_max):
-                batch = subtracted[i : i + k_max]
-                _store(preds, losses, batch, _delta_forward(batch, graph, cut, inputs, live[batch[0].delta[0]]), y, start)
             for plan in group:
-                if plan.masks is not None or plan.delta is not None:
+                if plan.masks is not None:
                     continue
                 if plan.rebuilt:
                     logits = plan.weights["network"].to(device)(x)
@@ -220,6 +219,13 @@ def _shared(plans, graph, base, context, apply, images, labels, budget, device, 
                     own = suffix_params[index] | {k: v for k, v in plan.weights.items() if k in suffix_params[index]}
                     logits = torch.func.functional_call(cut.suffix, own, tuple(t.clone() for t in inputs))
                 _store(preds, losses, [plan], logits, y, start)
+        plain: dict = {}  # the confined maps in channels-first memory, where a channel is one block
+        for layer, group in spreads.items():
+            spread = graph.spread(layer)
+            k_max = max(1, int(budget / 2 // max(1, _spread_bytes(graph, spread) * len(x))))
+            for i in range(0, len(group), k_max):
+                batch = group[i : i + k_max]
+                _store(preds, losses, batch, _spread_forward(batch, graph, spread, live, plain), y, start)
 
 
 def _masked_forward(batch: list[_Plan], graph, cut, inputs: list[torch.Tensor], b: int) -> torch.Tensor:
@@ -254,24 +260,130 @@ def _fast_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
 
 
-def _delta_forward(batch: list[_Plan], graph, cut, inputs: list[torch.Tensor], source: torch.Tensor) -> torch.Tensor:
-    """K conditions that each silence some units of one layer whose only reader (after
-    zero-preserving operations) is a linear operation N: N's intact output minus N's response to
-    those units of its input `source` (B, ...), stacked K times, then the rest of the network."""
-    _, node, kind, _ = batch[0].delta
-    module = graph.module.get_submodule(node.target)
+def _spread_needs(spread) -> list:
+    """The intact values a spread condition is computed from: the confined nodes and what they
+    read, the linear operations' outputs, and the suffix's inputs."""
+    nodes = list(spread.confined) + list(spread.linear) + list(spread.inputs)
+    for node in spread.confined:
+        nodes += [arg for arg in node.all_input_nodes if arg not in spread.confined]
+    return list(dict.fromkeys(n for n in nodes if n.op != "get_attr"))
+
+
+def _spread_bytes(graph, spread) -> int:
+    """Bytes one example needs per condition: the suffix's inputs and its largest two outputs."""
+    inputs = sum(graph._info[n][2] for n in spread.inputs if n in graph._info)
+    outputs = sorted((graph._info[n][2] for n in spread.changed if n in graph._info), reverse=True)
+    return inputs + sum(outputs[:2])
+
+
+def _spread_forward(batch: list[_Plan], graph, spread, intact: dict, plain: dict) -> torch.Tensor:
+    """K conditions that each silence units of one layer: along the spread, the new values of
+    the units' channels alone (zero at the silence point, then each per-channel operation on
+    that slice), each linear operation's intact output plus its response to the slice's change
+    (one input channel's work per unit), then the nodes that change everywhere, for the K
+    conditions at once (stacked along the batch)."""
     k = len(batch)
+    for node in spread.confined:
+        if node not in plain:
+            plain[node] = intact[node].contiguous()
+    new = [_spread_values(graph, spread, intact, plain, list(plan.spread[1])) for plan in batch]
     stacked = []
-    for live, value in zip(cut.live, inputs):
-        if live is node:  # condition by condition, straight into its slice of the stack
-            out = _empty_like_stacked(value, k)
-            slices = out.view(k, *value.shape)
-            for i, plan in enumerate(batch):
-                torch.sub(value, _response(module, kind, source, list(plan.delta[3])), out=slices[i])
-            stacked.append(out)
+    for node in spread.inputs:
+        value = intact[node]
+        out = _empty_like_stacked(value, k)
+        slices = out.view(k, *value.shape)
+        for i, values in enumerate(new):
+            if node in spread.linear:
+                torch.add(value, values[node], out=slices[i])
+            elif node in spread.confined:
+                slices[i].copy_(value)
+                index, part = values[node]
+                slices[i].index_copy_(spread.confined[node][1] % value.dim(), index, part)
+            else:
+                slices[i].copy_(value)
+        stacked.append(out)
+    return logits_of(spread.suffix(*stacked))
+
+
+def _spread_values(graph, spread, intact: dict, plain: dict, units: list[int]) -> dict:
+    """For one condition: per confined node, (channel index, new values of those channels), and
+    per linear operation, its response to the change."""
+    values = {}
+    for node, (op, dim, offset, width) in spread.confined.items():
+        if op == "source":
+            value = intact[node]
+            index = torch.as_tensor(units, device=value.device)
+            shape = list(value.shape)
+            shape[dim % value.dim()] = len(units)
+            values[node] = (index, value.new_zeros(shape))
+            continue
+        source = next(a for a in node.all_input_nodes if a in spread.confined and a in values)
+        index, part = values[source]
+        if op == "flatten":
+            per_unit = graph._flat_width(node)
+            index = (index[:, None] * per_unit + torch.arange(per_unit, device=index.device)).flatten()
+            values[node] = (index, part.flatten(1))
+        elif op == "cat":
+            values[node] = (index + (offset - spread.confined[source][2]), part)
         else:
-            stacked.append(_stack(value, k))
-    return logits_of(cut.suffix(*stacked))
+            values[node] = (index, _on_slice(graph, node, op, source, part, index, dim, intact, plain))
+    for node, (kind, _) in spread.linear.items():
+        source = node.args[0]
+        index, part = values[source]
+        change = part - plain[source].index_select(spread.confined[source][1] % part.dim(), index)
+        module = graph.module.get_submodule(node.target)
+        if kind == "conv":  # channels-last in, channels-last out: the layout of the stack it is added into
+            weight, change = _channels_last(module.weight[:, index]), _channels_last(change)
+            values[node] = F.conv2d(change, weight, None, module.stride, module.padding, module.dilation)
+        else:
+            values[node] = change @ module.weight[:, index].T
+    return values
+
+
+def _on_slice(graph, node, op: str, source, part: torch.Tensor, index: torch.Tensor, dim: int, intact: dict, plain: dict) -> torch.Tensor:
+    """`node`'s operation on the channels `index` alone: `part` in place of its source, every
+    other tensor it reads sliced the same way where it has those channels."""
+    if op == "norm":
+        norm = graph.module.get_submodule(node.target)
+        return F.batch_norm(part, norm.running_mean[index], norm.running_var[index],
+                            None if norm.weight is None else norm.weight[index], None if norm.bias is None else norm.bias[index],
+                            False, 0.0, norm.eps)
+    if op == "module":
+        return graph.module.get_submodule(node.target)(part)
+    full = intact[source].shape[dim % intact[source].dim()]
+
+    def value(arg):
+        if arg is source:
+            return part
+        if isinstance(arg, fx.Node):
+            if arg in intact and arg not in plain and isinstance(intact[arg], torch.Tensor):
+                plain[arg] = intact[arg].contiguous()
+            arg = plain[arg] if arg in plain else _constant(graph, arg)
+        if isinstance(arg, torch.Tensor) and arg.dim() >= part.dim() and arg.shape[dim % arg.dim()] == full:
+            return arg.index_select(dim % arg.dim(), index)
+        return arg
+
+    args = fx.node.map_aggregate(node.args, value)
+    kwargs = fx.node.map_aggregate(node.kwargs, value)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
+def _constant(graph, node):
+    """The value of a node that does not depend on the input (a parameter or buffer)."""
+    if node.op != "get_attr":
+        raise ValueError(f"{node}: its value was not computed")
+    value = graph.module
+    for name in node.target.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A copy with channels-last strides even for one channel (where `contiguous` keeps
+    channels-first strides, and a convolution then answers channels-first)."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
 
 
 def _empty_like_stacked(value: torch.Tensor, k: int) -> torch.Tensor:
@@ -285,17 +397,6 @@ def _stack(value: torch.Tensor, k: int) -> torch.Tensor:
     out = _empty_like_stacked(value, k)
     out.view(k, *value.shape).copy_(value.unsqueeze(0).expand(k, *value.shape))
     return out
-
-
-def _response(module: nn.Module, kind: str, source: torch.Tensor, units: list[int]) -> torch.Tensor:
-    """The linear part (no bias) of `module` applied to `source`'s units alone (B, ...)."""
-    if kind == "conv":
-        return F.conv2d(source[:, units], module.weight[:, units], None, module.stride, module.padding, module.dilation)
-    if kind == "linear":
-        return source[..., units] @ module.weight[:, units].T
-    per_unit = source[0, 0].numel()  # flatten_linear: unit u is the features u*HW .. (u+1)*HW - 1
-    columns = (torch.as_tensor(units, device=source.device)[:, None] * per_unit + torch.arange(per_unit, device=source.device)).flatten()
-    return source[:, units].flatten(1) @ module.weight[:, columns].T
 
 
 def _stacked_masks(batch: list[_Plan], device) -> dict:
