@@ -595,6 +595,36 @@ class Graph:
         return live + sum(after[:2])
 
 
+# --- folding batch norms ------------------------------------------------------------------------
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """A copy of `model` for evaluation with every batch norm that alone reads a convolution
+    folded into it (the convolution's weights and bias scaled and shifted, the norm an
+    identity): the same function in eval mode, one memory pass fewer per norm."""
+    folded = copy.deepcopy(model).eval()
+    graph = graph_of(folded)
+    for name, unit in graph.units.items():
+        if unit.kind != "conv":
+            continue
+        point = graph.silence_point(name)
+        if point == name or len(graph.module_nodes(name)) != 1:
+            continue
+        conv, norm = unit.module, folded.get_submodule(point)
+        if not norm.track_running_stats or norm.running_mean is None:
+            continue
+        with torch.no_grad():
+            scale = (norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)) / torch.sqrt(norm.running_var + norm.eps)
+            shift = (norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)) - norm.running_mean * scale
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
+            conv.bias = nn.Parameter(bias * scale + shift)
+        parent, _, leaf = point.rpartition(".")
+        setattr(folded.get_submodule(parent) if parent else folded, leaf, nn.Identity())
+    _GRAPHS.pop(folded, None)  # traced before the norms became identities
+    return folded
+
+
 # --- tracing ------------------------------------------------------------------------------------
 
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

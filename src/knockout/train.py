@@ -128,7 +128,8 @@ def train(
     device = torch.device(device)
     cuda = device.type == "cuda"
     model.to(device)
-    if cuda and train_x.dim() == 4:
+    maps = train_x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if maps:  # channels-last: cuDNN's and oneDNN's fastest convolutions and pooling, on GPU and CPU
         model.to(memory_format=torch.channels_last)
     train_x, train_y = train_x.to(device), train_y.to(device)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -184,7 +185,7 @@ def train(
             x, y = train_x[idx], train_y[idx]
             if cfg.augment:
                 x = augment_batch(x, generator)
-            if cuda and x.dim() == 4:
+            if maps:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp):
                 logits = model(x)

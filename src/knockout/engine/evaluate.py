@@ -298,7 +298,11 @@ def _spread_forward(batch: list[_Plan], graph, spread, intact: dict, plain: dict
             elif node in spread.confined:
                 slices[i].copy_(value)
                 index, part = values[node]
-                slices[i].index_copy_(spread.confined[node][1] % value.dim(), index, part)
+                dim = spread.confined[node][1] % value.dim()
+                if part is None:
+                    slices[i].index_fill_(dim, index, 0.0)
+                else:
+                    slices[i].index_copy_(dim, index, part.expand(_slice_shape(value, dim, len(index))))
             else:
                 slices[i].copy_(value)
         stacked.append(out)
@@ -308,29 +312,30 @@ def _spread_forward(batch: list[_Plan], graph, spread, intact: dict, plain: dict
 def _spread_values(graph, spread, intact: dict, plain: dict, units: list[int]) -> dict:
     """For one condition: per confined node, (channel index, new values of those channels), and
     per linear operation, its response to the change."""
-    values = {}
+    values = {}  # node -> (channel index, new values; None: all zero, as long as the silence lasts)
     for node, (op, dim, offset, width) in spread.confined.items():
         if op == "source":
-            value = intact[node]
-            index = torch.as_tensor(units, device=value.device)
-            shape = list(value.shape)
-            shape[dim % value.dim()] = len(units)
-            values[node] = (index, value.new_zeros(shape))
+            values[node] = (torch.as_tensor(units, device=intact[node].device), None)
             continue
         source = next(a for a in node.all_input_nodes if a in spread.confined and a in values)
         index, part = values[source]
         if op == "flatten":
             per_unit = graph._flat_width(node)
             index = (index[:, None] * per_unit + torch.arange(per_unit, device=index.device)).flatten()
-            values[node] = (index, part.flatten(1))
+            values[node] = (index, None if part is None else part.flatten(1))
         elif op == "cat":
             values[node] = (index + (offset - spread.confined[source][2]), part)
+        elif part is None and graph._zero_preserving(node, source):
+            values[node] = (index, None)
         else:
+            if part is None:
+                part = _zeros_slice(intact[source], dim, len(index))
             values[node] = (index, _on_slice(graph, node, op, source, part, index, dim, intact, plain))
     for node, (kind, _) in spread.linear.items():
         source = node.args[0]
         index, part = values[source]
-        change = part - plain[source].index_select(spread.confined[source][1] % part.dim(), index)
+        old = plain[source].index_select(spread.confined[source][1] % plain[source].dim(), index)
+        change = -old if part is None else part - old
         module = graph.module.get_submodule(node.target)
         if kind == "conv":  # channels-last in, channels-last out: the layout of the stack it is added into
             weight, change = _channels_last(module.weight[:, index]), _channels_last(change)
@@ -338,6 +343,18 @@ def _spread_values(graph, spread, intact: dict, plain: dict, units: list[int]) -
         else:
             values[node] = change @ module.weight[:, index].T
     return values
+
+
+def _slice_shape(value: torch.Tensor, dim: int, size: int) -> list[int]:
+    """`value`'s shape with `size` entries along `dim`."""
+    shape = list(value.shape)
+    shape[dim % value.dim()] = size
+    return shape
+
+
+def _zeros_slice(value: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Zeros shaped as `value` with `size` entries along `dim` (a broadcast view: no memory)."""
+    return value.new_zeros(()).expand(_slice_shape(value, dim, size))
 
 
 def _on_slice(graph, node, op: str, source, part: torch.Tensor, index: torch.Tensor, dim: int, intact: dict, plain: dict) -> torch.Tensor:
@@ -462,8 +479,12 @@ def _unshared(plans, graph, base, context, apply, images, labels, budget, device
 
 
 def _store(preds, losses, batch: list[_Plan], logits: torch.Tensor, y: torch.Tensor, start: int) -> None:
-    logits = logits_of(logits).float().view(len(batch), len(y), -1)
+    """Predictions and per-example losses of K conditions' logits (K * B, classes), in one go."""
+    k = len(batch)
+    logits = logits_of(logits).float()
+    predicted = logits.argmax(1).view(k, len(y)).cpu()
+    loss = F.cross_entropy(logits, y.repeat(k), reduction="none").view(k, len(y)).cpu()
     for i, plan in enumerate(batch):
         name, end = plan.condition.name, start + len(y)
-        preds[name][start:end] = logits[i].argmax(1).cpu()
-        losses[name][start:end] = F.cross_entropy(logits[i], y, reduction="none").cpu()
+        preds[name][start:end] = predicted[i]
+        losses[name][start:end] = loss[i]
