@@ -80,6 +80,7 @@ from pathlib import Path
 
 from _common import Timed, finish, options, start, sync, wait_for_idle  # first: src/ on the path
 import torch
+from torch import nn
 import torchvision
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
@@ -318,6 +319,30 @@ def fastest(repeat: int, retries: int, run) -> dict:
     return max(clean, key=lambda r: r["images_per_second"])
 
 
+def matmul_rate(model: nn.Module, batch: int, device, repeats: int = 5) -> tuple[float, float]:
+    """(GFLOP/s, FLOPs per image): the machine's rate on exactly the matrix products one training
+    step of `model` (an MLP) does, timed alone (best of `repeats`): per linear layer the forward
+    product and the two of the backward pass; and a training step's FLOPs per image."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    mats = []
+    for m in layers:
+        x, w, g = (torch.randn(*shape, device=device) for shape in ((batch, m.in_features), (m.out_features, m.in_features), (batch, m.out_features)))
+        mats.append((x, w, g))
+
+    def step():
+        for x, w, g in mats:
+            x @ w.T, g @ w, g.T @ x  # forward, grad input, grad weight
+
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        with Timed(device) as t:
+            step()
+        best = min(best, t.seconds)
+    flops = sum(6 * m.in_features * m.out_features for m in layers)  # per image: 3 products x 2 FLOPs per multiply-add
+    return flops * batch / best / 1e9, flops
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = start(args)
@@ -393,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
                 load = r["other_load"]
                 r.update(other_cpu_cores=load.others, waited_cores=load.waited, steal_cores=load.steal)
             rows += model_rows
+            if key == "mlp":  # matmul-bound: how close to the machine's rate on the same products
+                rate, flops = matmul_rate(model, batch, device)
+                achieved = ours_ips * flops / 1e9
+                ratios.append(f"{label}: ours does {achieved:.1f} GFLOP/s of matrix products; the machine does "
+                              f"{rate:.1f} GFLOP/s on the same products alone: {achieved / rate:.0%} of it (goal >= 75%)")
             ratios.append(f"{label}, batch {batch}: ours / notebook = "
                           f"{ours_ips / best['images_per_second']:.2f}x vs the best DataLoader "
                           f"(workers={best['num_workers']})"
