@@ -92,15 +92,24 @@ def evaluate_conditions(
 ) -> dict[str, ConditionOutput]:
     """Predictions and per-example losses of every condition on (images (N, ...), labels (N,)).
 
-    The base network is traced (`knockout.graph`); each condition starts from the cut before the
-    first thing it changes. The live tensors at every cut are computed once per chunk of images
-    and shared by all conditions starting there. Conditions that only silence units run as 0/1
-    channel masks on the unchanged network, K of them stacked along the batch in one forward,
-    the mask applied after the last zero-preserving operation that follows the silence point (so
-    an activation or pooling after it is shared too). Conditions that change weights run the
-    suffix with their own weights (`apply(condition, context)` gives them; default
-    `studies.apply_condition`). `budget_mb` bounds the activations held at once. A network that
-    cannot be traced runs every condition whole (masks through hooks), without sharing.
+    The base network is traced (`knockout.graph`) and its intact activations are computed once
+    per chunk of images; each condition reuses them and computes only what it changes:
+
+      * units of one layer silenced: along `Graph.spread`, the units' channels alone (zero at the
+        silence point, then through the per-channel operations after it: normalisation,
+        activations, pooling, a residual add), each linear operation reached as its intact
+        output plus its response to those channels (one input channel's work per unit), and
+        then only the nodes that depend on those operations;
+      * units of several layers silenced: 0/1 channel masks on the unchanged network from the
+        cut before the first silence point (after the zero-preserving operations that follow
+        it), later ones through forward hooks;
+      * weights changed (`apply(condition, context)` gives them; default
+        `studies.apply_condition`): the rest of the network from the first changed module on,
+        with those weights.
+
+    Conditions that silence units run K at a time, stacked along the batch, in channels-last
+    memory. `budget_mb` bounds the activations held at once. A network that cannot be traced
+    runs every condition whole (masks through hooks), without sharing.
     """
     from ..graph import graph_of
     from ..studies import apply_condition
@@ -222,7 +231,8 @@ def _shared(plans, graph, base, context, apply, images, labels, budget, device, 
         plain: dict = {}  # the confined maps in channels-first memory, where a channel is one block
         for layer, group in spreads.items():
             spread = graph.spread(layer)
-            k_max = max(1, int(budget / 2 // max(1, _spread_bytes(graph, spread) * len(x))))
+            stackable = all(graph._info[n][1] == 0 for n in spread.inputs if n in graph._info)
+            k_max = max(1, int(budget / 2 // max(1, _spread_bytes(graph, spread) * len(x)))) if stackable else 1
             for i in range(0, len(group), k_max):
                 batch = group[i : i + k_max]
                 _store(preds, losses, batch, _spread_forward(batch, graph, spread, live, plain), y, start)
