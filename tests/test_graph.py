@@ -1,4 +1,4 @@
-"""The traced graph: what a silenced unit changes and what it costs, folded batch norms, and a
+"""The traced graph: what a silenced unit changes and what it costs, what an occluded window costs, folded batch norms, and a
 traced module that never writes into a value another node reads."""
 
 import torch
@@ -17,6 +17,16 @@ def test_the_arithmetic_bound_of_a_silenced_unit_is_counted_by_hand():
     assert graph.unit_bound("conv2") == (full, conv3 // 64 + fc1 + fc2)
     assert graph.unit_bound("conv3") == (full, fc1 // 64 + fc2)  # flattened: 9 of fc1's 576 inputs
     assert graph.unit_bound("fc1") == (full, fc2 // 64)
+
+
+def test_an_occluded_window_costs_the_positions_whose_field_it_meets():
+    model = build_model("study5_cnn", (1, 28, 28), 10).eval()
+    graph = graph_of(model, torch.zeros(1, 1, 28, 28))
+    conv1, conv2, conv3, fc1, fc2 = 26 * 26 * 32 * 9, 11 * 11 * 64 * 32 * 9, 3 * 3 * 64 * 64 * 9, 576 * 64, 64 * 10
+    corner, whole = torch.tensor([[0, 1, 0, 1]]), torch.tensor([[0, 28, 0, 28]])
+    # pixel (0, 0) lies in the field of position (0, 0) alone of each conv: fields 3, 8, 18 pixels wide
+    assert graph.window_macs(corner) == conv1 // 676 + conv2 // 121 + conv3 // 9 + fc1 + fc2
+    assert graph.window_macs(torch.cat([corner, whole])) == graph.window_macs(corner) + conv1 + conv2 + conv3 + fc1 + fc2
 
 
 def test_a_silenced_unit_stays_in_its_channel_through_a_residual_add():

@@ -455,6 +455,33 @@ class Graph:
             unavoidable += self.macs(node) // max(1, spread.linear[node][1])
         return full, unavoidable
 
+    def window_macs(self, rects: torch.Tensor) -> int:
+        """Multiply-adds that occluding the input rectangles `rects` (P, 4: rows r0..r1-1, cols
+        c0..c1-1), one forward each, cannot avoid: of each conv, the output positions whose
+        receptive field meets the rectangle (the rest equal the intact image's); every other
+        operation with multiply-adds (a linear layer, a conv past an operation whose field is
+        not known) in full. Summed over the rectangles."""
+        fields: dict[fx.Node, RF | None] = {}
+        rects = rects.to(torch.float64)
+        total = 0.0
+        for node in self.nodes:
+            fields[node] = self._field(node, fields)
+            macs = self.macs(node)
+            field, shape = fields[node], self._info.get(node, (0, 0, 0, 0, ()))[4]
+            if not macs:
+                continue
+            if field is None or len(shape) != 3:
+                total += macs * len(rects)
+                continue
+            share = 1.0
+            for axis, n in enumerate(shape[1:]):
+                centre = field.start[axis] + torch.arange(n, dtype=torch.float64) * field.jump[axis]
+                lo, hi = centre - (field.size[axis] - 1) / 2, centre + (field.size[axis] - 1) / 2
+                meets = (hi[None] >= rects[:, 2 * axis, None]) & (lo[None] <= rects[:, 2 * axis + 1, None] - 1)
+                share = share * meets.sum(1).double() / n
+            total += macs * float(share.sum()) if torch.is_tensor(share) else macs * len(rects)
+        return int(total)
+
     def spread(self, layer: str) -> Spread | None:
         """How silencing units of `layer` spreads through the network (cached): from its silence
         point, whose units become 0, through per-channel operations that keep the change in
