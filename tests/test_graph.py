@@ -66,3 +66,40 @@ def test_the_traced_module_writes_into_no_value_another_node_reads():
         kept = [t.clone() for t in live]
         first, second = cut.suffix(*live), cut.suffix(*live)
     assert all(torch.equal(a, b) for a, b in zip(live, kept)) and torch.equal(first, second)
+
+
+def test_a_field_behind_a_squeeze_excitation_gate_is_the_whole_image():
+    model = build_model({"type": "torchvision", "name": "mobilenet_v3_small"}, (3, 32, 32), 10).eval()
+    graph = graph_of(model, torch.zeros(1, 3, 32, 32))
+    assert graph.receptive_field("features.1.block.0.0").size == (7, 7)  # stem and depthwise conv, before the gate
+    assert graph.receptive_field("features.2.block.0.0") is None  # the gate's global pooling saw every pixel
+
+
+class Scaled(nn.Module):
+    """A tensor created in forward scales the pooled features: the trace holds it as a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x)).mean((2, 3))
+        return self.head(x * torch.tensor([1.0, -2.0, 3.0, 0.5]))
+
+
+def test_a_suffix_that_reads_a_traced_constant_evaluates():
+    from knockout.engine.evaluate import evaluate_conditions
+    from knockout.studies import Condition, Context, apply_condition
+
+    torch.manual_seed(0)
+    model, x, y = Scaled().eval(), torch.randn(6, 3, 8, 8), torch.arange(6)
+    assert any(n.op == "get_attr" for n in graph_of(model, x).nodes)
+    conditions = [Condition("baseline", "baseline"), Condition("each:conv:1", "each", silence=(("conv", (1,)),)),
+                  Condition("rerandomize:conv", "rerandomize", replace=(("conv", "rerandom"),))]
+    context = Context(trained=model, rerandom=Scaled().eval())
+    shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu")
+    for c in conditions:
+        with torch.no_grad():
+            reference = apply_condition(c, context)(x)
+        torch.testing.assert_close(shared[c.name].losses, nn.functional.cross_entropy(reference, y, reduction="none"))

@@ -264,7 +264,7 @@ class Graph:
     def _field(self, node: fx.Node, fields: dict) -> RF | None:
         if node.op == "placeholder":
             return RF((1, 1), (1, 1), (0.0, 0.0))
-        spatial = [fields.get(a) for a in node.all_input_nodes if a in self._input_dependent]
+        spatial = [fields.get(a) for a in node.all_input_nodes if a in self._input_dependent and self._is_tensor_node(a)]
         if node.op == "call_module":
             module = self.module.get_submodule(node.target)
             params = spatial_params(module)
@@ -275,10 +275,13 @@ class Graph:
             elementwise = node.target in ELEMENTWISE_FUNCTIONS or (node.target is torch.cat and node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) == 1)
         else:
             elementwise = node.op == "call_method" and node.target in ELEMENTWISE_METHODS
-        known = [f for f in spatial if f is not None]
-        if not elementwise or not known:
-            return None
-        return max(known, key=lambda f: f.size)  # where branches meet: the larger field
+        if not elementwise or not spatial or None in spatial:
+            return None  # a branch through global pooling (a squeeze-excitation gate) sees the whole image
+        return max(spatial, key=lambda f: f.size)  # where branches meet: the larger field
+
+    def _is_tensor_node(self, node: fx.Node) -> bool:
+        """Whether `node`'s value is a tensor (not a shape or a size): known once probed."""
+        return self.example is None or self._info[node][0]
 
     # --- silence points -----------------------------------------------------------------------
 
@@ -579,13 +582,14 @@ class Graph:
         """(inputs, module): the changed nodes as a module of their outside inputs (in order)."""
         inside = set(changed)
         inputs: dict[fx.Node, None] = {}
+        constants: dict[fx.Node, None] = {}  # parameters and traced constants: read in the module
         for node in changed:
             for arg in node.all_input_nodes:
                 if arg not in inside:
-                    inputs[arg] = None
+                    (constants if arg.op == "get_attr" else inputs)[arg] = None
         graph = fx.Graph()
         env = {n: graph.placeholder(f"in_{n.name}") for n in inputs}
-        for node in changed:
+        for node in [*constants, *changed]:
             env[node] = graph.node_copy(node, lambda n: env[n])
         if changed and changed[-1].op != "output":
             graph.output(env[changed[-1]])

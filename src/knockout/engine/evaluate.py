@@ -205,7 +205,8 @@ def _shared(plans, graph, base, context, apply, images, labels, budget, device, 
     chunk = max(1, min(len(images), int(budget / 2 // max(1, live_bytes + widest))))
     prefix = graph.values(live_nodes)
     params = dict(base.named_parameters()) | dict(base.named_buffers())
-    suffix_params = {index: {k: params[k] for k in graph.cut(index).suffix.state_dict()} for index in cuts}
+    # the model's own tensors (a condition's weights replace them by name), else the trace's constants
+    suffix_params = {index: {k: params.get(k, v) for k, v in graph.cut(index).suffix.state_dict().items()} for index in cuts}
     for start in range(0, len(images), chunk):
         x = _fast_layout(images[start : start + chunk].to(device))
         y = labels[start : start + chunk].to(device)
