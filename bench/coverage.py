@@ -93,7 +93,7 @@ import time
 import traceback
 from pathlib import Path
 
-from _common import finish_rates, options, start, wait_for_idle  # first: src/ on the path
+from _common import Timed, finish_rates, options, start, wait_for_idle  # first: src/ on the path
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,8 +117,8 @@ STAT_RTOL, STAT_ATOL = 1e-4, 1e-5  # unit statistics
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 COLUMNS = ["model", "size", "kwargs", "params_m", "traced", "layer", "kind", "units", "silence_point", *FAMILIES,
-           "each_effect", "each_error", "rerandomize_effect", "rerandomize_error", "occlusion_noise", "gmacs", "uncalled", "seconds", "build_s",
-           "forward_ms",
+           "each_effect", "each_error", "rerandomize_effect", "rerandomize_error", "occlusion_noise", "gmacs", "uncalled", "seconds", "cpu_s", "other_cpu",
+           "build_s", "forward_ms",
            *(f"{k}_s" for k in FAMILIES if k != "zero"), "untraced_reason"]
 
 
@@ -669,12 +669,14 @@ def main(argv: list[str] | None = None) -> int:
           f"budget_mb {args.budget_mb:g}, seed {args.seed}", flush=True)
     wait_for_idle(args.wait_idle)
     rows, failures = [], {}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for i, name in enumerate(args.models, 1):
-        try:
-            row, failed = check_model(name, args, device)
-        except Exception as e:  # a bug of this script: the model counts as failed, the run goes on
-            row, failed = {"model": name, **dict.fromkeys(FAMILIES, "FAIL"), "seconds": 0.0}, dict.fromkeys(FAMILIES, f"bench: {reason(e)}")
+        with Timed(device) as timed:
+            try:
+                row, failed = check_model(name, args, device)
+            except Exception as e:  # a bug of this script: the model counts as failed, the run goes on
+                row, failed = {"model": name, **dict.fromkeys(FAMILIES, "FAIL"), "seconds": 0.0}, dict.fromkeys(FAMILIES, f"bench: {reason(e)}")
+        row.update(cpu_s=round(timed.cpu, 1), other_cpu=None if timed.load is None else round(timed.load, 2))
         gc.collect()
         rows.append(row)
         failures[name] = failed
@@ -683,7 +685,9 @@ def main(argv: list[str] | None = None) -> int:
               f"layer={row.get('layer', '')} {marks} ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
         for key, why in failed.items():
             print(f"    {key}: {why}", file=sys.stderr, flush=True)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    loads = [(r["other_cpu"], r["seconds"]) for r in rows if r.get("other_cpu") is not None]
+    others = sum(load * s for load, s in loads) / max(1e-9, sum(s for _, s in loads))
 
     rates = {k: 100.0 * sum(r[k] == "ok" for r in rows) / len(rows) for k in FAMILIES}
     untraced = [r for r in rows if r.get("traced") == "no"]
@@ -698,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(untraced)}, run through forward hooks): " + ("; ".join(f"{r['model']}: {r['untraced_reason']}" for r in untraced) or "none"),
         *(f"{k}: the condition changes no loss by more than the tolerance on {len(v)} models ({', '.join(v)}): the check is vacuous there"
           for k, v in vacuous.items() if v),
-        f"total time {total / 60:.1f} min; slowest: " + ", ".join(f"{r['model']} {r['seconds']:.0f} s" for r in slowest),
+        f"total time {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU of this process; other processes used "
+        f"{others:.2f} cores on average meanwhile; slowest: " + ", ".join(f"{r['model']} {r['seconds']:.0f} s" for r in slowest),
     ]
     failed = [(name, k, why) for name, f in failures.items() for k, why in f.items()]
     notes.append(f"failures ({len(failed)}):" if failed else "failures: none")
