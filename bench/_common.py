@@ -10,8 +10,8 @@
   * ``cnn_setup`` / ``resnet_setup``: the models and images of the Captum comparisons;
   * ``print_table``, ``write_csv`` and ``finish``, which prints the table and the notes, writes
     ``--out`` and ends the run with the line ``min ratio: N.NNx``: the smallest knockout-vs-peer
-    ratio over the rows (how many times faster ours is; below 1: slower). Every bench ends with
-    that line.
+    ratio over the rows (how many times faster ours is; below 1: slower). Every speed bench ends
+    with that line; ``finish_rates``, for bench/coverage.py, ends with ``min pass rate: NN.N%``.
 
 Off Linux the contention numbers are None (shown as n/a).
 """
@@ -264,6 +264,19 @@ def min_ratio(rows: list[dict], ratio: str) -> float | None:
     return min(values) if values else None
 
 
+def _report(rows, columns, out, header, cells, left, notes) -> None:
+    """The table (titles `header`, default `columns`; one line per row, cells(row), default its
+    `columns`), a blank line, the notes, and the rows' `columns` written to `out` as CSV."""
+    cells = cells or (lambda r: [r[k] for k in columns])
+    print_table(header or columns, [cells(r) for r in rows], left)
+    print()
+    for line in notes:
+        print(line)
+    if out is not None:
+        write_csv(out, rows, columns)
+        print(f"wrote {out}")
+
+
 def finish(
     rows: list[dict],
     columns: Sequence[str],
@@ -279,13 +292,23 @@ def finish(
     cells(row), default its `columns`), a blank line and the notes, write the rows' `columns`
     to `out` as CSV when given, and print last ``min ratio: N.NNx``, the smallest row[ratio]
     (the knockout-vs-peer ratio: peer time / ours)."""
-    cells = cells or (lambda r: [r[k] for k in columns])
-    print_table(header or columns, [cells(r) for r in rows], left)
-    print()
-    for line in notes:
-        print(line)
-    if out is not None:
-        write_csv(out, rows, columns)
-        print(f"wrote {out}")
+    _report(rows, columns, out, header, cells, left, notes)
     low = min_ratio(rows, ratio)
     print("min ratio: " + ("n/a" if low is None else f"{low:.2f}x"), flush=True)
+
+
+def finish_rates(
+    rows: list[dict],
+    columns: Sequence[str],
+    *,
+    rates: dict[str, float],
+    out: Path | None = None,
+    header: Sequence[str] | None = None,
+    cells: Callable[[dict], Sequence] | None = None,
+    left: Iterable[int] = (0,),
+    notes: Iterable[str] = (),
+) -> None:
+    """``finish`` for a bench that measures coverage, not speed: the table, the notes and the CSV
+    as there, then last ``min pass rate: NN.N%``, the smallest of `rates` (percentages)."""
+    _report(rows, columns, out, header, cells, left, notes)
+    print("min pass rate: " + (f"{min(rates.values()):.1f}%" if rates else "n/a"), flush=True)
