@@ -103,3 +103,31 @@ def test_a_suffix_that_reads_a_traced_constant_evaluates():
         with torch.no_grad():
             reference = apply_condition(c, context)(x)
         torch.testing.assert_close(shared[c.name].losses, nn.functional.cross_entropy(reference, y, reduction="none"))
+
+
+class SizedEarly(nn.Module):
+    """The batch size read off the input and used after the silenced layer (MaxViT's windows do this)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.head = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        b = x.shape[0]
+        return self.head(self.conv2(torch.relu(self.conv1(x))).reshape(b, -1))
+
+
+def test_a_silenced_unit_whose_suffix_reads_a_size_evaluates():
+    from knockout.engine.evaluate import evaluate_conditions
+    from knockout.studies import Condition, Context, apply_condition
+
+    torch.manual_seed(0)
+    model, x, y = SizedEarly().eval(), torch.randn(5, 3, 8, 8), torch.arange(5)
+    conditions = [Condition("baseline", "baseline")] + [Condition(f"each:conv1:{u}", "each", silence=(("conv1", (u,)),)) for u in range(4)]
+    context = Context(trained=model)
+    shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu")
+    for c in conditions:
+        with torch.no_grad():
+            reference = apply_condition(c, context)(x)
+        torch.testing.assert_close(shared[c.name].losses, nn.functional.cross_entropy(reference, y, reduction="none"))

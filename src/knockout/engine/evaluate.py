@@ -301,6 +301,9 @@ def _spread_forward(batch: list[_Plan], graph, spread, intact: dict, plain: dict
     stacked = []
     for node in spread.inputs:
         value = intact[node]
+        if not isinstance(value, torch.Tensor):  # a size read off a map (then K is 1: not stackable)
+            stacked.append(value)
+            continue
         out = _empty_like_stacked(value, k)
         slices = out.view(k, *value.shape)
         for i, values in enumerate(new):
