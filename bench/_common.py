@@ -11,7 +11,8 @@
   * ``print_table``, ``write_csv`` and ``finish``, which prints the table and the notes, writes
     ``--out`` and ends the run with the line ``min ratio: N.NNx``: the smallest knockout-vs-peer
     ratio over the rows (how many times faster ours is; below 1: slower). Every speed bench ends
-    with that line; ``finish_rates``, for bench/coverage.py, ends with ``min pass rate: NN.N%``.
+    with that line; bench/coverage.py's ends with ``min pass rate: NN.N%``. ``environment``:
+    the versions line each script prints first.
 
 Off Linux the contention numbers are None (shown as n/a).
 """
@@ -281,7 +282,8 @@ def finish(
     rows: list[dict],
     columns: Sequence[str],
     *,
-    ratio: str,
+    ratio: str | None = None,
+    rates: dict[str, float] | None = None,
     out: Path | None = None,
     header: Sequence[str] | None = None,
     cells: Callable[[dict], Sequence] | None = None,
@@ -291,24 +293,18 @@ def finish(
     """End a bench: print the table (titles `header`, default `columns`; one line per row,
     cells(row), default its `columns`), a blank line and the notes, write the rows' `columns`
     to `out` as CSV when given, and print last ``min ratio: N.NNx``, the smallest row[ratio]
-    (the knockout-vs-peer ratio: peer time / ours)."""
+    (the knockout-vs-peer ratio: peer time / ours), or for a coverage bench (`rates`,
+    percentages per family) ``min pass rate: NN.N%``."""
     _report(rows, columns, out, header, cells, left, notes)
+    if rates is not None:
+        print("min pass rate: " + (f"{min(rates.values()):.1f}%" if rates else "n/a"), flush=True)
+        return
     low = min_ratio(rows, ratio)
     print("min ratio: " + ("n/a" if low is None else f"{low:.2f}x"), flush=True)
 
 
-def finish_rates(
-    rows: list[dict],
-    columns: Sequence[str],
-    *,
-    rates: dict[str, float],
-    out: Path | None = None,
-    header: Sequence[str] | None = None,
-    cells: Callable[[dict], Sequence] | None = None,
-    left: Iterable[int] = (0,),
-    notes: Iterable[str] = (),
-) -> None:
-    """``finish`` for a bench that measures coverage, not speed: the table, the notes and the CSV
-    as there, then last ``min pass rate: NN.N%``, the smallest of `rates` (percentages)."""
-    _report(rows, columns, out, header, cells, left, notes)
-    print("min pass rate: " + (f"{min(rates.values()):.1f}%" if rates else "n/a"), flush=True)
+def environment(device, *packages) -> str:
+    """One line for a bench's header: torch's and `packages`' versions, the device, the threads."""
+    versions = ", ".join(f"{m.__name__} {m.__version__}" for m in (torch, *packages))
+    return (f"{versions}, device {device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+            f"python {sys.version.split()[0]}")

@@ -84,10 +84,9 @@ How to run (from the repository root)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from _common import Timed, cnn_setup, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
+from _common import Timed, cnn_setup, environment, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
 import torch
 from torch import nn
 
@@ -205,9 +204,9 @@ def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch
         mask = mask % 2
     lost = torch.zeros(units, dtype=torch.long)
     with torch.no_grad():
-        for start in range(0, len(images), batch):
-            x = images[start : start + batch].to(device)
-            y = labels[start : start + batch].to(device)
+        for first in range(0, len(images), batch):
+            x = images[first : first + batch].to(device)
+            y = labels[first : first + batch].to(device)
             attr = ablator.attribute(x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0,
                                      perturbations_per_eval=1)
             if warmup:
@@ -277,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     device = start(args)
     import captum as captum_pkg
 
-    print(f"torch {torch.__version__}, captum {captum_pkg.__version__}, device {device}, "
-          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, python {sys.version.split()[0]}")
+    print(environment(device, captum_pkg))
     print(f"ours: evaluate_conditions(budget_mb={args.budget_mb:g}) over all images, baseline condition "
           f"included; captum: LayerFeatureAblation, perturbations_per_eval=1, batches of {args.captum_batch}")
     notes: list[str] = []

@@ -94,7 +94,7 @@ import time
 import traceback
 from pathlib import Path
 
-from _common import Timed, finish_rates, options, start, wait_for_idle  # first: src/ on the path
+from _common import Timed, environment, finish, options, start, wait_for_idle  # first: src/ on the path
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -702,8 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     device = start(args)
     import torchvision
 
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, device {device}, "
-          f"torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}")
+    print(environment(device, torchvision))
     print(f"{len(args.models)} models, {args.images} random images each ({args.occlusion_images} occluded), "
           f"budget_mb {args.budget_mb:g}, seed {args.seed}", flush=True)
     wait_for_idle(args.wait_idle)
@@ -748,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [(name, k, why) for name, f in failures.items() for k, why in f.items()]
     notes.append(f"failures ({len(failed)}):" if failed else "failures: none")
     notes += [f"  {name} {k}: {why}" for name, k, why in failed]
-    finish_rates(rows, COLUMNS, rates=rates, out=args.out, left=(0, 1, 2, 3, 4),
+    finish(rows, COLUMNS, rates=rates, out=args.out, left=(0, 1, 2, 3, 4),
                  header=["model", "size", "kwargs", "traced", "layer", *FAMILIES, "s"],
                  cells=lambda r: [r["model"], r.get("size", ""), r.get("kwargs", ""), r.get("traced", ""), r.get("layer", ""),
                                   *(r[k] for k in FAMILIES), f"{r['seconds']:.0f}"],

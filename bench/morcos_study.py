@@ -55,7 +55,7 @@ from torch import nn
 from knockout.config import resolve
 from knockout.data import fetch, load_prepared, prepare
 from knockout.engine.evaluate import evaluate_conditions
-from knockout.models import build_model, load_model, save_model
+from knockout.models import build_model, load_model
 from knockout.studies import Context, filter_ablation, layer_units, silence_point
 from knockout.train import TrainConfig, train
 

@@ -61,10 +61,9 @@ How to run (from the repository root)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from _common import Timed, cnn_setup, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
+from _common import Timed, cnn_setup, environment, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
 import numpy as np
 import torch
 
@@ -206,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     device = start(args)
     import captum
 
-    print(f"torch {torch.__version__}, captum {captum.__version__}, device {device}, torch threads "
-          f"{torch.get_num_threads()}, cpus {os.cpu_count()}, windows {args.windows}, stride {args.stride}, fill {args.fill:g}")
+    print(f"{environment(device, captum)}, windows {args.windows}, stride {args.stride}, fill {args.fill:g}")
     notes: list[str] = []
     setups = []
     if "cnn" in args.models:

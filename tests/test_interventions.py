@@ -3,7 +3,6 @@ specified, and the shared-prefix evaluator gives the same answers as applying ea
 
 import copy
 
-import pandas as pd
 import pytest
 import torch
 from torch import nn

@@ -1,11 +1,9 @@
 """Retraining families: mask vs zero_once semantics, architecture variants, factorisation."""
 
-import json
-
 import pytest
 import torch
 
-from knockout.models import PRESETS, build_model, count_parameters, load_model, resolve_spec, save_model
+from knockout.models import build_model, count_parameters, load_model
 from knockout.studies import Context, ablate_then_train, architecture, factorize
 from knockout.train import TrainConfig, train
 from specs import study_spec, train_settings

@@ -2,7 +2,6 @@
 footprint), the top-k images, peaks and patches of filters whose responses are known, and the
 filter choice and the PNG grid."""
 
-import math
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ trace in the tables, notebooks and figures; editing one study reruns nothing els
 example type runs from its module and schema entry alone; every config of configs/ plans."""
 
 import json
-import os
 import re
 import shutil
 import subprocess

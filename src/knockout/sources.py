@@ -512,34 +512,35 @@ def _fetch_torchvision(name: str, spec: dict, dest: Path, mirrors: list[Path], d
         datasets = _construct_splits(name, plan, None, False)
         return {"class": plan.cls.__name__, "origin": "generated", "root": None,
                 **_describe_torchvision(name, plan, spec, datasets), "files": {}}
+    def manifest(origin: str, root: Path) -> dict:
+        """torchvision's classes over `root` (downloading there for origin 'download'), described
+        with the files they read; a DataError passes, anything else raises as it is."""
+        with _opened_files() as opened:
+            datasets = _construct_splits(name, plan, root, download=origin == "download")
+            described = _describe_torchvision(name, plan, spec, datasets)
+        return {"class": plan.cls.__name__, "origin": origin, "root": str(root.resolve()), **described,
+                "files": _files_under(root, opened)}
+
     reasons = []
     for root in _candidates(name, mirrors):
-        with _opened_files() as opened:
-            try:
-                datasets = _construct_splits(name, plan, root, download=False)
-            except DataError:
-                raise
-            except Exception as err:
-                reasons.append(f"{root}: {_one_line(err)}")
-                continue
-            described = _describe_torchvision(name, plan, spec, datasets)
-        return {"class": plan.cls.__name__, "origin": "mirror", "root": str(root.resolve()), **described,
-                "files": _files_under(root, opened)}
-    searched = ", ".join(str(m) for m in mirrors) or "none given"
-    where = f"datasets.{name}: torchvision.datasets.{plan.cls.__name__} is in no mirror ({searched})"
-    if not download:
-        raise DataError(f"{where} and download is disabled; {_where_to_put(name, plan, mirrors)}")
-    with _opened_files() as opened:
         try:
-            datasets = _construct_splits(name, plan, dest, download=True)
+            return manifest("mirror", root)
         except DataError:
             raise
         except Exception as err:
-            raise DataError(f"{where} and its download failed ({type(err).__name__}: {_one_line(err)}); "
-                            f"{_where_to_put(name, plan, mirrors)}") from None
-        described = _describe_torchvision(name, plan, spec, datasets)
-    return {"class": plan.cls.__name__, "origin": "download", "root": str(dest.resolve()), **described,
-            "files": _files_under(dest, opened)}
+            reasons.append(f"{root}: {_one_line(err)}")
+    searched = ", ".join(str(m) for m in mirrors) or "none given"
+    unusable = f"; {'; '.join(reasons)}" if reasons else ""  # a mirror that holds the files, unreadable
+    where = f"datasets.{name}: torchvision.datasets.{plan.cls.__name__} is in no mirror ({searched}{unusable})"
+    if not download:
+        raise DataError(f"{where} and download is disabled; {_where_to_put(name, plan, mirrors)}")
+    try:
+        return manifest("download", dest)
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{where} and its download failed ({type(err).__name__}: {_one_line(err)}); "
+                        f"{_where_to_put(name, plan, mirrors)}") from None
 
 
 def _read_torchvision(name: str, spec: dict, manifest: dict) -> tuple[RawSplit, RawSplit, list[str]]:

@@ -12,8 +12,6 @@ Coordinates are pixel indices: input pixel (i, j) has its centre at (i, j), so t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
