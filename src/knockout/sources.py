@@ -521,17 +521,15 @@ def _fetch_torchvision(name: str, spec: dict, dest: Path, mirrors: list[Path], d
         return {"class": plan.cls.__name__, "origin": origin, "root": str(root.resolve()), **described,
                 "files": _files_under(root, opened)}
 
-    reasons = []
     for root in _candidates(name, mirrors):
         try:
             return manifest("mirror", root)
         except DataError:
             raise
-        except Exception as err:
-            reasons.append(f"{root}: {_one_line(err)}")
+        except Exception:  # torchvision's own check: not (all) there, or corrupted
+            continue
     searched = ", ".join(str(m) for m in mirrors) or "none given"
-    unusable = f"; {'; '.join(reasons)}" if reasons else ""  # a mirror that holds the files, unreadable
-    where = f"datasets.{name}: torchvision.datasets.{plan.cls.__name__} is in no mirror ({searched}{unusable})"
+    where = f"datasets.{name}: torchvision.datasets.{plan.cls.__name__} is in no mirror ({searched})"
     if not download:
         raise DataError(f"{where} and download is disabled; {_where_to_put(name, plan, mirrors)}")
     try:
