@@ -36,8 +36,8 @@ result equals the reference, which applies the condition on its own:
                occluded image. ``occlusion_maps`` only reuses activations for an ``nn.Sequential``;
                no torchvision classifier is one, so for them both calls run the same code and the
                family tests that occlusion runs and agrees with the hand-made images. It is skipped
-               (and counted as not passed) when its estimated time (2 * images * S * S forwards at
-               the measured per-image forward time) exceeds ``--occlusion-limit`` seconds.
+               (and counted as not passed) when its two calls need more than ``--occlusion-limit``
+               TMAC (2 * images * S * S forwards at the model's multiply-adds).
   top          ``engine.top_activations.top_activations(model, images, {L: units}, k=images)``
                (traced: only the prefix up to L runs) vs. a forward hook on L in the whole network:
                each row's score within 1e-5 (relative, absolute 1e-5) of the hook's score of that
@@ -76,7 +76,7 @@ How to run (from the repository root)
     PYTHONPATH=src .venv/bin/python bench/coverage.py --quick                # 12 diverse models
     PYTHONPATH=src .venv/bin/python bench/coverage.py --models resnet18,vit_b_16 --out table.csv
 
-The full run takes about 70 minutes on 2 CPU cores (``--quick``: about 3 minutes); see the
+The full run took 129 minutes on 2 CPU cores (float64 rechecks included) (``--quick``: about 3 minutes); see the
 README for the breakdown (vit_h_14, regnet_y_128gf and the other 300M+ parameter models
 dominate). Peak memory is ~4x the largest model's parameters (the model, its rerandom twin and
 a modified copy): about 12 GB for vit_h_14.
