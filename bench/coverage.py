@@ -394,9 +394,16 @@ def check_float64(conditions, context, images, labels, args, device, graph=None,
     finally:
         del double
         gc.collect()
+    problem, note = float64_verdict(problem, problem64, f" (largest loss difference {error64:.2g})")
+    return problem, zero, effect, error, note
+
+
+def float64_verdict(problem: str, problem64: str, detail: str = "") -> tuple[str, str]:
+    """(problem, note) once a float32 problem was checked again on float64 copies: a problem in
+    float64 too stays one (both named); float64 agreeing makes it float32 noise, in the note."""
     if problem64:
-        return f"{problem} (float64 too: {problem64})", zero, effect, error, ""
-    return "", zero, effect, error, f"float32 noise ({problem}); float64 agrees (largest loss difference {error64:.2g})"
+        return f"{problem} (float64 too: {problem64})", ""
+    return "", f"float32 noise ({problem}); float64 agrees{detail}"
 
 
 def check_occlusion(model, images, labels, size, args, device) -> tuple[str, float]:
@@ -678,10 +685,7 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
                 finally:
                     del double
                     gc.collect()
-                if problem64:
-                    return f"{problem} (float64 too: {problem64})"
-                notes["occlusion"] = f"float32 noise ({problem}); float64 agrees"
-                return ""
+                problem, notes["occlusion"] = float64_verdict(problem, problem64)
             return problem
 
         family("occlusion", occlusion)

@@ -315,7 +315,7 @@ class Graph:
         return node
 
     def _flattens(self, node: fx.Node, source: fx.Node) -> bool:
-        """torch.flatten(x, 1) or x.flatten(1): the map of each example as one vector."""
+        """nn.Flatten(), torch.flatten(x, 1) or x.flatten(1): the map of each example as one vector."""
         if not node.args or node.args[0] is not source:
             return False
         if node.op == "call_module":
@@ -476,13 +476,13 @@ class Graph:
             if field is None or len(shape) != 3:
                 total += macs * len(rects)
                 continue
-            share = 1.0
+            share = torch.ones(len(rects), dtype=torch.float64)
             for axis, n in enumerate(shape[1:]):
                 centre = field.start[axis] + torch.arange(n, dtype=torch.float64) * field.jump[axis]
                 lo, hi = centre - (field.size[axis] - 1) / 2, centre + (field.size[axis] - 1) / 2
                 meets = (hi[None] >= rects[:, 2 * axis, None]) & (lo[None] <= rects[:, 2 * axis + 1, None] - 1)
                 share = share * meets.sum(1).double() / n
-            total += macs * float(share.sum()) if torch.is_tensor(share) else macs * len(rects)
+            total += macs * float(share.sum())
         return int(total)
 
     def spread(self, layer: str) -> Spread | None:
@@ -530,12 +530,12 @@ class Graph:
         channels (reading them once, as its first argument or an operand), else None."""
         _, dim, offset, width = confined[source]
         args = [a for a in node.args if isinstance(a, fx.Node)]
+        if dim == 1 and self._flattens(node, source):  # nn.Flatten, torch.flatten or .flatten from dim 1
+            return ("flatten", 1, offset, None)
         if node.op == "call_module":
             module = self.module.get_submodule(node.target)
             if not node.args or node.args[0] is not source or len(node.all_input_nodes) != 1:
                 return None
-            if isinstance(module, nn.Flatten) and dim == 1 and module.start_dim == 1 and module.end_dim == -1:
-                return ("flatten", 1, offset, None)
             if isinstance(module, NORMS) and dim == 1 and width == 1:
                 return ("norm", dim, offset, width)
             if isinstance(module, (ELEMENTWISE, ZERO_PRESERVING_MODULES)) and width == 1:
@@ -548,8 +548,6 @@ class Graph:
             before = tensors[: [t is source for t in tensors].index(True)]
             shift = sum(self._info[t][4][0] for t in before)
             return ("cat", dim, offset + shift, width)
-        if self._flattens(node, source) and dim == 1:
-            return ("flatten", 1, offset, None)
         functions = (ELEMENTWISE_FUNCTIONS | ZERO_PRESERVING_FUNCTIONS) - {torch.cat}
         if (node.op == "call_function" and node.target in functions) or (node.op == "call_method" and node.target in ELEMENTWISE_METHODS):
             if width == 1 and args.count(source) == 1 and all(a is source or a not in confined for a in args):
@@ -594,29 +592,6 @@ class Graph:
         if changed and changed[-1].op != "output":
             graph.output(env[changed[-1]])
         return list(inputs), fx.GraphModule(self.module, graph)
-
-    def _depthwise(self, node: fx.Node) -> bool:
-        module = self.module.get_submodule(node.target) if node.op == "call_module" else None
-        return isinstance(module, CONVS) and module.groups == module.in_channels == module.out_channels
-
-    def _channels_into(self, node: fx.Node) -> int:
-        """Units of the map a linear layer reads: the channels of a flattened conv map, else its
-        input features."""
-        source = node.args[0]
-        if isinstance(source, fx.Node) and source.args and isinstance(source.args[0], fx.Node) and self._flattens(source, source.args[0]):
-            shape = self._info.get(source.args[0], (0, 0, 0, 0, ()))[4]
-            if len(shape) >= 2:
-                return shape[0]
-        return self.module.get_submodule(node.target).in_features
-
-    def _per_channel(self, node: fx.Node) -> bool:
-        """An operation after which a change confined to some channels stays confined to them."""
-        if node.op == "call_module":
-            module = self.module.get_submodule(node.target)
-            return isinstance(module, (ELEMENTWISE, ZERO_PRESERVING_MODULES, nn.Flatten)) or self._depthwise(node)
-        if node.op == "call_function":
-            return node.target in ELEMENTWISE_FUNCTIONS or node.target in ZERO_PRESERVING_FUNCTIONS or node.target in (torch.flatten, torch.cat)
-        return node.op == "call_method" and node.target in (*ELEMENTWISE_METHODS, "flatten")
 
     def bytes_per_example(self, index: int) -> int:
         """Bytes one example needs running the suffix from `index`: its live tensors and the
