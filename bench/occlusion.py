@@ -144,9 +144,8 @@ def arithmetic_bound(model, image, windows, stride: int) -> float:
     occluded images cannot avoid (`Graph.window_macs`: of each conv, only the positions whose
     receptive field meets the window; the rest of the network in full)."""
     graph = graph_of(model, image[None])
-    full = sum(graph.macs(n) for n in graph.nodes)
     H, W = image.shape[1:]
-    captum = forwards_per_image(H, W, windows, stride)[0] * full
+    captum = forwards_per_image(H, W, windows, stride)[0] * graph.forward_macs
     ours = sum(graph.window_macs(window_positions(H, W, w, stride).rects) for w in windows)
     return captum / max(1, ours)
 

@@ -435,6 +435,11 @@ class Graph:
             return outputs * module.in_features
         return 0
 
+    @cached_property
+    def forward_macs(self) -> int:
+        """Multiply-adds of one example's whole forward."""
+        return sum(self.macs(n) for n in self.nodes)
+
     def descendants(self, node: fx.Node) -> set[fx.Node]:
         out, todo = set(), list(node.users)
         while todo:
@@ -449,7 +454,7 @@ class Graph:
         condition silencing one unit of `layer` cannot avoid (see `spread`): one input
         channel's share of each linear operation the change first reaches, and all of what
         depends on those operations."""
-        full = sum(self.macs(n) for n in self.nodes)
+        full = self.forward_macs
         spread = self.spread(layer)
         if spread is None:
             return full, sum(self.macs(n) for n in self.descendants(self.mask_node(layer)))
