@@ -384,13 +384,8 @@ class Graph:
             for arg in node.all_input_nodes:
                 need(arg)
         live = sorted(needed, key=self.position.get)
-        graph = fx.Graph()
-        env = {n: graph.placeholder(f"live_{n.name}") for n in live}
-        for node in self.nodes:
-            if node.op == "placeholder" or (self.position[node] < index and node not in pulled):
-                continue
-            env[node] = graph.node_copy(node, lambda n: env[n])
-        suffix = fx.GraphModule(self.module, graph)
+        body = [n for n in self.nodes if n.op != "placeholder" and (self.position[n] >= index or n in pulled)]
+        suffix = self._module(live, body)
         stackable = all(self._info[n][1] == 0 for n in live)
         return Cut(index, live, suffix, stackable)
 
@@ -405,8 +400,6 @@ class Graph:
     def values(self, nodes: list[fx.Node]) -> fx.GraphModule:
         """A module computing the values of `nodes` (a tuple, in that order) from the input,
         running only what they need."""
-        graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
         wanted = set()
         todo = list(nodes)
         while todo:
@@ -414,10 +407,17 @@ class Graph:
             if node not in wanted:
                 wanted.add(node)
                 todo += node.all_input_nodes
-        for node in self.nodes:
-            if node in wanted:
-                env[node] = graph.node_copy(node, lambda n: env[n])
-        graph.output(tuple(env[n] for n in nodes))
+        return self._module([], [n for n in self.nodes if n in wanted], result=tuple(nodes))
+
+    def _module(self, inputs: list[fx.Node], body: list[fx.Node], result=None) -> fx.GraphModule:
+        """`body` (nodes of this graph, in order) copied into a module taking `inputs` as its
+        arguments and returning `result` (a node or a tuple of them; else body's own output)."""
+        graph = fx.Graph()
+        env = {n: graph.placeholder(f"in_{n.name}") for n in inputs}
+        for node in body:
+            env[node] = graph.node_copy(node, env.__getitem__)
+        if result is not None:
+            graph.output(fx.node.map_arg(result, env.__getitem__))
         return fx.GraphModule(self.module, graph)
 
     # --- arithmetic: multiply-adds per example -----------------------------------------------------
@@ -590,13 +590,8 @@ class Graph:
             for arg in node.all_input_nodes:
                 if arg not in inside:
                     (constants if arg.op == "get_attr" else inputs)[arg] = None
-        graph = fx.Graph()
-        env = {n: graph.placeholder(f"in_{n.name}") for n in inputs}
-        for node in [*constants, *changed]:
-            env[node] = graph.node_copy(node, lambda n: env[n])
-        if changed and changed[-1].op != "output":
-            graph.output(env[changed[-1]])
-        return list(inputs), fx.GraphModule(self.module, graph)
+        result = changed[-1] if changed and changed[-1].op != "output" else None
+        return list(inputs), self._module(list(inputs), [*constants, *changed], result)
 
     def bytes_per_example(self, index: int) -> int:
         """Bytes one example needs running the suffix from `index`: its live tensors and the
