@@ -6,7 +6,9 @@
     plus how long our threads waited for a CPU (``/proc/self/task/*/schedstat``);
     ``wait_for_idle`` (wait for a quiet moment before a timed run) and ``sync`` (a device sync);
   * ``options()``: the options every script takes (``--quick``, ``--threads``, ``--device``,
-    ``--wait-idle``, ``--out``), as a parent parser, and ``start(args)`` to apply them;
+    ``--wait-idle``, ``--out``, ``--default-allocator``), as a parent parser, and ``start(args)``
+    to apply them (by default the whole process, peer included, keeps freed memory as knockout's
+    jobs do: the comparison is of the code, not of the allocator);
   * ``cnn_setup`` / ``resnet_setup``: the models and images of the Captum comparisons;
   * ``print_table``, ``write_csv`` and ``finish``, which prints the table and the notes, writes
     ``--out`` and ends the run with the line ``min ratio: N.NNx``: the smallest knockout-vs-peer
@@ -160,13 +162,24 @@ def options(quick: str, threads: int | None = None) -> argparse.ArgumentParser:
                    help="before each timed run, wait up to SECONDS for other processes to leave the "
                         "CPUs idle (default 0: don't wait; a shared machine needs it)")
     p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc's allocator as it is (default: both sides keep freed memory, as "
+                        "knockout's jobs do: knockout.devices.keep_freed_memory)")
     return p
 
 
+ALLOCATOR = ["glibc default"]  # what start() chose, for environment()
+
+
 def start(args: argparse.Namespace) -> torch.device:
-    """Apply --threads; the --device to run on."""
+    """Apply --threads and the allocator (the whole process, so the peer's side too); the
+    --device to run on."""
+    from knockout.devices import keep_freed_memory
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.default_allocator and keep_freed_memory():
+        ALLOCATOR[0] = "freed memory kept (both sides)"
     return torch.device(args.device)
 
 
@@ -307,4 +320,4 @@ def environment(device, *packages) -> str:
     """One line for a bench's header: torch's and `packages`' versions, the device, the threads."""
     versions = ", ".join(f"{m.__name__} {m.__version__}" for m in (torch, *packages))
     return (f"{versions}, device {device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-            f"python {sys.version.split()[0]}")
+            f"python {sys.version.split()[0]}, allocator: {ALLOCATOR[0]}")

@@ -48,7 +48,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import ROOT, Timed, finish, options, start, wait_for_idle  # first: src/ on the path
+from _common import ROOT, Timed, environment, finish, options, start, wait_for_idle  # first: src/ on the path
+import captum
 import torch
 from torch import nn
 
@@ -172,6 +173,7 @@ def peer(model, conditions, images, labels, args, device) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = start(args)
+    print(environment(device, captum), flush=True)
     notes: list[str] = []
     train_split, test_split, _ = data(args)
     model = trained(args, train_split, test_split, device, notes)

@@ -71,14 +71,13 @@ import csv
 import dataclasses
 import gzip
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import Timed, finish, options, start, sync, wait_for_idle  # first: src/ on the path
+from _common import Timed, environment, finish, options, start, sync, wait_for_idle  # first: src/ on the path
 import torch
 from torch import nn
 import torchvision
@@ -370,9 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         assert torch.allclose(x_nb, train_split.images[probe], atol=1e-5), "input pipelines disagree"
         assert [dataset[i][1] for i in probe] == train_split.labels[probe].tolist()
 
-        print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, python "
-              f"{platform.python_version()}, {os.cpu_count()} CPUs, torch threads {threads}, device {device}, "
-              f"DataLoader start method {torch.multiprocessing.get_start_method()}")
+        print(f"{environment(device, torchvision)}, DataLoader start method {torch.multiprocessing.get_start_method()}")
         print(f"Fashion-MNIST train images: {n:,}; epochs timed: {args.epochs}; warm-up batches: "
               f"{args.warmup_batches}; fastest of {args.repeat}; seed {args.seed}; mean/std {meta['mean'][0]:.4f}/{meta['std'][0]:.4f}")
         print(flush=True)

@@ -20,11 +20,13 @@ VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_
 
 
 def _start(job: dict, threads: int | None):
-    """Torch's threads (Snakemake's {threads}) and the job's device, decided here and only here."""
+    """Torch's threads (Snakemake's {threads}), the allocator and the job's device, decided here
+    and only here."""
     import torch
 
-    from .devices import resolve_device
+    from .devices import keep_freed_memory, resolve_device
 
+    keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     return resolve_device(job["device"])
