@@ -62,5 +62,5 @@ def test_a_job_reuses_the_memory_it_frees(tmp_path):
     kept, with_it = faults("keep")
     _, without = faults("default")
     assert kept == "True"
-    assert without > 40 * 1000  # every 32 MB buffer came back as fresh pages (8,192 of them)
-    assert with_it < 1000  # the freed buffer was taken again
+    assert without > 40 * 8000  # every 32 MB buffer came back as fresh pages (8,192 of them)
+    assert with_it <= 2 * 8192  # the freed buffer was taken again (the heap may still grow once or twice)
