@@ -53,7 +53,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_a_job_reuses_the_memory_it_frees(tmp_path):
+def test_kept_memory_is_reused():  # every job calls keep_freed_memory first (jobs._start)
     def faults(mode):
         out = subprocess.run([sys.executable, "-c", _FAULTS, str(ROOT / "src"), mode], capture_output=True, text=True, check=True)
         kept, count = out.stdout.split()

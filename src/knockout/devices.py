@@ -42,8 +42,8 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     rather than hand them back to the OS. By default a tensor buffer freed and allocated again
     each batch comes back as fresh pages, and every first touch faults: 1.6 million faults and
     3.5 s of kernel time in a process that trains study 5's CNN for 310 steps on 2 cores;
-    0.17 million and 0.6 s with this. The price: the process keeps its peak memory until it exits. False (and
-    nothing changed) where the C library is not glibc."""
+    0.17 million and 0.6 s with this. The price: the process keeps its peak memory until it
+    exits. False (and nothing changed) where the C library is not glibc."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
