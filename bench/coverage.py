@@ -76,9 +76,8 @@ How to run (from the repository root)
     PYTHONPATH=src .venv/bin/python bench/coverage.py --quick                # 12 diverse models
     PYTHONPATH=src .venv/bin/python bench/coverage.py --models resnet18,vit_b_16 --out table.csv
 
-The full run took 129 minutes on 2 CPU cores (float64 rechecks included) (``--quick``: about 3 minutes); see the
-README for the breakdown (vit_h_14, regnet_y_128gf and the other 300M+ parameter models
-dominate). Peak memory is ~4x the largest model's parameters (the model, its rerandom twin and
+The full run took 129 minutes on 2 CPU cores, float64 rechecks included (``--quick``: about
+3 minutes); vit_h_14, regnet_y_128gf and the other 300M+ parameter models dominate it. Peak memory is ~4x the largest model's parameters (the model, its rerandom twin and
 a modified copy): about 12 GB for vit_h_14.
 """
 
