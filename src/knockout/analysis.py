@@ -142,15 +142,10 @@ def read_arrays(paths: Iterable[str | Path]) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def read_split(path: str | Path) -> dict[str, np.ndarray]:
-    """A prepared data split (.npz) -> {"images": uint8 (N, C, H, W), "labels": int64 (N,),
-    "indices": int64 (N,)}; `indices` are the examples' indices in the original split."""
-    with np.load(path, allow_pickle=False) as data:
-        missing = {"images", "labels", "indices"} - set(data.files)
-        if missing:
-            raise KeyError(f"{path}: no {', '.join(sorted(missing))} array")
-        split = {key: data[key] for key in ("images", "labels", "indices")}
-    if split["images"].ndim != 4 or not len(split["images"]) == len(split["labels"]) == len(split["indices"]):
-        raise ValueError(f"{path}: images {split['images'].shape}, labels {split['labels'].shape}, "
-                         f"indices {split['indices'].shape}; expected (N, C, H, W), (N,), (N,)")
+def read_split(images: str | Path, indices: str | Path) -> dict[str, np.ndarray]:
+    """A prepared split's images (`{split}_images.npy`, memory-mapped: uint8 (N, C, H, W)) and
+    indices (`{split}_indices.npy`: int64 (N,), the examples' indices in the original split)."""
+    split = {"images": np.load(images, mmap_mode="r", allow_pickle=False), "indices": np.load(indices, allow_pickle=False)}
+    if split["images"].ndim != 4 or len(split["images"]) != len(split["indices"]):
+        raise ValueError(f"{images}: images {split['images'].shape}, indices {split['indices'].shape}; expected (N, C, H, W), (N,)")
     return split

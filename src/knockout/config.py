@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .catalog import BUILTIN, SOURCES
 from .errors import ConfigError
 
 SCHEMA = Path(__file__).with_name("schema.yaml")  # shipped inside the package
@@ -69,18 +70,12 @@ def validate(config: dict, schema: dict | None = None) -> dict:
     return config
 
 
-BUILTIN_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # knockout.data.BUILTIN, without torch
-DATASET_SOURCES = ("torchvision", "image_folder", "tensors")
-
-
 def resolve_dataset(name: str, entry: dict, schema: dict | None = None) -> dict:
     """A `datasets` entry checked against the schema entry of its source, `$defs.dataset_<source>`
     (`$defs.dataset_builtin` for a built-in given without `source`), its defaults filled."""
     source = entry.get("source")
-    if source is None and name not in BUILTIN_DATASETS:
-        raise ConfigError(
-            f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}): give its source ({', '.join(DATASET_SOURCES)})"
-        )
+    if source is None and name not in BUILTIN:
+        raise ConfigError(f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source ({', '.join(SOURCES)})")
     return resolve(f"dataset_{source or 'builtin'}", entry, schema, f"datasets.{name}")
 
 
@@ -101,36 +96,36 @@ def resolve(definition: str, value: dict, schema: dict | None = None, key: str |
 
 
 def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
-    """Checks the schema cannot express: each dataset as far as it can be known (its source's
-    files, whether its larger split fits `data.memory_mb`), references between keys, buildable
-    architectures, and each study against the model it names (the study type's own `check`).
-    `raw_root`: where the `download` rule writes its manifests (results/raw, relative to the
-    working directory), read for torchvision datasets fetched by an earlier run.
+    """Checks the schema cannot express: each model's preprocessing and the prepared view of its
+    dataset it asks for (as far as the dataset can be known: its source's files), references
+    between keys, buildable architectures, the checkpoints given, and each study against the
+    model it names (the study type's own `check`). `raw_root`: where the `download` rule writes
+    its manifests (results/raw, relative to the working directory), read for torchvision
+    datasets fetched by an earlier run.
 
     A model whose dataset's shape or classes cannot be known yet (a torchvision class not
     fetched yet) is not built here: one line on stderr says so, and its checks and its studies'
     run in their jobs (`knockout.jobs`), once the data is prepared."""
-    from .data import too_large
     from .studies import Target, study_type
 
     from .plan import Plan
 
-    plan = Plan(config)
-    infos = {}
-    for name in config["datasets"]:
-        infos[name] = info = data_info(config, name, raw_root)
-        problem = too_large(name, info.shape, info.n_train, info.n_test, config["data"]["memory_mb"])
-        if problem:
-            raise ConfigError(problem)
-    targets, deferred = {}, {}
     for name, model in config["models"].items():
         if model["dataset"] not in config["datasets"]:
             raise ConfigError(
                 f"models.{name}.dataset: {model['dataset']!r} is not a key of datasets ({', '.join(sorted(config['datasets']))})"
             )
-        info = infos[model["dataset"]]
+    plan = Plan(config)  # resolves every model's preprocessing
+    infos = {view: data_info(config, dataset, raw_root, geometry) for view, (dataset, geometry) in plan.views.items()}
+    targets, deferred = {}, {}
+    for name, model in config["models"].items():
+        info = infos[plan.view(name)]
+        _check_given_weights(config, plan, name, info)
         if not info.complete:
             _weights(config, name)
+            if info.deferred is None:  # known, but not one size: nothing says what size to prepare them at
+                raise ConfigError(f"models.{name}: the images of datasets.{model['dataset']} are not all one size: give "
+                                  f"datasets.{model['dataset']}.size, or models.{name}.preprocess with a resize and crop")
             deferred.setdefault(model["dataset"], []).append(name)
             continue
         network = _build(config, name, info)
@@ -139,12 +134,13 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
     for dataset, models in deferred.items():
         studies = [s for s, study in config["interventions"].items() if study["model"] in models]
         also = f" and of studies {', '.join(studies)}" if studies else ""
-        print(f"knockout: {infos[dataset].deferred}; the checks of models {', '.join(models)}{also} run in their jobs",
-              file=sys.stderr)
+        reason = next(infos[plan.view(m)].deferred for m in models)
+        print(f"knockout: {reason}; the checks of models {', '.join(models)}{also} run in their jobs", file=sys.stderr)
     for name, study in config["interventions"].items():
         key = f"interventions.{name}"
         if study["model"] not in config["models"]:
             raise ConfigError(f"{key}.model: {study['model']!r} is not a key of models ({', '.join(sorted(config['models']))})")
+        _check_study_data(config, plan, name, infos[plan.view(study["model"])])
         if study["model"] not in targets:
             continue  # checked by its jobs
         kind = study_type(study["type"])
@@ -156,6 +152,34 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
         if missing:
             raise ConfigError(f"{key}: {study['type']} needs {plan.missing(study['model'], missing[0])}")
     return config
+
+
+def _check_given_weights(config: dict, plan, name: str, info) -> None:
+    """A model trained here needs a training split; `pretrained` needs pretrained weights; the
+    accuracies given are of configured seeds."""
+    model = config["models"][name]
+    given = plan.adopted(name)
+    if given is None and info.n_train == 0:
+        raise ConfigError(f"models.{name}: datasets.{model['dataset']} has no training split to train it on: give "
+                          f"models.{name}.checkpoints (your trained weights, or pretrained with arch.weights)")
+    if given and given.get("pretrained") and not _weights(config, name):
+        raise ConfigError(f"models.{name}.checkpoints: pretrained takes the weights of models.{name}.arch, which names none "
+                          "(give arch.weights: a torchvision weights name or a state_dict file)")
+    for seed in (given or {}).get("accuracy", {}):
+        if int(seed) not in plan.seeds:
+            raise ConfigError(f"models.{name}.checkpoints.accuracy.{seed}: not one of the seeds ({', '.join(map(str, plan.seeds))})")
+
+
+def _check_study_data(config: dict, plan, name: str, info) -> None:
+    """What a study reads of its model's data is there: a training split to retrain on, the
+    split the unit statistics are computed over."""
+    study = plan.studies[name]
+    dataset = config["models"][study.model]["dataset"]
+    if study.kind == "retrain" and info.n_train == 0:
+        raise ConfigError(f"interventions.{name}: {study.type} trains, and datasets.{dataset} has no training split")
+    if "unit_stats" in study.needs and config["unit_stats"]["split"] == "train" and info.n_train == 0:
+        raise ConfigError(f"interventions.{name}: ranks units by statistics over the training split, which datasets.{dataset} "
+                          "does not have: set unit_stats.split: test (they then see the evaluated images)")
 
 
 def _check_checkpoints(plan, name: str, network) -> None:
@@ -209,16 +233,16 @@ def _build(config: dict, name: str, info=None):
         raise ConfigError(f"models.{name}.arch: {str(e).splitlines()[0]}") from None
 
 
-def data_info(config: dict, dataset: str, raw_root: str | Path | None = "results/raw"):
+def data_info(config: dict, dataset: str, raw_root: str | Path | None = "results/raw", geometry: dict | None = None):
     """Shape, classes and split sizes of a configured dataset before any job (a
-    `knockout.studies.DataInfo`; see `knockout.data.inspect`). `raw_root`: where fetched
-    datasets' manifests are (None: do not look). ConfigError, one line, for an entry or a file
-    that cannot work."""
+    `knockout.studies.DataInfo`; see `knockout.data.inspect`), at `geometry` (a model's resize and
+    crop; None: its own size). `raw_root`: where fetched datasets' manifests are (None: do not
+    look). ConfigError, one line, for an entry or a file that cannot work."""
     from .data import inspect
     from .errors import DataError
 
     try:
-        return inspect(dataset, config["datasets"][dataset], Path(raw_root) / dataset if raw_root is not None else None)
+        return inspect(dataset, config["datasets"][dataset], Path(raw_root) / dataset if raw_root is not None else None, geometry)
     except DataError as e:
         raise ConfigError(str(e)) from None
 

@@ -1,696 +1,123 @@
-"""Datasets: find or download the raw data, verify it, read it with torchvision, prepare subsets.
+"""Datasets: the dispatch to their sources (`knockout.sources`), class-stratified subsets, and the
+prepared splits, written once by `prepare` and streamed by every job.
 
-A dataset is a key of `datasets:` in the config. The three built-ins (`mnist`, `fashion_mnist`,
-`cifar10`, given without `source`) come from their official files, each verified against its
-checksum: the md5 of the official archive or, for Debian's re-compressed copies, the sha256 of
-the decompressed content. Any other dataset names its `source` (see `knockout.sources`): a class
-of `torchvision.datasets`, a folder of images per class, or a tensors file. The pipeline is
+    inspect(name, spec, raw_dir, geometry)     -> DataInfo, before any job (the config checks)
+    fetch(name, dest, mirrors, download, spec) -> dest/<files> + dest/manifest.json  (download rule)
+    prepare(name, raw_dir, out_dir, ...)       -> out_dir/{split}_{images,labels,indices}.npy and
+                                                  meta.json                          (prepare rule)
+    open_split(folder, split, preprocess, ...) -> a Split: uint8 images on disk (in memory when
+                                                  small), model inputs made batch by batch
 
-    inspect(name, spec, raw_dir)   -> DataInfo, before any job (config checks)
-    fetch(name, dest, mirrors)     -> dest/<files> + dest/manifest.json (the `download` rule)
-    prepare(name, raw_dir, out_dir) -> out_dir/train.npz, test.npz, meta.json (the `prepare` rule)
-    load_prepared(out_dir, device) -> normalised float tensors
-
-Built-in files are verified, laid out as torchvision reads them (decompressed, or safely
-extracted) in a temporary folder, and read with torchvision's readers. Every output file is
-written to a temporary name and renamed into place, so an interrupted run never leaves a file
-that looks complete.
+A prepared split is uncompressed uint8 on disk (`numpy.load(path, mmap_mode="r")` opens it). A
+job reads it in batches with positioned reads, never whole, and converts and normalises each
+batch on the device while a thread reads the next: its memory is a few batches, whatever the
+dataset's size. `prepare` decodes in parallel workers, resizes once (the view's geometry), and
+resumes a killed run from the chunks it had written. Every file is written under a temporary
+name and renamed into place, meta.json last, so an interrupted run never leaves a view that looks
+complete.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import http.client
 import json
 import os
+import queue
+import re
 import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-import warnings
-import zipfile
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Literal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = [
-    "BUILTIN",
-    "DATASETS",
-    "DataError",
-    "DataFile",
-    "DatasetSource",
-    "RawSplit",
-    "Split",
-    "fetch",
-    "inspect",
-    "load_prepared",
-    "locate",
-    "prepare",
-    "raw_spec",
-    "read_raw",
-    "reachable",
-    "source_of",
-    "stratified_subset",
-    "too_large",
-    "verify",
-]
+from . import sources
+from .catalog import SPLITS, raw_spec
+from .errors import DataError
+from .io import atomic_write, write_json
+from .sources.common import mode_of, one_line, output_size, to_pixels
+
+__all__ = ["DataError", "Split", "as_split", "fetch", "inspect", "open_split", "prepare", "read_meta", "stratified_subset"]
+
+_CHUNK_BYTES = 16 << 20  # images converted and written per step of prepare (its resume granularity)
+_STATS_CHUNK = 4096  # images per step of the channel statistics (their float64 sums are exactly as before)
 
 
-from .errors import DataError  # noqa: E402  (re-exported: a dataset problem, as one line)
-from .io import read_arrays, write_arrays, write_json  # noqa: E402
+# --------------------------------------------------------------------------- dispatch
 
 
-@dataclass(frozen=True)
-class DataFile:
-    """One raw file of a dataset.
+def inspect(name: str, spec: dict | None, raw_dir: Path | None = None, geometry: dict | None = None):
+    """What can be known of a configured dataset before any job runs (for the config checks).
 
-    name: file name as published (e.g. 'train-images-idx3-ubyte.gz').
-    md5: md5 of the official archive file.
-    content_sha256: sha256 of the gunzipped content, or None; lets re-compressed
-        copies (Debian's) be accepted when their .gz md5 differs.
+    In: its key and config entry (validated; None: a built-in with no subsets); `raw_dir`, where
+    the `download` rule writes its manifest, if it may have run already; `geometry`, the resize
+    and crop of the view a model asks for (None: the dataset's own size).
+    Out: a `knockout.studies.DataInfo`: shape (C, H, W) at that geometry, classes, and the sizes
+    of the prepared splits (subsets applied; n_train 0 for an evaluation-only dataset). A field
+    that cannot be known yet is None and `deferred` says why. DataError, one line naming the key
+    or file, for an entry or file that cannot work.
     """
+    from .studies import DataInfo
 
-    name: str
-    md5: str
-    content_sha256: str | None = None
+    spec = spec or {}
+    found = sources.source(sources.kind_of(name, spec)).inspect(name, raw_spec(spec), raw_dir)
+    shape = tuple(found["shape"]) if found.get("shape") is not None else None
+    channels = found.get("channels", shape[0] if shape else None)
+    if geometry is not None:
+        size = output_size(geometry, shape[1:] if shape else None)
+        shape = (channels, *size) if channels is not None and size is not None else None
 
+    def kept(subset: int | None, n: int | None) -> int | None:
+        return None if n is None else n if subset is None else min(subset, n)
 
-@dataclass(frozen=True)
-class DatasetSource:
-    """Where a dataset comes from and how its raw files are laid out.
-
-    name: dataset key in DATASETS (e.g. 'fashion_mnist').
-    kind: 'idx' (4 files: train images, train labels, test images, test labels,
-        in that order) or 'cifar' (one cifar-10-python.tar.gz).
-    files: the raw files, in the order above.
-    urls: base URLs tried in order; a file's URL is base + file name.
-    classes: class names, index = label (ours: MNIST's are '0'..'9', not torchvision's '0 - zero').
-    torchvision_name: torchvision's class name (its root/<name>/raw/ layout), or None.
-    debian_package: Debian package that installs the data, or None.
-    """
-
-    name: str
-    kind: Literal["idx", "cifar"]
-    files: tuple[DataFile, ...]
-    urls: tuple[str, ...]
-    classes: tuple[str, ...]
-    torchvision_name: str | None = None
-    debian_package: str | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Image shape (C, H, W) of the full-size dataset."""
-        return (1, 28, 28) if self.kind == "idx" else (3, 32, 32)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def n_train(self) -> int:
-        """Images in the official training split (60,000 for the MNISTs, 50,000 for CIFAR-10)."""
-        return 60_000 if self.kind == "idx" else 50_000
-
-    @property
-    def n_test(self) -> int:
-        """Images in the official test split (MNIST, Fashion-MNIST and CIFAR-10 all have 10,000)."""
-        return 10_000
-
-    @property
-    def filenames(self) -> list[str]:
-        """The raw file names, in order."""
-        return [f.name for f in self.files]
-
-    def file(self, filename: str) -> DataFile:
-        """The DataFile called `filename`; DataError if the dataset has no such file."""
-        for f in self.files:
-            if f.name == filename:
-                return f
-        raise DataError(f"{self.name}: {filename}: not a file of this dataset (files: {', '.join(self.filenames)})")
-
-
-_IDX_NAMES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-
-# Checksums copied from torchvision 0.29 (datasets/mnist.py, datasets/cifar.py).
-_MNIST_MD5 = (
-    "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "d53e105ee54ea40749a09fcbcd1e9432",
-    "9fb629c4189551a2d022fa330f9573f3",
-    "ec29112dd5afa0611ce80d1b7f02629c",
-)
-_FASHION_MD5 = (
-    "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-    "25c81989df183df01b3e8a0aad5dffbe",
-    "bef4ecab320f06d8554ea6380940ec79",
-    "bb300cfdad3c16e7a12a480ee83cd310",
-)
-# sha256 of the decompressed files: identical in the official and Debian copies.
-_FASHION_CONTENT_SHA256 = (
-    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-)
-
-DATASETS: dict[str, DatasetSource] = {
-    "mnist": DatasetSource(
-        name="mnist",
-        kind="idx",
-        files=tuple(DataFile(n, m) for n, m in zip(_IDX_NAMES, _MNIST_MD5)),
-        urls=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
-        classes=tuple(str(d) for d in range(10)),
-        torchvision_name="MNIST",
-    ),
-    "fashion_mnist": DatasetSource(
-        name="fashion_mnist",
-        kind="idx",
-        files=tuple(
-            DataFile(n, m, s) for n, m, s in zip(_IDX_NAMES, _FASHION_MD5, _FASHION_CONTENT_SHA256)
-        ),
-        urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        classes=(
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ),
-        torchvision_name="FashionMNIST",
-        debian_package="dataset-fashion-mnist",
-    ),
-    "cifar10": DatasetSource(
-        name="cifar10",
-        kind="cifar",
-        files=(DataFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
-        urls=("https://www.cs.toronto.edu/~kriz/",),
-        classes=(
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ),
-    ),
-}
-
-BUILTIN = tuple(DATASETS)  # the keys of `datasets:` that need no `source`
-SOURCES = ("torchvision", "image_folder", "tensors")  # the other datasets' `source`
-SUBSET_KEYS = ("train_subset", "test_subset", "subset_seed")  # what prepare takes; fetch does not
-
-_CHUNK = 1 << 20
-_USER_AGENT = "knockout-data/0.1 (python urllib)"
-
-
-def source_of(name: str, spec: dict | None) -> str:
-    """`builtin` for a built-in name given without `source`, else the spec's `source`.
-    DataError for another name without a source."""
-    if spec and spec.get("source"):
-        return spec["source"]
-    if name in DATASETS:
-        return "builtin"
-    raise DataError(
-        f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source "
-        f"({', '.join(SOURCES)})"
+    return DataInfo(
+        shape=shape,
+        classes=tuple(found["classes"]) if found.get("classes") is not None else None,
+        n_test=kept(spec.get("test_subset"), found.get("n_test")),
+        n_train=kept(spec.get("train_subset"), found.get("n_train")),
+        deferred=found.get("deferred"),
     )
 
 
-def raw_spec(spec: dict | None) -> dict:
-    """What of a dataset's config entry decides its raw data: all but the subset keys (changing a
-    subset re-prepares the data, it does not fetch it again)."""
-    return {k: v for k, v in (spec or {}).items() if k not in SUBSET_KEYS}
-
-
-# --------------------------------------------------------------------------- checksums
-
-
-def _source(name: str, source: DatasetSource | None) -> DatasetSource:
-    """The given source override, else DATASETS[name]; DataError for an unknown name."""
-    if source is not None:
-        return source
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(f"{name}: unknown dataset (known: {', '.join(sorted(DATASETS))})") from None
-
-
-def _hash_stream(stream, *algorithms: str) -> list[str]:
-    """Hex digests of everything read from a binary stream, one per algorithm."""
-    hashes = [hashlib.new(a) for a in algorithms]
-    while chunk := stream.read(_CHUNK):
-        for h in hashes:
-            h.update(chunk)
-    return [h.hexdigest() for h in hashes]
-
-
-def _file_hashes(path: Path) -> tuple[str, str]:
-    """(md5, sha256) of a file's bytes, in one pass."""
-    with open(path, "rb") as f:
-        md5, sha256 = _hash_stream(f, "md5", "sha256")
-    return md5, sha256
-
-
-def _content_sha256(path: Path) -> str | None:
-    """sha256 of a gzip file's decompressed bytes, or None if it does not decompress."""
-    try:
-        with gzip.open(path, "rb") as f:
-            return _hash_stream(f, "sha256")[0]
-    except (OSError, EOFError, zlib.error):
-        return None
-
-
-def _verify(source: DatasetSource, filename: str, path: Path) -> str:
-    """Check one raw file; return its md5. DataError if missing or neither checksum matches."""
-    expected = source.file(filename)
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{source.name}: {filename}: missing ({path})")
-    md5, _ = _file_hashes(path)
-    if md5 == expected.md5:
-        return md5
-    message = f"{source.name}: {filename}: checksum mismatch (md5 {md5}, expected {expected.md5}"
-    if expected.content_sha256 is not None:
-        content = _content_sha256(path)
-        if content == expected.content_sha256:
-            return md5
-        actual = content if content is not None else "unreadable gzip"
-        message += f"; content sha256 {actual}, expected {expected.content_sha256}"
-    raise DataError(message + ")")
-
-
-def verify(name: str, filename: str, path: Path, source: DatasetSource | None = None) -> None:
-    """Raise DataError unless `path` is a good copy of `filename` of dataset `name`.
-
-    Accepted if the file's md5 is the official one, or (where the dataset has one)
-    the sha256 of its decompressed content matches. The message names the dataset,
-    the file, and the actual and expected checksums.
-    """
-    _verify(_source(name, source), filename, Path(path))
-
-
-# --------------------------------------------------------------------------- finding and fetching
-
-
-def _candidate_dirs(source: DatasetSource, root: Path) -> list[Path]:
-    """Folders under a mirror root that may hold the dataset, in search order, no repeats."""
-    dirs = [root / source.name, root / source.name.replace("_", "-")]
-    if source.torchvision_name:
-        dirs.append(root / source.torchvision_name / "raw")
-    dirs.append(root)
-    return list(dict.fromkeys(dirs))
-
-
-def _expand(mirror: str | Path) -> Path:
-    """A mirror path with ~ and $VARS expanded."""
-    return Path(os.path.expandvars(os.path.expanduser(str(mirror))))
-
-
-def locate(
-    name: str, mirrors: list[str | Path], source: DatasetSource | None = None
-) -> dict[str, Path] | None:
-    """Find a verified local copy of a dataset.
-
-    In: dataset name, mirror roots (~ and $VARS expanded; missing ones skipped).
-    Under each root, looks in root/<name>/, root/<name with - for _>/,
-    root/<torchvision name>/raw/, then root/ itself.
-    Out: file name -> path for the first folder holding all files, all verified;
-    None if there is none. A folder with a corrupt file is skipped with a warning.
-    """
-    src = _source(name, source)
-    for mirror in mirrors:
-        root = _expand(mirror)
-        if not root.is_dir():
-            continue
-        for folder in _candidate_dirs(src, root):
-            paths = {f: folder / f for f in src.filenames}
-            if not all(p.is_file() for p in paths.values()):
-                continue
-            try:
-                for filename, path in paths.items():
-                    _verify(src, filename, path)
-            except DataError as err:
-                warnings.warn(f"{err} in {folder}; skipping this copy", stacklevel=2)
-                continue
-            return paths
-    return None
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception as a single line of text (for DataError messages)."""
-    text = str(err) or type(err).__name__
-    return " ".join(text.split())
-
-
-class _DownloadFailed(Exception):
-    """No URL delivered a file (network-level failure, not a checksum failure)."""
-
-
-def _download(url: str, part: Path, timeout: float) -> None:
-    """Stream `url` into `part`; network errors propagate, and `part` is removed on failure."""
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(part, "wb") as out:
-            shutil.copyfileobj(response, out, _CHUNK)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-
-
-def _download_file(
-    src: DatasetSource, filename: str, dest: Path, bases: list[str], timeout: float
-) -> str:
-    """Download one file into dest via dest/<file>.part, trying each base URL in turn.
-
-    Out: the URL it came from. DataError if its checksum is wrong (the .part is
-    deleted); _DownloadFailed with the reasons if no URL answered.
-    """
-    part = dest / f"{filename}.part"
-    reasons = []
-    for base in bases:
-        url = base.rstrip("/") + "/" + filename
-        try:
-            _download(url, part, timeout)
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
-            reasons.append(f"{url}: {_one_line(err)}")
-            continue
-        try:
-            _verify(src, filename, part)
-        except DataError as err:
-            part.unlink(missing_ok=True)
-            raise DataError(f"{err} downloaded from {url}") from None
-        os.replace(part, dest / filename)
-        return url
-    raise _DownloadFailed("; ".join(reasons) or "no URLs")
-
-
-def _how_to_get(src: DatasetSource, mirrors: list[Path]) -> str:
-    """One-line advice on how to provide a dataset by hand."""
-    if src.debian_package:
-        return (
-            f"install Debian's {src.debian_package} (apt-get install {src.debian_package}) "
-            "or put the files in one of the mirrors"
-        )
-    where = f"{mirrors[0]}/{src.name}/" if mirrors else "<mirror>/" + src.name + "/"
-    return f"put {', '.join(src.filenames)} in a mirror folder (e.g. {where})"
-
-
-def _manifest_if_complete(src: DatasetSource, dest: Path) -> dict | None:
-    """dest/manifest.json if it exists and every file it covers is present and verifies."""
-    path = dest / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if manifest.get("dataset") != src.name or set(manifest.get("files", {})) != set(src.filenames):
-        return None
-    try:
-        for filename in src.filenames:
-            _verify(src, filename, dest / filename)
-    except DataError:
-        return None
-    return manifest
-
-
-def _copy_from_mirror(src: DatasetSource, found: dict[str, Path], dest: Path) -> dict[str, str]:
-    """Copy verified mirror files into dest (via .part); out: file name -> source path."""
-    sources = {}
-    for filename, path in found.items():
-        target = dest / filename
-        sources[filename] = str(path.resolve())
-        if target.exists() and os.path.samefile(path, target):
-            continue  # dest is itself the mirror folder
-        part = dest / f"{filename}.part"
-        shutil.copyfile(path, part)
-        try:
-            _verify(src, filename, part)  # guards against a copy gone wrong
-        except DataError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, target)
-    return sources
-
-
-def fetch(
-    name: str,
-    dest: Path,
-    mirrors: list[str | Path],
-    download: bool = True,
-    timeout: float = 30,
-    urls: list[str] | None = None,
-    source: DatasetSource | None = None,
-    spec: dict | None = None,
-) -> dict:
-    """Make the raw data of a dataset available and describe it in dest/manifest.json.
-
-    In: dataset name; dest folder (created); mirror roots (~ and $VARS expanded); whether to
-    download when no mirror has the data; per-request timeout in seconds; `spec`, the dataset's
-    config entry (None or no `source`: the built-in `name`).
-    Built-ins: dest gets verified copies of the official files (from `locate`, else downloaded
-    from the official URLs, or `urls`, base URLs, if given); if dest already has a manifest.json
-    whose files all verify, nothing is done. Manifest: {dataset, files: {filename: {md5, sha256,
-    source}}}. Other sources: see `knockout.sources.fetch`.
-    Raises DataError if a download has the wrong checksum, or if no way worked.
-    """
-    if source_of(name, spec) != "builtin":
-        from . import sources
-
-        return sources.fetch(name, raw_spec(spec), Path(dest), [_expand(m) for m in mirrors], download)
-    src = _source(name, source)
+def fetch(name: str, dest: Path, mirrors: list, download: bool = True, spec: dict | None = None, **options) -> dict:
+    """Make a dataset's raw data available and describe it in dest/manifest.json: {dataset,
+    source, spec (the entry without its subsets), files (each with its size and, where there are
+    files to verify, md5 and sha256), ...}. `options` go to the built-ins' fetch (`timeout`,
+    `urls`, `source`: tests give tiny copies)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    existing = _manifest_if_complete(src, dest)
-    if existing is not None:
-        return existing
-
-    found = locate(name, mirrors, source=src)
-    if found is not None:
-        sources = _copy_from_mirror(src, found, dest)
-    else:
-        roots = [_expand(m) for m in mirrors]
-        searched = ", ".join(str(r) for r in roots) or "none given"
-        if not download:
-            raise DataError(
-                f"{src.name}: not in any mirror ({searched}) and download disabled; {_how_to_get(src, roots)}"
-            )
-        bases = list(urls) if urls is not None else list(src.urls)
-        sources = {}
-        try:
-            for filename in src.filenames:
-                sources[filename] = _download_file(src, filename, dest, bases, timeout)
-        except _DownloadFailed as err:
-            raise DataError(
-                f"{src.name}: not in any mirror ({searched}) and download failed ({err}); "
-                f"{_how_to_get(src, roots)}"
-            ) from None
-
-    manifest = {"dataset": src.name, "files": {}}
-    for filename in src.filenames:
-        md5, sha256 = _file_hashes(dest / filename)
-        manifest["files"][filename] = {"md5": md5, "sha256": sha256, "source": sources[filename]}
+    kind = sources.kind_of(name, spec)
+    body = sources.source(kind).fetch(name, raw_spec(spec), dest, list(mirrors), download, **options)
+    manifest = {"dataset": name, "source": kind, "spec": raw_spec(spec), **body}
     write_json(manifest, dest / "manifest.json")
     return manifest
 
 
-def reachable(
-    name: str, timeout: float = 5, urls: list[str] | None = None, source: DatasetSource | None = None
-) -> bool:
-    """Whether the first official URL of a dataset answers a HEAD request with 2xx/3xx.
-
-    In: dataset name, timeout in seconds; `urls` overrides the base URLs.
-    Out: True if the server answered successfully, False on any error or timeout.
-    """
-    src = _source(name, source)
-    bases = list(urls) if urls is not None else list(src.urls)
-    if not bases:
-        return False
-    url = bases[0].rstrip("/") + "/" + src.files[0].name
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": _USER_AGENT})
+def available(name: str, spec: dict | None, mirrors: list, download: bool) -> tuple[bool, str]:
+    """(whether the data can be had, one line saying how) for `knockout check-data`."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return 200 <= response.status < 400
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
-        return False
+        return sources.source(sources.kind_of(name, spec)).available(name, raw_spec(spec), mirrors, download)
+    except DataError as err:
+        return False, str(err)
 
 
-# --------------------------------------------------------------------------- reading the built-ins
-
-
-def _check_labels(where: str, labels, n_images: int, n_classes: int) -> None:
-    """DataError unless there is one label per image and each is a valid class index."""
-    if tuple(labels.shape) != (n_images,):
-        raise DataError(f"{where}: {labels.shape[0]} labels for {n_images} images")
-    if n_images and (labels.min() < 0 or labels.max() >= n_classes):
-        raise DataError(f"{where}: labels outside 0..{n_classes - 1}")
-
-
-def _decompress(src: DatasetSource, raw_dir: Path, filename: str, work: Path) -> Path:
-    """A verified .gz file, decompressed into `work` (torchvision reads IDX files uncompressed)."""
-    target = work / filename.removesuffix(".gz")
+def _read_manifest(name: str, spec: dict | None, raw_dir: Path, required: bool) -> dict:
+    """raw_dir/manifest.json, written by `fetch` for this dataset and this very entry ({} when
+    there is none and it is not `required`: a built-in's files are verified on their own)."""
+    path = Path(raw_dir) / "manifest.json"
     try:
-        with gzip.open(raw_dir / filename, "rb") as f, open(target, "wb") as out:
-            shutil.copyfileobj(f, out, _CHUNK)
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{src.name}: {filename}: corrupt or truncated gzip ({_one_line(err)})") from None
-    return target
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        if not required:
+            return {}
+        raise DataError(f"{name}: {path}: not fetched or unreadable ({one_line(err)})") from None
+    if required and (manifest.get("dataset") != name or manifest.get("spec") != raw_spec(spec)):
+        raise DataError(f"{name}: {path} was fetched for another config entry; fetch it again (the download rule)")
+    return manifest
 
 
-def _read_idx_file(src: DatasetSource, filename: str, path: Path, labels: bool) -> torch.Tensor:
-    """torchvision's reader of one uncompressed IDX file: uint8 N,H,W images or int64 N labels.
-    Its errors (asserts, shape and type errors) become one DataError naming the file."""
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
-    try:
-        return (read_label_file if labels else read_image_file)(str(path))
-    except AssertionError:
-        raise DataError(f"{src.name}: {filename}: not an IDX file of bytes (bad magic number)") from None
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as err:
-        raise DataError(f"{src.name}: {filename}: malformed IDX file ({_one_line(err)})") from None
-
-
-def _read_idx_split(
-    src: DatasetSource, raw_dir: Path, work: Path, images_file: str, labels_file: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split of an IDX dataset; out: (uint8 N,1,H,W images, int64 N labels)."""
-    images = _read_idx_file(src, images_file, _decompress(src, raw_dir, images_file, work), labels=False)
-    labels = _read_idx_file(src, labels_file, _decompress(src, raw_dir, labels_file, work), labels=True)
-    _check_labels(f"{src.name}: {labels_file}", labels, images.shape[0], len(src.classes))
-    return images.unsqueeze(1).contiguous(), labels.to(torch.int64)
-
-
-_CIFAR_DIR = "cifar-10-batches-py"
-
-
-def _check_member_name(where: str, member: str) -> None:
-    """DataError if a tar member name is absolute or climbs out with '..'."""
-    path = PurePosixPath(member)
-    if path.is_absolute() or member.startswith("\\") or ".." in path.parts or ".." in member.split("\\"):
-        raise DataError(f"{where}: refusing unsafe archive member name {member!r}")
-
-
-def _extract_cifar(src: DatasetSource, path: Path, work: Path) -> Path:
-    """The batches of a verified CIFAR archive extracted into work/cifar-10-batches-py/ (the layout
-    torchvision's CIFAR10 reads). Every member name is checked first (none absolute, none with
-    '..'), only regular files of that folder are extracted, and through tarfile's `data` filter."""
-    where = f"{src.name}: {path.name}"
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            infos = tar.getmembers()
-            for info in infos:
-                _check_member_name(where, info.name)
-            wanted = [i for i in infos if i.isfile() and PurePosixPath(i.name).parent == PurePosixPath(_CIFAR_DIR)]
-            names = {PurePosixPath(i.name).name for i in wanted}
-            for required in ("data_batch_1", "test_batch", "batches.meta"):
-                if required not in names:
-                    raise DataError(f"{where}: archive has no file {_CIFAR_DIR}/{required}")
-            tar.extractall(work, members=wanted, filter="data")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{where}: corrupt or truncated archive ({_one_line(err)})") from None
-    return work / _CIFAR_DIR
-
-
-def _read_cifar(src: DatasetSource, path: Path, work: Path) -> tuple[tuple, tuple, list[str]]:
-    """Read a verified cifar-10-python.tar.gz with torchvision's CIFAR10, extracted into `work`.
-
-    Out: ((train uint8 N,3,32,32, int64 N), (test ..., ...), class names).
-    Must only be called on an archive whose checksum was verified (its batches are unpickled).
-    """
-    from torchvision.datasets import CIFAR10
-
-    where = f"{src.name}: {path.name}"
-    folder = _extract_cifar(src, path, work)
-    n_batches = 0
-    while (folder / f"data_batch_{n_batches + 1}").is_file():
-        n_batches += 1
-
-    def listed(filename: str) -> list[str]:
-        return [filename, _file_hashes(folder / filename)[0]]
-
-    # CIFAR10 checks each extracted file against its list of md5s; the archive they came from was
-    # verified, so the list is theirs (and a smaller archive, as in the tests, reads too).
-    reader = type("CIFAR10", (CIFAR10,), {
-        "train_list": [listed(f"data_batch_{i}") for i in range(1, n_batches + 1)],
-        "test_list": [listed("test_batch")],
-        "meta": {**CIFAR10.meta, "md5": listed(CIFAR10.meta["filename"])[1]},
-    })
-    try:
-        train = reader(str(work), train=True)
-        test = reader(str(work), train=False)
-        classes = [str(c) for c in train.classes]
-    except Exception as err:  # a malformed pickle can raise almost anything
-        raise DataError(f"{where}: unreadable CIFAR batches ({type(err).__name__}: {_one_line(err)})") from None
-
-    def tensors(dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if dataset.data.dtype != np.uint8:
-            raise DataError(f"{where}: {what}: data is {dataset.data.dtype}, expected uint8")
-        try:
-            labels = torch.from_numpy(np.asarray(dataset.targets, dtype=np.int64))
-        except (TypeError, ValueError) as err:
-            raise DataError(f"{where}: {what}: labels are not integers ({_one_line(err)})") from None
-        _check_labels(f"{where}: {what}", labels, len(dataset.data), len(classes))
-        # torchvision holds N,H,W,C (for PIL); the batches, and we, N,C,H,W.
-        return torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2))), labels
-
-    return tensors(train, "data_batch_*"), tensors(test, "test_batch"), classes
-
-
-def _read(src: DatasetSource, raw_dir: Path, work: Path) -> tuple[tuple, tuple, list[str]]:
-    """Read already-verified raw files, laid out for torchvision in `work`; same output as read_raw."""
-    raw_dir = Path(raw_dir)
-    if src.kind == "cifar":
-        return _read_cifar(src, raw_dir / src.files[0].name, work)
-    train_images, train_labels, test_images, test_labels = src.filenames
-    train = _read_idx_split(src, raw_dir, work, train_images, train_labels)
-    test = _read_idx_split(src, raw_dir, work, test_images, test_labels)
-    return train, test, list(src.classes)
-
-
-def _verify_all(src: DatasetSource, raw_dir: Path) -> dict[str, str]:
-    """Verify every raw file in raw_dir; out: file name -> md5."""
-    return {f: _verify(src, f, Path(raw_dir) / f) for f in src.filenames}
-
-
-def read_raw(
-    name: str, raw_dir: Path, source: DatasetSource | None = None, work_dir: Path | None = None
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[str]]:
-    """Verify and read the raw files of a built-in dataset.
-
-    In: dataset name, folder holding its raw files; `work_dir`, where the files are laid out
-    for torchvision meanwhile (a temporary folder in it, removed after; default: the system's).
-    Out: ((train_images, train_labels), (test_images, test_labels), classes) with
-    images uint8 N,C,H,W (MNIST-like: C=1, 28x28; CIFAR: C=3, 32x32), labels int64 N.
-    DataError naming the file for a bad checksum or malformed content.
-    """
-    src = _source(name, source)
-    _verify_all(src, raw_dir)  # CIFAR files are unpickled: only ever read verified data
-    with tempfile.TemporaryDirectory(prefix=".layout-", dir=work_dir) as work:
-        return _read(src, Path(raw_dir), Path(work))
-
-
-# --------------------------------------------------------------------------- subsets and preparation
+# --------------------------------------------------------------------------- subsets
 
 
 def stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -723,124 +150,179 @@ def stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.T
     return torch.sort(torch.cat(chosen)).values.to(torch.int64)
 
 
-def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of uint8 N,C,H,W images, in 0..1 units.
+# --------------------------------------------------------------------------- prepare
 
-    Accumulates in float64 over chunks so large datasets need no full float copy.
-    """
-    n_channels = images.shape[1]
-    total = torch.zeros(n_channels, dtype=torch.float64)
-    squares = torch.zeros(n_channels, dtype=torch.float64)
-    for start in range(0, images.shape[0], chunk):
-        x = images[start : start + chunk].to(torch.float64) / 255.0
-        total += x.sum(dim=(0, 2, 3))
-        squares += (x * x).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
+
+def _npy_header(f, shape: tuple[int, ...], dtype=np.uint8) -> int:
+    """Write an .npy header for a C-order array of `shape`; out: where its data starts."""
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                                              "shape": tuple(int(d) for d in shape)})
+    return f.tell()
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, where the data starts) of a C-order .npy file, from its header."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+        if fortran:
+            raise DataError(f"{path}: a Fortran-order array, not a prepared split")
+        return tuple(shape), dtype, f.tell()
+
+
+class _Partial:
+    """A prepare in progress: `.partial/` in the output folder holds each split's images file as
+    it fills and progress.json the run's key and the chunks written (each synced to disk first),
+    so a killed run resumes where it stopped. A run of another key starts afresh."""
+
+    def __init__(self, folder: Path, key: str):
+        self.folder, self.key = folder, key
+        try:
+            state = json.loads((folder / "progress.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("key") != key:
+            shutil.rmtree(folder, ignore_errors=True)
+            state = {}
+        folder.mkdir(parents=True, exist_ok=True)
+        self.done = {split: set(chunks) for split, chunks in state.get("done", {}).items()}
+
+    def images(self, split: str, shape: tuple[int, ...]) -> tuple[int, int]:
+        """The split's images file (created at its full size if new): (an open descriptor, the
+        offset of its data)."""
+        path = self.folder / f"{split}_images.npy"
+        if path.is_file() and _npy_layout(path)[0] == shape:
+            fd = os.open(path, os.O_RDWR)
+            return fd, _npy_layout(path)[2]
+        self.done.pop(split, None)
+        with open(path, "wb") as f:
+            offset = _npy_header(f, shape)
+            f.truncate(offset + int(np.prod(shape, dtype=np.int64)))
+        return os.open(path, os.O_RDWR), offset
+
+    def mark(self, split: str, chunk: int, fd: int) -> None:
+        os.fdatasync(fd)  # the chunk's bytes are on disk before the record says so
+        self.done.setdefault(split, set()).add(chunk)
+        record = {"key": self.key, "done": {s: sorted(c) for s, c in self.done.items()}}
+        atomic_write(self.folder / "progress.json", lambda tmp: tmp.write_text(json.dumps(record)))
+
+
+class _Converted(torch.utils.data.Dataset):
+    """The chosen items of a raw split, each converted to uint8 (C, H, W) (in the loader's
+    workers): (position, pixels) or, for an item that cannot be converted, (position, the
+    one-line problem), so the problem reaches the main process as the same one line."""
+
+    def __init__(self, where: str, split, indices: np.ndarray, mode: str, geometry: dict | None, shape: tuple[int, ...]):
+        self.where, self.split, self.indices, self.mode, self.geometry, self.shape = where, split, indices, mode, geometry, shape
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        i = int(self.indices[position])
+        try:
+            pixels = to_pixels(self.where, i, self.split.item(i), self.mode, self.geometry)
+        except DataError as err:
+            return position, str(err)
+        if pixels.shape != self.shape:
+            c, h, w = self.shape
+            return position, (f"{self.where}: item {i}: image of {'x'.join(map(str, pixels.shape))}, the first one {c}x{h}x{w}: "
+                              "give a size to resize them all")
+        return position, pixels
+
+
+def _collate(items: list) -> tuple[int, np.ndarray | str]:
+    problems = [value for _, value in items if isinstance(value, str)]
+    return items[0][0], problems[0] if problems else np.stack([value for _, value in items])
+
+
+def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, geometry: dict | None,
+                  partial: _Partial, workers: int, progress: bool) -> tuple[int, ...]:
+    """The chosen images of one split converted and written into the partial images file, chunk
+    by chunk (the chunks a killed run wrote are kept). Out: the image shape (C, H, W)."""
+    from tqdm import tqdm
+
+    first = to_pixels(where, int(indices[0]), raw.item(int(indices[0])), mode, geometry)
+    shape = tuple(first.shape)
+    per_chunk = max(1, _CHUNK_BYTES // first.nbytes)
+    chunks = [indices[i : i + per_chunk] for i in range(0, len(indices), per_chunk)]
+    fd, offset = partial.images(split, (len(indices), *shape))
+    todo = [c for c in range(len(chunks)) if c not in partial.done.get(split, set())]
+    bar = tqdm(total=len(indices), initial=sum(len(chunks[c]) for c in range(len(chunks)) if c not in todo),
+               desc=f"prepare {where} {split}", unit="img", disable=not progress, mininterval=5)
+    try:
+        # Arrays a source already holds as uint8 at this mode and size need no conversion.
+        bulk = raw.arrays is not None and geometry is None and tuple(raw.arrays(indices[:1]).shape[1:]) == shape
+        if bulk:
+            done = ((c, raw.arrays(chunks[c])) for c in todo)
+        else:
+            loader = torch.utils.data.DataLoader(_Converted(where, raw, indices, mode, geometry, shape),
+                                                 batch_sampler=[list(range(c * per_chunk, c * per_chunk + len(chunks[c]))) for c in todo],
+                                                 num_workers=workers if len(todo) > 1 else 0, collate_fn=_collate)
+            done = ((position // per_chunk, pixels) for position, pixels in loader)
+        for chunk, pixels in done:
+            if isinstance(pixels, str):
+                raise DataError(pixels)
+            if tuple(pixels.shape[1:]) != shape:
+                raise DataError(f"{where}: {split} images of {pixels.shape[1:]}, the first one {shape}")
+            os.pwrite(fd, np.ascontiguousarray(pixels).data, offset + chunk * per_chunk * first.nbytes)
+            partial.mark(split, chunk, fd)
+            bar.update(len(pixels))
+    finally:
+        bar.close()
+        os.close(fd)
+    return shape
+
+
+def _channel_stats(path: Path) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of a uint8 N,C,H,W images file, in 0..1 units,
+    accumulated in float64 over chunks read from disk (no full float copy), on one thread: a
+    sum's rounding depends on how it is split, and the statistics must not depend on the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _sums(path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sums(path: Path) -> tuple[list[float], list[float]]:
+    shape, _, offset = _npy_layout(path)
+    n, c, h, w = shape
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    row = c * h * w
+    with open(path, "rb") as f:
+        for start in range(0, n, _STATS_CHUNK):
+            count = min(_STATS_CHUNK, n - start)
+            chunk = np.frombuffer(os.pread(f.fileno(), count * row, offset + start * row), dtype=np.uint8).reshape(count, c, h, w)
+            x = torch.from_numpy(chunk.copy()).to(torch.float64) / 255.0
+            total += x.sum(dim=(0, 2, 3))
+            squares += (x * x).sum(dim=(0, 2, 3))
+    count = n * h * w
     if count == 0:
-        return [0.0] * n_channels, [1.0] * n_channels
+        return [0.0] * c, [1.0] * c
     mean = total / count
     std = (squares / count - mean * mean).clamp_min(0).sqrt()
     return mean.tolist(), std.tolist()
 
 
-def _save_split(path: Path, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-    """One split subset (its images, labels and indices into the original split) as an
-    uncompressed .npz: numpy reads it, the notebooks too, without torch."""
-    arrays = {"images": images.numpy(), "labels": labels.numpy(), "indices": indices.numpy()}
-    write_arrays(arrays, path, compress=False)
+def _write_npy(array: np.ndarray, path: Path) -> None:
+    atomic_write(path, lambda tmp: np.save(tmp, array, allow_pickle=False))
 
 
-def _manifest_sources(raw_dir: Path) -> dict[str, str] | None:
-    """File name -> source from raw_dir/manifest.json, or None without a readable manifest."""
-    try:
-        manifest = json.loads((Path(raw_dir) / "manifest.json").read_text())
-        return {f: entry.get("source") for f, entry in manifest["files"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+_WORDNET_ID = re.compile(r"^n\d{8}$")
 
 
-@dataclass
-class RawSplit:
-    """One split of a dataset as its source reads it, before subsetting: every label, and the
-    images on demand (only the subset is ever converted).
+def named_classes(classes: list[str]) -> tuple[list[str], list[str] | None]:
+    """(names, ids): ImageNet-1k's 1000 WordNet ids (the folder names of its validation set, in
+    sorted order: its class indices) named as torchvision's weights name them (their
+    `meta["categories"]`); other classes as they are, without ids."""
+    if len(classes) != 1000 or not all(_WORDNET_ID.match(c) for c in classes):
+        return list(classes), None
+    from torchvision.models import ResNet50_Weights
 
-    labels: int64 N, the class index of every example of the split.
-    images: sorted int64 indices -> uint8 (n, C, H, W) images of those examples.
-    shape: (C, H, W) of every image.
-    """
-
-    labels: torch.Tensor
-    images: Callable[[torch.Tensor], torch.Tensor]
-    shape: tuple[int, int, int]
-
-
-def too_large(name: str, shape, n_train: int | None, n_test: int | None, memory_mb: float | None) -> str | None:
-    """The one-line refusal when the larger prepared split, as float32 images (how jobs hold it in
-    memory), would take more than `memory_mb`; None when it fits or its size is not known."""
-    if shape is None or memory_mb is None:
-        return None
-    sizes = [(n, split) for n, split in ((n_train, "train"), (n_test, "test")) if n is not None]
-    if not sizes:
-        return None
-    n, split = max(sizes)
-    per_image = 4 * int(np.prod(shape))
-    if n * per_image <= memory_mb * 2**20:
-        return None
-    c, h, w = shape
-    fit = int(memory_mb * 2**20 // per_image)
-    return (
-        f"datasets.{name}: its {split} split, {n} images of {c}x{h}x{w}, takes {n * per_image / 2**20:.0f} MB as "
-        f"float32 tensors, more than data.memory_mb ({memory_mb:g}): set datasets.{name}.{split}_subset to at most "
-        f"{fit}, or raise data.memory_mb"
-    )
-
-
-def inspect(name: str, spec: dict | None, raw_dir: Path | None = None):
-    """What can be known of a configured dataset before any job runs (for the config checks).
-
-    In: its key and config entry (validated; None: a built-in with no subsets); `raw_dir`, where
-    the `download` rule writes its manifest (results/raw/{name}), if it may have run already.
-    Out: a `knockout.studies.DataInfo`: shape (C, H, W), classes, and the sizes of the prepared
-    splits (subsets applied). Built-ins, image folders and tensors files are known from the
-    config and the files (folder listings, array headers and labels); a torchvision class is
-    known once it was fetched (from its manifest), until then its unknown fields are None and
-    `deferred` says why. DataError, one line naming the key or file, for an entry or file that
-    cannot work (an unknown torchvision class, a missing folder, an array missing, labels out of
-    range, ...).
-    """
-    from .studies import DataInfo
-
-    spec = spec or {}
-    if source_of(name, spec) == "builtin":
-        src = DATASETS[name]
-        found = {"shape": src.shape, "classes": src.classes, "n_train": src.n_train, "n_test": src.n_test}
-    else:
-        from . import sources
-
-        found = sources.inspect(name, raw_spec(spec), raw_dir)
-
-    def kept(subset: int | None, n: int | None) -> int | None:
-        return None if n is None else n if subset is None else min(subset, n)
-
-    return DataInfo(
-        shape=tuple(found["shape"]) if found.get("shape") is not None else None,
-        classes=tuple(found["classes"]) if found.get("classes") is not None else None,
-        n_test=kept(spec.get("test_subset"), found.get("n_test")),
-        n_train=kept(spec.get("train_subset"), found.get("n_train")),
-        deferred=found.get("deferred"),
-    )
-
-
-def _read_manifest(name: str, spec: dict, raw_dir: Path) -> dict:
-    """raw_dir/manifest.json, written by `fetch` for this dataset and this very entry."""
-    path = Path(raw_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{name}: {path}: not fetched or unreadable ({_one_line(err)})") from None
-    if manifest.get("dataset") != name or manifest.get("spec") != raw_spec(spec):
-        raise DataError(f"{name}: {path} was fetched for another config entry; fetch it again (the download rule)")
-    return manifest
+    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"]), list(classes)
 
 
 def prepare(
@@ -850,124 +332,300 @@ def prepare(
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
-    source: DatasetSource | None = None,
     spec: dict | None = None,
-    memory_mb: float | None = None,
+    geometry: dict | None = None,
+    workers: int = 0,
+    progress: bool = False,
+    source=None,
 ) -> dict:
-    """Verify, read and subset a dataset into tensors ready for training.
+    """Verify, read, subset and convert a dataset into a prepared view.
 
-    In: dataset name; folder with its raw files and manifest (from `fetch`); output folder
-    (created); subset sizes (None: whole split); seed for the stratified subsets; `spec`, the
-    dataset's config entry (None or no `source`: the built-in `name`); `memory_mb`, the most the
-    larger split may take as float32 tensors (None: no limit; DataError, before any image is
-    converted, when over).
-    Out files: out_dir/train.npz and test.npz, each {'images': uint8 N,C,H,W,
-    'labels': int64 N, 'indices': int64 N into the original split}, and
-    out_dir/meta.json, written last as the completion marker.
-    Returns meta: {dataset, classes, num_classes, shape [C,H,W], mean, std
-    (per channel over the train subset, 0..1 units), n_train, n_test,
-    subset_seed, source, checksums}: for built-ins `source` maps each file to where it came from
-    and `checksums` each file to its md5; for the other sources `source` describes the source
-    (its type and where it was read) and `checksums` are the manifest's (sha256 per file, or of
-    an image folder's listing).
+    In: dataset name; the folder `fetch` wrote; the output folder (created); subset sizes (None:
+    the whole split) and their seed; `spec`, the dataset's config entry (None or no `source`: the
+    built-in `name`); `geometry`, the view's resize and crop (a model's preprocessing; None: the
+    entry's `size`, else the images as they are); `workers`, processes that decode images
+    (0: this one); `progress`, a progress bar on stderr; `source`, a built-in's description
+    (tests give tiny copies).
+    Out files: {split}_images.npy (uint8 N,C,H,W), {split}_labels.npy (int64 N) and
+    {split}_indices.npy (int64 N, into the original split) for train and test (a dataset
+    without a training split: N = 0), then meta.json, the completion marker.
+    Returns meta: {dataset, classes, num_classes, shape [C,H,W], mean, std (per channel over the
+    train subset, else the test subset; 0..1 units), stats_split, n_train, n_test, subset_seed,
+    geometry, source, checksums} (+ class_ids: ImageNet's WordNet ids, when its classes are
+    named from torchvision's weights).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Remove the completion marker first so a crash below cannot leave old meta with new tensors.
+    # Remove the completion marker first so a crash below cannot leave old meta with new images.
     (out_dir / "meta.json").unlink(missing_ok=True)
-
-    with tempfile.TemporaryDirectory(prefix=".layout-", dir=out_dir) as work:
-        if source_of(name, spec) == "builtin":
-            src = _source(name, source)
-            checksums = _verify_all(src, raw_dir)
-            (train_x, train_y), (test_x, test_y), classes = _read(src, raw_dir, Path(work))
-            train = RawSplit(train_y, lambda idx: train_x[idx], tuple(train_x.shape[1:]))
-            test = RawSplit(test_y, lambda idx: test_x[idx], tuple(test_x.shape[1:]))
-            dataset, origin = src.name, _manifest_sources(raw_dir)
-        else:
-            from . import sources
-
-            manifest = _read_manifest(name, spec, raw_dir)
-            train, test, classes = sources.read(name, raw_spec(spec), manifest)
-            dataset, origin, checksums = name, sources.origin(manifest), sources.checksums(manifest)
-        if train.shape != test.shape:
-            raise DataError(f"{name}: train images are {train.shape}, test images {test.shape}: they must match")
-        train_idx = stratified_subset(train.labels, train_subset, seed)
-        test_idx = stratified_subset(test.labels, test_subset, seed)
-        problem = too_large(name, train.shape, train_idx.numel(), test_idx.numel(), memory_mb)
-        if problem:
-            raise DataError(problem)
-        train_images = train.images(train_idx)
-        _save_split(out_dir / "train.npz", train_images, train.labels[train_idx], train_idx)
-        _save_split(out_dir / "test.npz", test.images(test_idx), test.labels[test_idx], test_idx)
-
-    mean, std = _channel_stats(train_images)
+    kind = sources.kind_of(name, spec)
+    manifest = _read_manifest(name, spec, raw_dir, required=kind != "builtin")
+    raw = sources.source(kind).read(name, raw_spec(spec), manifest, Path(raw_dir), **({"source": source} if source else {}))
+    geometry = geometry or ({"size": spec["size"]} if spec and spec.get("size") is not None else None)
+    subsets = {"train": train_subset, "test": test_subset}
+    chosen = {split: stratified_subset(s.labels, subsets[split], seed) for split, s in raw.splits.items()}
+    first = next(iter(raw.splits.values()))
+    mode = {1: "L", 3: "RGB"}.get(raw.channels) or mode_of(first.item(0), None)
+    key = hashlib.sha256(json.dumps([name, raw_spec(spec), subsets, seed, geometry, mode, manifest.get("files"),
+                                     manifest.get("listing_sha256")], sort_keys=True, default=str).encode()).hexdigest()
+    partial = _Partial(out_dir / ".partial", key)
+    shapes = {split: _write_images(f"datasets.{name}", split, raw.splits[split], chosen[split].numpy(), mode, geometry, partial,
+                                   workers, progress)
+              for split in SPLITS if split in raw.splits}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"datasets.{name}: train images are {shapes['train']}, test images {shapes['test']}: they must match")
+    shape = shapes["test"]
+    for split in SPLITS:
+        if split not in raw.splits:  # an evaluation-only dataset: an empty training split
+            with open(partial.folder / f"{split}_images.npy", "wb") as f:
+                _npy_header(f, (0, *shape))
+            chosen[split] = torch.zeros(0, dtype=torch.int64)
+    stats_split = "train" if "train" in raw.splits else "test"
+    mean, std = _channel_stats(partial.folder / f"{stats_split}_images.npy")
+    for split in SPLITS:
+        labels = raw.splits[split].labels[chosen[split]] if split in raw.splits else torch.zeros(0, dtype=torch.int64)
+        _write_npy(labels.numpy().astype(np.int64), out_dir / f"{split}_labels.npy")
+        _write_npy(chosen[split].numpy().astype(np.int64), out_dir / f"{split}_indices.npy")
+        os.replace(partial.folder / f"{split}_images.npy", out_dir / f"{split}_images.npy")
+    classes, class_ids = named_classes(raw.classes)
     meta = {
-        "dataset": dataset,
-        "classes": list(classes),
+        "dataset": name,
+        "classes": classes,
         "num_classes": len(classes),
-        "shape": list(train.shape),
+        "shape": list(shape),
         "mean": mean,
         "std": std,
-        "n_train": int(train_idx.numel()),
-        "n_test": int(test_idx.numel()),
+        "stats_split": stats_split,
+        "n_train": int(chosen["train"].numel()),
+        "n_test": int(chosen["test"].numel()),
         "subset_seed": seed,
-        "source": origin,
-        "checksums": checksums,
-    }
+        "geometry": geometry,
+        "source": raw.origin,
+        "checksums": raw.checksums,
+    } | ({"class_ids": class_ids} if class_ids else {})
     write_json(meta, out_dir / "meta.json")
+    shutil.rmtree(partial.folder, ignore_errors=True)
     return meta
 
 
 # --------------------------------------------------------------------------- loading
 
 
-@dataclass
-class Split:
-    """One prepared split: images float32 N,C,H,W (normalised), labels int64 N, and the indices
-    of the examples in the original split (int64 N)."""
+def read_meta(path: Path) -> dict:
+    """A prepared view's meta.json; DataError if it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not prepared or unreadable ({one_line(err)})") from None
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
+
+class _InMemory:
+    """Images held whole (a small prepared split, on the job's device; or tensors given)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+        self.shape = tuple(images.shape)
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.images[rows.to(self.images.device)]
+
+    def read_range(self, start: int, stop: int) -> torch.Tensor:
+        return self.images[start:stop]
+
+
+class _OnDisk:
+    """A prepared images file read in rows by positioned reads: only what is asked for is ever in
+    the process (a memory map would count every page it touched as the job's memory)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.shape, dtype, self.offset = _npy_layout(self.path)
+        if dtype != np.uint8:
+            raise DataError(f"{path}: images of {dtype}, not uint8")
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    def __del__(self):
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
+
+    def _pread(self, out: np.ndarray, start: int, count: int, into: int) -> None:
+        data = os.pread(self.fd, count * self.row, self.offset + start * self.row)
+        if len(data) != count * self.row:
+            raise DataError(f"{self.path}: truncated (rows {start}..{start + count - 1} are not all there)")
+        out[into : into + count] = np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape[1:])
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows in any order: read in increasing order, runs of consecutive rows at once."""
+        rows = rows.cpu()
+        order = rows.argsort()
+        sorted_rows = rows[order].tolist()
+        out = np.empty((len(sorted_rows), *self.shape[1:]), dtype=np.uint8)
+        j = 0
+        while j < len(sorted_rows):
+            run = 1
+            while j + run < len(sorted_rows) and sorted_rows[j + run] == sorted_rows[j] + run:
+                run += 1
+            self._pread(out, sorted_rows[j], run, j)
+            j += run
+        result = torch.from_numpy(out)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return result[inverse]
+
+    def read_range(self, start: int, stop: int) -> torch.Tensor:
+        out = np.empty((stop - start, *self.shape[1:]), dtype=np.uint8)
+        self._pread(out, start, stop - start, 0)
+        return torch.from_numpy(out)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class Split:
+    """One split as a job sees it: its images (stored as prepared, uint8, or tensors given as
+    they are), every label and index, and the preprocessing that turns stored images into model
+    inputs on the device, batch by batch.
+
+    labels: int64 (N,); indices: int64 (N,), the examples' indices in the original split;
+    preprocess: stored batch (B, C, H, W) on the device -> model inputs (float32).
+    """
+
+    def __init__(self, store, labels: torch.Tensor, indices: torch.Tensor | None = None,
+                 preprocess: Callable[[torch.Tensor], torch.Tensor] = _identity, rows: torch.Tensor | None = None):
+        self._store = store
+        self._rows = rows  # a subset: these rows of the store, in this order
+        self.labels = labels
+        self.indices = indices if indices is not None else torch.arange(len(labels))
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One example's stored shape (C, H, W)."""
+        return tuple(self._store.shape[1:])
 
-def read_meta(path: Path) -> dict:
-    """A prepared dataset's meta.json; DataError if it is missing or unreadable."""
+    def subset(self, positions) -> Split:
+        """The examples at `positions` (of this split), in that order."""
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        rows = positions if self._rows is None else self._rows[positions]
+        return Split(self._store, self.labels[positions], self.indices[positions], self.preprocess, rows)
+
+    def stored(self, positions) -> torch.Tensor:
+        """The stored images at `positions` (on the CPU or where they are held)."""
+        positions = torch.as_tensor(positions, dtype=torch.int64).cpu()
+        return self._store.read(positions if self._rows is None else self._rows[positions])
+
+    def _stored_range(self, start: int, stop: int) -> torch.Tensor:
+        if self._rows is None:
+            return self._store.read_range(start, stop)
+        return self._store.read(self._rows[start:stop])
+
+    def pixels(self, positions) -> torch.Tensor:
+        """The images at `positions` in pixel space: float32 in [0, 1] for prepared (uint8) images;
+        tensors given as they are."""
+        x = self.stored(positions)
+        return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
+
+    def inputs(self, positions, device) -> torch.Tensor:
+        """Model inputs of the examples at `positions`, on `device`."""
+        return self.preprocess(_to_device(self.stored(positions), torch.device(device)))
+
+    def example(self, device) -> torch.Tensor:
+        """The first example as a batch of one model input (to trace or probe a network with)."""
+        return self.inputs([0], device)
+
+    def chunks(self, size: int, device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(start, inputs, labels) of consecutive chunks of `size` examples, on `device`; the next
+        chunk is read while this one is used."""
+        device = torch.device(device)
+        starts = range(0, len(self), max(1, int(size)))
+        reads = ((s, lambda s=s: self._stored_range(s, min(s + size, len(self)))) for s in starts)
+        for start, stored in _read_ahead(reads, device):
+            yield start, self.preprocess(stored), self.labels[start : start + size].to(device)
+
+    def batches(self, order: torch.Tensor, size: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) of the examples `order[0:size]`, `order[size:2 size]`, ... on `device`
+        (training's shuffled batches); the next batch is read while this one is used."""
+        device = torch.device(device)
+        order = order.cpu()
+        picks = [order[s : s + size] for s in range(0, len(order), size)]
+        reads = ((p, lambda p=p: self.stored(p)) for p in picks)
+        for positions, stored in _read_ahead(reads, device):
+            yield self.preprocess(stored), self.labels[positions].to(device)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if x.device == device:
+        return x
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _read_ahead(reads, device: torch.device, depth: int = 2):
+    """(key, stored batch on `device`) for each (key, read) of `reads`, the reads done by a thread
+    up to `depth` batches ahead of the consumer (file reads and copies release the GIL)."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for key, read in reads:
+                if stop.is_set():
+                    return
+                results.put((key, _to_device(read(), device)))
+            results.put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            results.put(err)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
     try:
-        return json.loads(Path(path).read_text())
+        while (item := results.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+def open_split(folder: Path, split: str, preprocess=None, device="cpu", resident_mb: float = 0) -> Split:
+    """One prepared split of a view folder: its images held in memory on `device` when they take at
+    most `resident_mb` MB (uint8), else read from disk batch by batch; `preprocess` (a
+    `knockout.preprocess.Preprocess`; None: the stored images as they are) makes model inputs."""
+    folder = Path(folder)
+    try:
+        labels = torch.from_numpy(np.load(folder / f"{split}_labels.npy", allow_pickle=False))
+        indices = torch.from_numpy(np.load(folder / f"{split}_indices.npy", allow_pickle=False))
+        store = _OnDisk(folder / f"{split}_images.npy")
     except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not prepared or unreadable ({_one_line(err)})") from None
+        raise DataError(f"{folder.name}: {split}: unreadable prepared split ({one_line(err)})") from None
+    if store.shape[0] != len(labels) or len(indices) != len(labels):
+        raise DataError(f"{folder.name}: {split}: {store.shape[0]} images, {len(labels)} labels, {len(indices)} indices")
+    if store.shape[0] * store.row <= resident_mb * 2**20:
+        store = _InMemory(store.read_range(0, store.shape[0]).to(device))
+    return Split(store, labels.to(torch.int64), indices.to(torch.int64), preprocess or _identity)
 
 
-def load_split(path: Path, meta: dict, device: str | torch.device) -> Split:
-    """One prepared split (`train.npz` or `test.npz`), its images normalised with meta's
-    per-channel mean and std ((x/255 - mean) / std), on `device`."""
-    path = Path(path)
-    try:
-        arrays = read_arrays(path)
-        images, labels, indices = (torch.from_numpy(arrays[k]) for k in ("images", "labels", "indices"))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path.parent.name}: {path.name}: unreadable ({_one_line(err)})") from None
-    expected_n = meta["n_train" if path.stem == "train" else "n_test"]
-    if images.shape[0] != expected_n or labels.shape != (expected_n,):
-        raise DataError(
-            f"{path.parent.name}: {path.name}: {images.shape[0]} images, {labels.shape[0]} labels; "
-            f"meta.json says {expected_n}"
-        )
-    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: just centre it
-    # Move uint8 first: a quarter of the bytes of float32 to transfer.
-    x = images.to(device).to(torch.float32).div_(255.0).sub_(mean).div_(std)
-    return Split(images=x, labels=labels.to(device=device, dtype=torch.int64), indices=indices)
-
-
-def load_prepared(data_dir: Path, device: str | torch.device) -> tuple[Split, Split, dict]:
-    """Both splits of a folder written by `prepare`, and its meta: (train, test, meta)."""
-    data_dir = Path(data_dir)
-    meta = read_meta(data_dir / "meta.json")
-    return load_split(data_dir / "train.npz", meta, device), load_split(data_dir / "test.npz", meta, device), meta
+def as_split(images, labels=None) -> Split:
+    """A Split as it is, or tensors given (`images` (N, ...) as model inputs already, `labels` (N,))
+    as one held in memory."""
+    if isinstance(images, Split):
+        if labels is not None:
+            raise ValueError("labels come with the Split")
+        return images
+    if isinstance(images, (tuple, list)) and labels is None:
+        images, labels = images
+    return Split(_InMemory(images), torch.as_tensor(labels))

@@ -86,14 +86,27 @@ def fetch(job: dict, out: str) -> None:
     fetch_files(job["dataset"], Path(out), job.get("mirrors", []), download=job.get("download", True), spec=job.get("spec"))
 
 
-def prepare(job: dict, raw: str, out: str) -> None:
-    """The raw data of one dataset (the folder `raw`, from `fetch`) -> train.npz, test.npz and
-    meta.json in `out`. `job`: {dataset, spec (its config entry, with its subsets), memory_mb}."""
-    from .data import prepare as prepare_splits
+def prepare(job: dict, raw: str, out: str, threads: int | None = None) -> None:
+    """The raw data of one dataset (the folder `raw`, from `fetch`) -> a prepared view in `out`.
+    `job`: {dataset, spec (its config entry, with its subsets), geometry (the view's resize and
+    crop, or None)}; `threads` processes decode images."""
+    from .data import prepare as prepare_view
 
     spec = job.get("spec") or {}
-    prepare_splits(job["dataset"], Path(raw), Path(out), train_subset=spec.get("train_subset"), test_subset=spec.get("test_subset"),
-                   seed=spec.get("subset_seed", 0), spec=spec, memory_mb=job.get("memory_mb"))
+    prepare_view(job["dataset"], Path(raw), Path(out), train_subset=spec.get("train_subset"), test_subset=spec.get("test_subset"),
+                 seed=spec.get("subset_seed", 0), spec=spec, geometry=job.get("geometry"), workers=threads if threads and threads > 1 else 0,
+                 progress=True)
+
+
+def _open(job: dict, data: str, device, *splits: str):
+    """A prepared view's meta.json, the model's preprocessing built on it, and its `splits`
+    (`knockout.data.Split`s: held on `device` when small, else streamed from disk)."""
+    from .data import open_split, read_meta
+    from .preprocess import Preprocess
+
+    meta = read_meta(Path(data) / "meta.json")
+    preprocess = Preprocess.of(job["preprocess"], meta)
+    return meta, preprocess, [open_split(data, split, preprocess, device, job.get("resident_mb", 0)) for split in splits]
 
 
 def _check_study(job: dict, kind, spec, network, info: dict) -> None:
@@ -114,117 +127,154 @@ def _check_study(job: dict, kind, spec, network, info: dict) -> None:
 # --- training --------------------------------------------------------------------------------------
 
 
-def train(job: dict, seed: int, train: str, test: str, meta: str, out: str, threads: int | None = None) -> dict:
+def _network(job: dict, meta: dict, key: str, weights: bool = False):
+    """The job's architecture built for the prepared view (without its pretrained weights unless
+    `weights`: the weights come from the checkpoint); ConfigError naming `key` when it does not
+    fit the images (checked before any job, unless the dataset was not known then)."""
+    from .errors import ConfigError
+    from .models import build_model
+
+    arch = job["arch"]
+    if not weights and not isinstance(arch, str):
+        arch = {k: v for k, v in arch.items() if k != "weights"}
+    try:
+        return build_model(arch, tuple(meta["shape"]), meta["num_classes"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        shape = "x".join(map(str, meta["shape"]))
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]} (on {meta['dataset']}: {shape} images, {meta['num_classes']} classes)") from None
+
+
+def train(job: dict, seed: int, data: str, out: str, threads: int | None = None) -> dict:
     """One model x seed: the model folder (init.pt, final.pt, history.csv, metrics.json, epochs/)."""
     import torch
 
-    from .data import load_split, read_meta
-    from .models import build_model
     from .train import TrainConfig, train as fit
 
     device = _start(job, threads)
-    info = read_meta(meta)
-    train_split, test_split = load_split(train, info, "cpu"), load_split(test, info, "cpu")
+    meta, preprocess, (train_split, test_split) = _open(job, data, device, "train", "test")
     torch.manual_seed(seed)  # the initial weights are a function of the seed alone
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    network = _network(job, meta, f"models.{job['model']}.arch", weights=True)
     out = Path(out)
-    try:  # checked before any job, unless the dataset was not known then
-        network = build_model(job["arch"], tuple(info["shape"]), info["num_classes"])
-    except (ValueError, KeyError, RuntimeError) as e:
-        from .errors import ConfigError
-
-        shape = "x".join(map(str, info["shape"]))
-        raise ConfigError(f"models.{out.parent.name}.arch: {str(e).splitlines()[0]} (on {info['dataset']}: {shape} images, "
-                          f"{info['num_classes']} classes)") from None
-    return fit(network, train_split.images, train_split.labels, test_split.images, test_split.labels,
-               TrainConfig.from_dict(job["train"]), out, seed=seed, device=device, epochs_dir=out / "epochs")
+    return fit(network, train_split, test_split, TrainConfig.from_dict(job["train"]), out, seed=seed, device=device,
+               epochs_dir=out / "epochs", record={"preprocess": preprocess.record})
 
 
-def adopt(job: dict, seed: int, sources: list[str], meta: str, out: str, test: str | None = None, metrics: str | None = None,
+def _described(preprocess) -> str:
+    """A model's preprocessing in words, for a one-line error."""
+    record = preprocess.record
+    numbers = f"mean {', '.join(f'{v:.3f}' for v in record['mean'])}, std {', '.join(f'{v:.3f}' for v in record['std'])}"
+    geometry = record.get("geometry")
+    shape = f", resize {geometry['resize']}, crop {geometry['crop']}" if geometry else ""
+    return f"{record['name']}: {numbers}{shape}"
+
+
+def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, preprocess) -> None:
+    """A network given (checkpoints, pretrained weights) must be above chance on its test split
+    (1/K plus 3 binomial standard errors), unless the user means it, and within 0.5 points of the
+    accuracy they measured, where they give it: otherwise its inputs are not what it was trained
+    on, and every number after would be noise."""
+    import math
+
+    from .errors import ConfigError
+
+    model, k = job["model"], meta["num_classes"]
+    chance = 1 / k
+    bound = chance + 3 * math.sqrt(chance * (1 - chance) / max(n, 1))
+    how = f"models.{model}.preprocess is {_described(preprocess)}"
+    where = f"on {n} test images of {meta['dataset']}"
+    measured = job.get("accuracy", {}).get(str(seed))
+    if measured is not None and abs(accuracy - measured) > 0.005:
+        raise ConfigError(f"models.{model}.checkpoints.accuracy.{seed}: you measured {measured:.4f}, knockout measures {accuracy:.4f} "
+                          f"{where}: is that the same test set and preprocessing? ({how})")
+    if accuracy <= bound and not job.get("allow_chance"):
+        raise ConfigError(f"models.{model}: seed {seed}: test accuracy {accuracy:.4f} {where} is not above chance ({chance:.4f}; "
+                          f"+ 3 SE: {bound:.4f}): are the inputs preprocessed as the network was trained? {how} "
+                          f"(models.{model}.allow_chance: true goes on with a network at chance on purpose)")
+
+
+def adopt(job: dict, seed: int, data: str, out: str, sources: list[str] = (), metrics: str | None = None,
           threads: int | None = None) -> None:
-    """Checkpoints the user has, as knockout checkpoints: `out` a file (final or initial
-    weights; with `metrics`, their test-set numbers too) or a folder (`epoch{e}.pt` for the
-    job's epochs, one source each). Each must fit the architecture exactly."""
-    from .data import load_split, read_meta
+    """Weights the user has, as knockout checkpoints: `out` a file (final or initial weights; with
+    `metrics`, evaluated on the test split first: a network that is not above chance, or not at
+    the accuracy the user measured, stops here) or a folder (`epoch{e}.pt` for the job's epochs,
+    one source each). Each must fit the architecture exactly. No sources: the arch's pretrained
+    weights, as they are."""
     from .engine.evaluate import evaluate
-    from .models import build_model, count_parameters, load_state, read_state_dict, save_model
+    from .models import count_parameters, load_state, read_state_dict, save_model
 
     device = _start(job, threads)
-    info = read_meta(meta)
-    arch = job["arch"] if isinstance(job["arch"], str) else {k: v for k, v in job["arch"].items() if k != "weights"}
-    network = build_model(arch, tuple(info["shape"]), info["num_classes"])
+    meta, preprocess, splits = _open(job, data, device, *(["test"] if metrics else []))
+    network = _network(job, meta, f"models.{job['model']}.arch", weights=not sources)
     if len(sources) > 1 or Path(out).suffix != ".pt":
         for epoch, source in zip(job["epochs"], sources, strict=True):
             load_state(network, read_state_dict(Path(source)), source)
             save_model(network, Path(out) / f"epoch{epoch}.pt", seed=seed, epoch=epoch, source=source)
         return
-    load_state(network, read_state_dict(Path(sources[0])), sources[0])
-    save_model(network, out, seed=seed, source=sources[0])
+    if sources:
+        load_state(network, read_state_dict(Path(sources[0])), sources[0])
+    source = sources[0] if sources else f"pretrained {job['arch'].get('weights')}"
     if metrics:
-        split = load_split(test, info, device)
-        result = evaluate(network.to(device), split.images, split.labels, batch_size=job["eval_batch_size"], amp=False)
+        result = evaluate(network.to(device), splits[0], batch_size=job["eval_batch_size"], amp=False)
+        _check_baseline(job, seed, result.accuracy, len(splits[0]), meta, preprocess)
+    save_model(network, out, seed=seed, source=source)
+    if metrics:
         write_json({"seed": seed, "parameters": count_parameters(network), "test_loss": result.loss, "test_accuracy": result.accuracy,
-                    "seconds_per_epoch": None, "source": sources[0], "device": str(device)}, metrics)
+                    "seconds_per_epoch": None, "source": source, "device": str(device), "preprocess": preprocess.record}, metrics)
 
 
-def unit_stats(job: dict, final: str, train: str, meta: str, out: str, threads: int | None = None) -> None:
-    """Per-unit statistics of one trained network over the first training examples."""
-    from .data import load_split, read_meta
+def unit_stats(job: dict, final: str, data: str, out: str, threads: int | None = None) -> None:
+    """Per-unit statistics of one trained network over a class-stratified subset of a split."""
+    from .data import stratified_subset
     from .models import load_model
     from .units import unit_statistics
 
     device = _start(job, threads)
-    info = read_meta(meta)
-    split = load_split(train, info, device)
-    n = min(len(split), job["examples"])
+    meta, _, (split,) = _open(job, data, device, job["split"])
+    split = split.subset(stratified_subset(split.labels, job["examples"], seed=0))
     network = load_model(final, map_location=device)
-    write_table(unit_statistics(network, split.images[:n], split.labels[:n], info["num_classes"]), out)
+    write_table(unit_statistics(network, split, None, meta["num_classes"]), out)
 
 
 # --- studies ---------------------------------------------------------------------------------------
 
 
-def intervene(job: dict, seed: int, final: str, test: str, meta: str, out: str, init: str | None = None,
+def intervene(job: dict, seed: int, final: str, data: str, out: str, init: str | None = None,
               epochs: str | None = None, unit_stats: str | None = None, threads: int | None = None) -> pd.DataFrame:
     """An evaluated study, one seed: every condition on the test split -> the four tables."""
-    from .data import load_split, read_meta
     from .engine.evaluate import evaluate_conditions
 
     device = _start(job, threads)
     kind, spec = _study(job)
     context = _context(job, seed, final, device, init, epochs, unit_stats)
-    info = read_meta(meta)
+    info, _, (split,) = _open(job, data, device, "test")
     _check_study(job, kind, spec, context.trained, info)
-    split = load_split(test, info, device)
     conditions = kind.conditions(spec, context)
-    outputs = evaluate_conditions(conditions, context, split.images, split.labels, budget_mb=job["budget_mb"], device=device, apply=kind.apply)
+    outputs = evaluate_conditions(conditions, context, split, budget_mb=job["budget_mb"], device=device, apply=kind.apply)
     tables = condition_tables(conditions, outputs, split.labels.cpu(), info["classes"], split.indices)
     return _write_condition_tables(tables, _ids(job, seed), out)
 
 
-def probe(job: dict, seed: int, final: str, test: str, meta: str, out: str, arrays: str, threads: int | None = None) -> pd.DataFrame:
+def probe(job: dict, seed: int, final: str, data: str, out: str, arrays: str, threads: int | None = None) -> pd.DataFrame:
     """A probing study, one seed: its table and its arrays (with their id arrays)."""
-    from .data import load_split, read_meta
-
     device = _start(job, threads)
     kind, spec = _study(job)
     context = _context(job, seed, final, device)
-    info = read_meta(meta)
+    info, _, (split,) = _open(job, data, device, "test")
     _check_study(job, kind, spec, context.trained, info)
-    table, values = kind.compute(spec, context, load_split(test, info, device), info, job["budget_mb"])
+    table, values = kind.compute(spec, context, split, info, job["budget_mb"])
     ids = _ids(job, seed)
     write_arrays(values, arrays, ids=ids)
     write_table(table, out, ids=ids)  # the table last: a complete pair
     return table
 
 
-def retrain(job: dict, seed: int, condition: str, final: str, train: str, test: str, meta: str, out: str,
+def retrain(job: dict, seed: int, condition: str, final: str, data: str, out: str,
             unit_stats: str | None = None, threads: int | None = None) -> dict:
     """One condition of a retraining study, one seed, trained into the folder `out`: the model
     folder's files plus `predictions.npz` (per test example) and `condition.json` (its record)."""
     import torch
 
-    from .data import load_split, read_meta
     from .engine.evaluate import evaluate_conditions
     from .models import count_parameters, multiply_adds
     from .studies import Condition, Context
@@ -233,7 +283,7 @@ def retrain(job: dict, seed: int, condition: str, final: str, train: str, test: 
     device = _start(job, threads)
     kind, spec = _study(job)
     context = _context(job, seed, final, device, unit_stats=unit_stats)
-    info = read_meta(meta)
+    info, preprocess, (train_split, test_split) = _open(job, data, device, "train", "test")
     _check_study(job, kind, spec, context.trained, info)
     by_slug = {c.slug: c for c in kind.conditions(spec, context)}
     if condition not in by_slug:
@@ -241,13 +291,11 @@ def retrain(job: dict, seed: int, condition: str, final: str, train: str, test: 
     chosen = by_slug[condition]
     torch.manual_seed(seed)  # dropout draws, as in the baseline's training
     network = kind.apply(chosen, context)
-    train_split, test_split = load_split(train, info, "cpu"), load_split(test, info, "cpu")
     out = Path(out)
-    metrics = fit(network, train_split.images, train_split.labels, test_split.images, test_split.labels,
-                  TrainConfig.from_dict(job["train"]), out, seed=seed, device=device)
+    metrics = fit(network, train_split, test_split, TrainConfig.from_dict(job["train"]), out, seed=seed, device=device,
+                  record={"preprocess": preprocess.record})
     plain = Context(trained=network.eval())
-    result = evaluate_conditions([Condition("baseline", "baseline")], plain, test_split.images, test_split.labels,
-                                 budget_mb=job["budget_mb"], device=device)["baseline"]
+    result = evaluate_conditions([Condition("baseline", "baseline")], plain, test_split, budget_mb=job["budget_mb"], device=device)["baseline"]
     write_arrays({"predictions": result.predictions.numpy(), "losses": result.losses.numpy()}, out / "predictions.npz", compress=False)
     record = {
         "name": chosen.name,
@@ -255,7 +303,7 @@ def retrain(job: dict, seed: int, condition: str, final: str, train: str, test: 
         "info": [list(kv) for kv in chosen.info],
         "parameters": count_parameters(network),
         "multiply_adds": multiply_adds(network, tuple(info["shape"])),
-        "test_accuracy": (result.predictions == test_split.labels).float().mean().item(),
+        "test_accuracy": (result.predictions == test_split.labels.cpu()).float().mean().item(),
     }
     if hasattr(kind, "details"):  # a type's own per-condition record (factorize: its layer table)
         record["details"] = kind.details(chosen, context)
@@ -263,17 +311,17 @@ def retrain(job: dict, seed: int, condition: str, final: str, train: str, test: 
     return metrics
 
 
-def collect(job: dict, seed: int, runs: list[str], test: str, meta: str, out: str) -> pd.DataFrame:
+def collect(job: dict, seed: int, runs: list[str], data: str, out: str) -> pd.DataFrame:
     """The trained conditions of one seed -> the same four tables as `intervene`, plus
     parameters, multiply_adds, train_accuracy, gap (train - test accuracy), seconds_per_epoch."""
     import torch
 
-    from .data import load_split, read_meta
+    from .data import open_split, read_meta
     from .engine.evaluate import ConditionOutput
     from .studies import Condition
 
-    info = read_meta(meta)
-    split = load_split(test, info, "cpu")
+    info = read_meta(Path(data) / "meta.json")
+    split = open_split(data, "test")  # its labels and indices
     conditions, outputs, extra = [], {}, {}
     for folder in map(Path, runs):
         record, metrics = read_json(folder / "condition.json"), read_json(folder / "metrics.json")
@@ -398,29 +446,37 @@ def notebook(notebook: str, out: str, parameters: dict) -> None:
     atomic_write(out, lambda tmp: papermill.execute_notebook(notebook, str(tmp), parameters=given, kernel_name="python3", progress_bar=False))
 
 
-def provenance(config: dict, manifests: list[str], repo: str, out: str) -> None:
+def provenance(config: dict, manifests: list[str], repo: str, out: str, metas: list[str] = (), preprocess: dict | None = None) -> None:
     from .provenance import record
 
-    write_json(record(config, manifests, Path(repo)), out)
+    write_json(record(config, manifests, Path(repo), metas, preprocess or {}), out)
 
 
 # --- for people --------------------------------------------------------------------------------------
 
 
 def summary(config: str, model: str) -> None:
-    """Print a Keras-like table of a configured model (its layers, output shapes, parameters)."""
+    """Print a Keras-like table of a configured model (its layers, output shapes, parameters) and
+    the preprocessing its inputs get."""
     from .config import data_info, load, model_config
-    from .models import build_model, summary as table
-
     from .errors import ConfigError
+    from .models import build_model, summary as table
+    from .plan import Plan
 
     settings = load(config)
     entry = model_config(settings, model)
-    info = data_info(settings, entry["dataset"])
+    plan = Plan(settings)
+    resolved = plan.preprocess(model)
+    info = data_info(settings, entry["dataset"], geometry=resolved["geometry"])
     if not info.complete:
         raise ConfigError(f"{info.deferred}: fetch it first (snakemake results/raw/{entry['dataset']}/manifest.json)")
-    print(f'Model: "{model}" on {entry["dataset"]}, input {tuple(info.shape)}')
-    print(table(build_model(entry["arch"], info.shape, len(info.classes)), info.shape))
+    print(f'Model: "{model}" on {entry["dataset"]} (prepared view {plan.view(model)}), input {tuple(info.shape)}')
+    numbers = "the dataset's mean and std" if resolved["mean"] is None else f"mean {resolved['mean']}, std {resolved['std']}"
+    geometry = resolved["geometry"]
+    shape = f"; resize {geometry['resize']}, crop {geometry['crop']}, {geometry['interpolation']}" if geometry else ""
+    print(f"Preprocess: {resolved['name']} ({resolved['from']}): (x/255 - mean) / std with {numbers}{shape}")
+    arch = entry["arch"] if isinstance(entry["arch"], str) else {k: v for k, v in entry["arch"].items() if k != "weights"}
+    print(table(build_model(arch, info.shape, len(info.classes)), info.shape))
 
 
 def check_config(config: str) -> None:
@@ -431,31 +487,20 @@ def check_config(config: str) -> None:
 
 
 def check_data(config: str) -> None:
-    """Exit 0 when every dataset of the config is in a mirror, downloadable or (for folders and
-    tensors files) present, 3 otherwise."""
+    """Exit 0 when every dataset of the config is in a mirror, downloadable or (for folders,
+    tensors files and modules) there, 3 otherwise."""
     import sys
 
     from .config import load
-    from .data import locate, raw_spec, reachable, source_of
-    from .sources import available
+    from .data import available
 
     settings = load(config)
     data = settings["data"]
     missing = []
     for name, spec in settings["datasets"].items():
-        if source_of(name, spec) != "builtin":
-            ok, how = available(name, raw_spec(spec), data["mirrors"], data["download"])
-            print(f"{name}: {how}")
-            if not ok:
-                missing.append(name)
-            continue
-        found = locate(name, data["mirrors"])
-        if found:
-            print(f"{name}: in mirror {next(iter(found.values())).parent}")
-        elif data["download"] and reachable(name):
-            print(f"{name}: downloadable")
-        else:
-            print(f"{name}: in no mirror and not downloadable")
+        ok, how = available(name, spec, data["mirrors"], data["download"])
+        print(f"{name}: {how}")
+        if not ok:
             missing.append(name)
     if missing:
         sys.exit(3)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .archs import PRESETS, is_weights_file, resolve_spec  # noqa: F401  (re-exported)
 from .io import atomic_write
 
 ACTIVATIONS = {
@@ -45,60 +46,6 @@ def _activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
     return Exp() if name == "exponential" else ACTIVATIONS[name]()
-
-
-# The five studies' networks (../shared/design.md), exactly as the notebooks built them.
-PRESETS: dict[str, dict[str, Any]] = {
-    # Study 1: ImageNet ResNet50 fine-tuned on CIFAR-10.
-    "study1_resnet50": {"type": "resnet", "depth": 50, "small_input": False},
-    # Study 2: MLP 784-2048-1024-512-256-128; the notebook's last layer has 128 outputs.
-    "study2_mlp": {"type": "mlp", "widths": [2048, 1024, 512, 256], "outputs": 128},
-    # Study 3: CIFAR-10 CNN, conv 256(5x5)/1024/2048/2048(1x1), each followed by 2x2 max pooling.
-    "study3_cnn": {
-        "type": "cnn",
-        "conv": [
-            {"channels": 256, "kernel": 5},
-            {"channels": 1024, "kernel": 3},
-            {"channels": 2048, "kernel": 3},
-            {"channels": 2048, "kernel": 1},
-        ],
-        "pool": 2,
-        "dense": [1024, 256],
-    },
-    # Study 4: Keras CIFAR-10 CNN, conv 48/96/192 + pool + dropout 0.25, dense 512/256 + 0.5.
-    "study4_cnn": {
-        "type": "cnn",
-        "conv": [{"channels": 48}, {"channels": 96}, {"channels": 192}],
-        "kernel": 3,
-        "pool": 2,
-        "conv_dropout": 0.25,
-        "dense": [512, 256],
-        "dense_dropout": 0.5,
-    },
-    # Study 5: MNIST CNN, conv 32/64/64 3x3 (no pooling after the last), dense 64: 93,322 params.
-    "study5_cnn": {
-        "type": "cnn",
-        "conv": [{"channels": 32}, {"channels": 64}, {"channels": 64, "pool": 0}],
-        "kernel": 3,
-        "pool": 2,
-        "dense": [64],
-    },
-}
-
-
-def resolve_spec(arch: str | dict[str, Any]) -> dict[str, Any]:
-    """A preset name, or a dict with an optional `preset` plus overrides -> a full spec dict."""
-    if isinstance(arch, str):
-        arch = {"preset": arch}
-    arch = copy.deepcopy(dict(arch))
-    preset = arch.pop("preset", None)
-    if preset is None:
-        return arch
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    spec = copy.deepcopy(PRESETS[preset])
-    spec.update(arch)
-    return spec
 
 
 def _pair(k: int | list[int]) -> tuple[int, int]:
@@ -225,15 +172,6 @@ def build_torchvision(spec: dict, input_shape: tuple[int, ...], num_classes: int
     _adapt_input(model, input_shape[0], bool(spec.get("small_input", False)), name)
     _resize_head(model, num_classes)
     return model
-
-
-def is_weights_file(weights: str, spec: dict | str) -> bool:
-    """Whether `weights` names a state_dict file (knockout's resnet takes only files; for a
-    torchvision model a path, or a name with a file suffix, is a file; else a weights name)."""
-    if isinstance(spec, str) or spec.get("type") != "torchvision":
-        return True
-    path = Path(str(weights)).expanduser()
-    return "/" in str(weights) or path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.is_file()
 
 
 def _weights_member(name: str, weights: str):
@@ -382,40 +320,14 @@ def build_module(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> 
     """The user's own network: `target` is `package.module:callable` (importable) or
     `path/to/file.py:callable` (relative to the working folder); the callable gets `kwargs`, and
     `num_classes`, `in_channels` or `input_shape` when it takes them and they are not given."""
-    import importlib
-    import importlib.util
-    import inspect
+    from .targets import accepted, load_target
 
     target = str(spec.get("target", ""))
-    where, _, attr = target.rpartition(":")
-    if not where or not attr:
-        raise ValueError(f"target {target!r} is not 'package.module:callable' or 'file.py:callable'")
-    if where.endswith(".py"):
-        path = Path(where).expanduser()
-        if not path.is_file():
-            raise ValueError(f"target {target!r}: no such file {path}")
-        module_name = f"knockout_user_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
-        loader = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(loader)
-        try:
-            loader.loader.exec_module(module)
-        except Exception as e:
-            raise ValueError(f"target {target!r}: importing {path} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    else:
-        try:
-            module = importlib.import_module(where)
-        except Exception as e:
-            raise ValueError(f"target {target!r}: cannot import {where} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise ValueError(f"target {target!r}: {where} has no callable {attr!r}")
+    factory = load_target(target)
     kwargs = dict(spec.get("kwargs") or {})
-    try:
-        accepted = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        accepted = {}
+    takes = accepted(factory)
     for key, value in (("num_classes", num_classes), ("in_channels", input_shape[0]), ("input_shape", tuple(input_shape))):
-        if key in accepted and key not in kwargs:
+        if key in takes and key not in kwargs:
             kwargs[key] = value
     network = factory(**kwargs)
     if not isinstance(network, nn.Module):

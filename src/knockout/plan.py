@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
+from .catalog import raw_spec, split_files, view_files, view_name
+from .preprocess import resolve  # torchvision only for a model's weights metadata
 from .studies import slug, study_type
 
 # What one job of each kind writes per study, model and seed, beside `seed{seed}`.
@@ -23,7 +25,6 @@ PER_SEED = {
 }
 MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # + the epochs/ folder
 RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # one retrained condition
-SUBSET_KEYS = ("train_subset", "test_subset", "subset_seed")  # knockout.data.SUBSET_KEYS, without torch
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Plan:
         self.models = sorted(config["models"])
         self.datasets = sorted(config["datasets"])
         self.studies = {name: self._study(name, spec) for name, spec in config["interventions"].items()}
+        self._preprocess = {name: resolve(name, model) for name, model in config["models"].items()}
+        # The prepared views: each dataset at each geometry a model asks for.
+        self.views = {self.view(m): (self.dataset_of(m), self._preprocess[m]["geometry"]) for m in self.models}
 
     @staticmethod
     def _study(name: str, spec: dict) -> Study:
@@ -81,46 +85,75 @@ class Plan:
     def fetch_job(self, dataset: str) -> dict:
         """The settings a `download` job gets: the dataset's entry without its subsets (a new
         subset re-prepares the data, it does not fetch it again), the mirrors, whether to download."""
-        entry = {k: v for k, v in self.config["datasets"][dataset].items() if k not in SUBSET_KEYS}
         data = self.config["data"]
-        return {"dataset": dataset, "spec": entry, "mirrors": data["mirrors"], "download": data["download"]}
+        return {"dataset": dataset, "spec": raw_spec(self.config["datasets"][dataset]), "mirrors": data["mirrors"],
+                "download": data["download"]}
 
-    def prepare_job(self, dataset: str) -> dict:
-        """The settings a `prepare` job gets: the dataset's entry (its subsets too) and the memory
-        its larger split may take as float32 tensors."""
-        return {"dataset": dataset, "spec": self.config["datasets"][dataset], "memory_mb": self.config["data"]["memory_mb"]}
+    def prepare_job(self, view: str) -> dict:
+        """The settings a `prepare` job of a view gets: its dataset's entry (its subsets too) and
+        the geometry the view's models ask for."""
+        dataset, geometry = self.views[view]
+        return {"dataset": dataset, "spec": self.config["datasets"][dataset], "geometry": geometry}
 
     def raw_inputs(self, dataset: str) -> dict[str, str]:
-        """The user's files a `download` job reads that the workflow watches: a tensors file (an
-        edit refetches it). Image folders are not (their files are many): after editing one, run
-        `snakemake --forcerun download`; a prepare job that runs on a stale listing stops."""
+        """The user's files a `download` job reads that the workflow watches: a tensors file, a
+        module dataset's file (an edit refetches it). Image folders are not (their files are
+        many): after editing one, run `snakemake --forcerun download`; a prepare job that runs on
+        a stale listing stops."""
         entry = self.config["datasets"][dataset]
-        return {"tensors": os.path.expanduser(entry["path"])} if entry.get("source") == "tensors" else {}
+        if entry.get("source") == "tensors":
+            return {"tensors": os.path.expanduser(entry["path"])}
+        where = str(entry.get("target", "")).rpartition(":")[0]
+        return {"module": os.path.expanduser(where)} if entry.get("source") == "module" and where.endswith(".py") else {}
+
+    def raw_dir(self, view: str) -> str:
+        return f"results/raw/{self.views[view][0]}"
 
     def dataset_of(self, model: str) -> str:
         return self.config["models"][model]["dataset"]
 
-    def data(self, model: str, train: bool = True) -> dict[str, str]:
-        """The prepared splits a job of `model` reads (the test split and meta; train too)."""
-        folder = f"results/data/{self.dataset_of(model)}"
-        files = {"test": f"{folder}/test.npz", "meta": f"{folder}/meta.json"}
-        return ({"train": f"{folder}/train.npz"} if train else {}) | files
+    def preprocess(self, model: str) -> dict:
+        """The model's resolved preprocessing (`knockout.preprocess.resolve`)."""
+        return self._preprocess[model]
+
+    def view(self, model: str) -> str:
+        """The prepared view of its dataset the model reads: at the geometry its preprocessing asks
+        for, else the dataset's own."""
+        return view_name(self.dataset_of(model), self._preprocess[model]["geometry"])
+
+    def data_dir(self, model: str) -> str:
+        return f"results/data/{self.view(model)}"
+
+    def view_files(self, view: str) -> list[str]:
+        return view_files(f"results/data/{view}")
+
+    def data(self, model: str, train: bool = True, split: str | None = None) -> dict[str, str]:
+        """The prepared files a job of `model` reads: the test split and meta, the train split too
+        (or only `split`'s arrays beside meta)."""
+        folder = self.data_dir(model)
+        splits = [split] if split else ["test"] + (["train"] if train else [])
+        files = {f"{s}_{array}": path for s in splits for array, path in split_files(folder, s).items()}
+        return files | {"meta": f"{folder}/meta.json"}
 
     def model_dir(self, model: str, seed: int | str) -> str:
         return f"results/models/{model}/seed{seed}"
 
     def adopted(self, model: str) -> dict | None:
-        """The checkpoints the user gives for `model` instead of training it ({final, init,
-        epochs: {pattern, list}}), or None when it is trained here."""
+        """The weights the user gives for `model` instead of training it ({final, init, epochs:
+        {pattern, list}, accuracy}, or {pretrained: True}: the arch's weights as they are), or None
+        when it is trained here."""
         given = self.config["models"][model].get("checkpoints")
+        if given == "pretrained":
+            return {"pretrained": True}
         return {"final": given} if isinstance(given, str) else given
 
     def trained_models(self) -> list[str]:
         return [m for m in self.models if self.adopted(m) is None]
 
     def adopted_models(self, part: str = "final") -> list[str]:
-        """Models whose `part` (final, init, epochs) the user gives."""
-        return [m for m in self.models if self.adopted(m) is not None and part in self.adopted(m)]
+        """Models whose `part` (final, init, epochs) the user gives (`final` includes pretrained)."""
+        return [m for m in self.models if self.adopted(m) is not None and (part in self.adopted(m) or
+                                                                            part == "final" and "pretrained" in self.adopted(m))]
 
     def provides(self, model: str) -> set[str]:
         """What the runs of `model` have besides their final weights: `init` (initial weights)
@@ -146,11 +179,12 @@ class Plan:
         return files
 
     def adopt_inputs(self, model: str, seed: int | str, part: str) -> list[str]:
-        """The user's files that become `part` of results/models/{model}/seed{seed}/."""
+        """The user's files that become `part` of results/models/{model}/seed{seed}/ (none for
+        pretrained weights: torchvision's cache holds them)."""
         given = self.adopted(model)
         if part == "epochs":
             return [given["epochs"]["pattern"].format(seed=seed, epoch=e) for e in given["epochs"]["list"]]
-        return [given[part].format(seed=seed)]
+        return [given[part].format(seed=seed)] if part in given else []
 
     def epochs(self, model: str) -> list[int]:
         """The epochs whose weights a run of `model` keeps (`epochs/epoch{e}.pt`)."""
@@ -169,19 +203,29 @@ class Plan:
         train["checkpoints"] = self.epochs(model) if checkpoints else []
         return train
 
-    def train_job(self, model: str) -> dict:
-        """The settings a `train` job of `model` gets (the same for every seed)."""
-        return {"arch": self.config["models"][model]["arch"], "train": self.train_settings(model), "device": self.config["device"]}
-
-    def adopt_job(self, model: str) -> dict:
-        """The settings an `adopt` job of `model` gets: the architecture the weights fit, the
-        epochs they are of, the batch size to evaluate with."""
-        train = self.config["models"][model]["train"]
-        return {"arch": self.config["models"][model]["arch"], "epochs": self.epochs(model), "eval_batch_size": train["eval_batch_size"],
+    def _data_settings(self, model: str) -> dict:
+        """What every job that reads `model`'s data gets: its preprocessing, how much of a split
+        may stay in memory, the device."""
+        return {"model": model, "preprocess": self._preprocess[model], "resident_mb": self.config["data"]["resident_mb"],
                 "device": self.config["device"]}
 
-    def unit_stats_job(self) -> dict:
-        return {"device": self.config["device"], "examples": self.config["unit_stats"]["examples"]}
+    def train_job(self, model: str) -> dict:
+        """The settings a `train` job of `model` gets (the same for every seed)."""
+        return {"arch": self.config["models"][model]["arch"], "train": self.train_settings(model)} | self._data_settings(model)
+
+    def adopt_job(self, model: str) -> dict:
+        """The settings an `adopt` job of `model` gets: the architecture the weights fit (with its
+        pretrained weights for `pretrained`), the epochs they are of, the batch size to evaluate
+        with, the accuracies the user measured and whether chance level is meant."""
+        entry = self.config["models"][model]
+        given = self.adopted(model)
+        return {"arch": entry["arch"], "epochs": self.epochs(model), "eval_batch_size": entry["train"]["eval_batch_size"],
+                "pretrained": bool(given.get("pretrained")), "accuracy": {str(k): v for k, v in given.get("accuracy", {}).items()},
+                "allow_chance": entry["allow_chance"]} | self._data_settings(model)
+
+    def unit_stats_job(self, model: str) -> dict:
+        settings = self.config["unit_stats"]
+        return {"examples": settings["examples"], "split": settings["split"]} | self._data_settings(model)
 
     def trained(self, model: str, seed: int | str) -> list[str]:
         """Every file a `train` job writes."""
@@ -201,7 +245,7 @@ class Plan:
         """The resolved settings one job of study `name` gets (the same for every seed): its config
         entry, the device, the epochs it rewinds to and, for retraining, the training settings."""
         study = self.studies[name]
-        job = {"name": name, "study": study.spec, "device": self.config["device"], "budget_mb": self.config["budget_mb"]}
+        job = {"name": name, "study": study.spec, "budget_mb": self.config["budget_mb"]} | self._data_settings(study.model)
         if "checkpoints" in study.needs:
             job["epochs"] = self.epochs(study.model)
         if study.kind == "retrain":
@@ -221,6 +265,9 @@ class Plan:
         if "unit_stats" in study.needs:
             inputs["unit_stats"] = f"results/units/{study.model}/seed{seed}.csv"
         return inputs | self.data(study.model, train=study.kind == "retrain")
+
+    def unit_stats_inputs(self, model: str) -> dict[str, str]:
+        return self.data(model, split=self.config["unit_stats"]["split"])
 
     def per_seed(self, name: str, suffix: str = ".csv") -> list[str]:
         model = self.studies[name].model
@@ -266,7 +313,7 @@ class Plan:
             files["arrays"] = self.per_seed(analysis, ".npz")
         else:
             files |= {"per_class": self.per_seed(analysis, ".per_class.csv"), "examples": self.per_seed(analysis, ".examples.parquet"),
-                      "test_images": data["test"]}
+                      "test_images": data["test_images"], "test_indices": data["test_indices"]}
         parameters = out | {"study": analysis, "model": study.model, "kind": study.type} | files
         if study.kind == "retrain":
             runs = [{"condition": c, "seed": s, "history": f"{run}/history.csv", "record": f"{run}/condition.json"}

@@ -45,8 +45,15 @@ def device_info() -> dict:
     return info
 
 
-def record(config: dict, manifests: list[Path], repo: Path) -> dict:
-    """Everything above as one dict; `manifests` are the datasets' verified-download manifests."""
+def record(config: dict, manifests: list[Path], repo: Path, metas: list[Path] = (), preprocess: dict | None = None) -> dict:
+    """Everything above as one dict; `manifests` are the datasets' verified-download manifests,
+    `metas` the prepared views' meta.json, `preprocess` each model's resolved preprocessing and
+    view (its mean and std filled from the view's statistics where they are the dataset's)."""
+    stats = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in metas}
+    models = {}
+    for model, resolved in (preprocess or {}).items():
+        meta = stats.get(resolved["view"], {})
+        models[model] = resolved | {k: resolved[k] if resolved.get(k) is not None else meta.get(k) for k in ("mean", "std")}
     data = {}
     for path in map(Path, manifests):
         manifest = json.loads(path.read_text())
@@ -61,4 +68,5 @@ def record(config: dict, manifests: list[Path], repo: Path) -> dict:
         "device": device_info(),
         "git": git_commit(repo),
         "data": data,
+        "preprocess": models,
     }

@@ -1,8 +1,9 @@
-"""Training loop over data held as tensors on the device, with schedules, checkpoints and resume.
+"""Training loop over a prepared split, with schedules, checkpoints and resume.
 
-The whole split lives on the device and batches are index slices, so there is no per-sample
-DataLoader; shuffling and augmentation draw from one seeded generator whose state is saved with
-every resume point, so a killed run continues bit for bit where it stopped.
+Batches are drawn from the split in a seeded random order, read (from memory, or from disk for a
+large split) while the previous batch trains, and converted to model inputs on the device: there
+is no per-sample DataLoader. Shuffling and augmentation draw from one seeded generator whose
+state is saved with every resume point, so a killed run continues bit for bit where it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from .data import as_split
 from .engine.evaluate import evaluate
 from .io import atomic_write, write_json, write_table
 from .models import count_parameters, save_model
@@ -101,18 +103,19 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 def train(
     model: nn.Module,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
+    train_data,
+    test_data,
     cfg: TrainConfig,
     out_dir: str | Path,
     seed: int,
     device: str | torch.device,
     epochs_dir: str | Path | None = None,
     progress: bool = True,
+    record: dict | None = None,
 ) -> dict:
-    """Train `model` (already initialised from `seed`) and write the model folder.
+    """Train `model` (already initialised from `seed`) on `train_data` and write the model folder;
+    `test_data` is evaluated after every epoch. Each is a `knockout.data.Split` or a pair of
+    tensors (model inputs (N, ...), labels (N,)); `record` goes into metrics.json as it is.
 
     Writes `init.pt` (weights at step 0), `final.pt`, `history.csv`, `metrics.json` and, when
     `epochs_dir` is given, that folder with `epoch{e}.pt` for `cfg.checkpoints`. While the run
@@ -127,14 +130,15 @@ def train(
     partial = out / "epochs.partial"
     device = torch.device(device)
     cuda = device.type == "cuda"
+    train_data, test_data = as_split(train_data), as_split(test_data)
+    n = len(train_data)
     model.to(device)
-    maps = train_x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    maps = len(train_data.shape) == 3 and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if maps:  # channels-last: cuDNN's and oneDNN's fastest convolutions and pooling, on GPU and CPU
         model.to(memory_format=torch.channels_last)
-    train_x, train_y = train_x.to(device), train_y.to(device)
     optimizer = make_optimizer(cfg, model.parameters())
     generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     history: list[dict] = []
     start_epoch = 1
@@ -174,15 +178,13 @@ def train(
     for epoch in bar:
         began = time.perf_counter()
         model.train()
-        order = torch.randperm(len(train_x), generator=generator).to(device)
+        order = torch.randperm(n, generator=generator)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        for b in range(steps_per_epoch):
+        for b, (x, y) in enumerate(train_data.batches(order, cfg.batch_size, device)):
             step = (epoch - 1) * steps_per_epoch + b
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step, total_steps)
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x, y = train_x[idx], train_y[idx]
             if cfg.augment:
                 x = augment_batch(x, generator)
             if maps:
@@ -193,17 +195,17 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - began
-        test = evaluate(model, test_x, test_y, batch_size=cfg.eval_batch_size, amp=cuda and cfg.amp)
+        test = evaluate(model, test_data, batch_size=cfg.eval_batch_size, amp=cuda and cfg.amp)
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": loss_sum.item() / len(train_x),
-                "train_acc": correct.item() / len(train_x),
+                "train_loss": loss_sum.item() / n,
+                "train_acc": correct.item() / n,
                 "test_loss": test.loss,
                 "test_acc": test.accuracy,
                 "lr": optimizer.param_groups[0]["lr"],
@@ -242,10 +244,10 @@ def train(
         "test_accuracy": final.get("test_acc"),
         "seconds": seconds,
         "seconds_per_epoch": seconds / max(len(history), 1),
-        "images_per_second": len(train_x) * len(history) / max(seconds, 1e-9),
+        "images_per_second": n * len(history) / max(seconds, 1e-9),
         "device": str(device),
         "config": asdict(cfg),
-    }
+    } | (record or {})
     write_json(metrics, out / "metrics.json")
     if epochs_dir is not None:
         partial.mkdir(exist_ok=True)

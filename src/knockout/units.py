@@ -41,21 +41,24 @@ def _responses(model: nn.Module, graph, layers: list[str]):
 @torch.no_grad()
 def unit_statistics(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images,
+    labels: torch.Tensor | None,
     num_classes: int,
     layers: list[str] | None = None,
     batch_size: int = 512,
 ) -> pd.DataFrame:
-    """images (N, ...) and labels (N,) -> one row per unit of `layers` (default: all conv and
-    linear layers) with: mean (over inputs of the spatial mean response), max (over inputs and
-    positions), dead_fraction (inputs where the response is <= 0 everywhere), weight_l1 (sum of
+    """A split (`knockout.data.Split`), or images (N, ...) and labels (N,) -> one row per unit of
+    `layers` (default: all conv and linear layers) with: mean (over inputs of the spatial mean
+    response), max (over inputs and positions), dead_fraction (inputs where the response is <= 0 everywhere), weight_l1 (sum of
     the unit's |weights|), selectivity ((mu_max - mu_-max) / (mu_max + mu_-max) over class means
     of the response) and preferred_class (the argmax class)."""
+    from .data import as_split
+
+    data = as_split(images, labels)
     model.eval()
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
-    graph = graph_of(model, images[:1].to(device))
+    graph = graph_of(model, data.example(device))
     layers = layers or [name for name, unit in graph.units.items() if unit.kind != "heads"]
     responses = _responses(model, graph, layers)
     sums = {}
@@ -63,9 +66,8 @@ def unit_statistics(
     dead = {}
     class_sums = {}
     counts = torch.zeros(num_classes)
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size]
+    for _, x, y in data.chunks(batch_size, device):
+        y = y.cpu()
         captured = responses(x)
         counts += torch.bincount(y, minlength=num_classes).float()
         onehot = torch.nn.functional.one_hot(y, num_classes).float()  # (B, classes)
@@ -81,7 +83,7 @@ def unit_statistics(
             dead[layer] = dead.get(layer, 0) + (peak <= 0).float().sum(0)
             class_sums[layer] = class_sums.get(layer, 0) + onehot.T @ per_input  # (classes, units)
     rows = []
-    n = len(images)
+    n = len(data)
     for layer in layers:
         weight = modules[layer].weight.detach().cpu()
         l1 = weight.abs().flatten(1).sum(1)

@@ -2,6 +2,7 @@
 # that every rule asks for its files and settings; this file keeps no list of study types.
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -38,6 +39,7 @@ except ConfigError as e:
 
 wildcard_constraints:
     dataset="|".join(PLAN.datasets),
+    view="|".join(re.escape(v) for v in PLAN.views),
     model="|".join(PLAN.models),
     seed=r"\d+",
     condition=r"[A-Za-z0-9_-]+",

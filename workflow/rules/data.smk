@@ -1,6 +1,8 @@
 # Data: the raw data made available and verified (a mirror first, then the official sources), then
-# tensors once. A dataset is a built-in or any `source` (knockout.sources): a torchvision class,
-# an image folder, a tensors file; the library decides, the rules only pass the entry on.
+# prepared once per view (the dataset at the resize and crop its models' preprocessing asks for)
+# as uint8 arrays the jobs stream. A dataset is a built-in or any `source` (knockout.sources): a
+# torchvision class, an image folder, a tensors file, your own Dataset; the library decides, the
+# rules only pass the entry on.
 
 
 rule download:
@@ -21,16 +23,28 @@ rule download:
 
 rule prepare:
     input:
-        rules.download.output,
+        lambda w: f"{PLAN.raw_dir(w.view)}/manifest.json",
     output:
-        multiext("results/data/{dataset}/", "train.npz", "test.npz", "meta.json"),
+        multiext(
+            "results/data/{view}/",
+            "train_images.npy",
+            "train_labels.npy",
+            "train_indices.npy",
+            "test_images.npy",
+            "test_labels.npy",
+            "test_indices.npy",
+            "meta.json",
+        ),
     log:
-        "results/logs/prepare/{dataset}.log",
+        "results/logs/prepare/{view}.log",
+    benchmark:
+        "results/benchmarks/prepare/{view}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: config["threads"]
     params:
         raw=subpath(input[0], parent=True),
         out=subpath(output[0], parent=True),
-        job=lambda w: as_json(PLAN.prepare_job(w.dataset)),
+        job=lambda w: as_json(PLAN.prepare_job(w.view)),
     shell:
-        "knockout prepare --job {params.job:q} --raw {params.raw:q} --out {params.out:q} > {log:q} 2>&1"
+        "knockout prepare --job {params.job:q} --raw {params.raw:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"

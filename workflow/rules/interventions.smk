@@ -4,9 +4,8 @@
 
 rule unit_stats:
     input:
+        unpack(lambda w: PLAN.unit_stats_inputs(w.model)),
         final="results/models/{model}/seed{seed}/final.pt",
-        train=lambda w: PLAN.data(w.model)["train"],
-        meta=lambda w: PLAN.data(w.model)["meta"],
     output:
         "results/units/{model}/seed{seed}.csv",
     log:
@@ -15,10 +14,11 @@ rule unit_stats:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
-        job=lambda w: as_json(PLAN.unit_stats_job()),
+        job=lambda w: as_json(PLAN.unit_stats_job(w.model)),
+        data=subpath(input.meta, parent=True),
     shell:
-        "knockout unit-stats --job {params.job:q} --final {input.final:q} --train {input.train:q}"
-        " --meta {input.meta:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "knockout unit-stats --job {params.job:q} --final {input.final:q} --data {params.data:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule intervene:
@@ -43,9 +43,10 @@ rule intervene:
     params:
         job=lambda w: as_json(PLAN.study_job(w.name)),
         optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats"),
+        data=subpath(input.meta, parent=True),
     shell:
         "knockout intervene --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} {params.optional}"
-        " --test {input.test:q} --meta {input.meta:q} --out {output.table:q} --threads {threads} > {log:q} 2>&1"
+        " --data {params.data:q} --out {output.table:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule probe:
@@ -67,9 +68,10 @@ rule probe:
         gpu=gpus_per_job(),
     params:
         job=lambda w: as_json(PLAN.study_job(w.name)),
+        data=subpath(input.meta, parent=True),
     shell:
-        "knockout probe --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} --test {input.test:q}"
-        " --meta {input.meta:q} --out {output.table:q} --arrays {output.arrays:q} --threads {threads} > {log:q} 2>&1"
+        "knockout probe --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} --data {params.data:q}"
+        " --out {output.table:q} --arrays {output.arrays:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule retrain:
@@ -99,18 +101,18 @@ rule retrain:
     params:
         job=lambda w: as_json(PLAN.study_job(w.name)),
         optional=lambda w, input: option_args(input, "unit_stats"),
+        data=subpath(input.meta, parent=True),
         out=subpath(output[0], parent=True),
     shell:
         "knockout retrain --job {params.job:q} --seed {wildcards.seed} --condition {wildcards.condition:q}"
-        " --final {input.final:q} {params.optional} --train {input.train:q} --test {input.test:q} --meta {input.meta:q}"
+        " --final {input.final:q} {params.optional} --data {params.data:q}"
         " --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule collect:
     input:
+        unpack(lambda w: PLAN.data(w.model, train=False)),
         runs=lambda w: PLAN.run_files(w.name, w.seed),
-        test=lambda w: PLAN.data(w.model)["test"],
-        meta=lambda w: PLAN.data(w.model)["meta"],
     output:
         table="results/interventions/{name}/{model}/seed{seed}.csv",
         per_class="results/interventions/{name}/{model}/seed{seed}.per_class.csv",
@@ -125,9 +127,10 @@ rule collect:
     params:
         job=lambda w: as_json(PLAN.study_job(w.name)),
         runs=lambda w: PLAN.runs(w.name, w.seed),
+        data=subpath(input.meta, parent=True),
     shell:
         "knockout collect --job {params.job:q} --seed {wildcards.seed} --runs {params.runs:q}"
-        " --test {input.test:q} --meta {input.meta:q} --out {output.table:q} > {log:q} 2>&1"
+        " --data {params.data:q} --out {output.table:q} > {log:q} 2>&1"
 
 
 rule aggregate:

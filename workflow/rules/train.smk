@@ -27,17 +27,17 @@ rule train:
         gpu=gpus_per_job(),
     params:
         job=lambda w: as_json(PLAN.train_job(w.model)),
+        data=subpath(input.meta, parent=True),
         out=subpath(output[0], parent=True),
     shell:
-        "knockout train --job {params.job:q} --seed {wildcards.seed} --train {input.train:q} --test {input.test:q}"
-        " --meta {input.meta:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
+        "knockout train --job {params.job:q} --seed {wildcards.seed} --data {params.data:q}"
+        " --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule adopt:
     input:
+        unpack(lambda w: PLAN.data(w.model, train=False)),
         source=lambda w: PLAN.adopt_inputs(w.model, w.seed, "final"),
-        test=lambda w: PLAN.data(w.model)["test"],
-        meta=lambda w: PLAN.data(w.model)["meta"],
     output:
         final="results/models/{model}/seed{seed}/final.pt",
         metrics="results/models/{model}/seed{seed}/metrics.json",
@@ -50,9 +50,11 @@ rule adopt:
     threads: config["threads"]
     params:
         job=lambda w: as_json(PLAN.adopt_job(w.model)),
+        data=subpath(input.meta, parent=True),
+        sources=lambda w, input: shlex.join(["--sources", *input.source]) if input.source else "",
     shell:
-        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.source:q} --meta {input.meta:q}"
-        " --test {input.test:q} --out {output.final:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
+        "knockout adopt --job {params.job:q} --seed {wildcards.seed} {params.sources} --data {params.data:q}"
+        " --out {output.final:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule adopt_init:
@@ -69,9 +71,10 @@ rule adopt_init:
         "../../envs/torch.yaml"
     params:
         job=lambda w: as_json(PLAN.adopt_job(w.model)),
+        data=subpath(input.meta, parent=True),
     shell:
-        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.source:q} --meta {input.meta:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.source:q}"
+        " --data {params.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule adopt_epochs:
@@ -88,9 +91,10 @@ rule adopt_epochs:
         "../../envs/torch.yaml"
     params:
         job=lambda w: as_json(PLAN.adopt_job(w.model)),
+        data=subpath(input.meta, parent=True),
     shell:
-        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.sources:q} --meta {input.meta:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.sources:q}"
+        " --data {params.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule baselines:
@@ -109,7 +113,8 @@ rule baselines:
 
 rule provenance:
     input:
-        expand("results/raw/{dataset}/manifest.json", dataset=PLAN.datasets),
+        manifests=expand("results/raw/{dataset}/manifest.json", dataset=PLAN.datasets),
+        metas=expand("results/data/{view}/meta.json", view=PLAN.views),
     output:
         "results/provenance.json",
     log:
@@ -118,7 +123,8 @@ rule provenance:
         "../../envs/torch.yaml"
     params:
         config=lambda w: as_json(config),
+        preprocess=lambda w: as_json({m: PLAN.preprocess(m) | {"view": PLAN.view(m)} for m in PLAN.models}),
         repo=workflow.basedir,
     shell:
-        "knockout provenance --config {params.config:q} --manifests {input:q}"
-        " --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"
+        "knockout provenance --config {params.config:q} --manifests {input.manifests:q} --metas {input.metas:q}"
+        " --preprocess {params.preprocess:q} --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"

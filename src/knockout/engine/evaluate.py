@@ -1,4 +1,5 @@
-"""Batched evaluation of a model on a split held as tensors."""
+"""Batched evaluation of a model on a split (a `knockout.data.Split`, or tensors given): one
+condition, or many sharing what does not change."""
 
 from __future__ import annotations
 
@@ -21,31 +22,30 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, amp: bool) -> torch.Tensor:
-    """images (N, C, H, W) or (N, D) -> logits (N, classes) in float32, in eval mode."""
+def predict_logits(model: nn.Module, images, *, batch_size: int, amp: bool) -> torch.Tensor:
+    """A split, or images (N, C, H, W) or (N, D) -> logits (N, classes) in float32, in eval mode."""
+    from ..data import as_split
+
+    data = as_split(images, torch.zeros(len(images), dtype=torch.long)) if isinstance(images, torch.Tensor) else as_split(images)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     outs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
+    for _, batch, _ in data.chunks(batch_size, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outs.append(logits_of(model(batch)).float())
     model.train(was_training)
     return torch.cat(outs)
 
 
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    batch_size: int,
-    amp: bool,
-) -> Evaluation:
-    """Mean cross-entropy, accuracy and per-example predictions of `model` on (images, labels)."""
-    logits = predict_logits(model, images, batch_size=batch_size, amp=amp)
-    labels = labels.to(logits.device)
+def evaluate(model: nn.Module, images, labels: torch.Tensor | None = None, *, batch_size: int, amp: bool) -> Evaluation:
+    """Mean cross-entropy, accuracy and per-example predictions of `model` on a split (or on
+    images (N, ...) with their labels (N,))."""
+    from ..data import as_split
+
+    data = as_split(images, labels)
+    logits = predict_logits(model, data, batch_size=batch_size, amp=amp)
+    labels = data.labels.to(logits.device)
     predictions = logits.argmax(1)
     correct = predictions == labels
     return Evaluation(
@@ -83,14 +83,15 @@ class _Plan:
 def evaluate_conditions(
     conditions,
     context,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images,
+    labels: torch.Tensor | None = None,
     *,
     budget_mb: float,
     device: str | torch.device,
     apply=None,
 ) -> dict[str, ConditionOutput]:
-    """Predictions and per-example losses of every condition on (images (N, ...), labels (N,)).
+    """Predictions and per-example losses of every condition on a split (a `knockout.data.Split`,
+    or images (N, ...) and their labels (N,)), streamed chunk by chunk.
 
     The base network is traced (`knockout.graph`) and its intact activations are computed once
     per chunk of images; each condition reuses them and computes only what it changes:
@@ -111,13 +112,15 @@ def evaluate_conditions(
     memory. `budget_mb` bounds the activations held at once. A network that cannot be traced
     runs every condition whole (masks through hooks), without sharing.
     """
+    from ..data import as_split
     from ..graph import graph_of
     from ..studies import apply_condition
 
+    data = as_split(images, labels)
     apply = apply or apply_condition
     device = torch.device(device)
     budget = budget_mb * 2**20
-    n = len(images)
+    n = len(data)
     preds = {c.name: torch.empty(n, dtype=torch.long) for c in conditions}
     losses = {c.name: torch.empty(n) for c in conditions}
     by_base: dict[str, list] = {}
@@ -125,12 +128,12 @@ def evaluate_conditions(
         by_base.setdefault(condition.base, []).append(condition)
     for base_name, group in by_base.items():
         base = context.network(base_name).eval().to(device)
-        graph = graph_of(base, images[:1].to(device))
+        graph = graph_of(base, data.example(device))
         plans = [_plan(c, graph, base, context, apply) for c in group]
         if graph.traced:
-            _shared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses)
+            _shared(plans, graph, base, context, apply, data, budget, device, preds, losses)
         else:
-            _unshared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses)
+            _unshared(plans, graph, base, context, apply, data, budget, device, preds, losses)
     return {c.name: ConditionOutput(preds[c.name], losses[c.name]) for c in conditions}
 
 
@@ -188,7 +191,7 @@ def _mask_nodes(graph, silenced: dict) -> dict | None:
     return {first: entry(order[0])} | {points[layer]: entry(layer) for layer in order[1:]}
 
 
-def _shared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses) -> None:
+def _shared(plans, graph, base, context, apply, data, budget, device, preds, losses) -> None:
     """Traced: one pass per image chunk computes every cut's live tensors; each cut's conditions
     then run the suffix, masked (K per forward) or with their own weights."""
     cuts: dict[int, list[_Plan]] = {}
@@ -202,14 +205,13 @@ def _shared(plans, graph, base, context, apply, images, labels, budget, device, 
     live_nodes = list(dict.fromkeys([*(node for index in sorted(cuts) for node in graph.cut(index).live), *needed]))
     live_bytes = sum(graph._info[node][2] for node in live_nodes)
     widest = max([graph.bytes_per_example(index) for index in cuts] + [_spread_bytes(graph, graph.spread(layer)) for layer in spreads])
-    chunk = max(1, min(len(images), int(budget / 2 // max(1, live_bytes + widest))))
+    chunk = max(1, min(len(data), int(budget / 2 // max(1, live_bytes + widest))))
     prefix = graph.values(live_nodes)
     params = dict(base.named_parameters()) | dict(base.named_buffers())
     # the model's own tensors (a condition's weights replace them by name), else the trace's constants
     suffix_params = {index: {k: params.get(k, v) for k, v in graph.cut(index).suffix.state_dict().items()} for index in cuts}
-    for start in range(0, len(images), chunk):
-        x = _fast_layout(images[start : start + chunk].to(device))
-        y = labels[start : start + chunk].to(device)
+    for start, x, y in data.chunks(chunk, device):
+        x = _fast_layout(x)
         live = {node: _fast_layout(value) for node, value in zip(live_nodes, prefix(x))}
         for index, group in sorted(cuts.items()):
             cut = graph.cut(index)
@@ -457,16 +459,14 @@ def _apply_mask(x: torch.Tensor, mask: torch.Tensor, dim: int, batch_dims: int) 
     return x * mask.to(x.dtype).view(shape)
 
 
-def _unshared(plans, graph, base, context, apply, images, labels, budget, device, preds, losses) -> None:
+def _unshared(plans, graph, base, context, apply, data, budget, device, preds, losses) -> None:
     """Untraced: every condition runs the whole network; silencing through forward hooks on the
     silence points (K conditions stacked along the batch), weights through their own copy."""
     modules = dict(base.named_modules())
     with_masks = [p for p in plans if p.masks is not None]
-    sample = 4 * images[:1].numel() * 64  # no graph to measure activations: assume 64x the input
-    chunk = max(1, min(len(images), int(budget / 2 // sample)))
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].to(device)
-        y = labels[start : start + chunk].to(device)
+    sample = 4 * data.example(device).numel() * 64  # no graph to measure activations: assume 64x the input
+    chunk = max(1, min(len(data), int(budget / 2 // sample)))
+    for start, x, y in data.chunks(chunk, device):
         k_max = max(1, int(budget / 2 // (sample * len(x))))
         for i in range(0, len(with_masks), k_max):
             batch = with_masks[i : i + k_max]

@@ -140,7 +140,7 @@ def _patch(image: torch.Tensor, rf: RF | None, y: int, x: int, ph: int, pw: int)
 @torch.no_grad()
 def top_activations(
     model: nn.Module,
-    images: torch.Tensor,
+    images,
     filters: dict[str, list[int]],
     k: int = 5,
     score: str = "norm",
@@ -148,7 +148,8 @@ def top_activations(
     device: str | torch.device,
     batch_size: int = 256,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """The k images (of `images` (N, C, H, W)) that excite each chosen filter most.
+    """The k images (of a split, or of `images` (N, C, H, W) as model inputs) that excite each
+    chosen filter most.
 
     score: 'norm' (Frobenius norm of the filter's feature map) or 'max' (its maximum); ties go
     to the lower image index; k is capped at N. Only a running top-k per filter is kept while
@@ -158,20 +159,23 @@ def top_activations(
 
     Returns the table (COLUMNS, one row per layer, filter and rank; rank 1 = highest) and arrays
     `filters_{layer}` (F,) and `patches_{layer}` float32 (k, F, C, ph, pw) with (ph, pw) the
-    field's size clipped to the image, NaN where the field leaves the image.
+    field's size clipped to the image, NaN where the field leaves the image: in pixel space
+    ([0, 1]) for a prepared split, the tensors' own values for tensors given.
     """
+    from ..data import as_split
+
+    data = as_split(images, torch.zeros(len(images), dtype=torch.long)) if isinstance(images, torch.Tensor) else images
     if score not in ("norm", "max"):
         raise ValueError(f"score must be 'norm' or 'max', not {score!r}")
     was_training = model.training
     model.eval()
-    N, C, H, W = images.shape
+    N, (C, H, W) = len(data), data.shape
     k = min(k, N)
-    graph = graph_of(model, images[:1].to(device))
+    graph = graph_of(model, data.example(device))
     best: dict[str, tuple[torch.Tensor, ...]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     try:
-        for start in range(0, N, batch_size):
-            x = images[start : start + batch_size].to(device)
+        for start, x, _ in data.chunks(batch_size, device):
             seen = _capture(model, graph, x, filters)
             missing = sorted(set(filters) - set(seen))
             if missing:
@@ -206,7 +210,7 @@ def top_activations(
                 y, x = divmod(p, width)
                 bounds = patch_bounds(rf, y, x, H, W) if rf else (0, 0, H, W)
                 rows.append([layer, int(filt), r + 1, n, float(sc[f, r]), y, x, *bounds])
-                patches[r, f] = _patch(images[n].cpu(), rf, y, x, ph, pw).numpy()
+                patches[r, f] = _patch(data.pixels([n])[0].cpu(), rf, y, x, ph, pw).numpy()
         arrays[f"patches_{layer}"] = patches
         arrays[f"filters_{layer}"] = np.asarray(idx, dtype=np.int64)
     return pd.DataFrame(rows, columns=COLUMNS), arrays

@@ -42,29 +42,29 @@ def check(spec: Spec, target: Target) -> None:
             raise ConfigError(f"windows[{i}]: window {w} does not fit the {height}x{width} images")
 
 
-def fill_value(fill: str | float, mean: list[float], std: list[float]):
-    """`mean` (dataset-mean grey, as study 3), `zero` (black) or a pixel value in [0, 1] ->
-    the per-channel value (C,) in the normalised space the model sees."""
+def fill_value(fill: str | float, dataset_mean: list[float], preprocess):
+    """`mean` (the dataset-mean grey, as study 3), `zero` (black) or a pixel value in [0, 1] ->
+    the per-channel value (C,) in the space the model sees (its `preprocess`)."""
     import torch
 
-    if fill == "mean":
-        return torch.zeros(len(mean))
-    pixel = 0.0 if fill == "zero" else float(fill)
-    return (pixel - torch.tensor(mean)) / torch.tensor(std)
+    pixel = torch.tensor(dataset_mean) if fill == "mean" else torch.full((len(dataset_mean),), 0.0 if fill == "zero" else float(fill))
+    return preprocess.normalise(pixel)
 
 
 def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
-    """The maps of the chosen test images -> (table, arrays); `test` is the prepared split."""
+    """The maps of the chosen test images -> (table, arrays); `test` is the prepared split
+    (`inputs` in the arrays: the images in pixel space, [0, 1])."""
     from ..engine.occlusion import occlusion_maps, select_images, summary
 
-    idx = select_images(test.labels, spec.n_images, spec.per_class, spec.image_seed)
+    idx = select_images(test.labels.cpu(), spec.n_images, spec.per_class, spec.image_seed)
+    device = next(context.trained.parameters()).device
     maps = occlusion_maps(
-        context.trained, test.images[idx], test.labels[idx], windows=spec.windows, stride=spec.stride,
-        fill=fill_value(spec.fill, meta["mean"], meta["std"]), budget_mb=budget_mb,
-        device=next(context.trained.parameters()).device,
+        context.trained, test.inputs(idx, device), test.labels[idx.to(test.labels.device)], windows=spec.windows, stride=spec.stride,
+        fill=fill_value(spec.fill, meta["mean"], test.preprocess), budget_mb=budget_mb, device=device,
     )
+    maps["inputs"] = test.pixels(idx).numpy()
     maps["examples"] = idx.numpy()  # indices into the prepared test split
-    maps["mean"], maps["std"] = meta["mean"], meta["std"]
+    maps["mean"], maps["std"] = test.preprocess.record["mean"], test.preprocess.record["std"]
     table = summary(maps)
     # Tidy for the aggregate over seeds: one condition per image and window, one set per window.
     table.insert(0, "condition", [f"w{w}:image{i}" for w, i in zip(table["window"], table["image"])])

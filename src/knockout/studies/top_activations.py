@@ -51,4 +51,4 @@ def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
 
     model = context.trained
     filters = choose_filters(model, {layer: f if isinstance(f, int) else list(f) for layer, f in spec.layers}, seed=spec.filter_seed)
-    return top_activations(model, test.images, filters, k=spec.k, score=spec.score, device=next(model.parameters()).device)
+    return top_activations(model, test, filters, k=spec.k, score=spec.score, device=next(model.parameters()).device)

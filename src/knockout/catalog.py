@@ -1,0 +1,56 @@
+"""The facts of datasets, prepared splits and preprocessing that the workflow plans from, without
+torch: `knockout.config`, `knockout.plan` and `knockout.data` read them here, and nowhere else.
+
+A prepared *view* is one dataset at one geometry: its own (`results/data/{dataset}/`) or the
+resize and crop a model's preprocessing asks for (`results/data/{dataset}@r256-c224-bilinear/`,
+for torchvision's ImageNet weights); each split of a view is three uncompressed `.npy` files.
+"""
+
+from __future__ import annotations
+
+BUILTIN = ("mnist", "fashion_mnist", "cifar10")  # the keys of `datasets:` that need no `source`
+SOURCES = ("torchvision", "image_folder", "tensors", "module")  # the other datasets' `source`
+SPLITS = ("train", "test")
+SUBSET_KEYS = ("train_subset", "test_subset", "subset_seed")  # what prepare takes; fetch does not
+SPLIT_ARRAYS = ("images", "labels", "indices")  # {split}_{array}.npy: uint8 N,C,H,W; int64 N; int64 N
+PREPROCESS = ("auto", "dataset", "none", "imagenet", "weights")  # the named preprocessings
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def raw_spec(spec: dict | None) -> dict:
+    """What of a dataset's config entry decides its raw data: all but the subset keys (changing a
+    subset re-prepares the data, it does not fetch it again)."""
+    return {k: v for k, v in (spec or {}).items() if k not in SUBSET_KEYS}
+
+
+def split_files(folder: str, split: str) -> dict[str, str]:
+    """The files of one prepared split, by array name."""
+    return {array: f"{folder}/{split}_{array}.npy" for array in SPLIT_ARRAYS}
+
+
+def view_files(folder: str) -> list[str]:
+    """Every file `prepare` writes into a view's folder; meta.json, written last, marks it done."""
+    return [path for split in SPLITS for path in split_files(folder, split).values()] + [f"{folder}/meta.json"]
+
+
+def geometry_tag(geometry: dict) -> str:
+    """A resolved geometry as a folder-name tag: {resize: 256, crop: [224, 224], interpolation:
+    bilinear} -> `r256-c224-bilinear` (a non-square size as `HxW`)."""
+    def size(value) -> str:
+        if isinstance(value, int):
+            return str(value)
+        return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
+
+    parts = []
+    if geometry.get("resize") is not None:
+        parts.append(f"r{size(geometry['resize'])}")
+    if geometry.get("crop") is not None:
+        parts.append(f"c{size(geometry['crop'])}")
+    return "-".join(parts + [geometry.get("interpolation") or "bilinear"])
+
+
+def view_name(dataset: str, geometry: dict | None) -> str:
+    """The prepared view of `dataset` at `geometry` (None: the dataset's own)."""
+    return dataset if geometry is None else f"{dataset}@{geometry_tag(geometry)}"

@@ -1,0 +1,44 @@
+"""Datasets from anywhere, one module per `source`, all answering the same calls (as the study
+types do): `builtin` for `mnist`, `fashion_mnist` and `cifar10` given without a source, then
+`torchvision` (a class of torchvision.datasets), `image_folder`, `tensors` and `module` (your
+own Dataset).
+
+    inspect(name, spec, raw_dir) -> {shape, classes, n_train, n_test[, channels][, deferred]}
+        what is known before any job (the config checks): the full splits (n_train 0: no
+        training split), the image shape at the dataset's own size (None when it varies),
+        `deferred` saying why a field is None (a torchvision class not fetched yet)
+    fetch(name, spec, dest, mirrors, download) -> the manifest's body      (the download rule)
+    read(name, spec, manifest, raw_dir) -> Raw                             (the prepare rule)
+    available(name, spec, mirrors, download) -> (ok, how)                  (knockout check-data)
+
+`spec` is the dataset's config entry without its subset keys (`catalog.raw_spec`). Where
+torchvision reads a format, its reader is used (the dataset classes with their mirrors,
+downloads and integrity checks; ImageFolder and its listing; the MNIST and CIFAR readers).
+Problems are one-line `DataError`s that start with the key or the file they are about.
+`knockout.data` dispatches to these modules; they never import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..catalog import BUILTIN, SOURCES
+from ..errors import DataError
+
+
+def kind_of(name: str, spec: dict | None) -> str:
+    """`builtin` for a built-in name given without `source`, else the spec's `source`.
+    DataError for another name without a source."""
+    if spec and spec.get("source"):
+        return spec["source"]
+    if name in BUILTIN:
+        return "builtin"
+    raise DataError(f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source ({', '.join(SOURCES)})")
+
+
+def source(kind: str) -> ModuleType:
+    """The module of source `kind` (`builtin` or one of catalog.SOURCES)."""
+    if kind != "builtin" and kind not in SOURCES:
+        raise DataError(f"unknown dataset source {kind!r} (known: {', '.join(SOURCES)})")
+    return importlib.import_module(f"{__name__}.{kind}")
