@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from knockout.data import DATASETS, DataFile, DatasetSource
+from knockout.sources.builtin import DATASETS, DataFile, DatasetSource
 
 # IDX type code for unsigned bytes (the only type the datasets use).
 _UBYTE = 0x08

@@ -65,9 +65,8 @@ CASES = [
     (setting(["datasets", "imagenet"], {}), "datasets.imagenet: not a built-in dataset (mnist, fashion_mnist, cifar10): give its source"),
     (setting(["datasets", "cifar100"], {"source": "torchvision", "class": "CIFAR1000"}), "datasets.cifar100.class: torchvision.datasets has no dataset class 'CIFAR1000' (did you mean CIFAR100?)"),
     (setting(["datasets", "mine"], {"source": "image_folder", "train": "/nonexistent/train", "test": "/nonexistent/test", "size": 32}), "datasets.mine.train: no such folder /nonexistent/train"),
-    (setting(["data"], {"memory_mb": 10}), "datasets.fashion_mnist: its test split, 10000 images of 1x28x28, takes 30 MB as float32 tensors, "
-     "more than data.memory_mb (10): set datasets.fashion_mnist.test_subset to at most 3343, or raise data.memory_mb"),
-    (setting(["data"], {"memory_mb": 0}), "data.memory_mb: 0 is less than or equal to the minimum of 0"),
+    (setting(["data"], {"memory_mb": 10}), "data: Additional properties are not allowed ('memory_mb' was unexpected)"),
+    (setting(["data"], {"resident_mb": -1}), "data.resident_mb: -1 is less than the minimum of 0"),
     (setting(["datasets", "fashion_mnist", "train_subset"], 5), "datasets.fashion_mnist.train_subset: 5 is less than the minimum of 10"),
     (setting(["datasets", "fashion_mnist", "subset"], 5), "datasets.fashion_mnist: Additional properties are not allowed ('subset'"),
     (removing(["models", "cnn", "dataset"]), "models.cnn: 'dataset' is a required property"),
@@ -99,6 +98,19 @@ CASES = [
     (setting(["interventions", "t", "layers"], {"conv4": 1}), "interventions.t.layers.conv4: no layer 'conv4' in model 'cnn'"),
     (setting(["interventions", "o", "windows"], [3, 29]), "interventions.o.windows[1]: window 29 does not fit the 28x28 images"),
     (setting(["budget_mb"], 0), "budget_mb: 0 is less than or equal to the minimum of 0"),
+    # preprocessing, weights given, evaluation-only data
+    (setting(["models", "cnn", "preprocess"], "imagenett"), "models.cnn.preprocess: 'imagenett' is not one of ['auto', 'dataset', 'none', 'imagenet', 'weights']"),
+    (setting(["models", "cnn", "preprocess"], "weights"), "models.cnn.preprocess: weights takes the transforms of the model's torchvision weights, "
+     "and models.cnn.arch names none"),
+    (setting(["models", "cnn", "preprocess"], {"weights": "ResNet50_Weights.IMAGENET9K"}), "models.cnn.preprocess.weights: no torchvision weights 'ResNet50_Weights.IMAGENET9K'"),
+    (setting(["models", "cnn", "preprocess"], {"mean": [0.5]}), "models.cnn.preprocess: give mean and std together"),
+    (setting(["models", "cnn", "preprocess"], {"mean": [0.5], "std": [0.0]}), "models.cnn.preprocess.std: must be positive"),
+    (setting(["models", "cnn", "checkpoints"], "pretrained"), "models.cnn.checkpoints: pretrained takes the weights of models.cnn.arch, which names none"),
+    (setting(["models", "cnn", "checkpoints"], {"final": "/nonexistent/seed{seed}.pt", "accuracy": {7: 0.9}}),
+     "models.cnn.checkpoints.accuracy.7: not one of the seeds (0, 1)"),
+    (setting(["models", "cnn", "checkpoints"], {"final": "/nonexistent/seed{seed}.pt", "accuracy": {0: 1.5}}),
+     "models.cnn.checkpoints.accuracy.0: 1.5 is greater than the maximum of 1"),
+    (setting(["unit_stats"], {"split": "val"}), "unit_stats.split: 'val' is not one of ['train', 'test']"),
 ]
 
 

@@ -31,22 +31,11 @@ from formats import (
     write_png_folder,
     write_torchvision_mnist,
 )
+from knockout.catalog import SUBSET_KEYS
 from knockout.config import ConfigError, check, resolve_dataset, validate
-from knockout.data import (
-    DATASETS,
-    SUBSET_KEYS,
-    DataError,
-    Split,
-    fetch,
-    inspect,
-    load_prepared,
-    locate,
-    prepare,
-    read_raw,
-    reachable,
-    stratified_subset,
-    verify,
-)
+from knockout.data import DataError, Split, fetch, inspect, open_split, prepare, read_meta, stratified_subset
+from knockout.preprocess import Preprocess, resolve
+from knockout.sources.builtin import DATASETS, locate, read_raw, reachable, verify
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -90,6 +79,11 @@ def flip_byte(path: Path, offset: int = -1) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def arrays_of(folder: Path, split: str) -> dict[str, np.ndarray]:
+    """A prepared split's three arrays, as numpy reads them (no torch)."""
+    return {a: np.load(Path(folder) / f"{split}_{a}.npy") for a in ("images", "labels", "indices")}
 
 
 def assert_one_line(err: pytest.ExceptionInfo) -> str:
@@ -394,8 +388,8 @@ def test_prepare_writes_subsets_and_meta(tmp_path):
     assert meta["checksums"] == {f: source.file(f).md5 for f in source.filenames}
     assert meta["source"]["train-images-idx3-ubyte.gz"].endswith("mirror/mnist/train-images-idx3-ubyte.gz")
 
-    train = np.load(out / "train.npz")  # numpy reads the prepared splits, no torch needed
-    test = np.load(out / "test.npz")
+    train = arrays_of(out, "train")  # numpy reads the prepared splits, no torch needed
+    test = arrays_of(out, "test")
     assert train["images"].dtype == np.uint8 and train["images"].shape == (20, 1, 28, 28)
     assert test["labels"].dtype == np.int64 and test["indices"].dtype == np.int64
     np.testing.assert_array_equal(train["images"][:, 0], arrays["train_images"][train["indices"]])
@@ -405,7 +399,8 @@ def test_prepare_writes_subsets_and_meta(tmp_path):
     subset = arrays["train_images"][train["indices"]] / 255.0
     assert meta["mean"] == pytest.approx([subset.mean()], abs=1e-9)
     assert meta["std"] == pytest.approx([subset.std()], abs=1e-9)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.npz", "train.npz"]  # no tmp files
+    assert sorted(p.name for p in out.iterdir()) == sorted(["meta.json"] + [f"{s}_{a}.npy" for s in ("train", "test")
+                                                             for a in ("images", "labels", "indices")])  # no tmp files
 
 
 def test_prepare_refuses_unverified_data(tmp_path):
@@ -419,24 +414,26 @@ def test_prepare_refuses_unverified_data(tmp_path):
     assert not (out / "meta.json").exists()  # the old completion marker is gone too
 
 
-def test_load_prepared_normalises_per_channel(tmp_path):
+def test_a_prepared_split_normalises_per_channel_with_the_dataset_preprocessing(tmp_path):
     source, _ = tiny_cifar_dataset(tmp_path / "raw", batch_size=20, n_batches=2, n_test=10)
     out = tmp_path / "prepared"
     meta = prepare("cifar10", tmp_path / "raw", out, train_subset=30, seed=1, source=source)
-    train, test, loaded_meta = load_prepared(out, "cpu")
+    assert read_meta(out / "meta.json") == meta and meta["classes"] == CIFAR_CLASSES and meta["shape"] == [3, 32, 32]
+    preprocess = Preprocess.of(resolve("m", {"arch": "study4_cnn"}), meta)
+    for resident_mb in (0, 1):  # streamed from disk, and held in memory: the same inputs
+        train = open_split(out, "train", preprocess, "cpu", resident_mb)
+        assert isinstance(train, Split) and len(train) == 30 and len(open_split(out, "test")) == 10
+        (_, x, y), = train.chunks(30, "cpu")
+        assert x.dtype == torch.float32 and x.shape == (30, 3, 32, 32) and y.dtype == torch.int64
+        x = x.double()
+        assert x.mean(dim=(0, 2, 3)).tolist() == pytest.approx([0, 0, 0], abs=1e-5)
+        assert x.std(dim=(0, 2, 3), correction=0).tolist() == pytest.approx([1, 1, 1], abs=1e-4)
+        assert torch.equal(train.pixels([3]), torch.from_numpy(arrays_of(out, "train")["images"][3:4]).float() / 255)
 
-    assert loaded_meta == meta and meta["classes"] == CIFAR_CLASSES and meta["shape"] == [3, 32, 32]
-    assert isinstance(train, Split) and len(train) == 30 and len(test) == 10
-    assert train.images.dtype == torch.float32 and train.images.shape == (30, 3, 32, 32)
-    assert train.labels.dtype == torch.int64
-    x = train.images.double()
-    assert x.mean(dim=(0, 2, 3)).tolist() == pytest.approx([0, 0, 0], abs=1e-5)
-    assert x.std(dim=(0, 2, 3), correction=0).tolist() == pytest.approx([1, 1, 1], abs=1e-4)
 
-
-def test_load_prepared_without_meta_is_an_error(tmp_path):
+def test_reading_an_unprepared_view_is_an_error(tmp_path):
     with pytest.raises(DataError, match="meta.json: not prepared"):
-        load_prepared(tmp_path, "cpu")
+        read_meta(tmp_path / "meta.json")
 
 
 # --------------------------------------------------------------------------- the built-ins, unchanged
@@ -444,16 +441,23 @@ def test_load_prepared_without_meta_is_an_error(tmp_path):
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_the_default_studys_fashion_mnist_is_prepared_byte_for_byte_as_before(tmp_path):
-    """sha256 of the splits the hand-written IDX reader prepared for config.yaml (10,000 / 2,000,
-    seed 0): torchvision's reader gives the very same files."""
+    """sha256 of the arrays the earlier readers prepared for config.yaml (10,000 / 2,000, seed 0,
+    once as train.npz and test.npz), and their statistics to the last bit: the streamed .npy
+    views hold the very same images, labels and indices."""
     fetch("fashion_mnist", tmp_path / "raw", ["/usr/share/datasets"], download=False)
     spec = resolve_dataset("fashion_mnist", {"train_subset": 10_000, "test_subset": 2_000})
     meta = prepare("fashion_mnist", tmp_path / "raw", tmp_path / "out", train_subset=10_000, test_subset=2_000, seed=0, spec=spec)
-    digest = {f: hashlib.sha256((tmp_path / "out" / f).read_bytes()).hexdigest() for f in ("train.npz", "test.npz")}
+    digest = {f"{s}_{a}": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+              for s in ("train", "test") for a, v in arrays_of(tmp_path / "out", s).items()}
     assert digest == {
-        "train.npz": "4d51bc870d4040a889027d1ec6b348e3d3150fb4e3b59b1dd2d5d5bd3426bb86",
-        "test.npz": "8249a69a1ec9bb51ac73e49151d238969bd3823f0b254d247f1b474c0481368b",
+        "train_images": "5ced7880ea506880ffc20558039f8cc015a8e10f11a3a28bc4c834112483636c",
+        "train_labels": "a618857d4b804fe765fdc3677e9ef84f6249161369617f757ff4100edd46595d",
+        "train_indices": "f6ef0c268b34a4a9d42d4b9983897dd95087af96f594f28addd01b935b41b228",
+        "test_images": "3399b13661cb005c6c1bfecd2dfd8127f7d2824961308a8814b72ce1e9fee009",
+        "test_labels": "43ffa9ae9d61d7ab84b5fa3130922bfe6548873fbe92cb4336135ebb50206117",
+        "test_indices": "7352585cc3f351beaf08e5369d86970c713a9e37cc395d2f1ee171e474f81c7f",
     }
+    assert (meta["mean"], meta["std"]) == ([0.28650197478991596], [0.353082572353232])
     assert meta["classes"][0] == "T-shirt/top" and meta["shape"] == [1, 28, 28]
 
 
@@ -463,12 +467,12 @@ def test_builtins_are_known_before_any_job():
     assert (info.n_train, info.n_test, info.complete, info.deferred) == (50_000, 500, True, None)
 
 
-def test_the_torch_free_modules_name_the_same_builtins_sources_and_subset_keys():
-    from knockout import config, plan
-    from knockout.data import BUILTIN, SOURCES
+def test_the_builtins_sources_and_subset_keys_are_named_once():
+    from knockout import catalog, config, sources
+    from knockout.catalog import BUILTIN, SOURCES
 
-    assert plan.SUBSET_KEYS == SUBSET_KEYS
-    assert config.BUILTIN_DATASETS == BUILTIN and config.DATASET_SOURCES == SOURCES
+    assert tuple(DATASETS) == BUILTIN and config.BUILTIN is catalog.BUILTIN and sources.SOURCES is catalog.SOURCES
+    assert all(sources.source(s).__name__ == f"knockout.sources.{s}" for s in ("builtin", *SOURCES))
     schema = config.load_schema()
     assert schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == list(SOURCES)
     assert all(f"dataset_{s}" in schema["$defs"] for s in ("builtin", *SOURCES))
@@ -502,7 +506,7 @@ def test_image_folder_of_pngs_of_different_sizes_is_resized_to_size(tmp_path):
     assert meta["shape"] == [3, 16, 16] and meta["classes"] == ["ant", "bee", "cat"] and (meta["n_train"], meta["n_test"]) == (12, 6)
     assert meta["source"]["source"] == "image_folder" and set(meta["checksums"]) == {"listing_sha256"}
     for split, n in (("train", 12), ("test", 6)):
-        arrays = np.load(tmp_path / "out" / f"{split}.npz")
+        arrays = arrays_of(tmp_path / "out", split)
         assert arrays["images"].shape == (n, 3, 16, 16) and arrays["images"].dtype == np.uint8
         expected = _rows_in_folder_order(colours, tmp_path / split)
         for image, label, index in zip(arrays["images"], arrays["labels"], arrays["indices"]):
@@ -518,7 +522,7 @@ def test_image_folder_in_grey_with_a_non_square_size(tmp_path):
     assert inspect("g", spec).shape == (1, 6, 10)
     fetch("g", tmp_path / "raw", [], spec=spec)
     meta = prepare("g", tmp_path / "raw", tmp_path / "out", spec=spec)
-    images = np.load(tmp_path / "out" / "train.npz")["images"]
+    images = arrays_of(tmp_path / "out", "train")["images"]
     assert meta["shape"] == [1, 6, 10] and images.shape == (4, 1, 6, 10)
     grey = [(r * 299 + g * 587 + b * 114) / 1000 for r, g, b in _rows_in_folder_order(colours, tmp_path / "train")]
     assert np.abs(images.reshape(4, -1).astype(float) - np.array(grey)[:, None]).max() <= 0.5  # PIL's L = ITU-R 601
@@ -527,16 +531,16 @@ def test_image_folder_in_grey_with_a_non_square_size(tmp_path):
 def test_images_are_resized_by_their_shorter_side_then_centre_cropped():
     from PIL import Image
 
-    from knockout.sources import _fit
+    from knockout.sources.common import fit
 
     wide = Image.new("RGB", (40, 20), (255, 0, 0))
     wide.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue
-    out = np.asarray(_fit(wide, (10, 10)))
+    out = np.asarray(fit(wide, {"size": [10, 10]}))
     assert out.shape == (10, 10, 3)  # 40x20 -> 20x10 -> the middle 10 columns
     assert tuple(out[5, 0]) == (255, 0, 0) and tuple(out[5, -1]) == (0, 0, 255)
     tall = Image.new("L", (8, 24), 0)
     tall.paste(255, (0, 12, 8, 24))  # top black, bottom white
-    out = np.asarray(_fit(tall, (4, 4)))
+    out = np.asarray(fit(tall, {"size": [4, 4]}))
     assert out.shape == (4, 4) and out[0, 2] == 0 and out[-1, 2] == 255
 
 
@@ -576,7 +580,7 @@ def test_tensors_npz_nhwc_uint8(tmp_path):
     meta = prepare("t", tmp_path / "raw", tmp_path / "out", train_subset=20, seed=2, spec=spec)
     assert meta["classes"] == ["w", "x", "y", "z"] and meta["shape"] == [3, 8, 8] and meta["n_train"] == 20
     assert meta["checksums"] == {"data.npz": manifest["files"]["data.npz"]["sha256"]}
-    train = np.load(tmp_path / "out" / "train.npz")
+    train = arrays_of(tmp_path / "out", "train")
     np.testing.assert_array_equal(train["images"], arrays["train_images"].transpose(0, 3, 1, 2)[train["indices"]])
     np.testing.assert_array_equal(train["labels"], arrays["train_labels"][train["indices"]])
     assert np.bincount(train["labels"]).tolist() == [5, 5, 5, 5]  # stratified, as the built-ins
@@ -596,7 +600,7 @@ def test_tensors_pt_with_float_images_nchw(tmp_path):
     assert inspect("p", spec).shape == (1, 6, 6)
     fetch("p", tmp_path / "raw", [], spec=spec)
     meta = prepare("p", tmp_path / "raw", tmp_path / "out", spec=spec)
-    test = np.load(tmp_path / "out" / "test.npz")
+    test = arrays_of(tmp_path / "out", "test")
     assert meta["classes"] == ["even", "odd"] and test["images"].dtype == np.uint8
     np.testing.assert_array_equal(test["images"], np.rint(x["test"].double().numpy() * 255).astype(np.uint8))
 
@@ -623,7 +627,7 @@ def test_torchvision_fakedata_through_the_torchvision_source(tmp_path):
     assert after.classes is None and after.deferred.endswith("FakeData lists no classes: they are known once it is prepared")
 
     meta = prepare("fake", tmp_path / "raw", tmp_path / "out", train_subset=12, spec=spec)
-    train = np.load(tmp_path / "out" / "train.npz")
+    train = arrays_of(tmp_path / "out", "train")
     reference = FakeData(size=24, image_size=(3, 10, 10), num_classes=4, random_offset=0)
     for image, label, index in zip(train["images"], train["labels"], train["indices"]):
         ref_image, ref_label = reference[int(index)]
@@ -648,7 +652,7 @@ def test_torchvision_class_from_a_mirror_in_its_own_layout(tmp_path):
     assert info.complete and (info.n_train, info.n_test) == (30, 10)
 
     meta = prepare("kana", tmp_path / "raw", tmp_path / "out", spec=spec)
-    train = np.load(tmp_path / "out" / "train.npz")
+    train = arrays_of(tmp_path / "out", "train")
     np.testing.assert_array_equal(train["images"][:, 0], arrays["train_images"])
     np.testing.assert_array_equal(train["labels"], arrays["train_labels"])
     assert meta["classes"] == KMNIST.classes and set(meta["checksums"]) == set(manifest["files"])
@@ -676,24 +680,12 @@ def test_a_torchvision_split_the_class_refuses_is_one_line(tmp_path):
     assert_one_line(err)
 
 
-def test_a_split_over_the_memory_limit_found_only_when_prepared_stops_then(tmp_path):
-    spec = resolve_dataset("fake", FAKE)
-    fetch("fake", tmp_path / "raw", [], spec=spec)
-    with pytest.raises(DataError) as err:
-        prepare("fake", tmp_path / "raw", tmp_path / "out", spec=spec, memory_mb=0.005)
-    assert assert_one_line(err).startswith("datasets.fake: its train split, 24 images of 3x10x10")
-    assert not (tmp_path / "out" / "train.npz").exists()
-
-
 # --------------------------------------------------------------------------- refused before any job
 
 
-def _config(entry: dict, name: str = "d", memory_mb: float | None = None, interventions: dict | None = None) -> dict:
-    config = {"datasets": {name: entry}, "models": {"m": {"dataset": name, "arch": {"type": "mlp", "widths": [8]}}},
-              "interventions": interventions or {}}
-    if memory_mb is not None:
-        config["data"] = {"memory_mb": memory_mb}
-    return config
+def _config(entry: dict, name: str = "d", interventions: dict | None = None) -> dict:
+    return {"datasets": {name: entry}, "models": {"m": {"dataset": name, "arch": {"type": "mlp", "widths": [8]}}},
+            "interventions": interventions or {}}
 
 
 @pytest.fixture
@@ -702,6 +694,7 @@ def bad_files(tmp_path):
     an array, one with labels out of range, a good one."""
     write_png_folder(tmp_path / "train", {"a": [(8, 8)], "b": [(8, 8)]})
     write_png_folder(tmp_path / "test", {"a": [(8, 8)], "c": [(8, 8)]})
+    write_png_folder(tmp_path / "same", {"a": [(8, 8)], "b": [(9, 9)]})
     arrays = _tensors(k=3)
     np.savez(tmp_path / "good.npz", **arrays)
     np.savez(tmp_path / "lacking.npz", **{k: v for k, v in arrays.items() if k != "test_labels"})
@@ -724,7 +717,9 @@ REFUSED = [
     ({"source": "torchvision", "class": "CIFAR100", "channels": 2}, "datasets.d.channels: 2 is not one of [1, 3]"),
     ({"source": "image_folder", "train": "{tmp}/nope", "test": "{tmp}/test", "size": 8}, "datasets.d.train: no such folder {tmp}/nope"),
     ({"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/test", "size": 8}, "datasets.d.test: its classes are not the train folder's (only in train: b; only in test: c)"),
-    ({"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/test"}, "datasets.d: 'size' is a required property"),
+    ({"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/same"}, "models.m: the images of datasets.d are not all one size: give datasets.d.size, or models.m.preprocess with a resize and crop"),
+    ({"source": "image_folder", "test": "{tmp}/same", "size": 8}, "models.m: datasets.d has no training split to train it on: give models.m.checkpoints (your trained weights, or pretrained with arch.weights)"),
+    ({"source": "image_folder", "train": "{tmp}/train"}, "datasets.d: 'test' is a required property"),
     ({"source": "tensors", "path": "{tmp}/lacking.npz"}, "datasets.d.path: lacking.npz: no array 'test_labels' (it has: test_images, train_images, train_labels)"),
     ({"source": "tensors", "path": "{tmp}/range.npz"}, "datasets.d.path: range.npz: train_labels outside 0..2 (3 classes): min 1, max 3"),
     ({"source": "tensors", "path": "{tmp}/negative.npz"}, "datasets.d.path: negative.npz: test_labels outside 0..2: min -1, max 1"),
@@ -732,8 +727,8 @@ REFUSED = [
     ({"source": "tensors", "path": "{tmp}/good.csv"}, "datasets.d.path: '{tmp}/good.csv' does not match"),
     ({"source": "tensors", "path": "{tmp}/good.npz", "layout": "NWHC"}, "datasets.d.layout: 'NWHC' is not one of"),
     ({"source": "tensors", "path": "{tmp}/good.npz", "sizes": 8}, "datasets.d: Additional properties are not allowed ('sizes' was unexpected)"),
-    ({"source": "webdataset"}, "datasets.d.source: 'webdataset' is not one of ['torchvision', 'image_folder', 'tensors']"),
-    ({}, "datasets.d: not a built-in dataset (mnist, fashion_mnist, cifar10): give its source (torchvision, image_folder, tensors)"),
+    ({"source": "webdataset"}, "datasets.d.source: 'webdataset' is not one of ['torchvision', 'image_folder', 'tensors', 'module']"),
+    ({}, "datasets.d: not a built-in dataset (mnist, fashion_mnist, cifar10): give its source (torchvision, image_folder, tensors, module)"),
 ]
 
 
@@ -743,15 +738,6 @@ def test_a_bad_dataset_is_refused_before_any_job_in_one_line(bad_files, entry, m
     with pytest.raises(ConfigError) as err:
         check(validate(_config(entry)), raw_root=bad_files / "raw")
     assert message.replace("{tmp}", str(bad_files)) in assert_one_line(err)
-
-
-def test_a_split_over_the_memory_limit_is_refused_before_any_job():
-    with pytest.raises(ConfigError) as err:
-        check(validate(_config({}, name="fashion_mnist", memory_mb=100)))
-    assert assert_one_line(err) == (
-        "datasets.fashion_mnist: its train split, 60000 images of 1x28x28, takes 179 MB as float32 tensors, more than "
-        "data.memory_mb (100): set datasets.fashion_mnist.train_subset to at most 33436, or raise data.memory_mb")
-    check(validate(_config({"train_subset": 33436}, name="fashion_mnist", memory_mb=100)))  # that subset fits
 
 
 def test_a_dataset_known_only_once_fetched_defers_the_model_checks_to_the_jobs(tmp_path, capsys):
@@ -772,3 +758,107 @@ def test_a_dataset_known_only_once_fetched_defers_the_model_checks_to_the_jobs(t
 
         kind = study_type("filter_ablation")
         _check_study(job, kind, kind.Spec.from_dict(job["study"]), network, meta)
+
+
+# --------------------------------------------------------------------------- your own Dataset, evaluation-only data
+
+USER_DATASET = '''
+import torch
+from torchvision import transforms
+from torchvision.datasets import FakeData
+
+
+class Shades(torch.utils.data.Dataset):
+    """What a user writes: ToTensor() images (floats in [0, 1]) and integer labels."""
+
+    classes = ["dark", "light"]
+
+    def __init__(self, n, offset):
+        self.items = FakeData(size=n, image_size=(3, 9, 7), num_classes=2, random_offset=offset, transform=transforms.ToTensor())
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        image, label = self.items[i]
+        return image, int(label)
+
+
+def make(split, n_test=10):
+    return Shades(30, 0) if split == "train" else Shades(n_test, 1000)
+
+
+def test_only(split, n_test=10):
+    return None if split == "train" else Shades(n_test, 1000)
+'''
+
+
+def test_a_module_dataset_is_prepared_from_the_users_own_items(tmp_path):
+    from torchvision import transforms
+    from torchvision.datasets import FakeData
+
+    (tmp_path / "mine.py").write_text(USER_DATASET)
+    spec = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:make", "kwargs": {"n_test": 12}})
+    info = inspect("mine", spec)  # before any job: from the dataset itself
+    assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 9, 7), ("dark", "light"), 30, 12)
+    manifest = fetch("mine", tmp_path / "raw", [], spec=spec)
+    assert manifest["files"]["mine.py"]["sha256"] == hashlib.sha256((tmp_path / "mine.py").read_bytes()).hexdigest()
+    meta = prepare("mine", tmp_path / "raw", tmp_path / "out", spec=spec)
+    assert meta["classes"] == ["dark", "light"] and meta["source"] == {"source": "module", "target": spec["target"]}
+    test = arrays_of(tmp_path / "out", "test")
+    reference = FakeData(size=12, image_size=(3, 9, 7), num_classes=2, random_offset=1000, transform=transforms.ToTensor())
+    for image, label, index in zip(test["images"], test["labels"], test["indices"]):
+        pixels, target = reference[int(index)]
+        assert label == target and (image == np.rint(pixels.double().numpy() * 255)).all()  # ToTensor's x/255, back exactly
+    (tmp_path / "mine.py").write_text(USER_DATASET + "\n# edited\n")
+    with pytest.raises(DataError, match="datasets.mine: mine.py: changed since it was fetched"):
+        prepare("mine", tmp_path / "raw", tmp_path / "out", spec=spec)
+
+
+def test_an_evaluation_only_module_dataset_and_images_out_of_range_are_one_line(tmp_path):
+    (tmp_path / "mine.py").write_text(USER_DATASET + '''
+
+class Normalised(Shades):
+    def __getitem__(self, i):
+        image, label = super().__getitem__(i)
+        return (image - 0.5) / 0.25, label
+
+
+def normalised(split):
+    return Normalised(4, 0)
+''')
+    spec = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:test_only"})
+    assert inspect("mine", spec).n_train == 0
+    fetch("mine", tmp_path / "raw", [], spec=spec)
+    meta = prepare("mine", tmp_path / "raw", tmp_path / "out", spec=spec)
+    assert (meta["n_train"], meta["n_test"], meta["stats_split"]) == (0, 10, "test")
+    assert arrays_of(tmp_path / "out", "train")["images"].shape == (0, 3, 9, 7)
+    spec = resolve_dataset("bad", {"source": "module", "target": f"{tmp_path}/mine.py:normalised"})
+    with pytest.raises(DataError) as err:
+        inspect("bad", spec)
+    assert assert_one_line(err).startswith("datasets.bad: ") and "not in [0, 1]: give the images as pixels (ToTensor, no Normalize)" in str(err.value)
+
+
+def test_an_evaluation_only_torchvision_class_and_a_compressed_tensors_file(tmp_path):
+    spec = resolve_dataset("fake", FAKE | {"splits": {"train": None, "test": {"size": 8, "random_offset": 500}}})
+    fetch("fake", tmp_path / "raw", [], spec=spec)
+    assert inspect("fake", spec, tmp_path / "raw").n_train == 0
+    assert prepare("fake", tmp_path / "raw", tmp_path / "out", spec=spec)["n_train"] == 0
+    arrays = _tensors(n_train=50, n_test=30)
+    np.savez_compressed(tmp_path / "packed.npz", **arrays)  # images streamed out of the deflated member
+    spec = resolve_dataset("p", {"source": "tensors", "path": str(tmp_path / "packed.npz"), "train_subset": 20})
+    fetch("p", tmp_path / "raw2", [], spec=spec)
+    prepare("p", tmp_path / "raw2", tmp_path / "out2", train_subset=20, spec=spec)
+    train = arrays_of(tmp_path / "out2", "train")
+    np.testing.assert_array_equal(train["images"], arrays["train_images"].transpose(0, 3, 1, 2)[train["indices"]])
+
+
+def test_imagenet_wordnet_ids_are_named_as_torchvision_weights_name_them():
+    from torchvision.models import ResNet50_Weights
+
+    from knockout.data import named_classes
+
+    ids = [f"n{k:08d}" for k in range(1000)]
+    names, kept = named_classes(ids)
+    assert names == ResNet50_Weights.IMAGENET1K_V2.meta["categories"] and kept == ids
+    assert named_classes(ids[:10]) == (ids[:10], None)  # not ImageNet-1k: as they are

@@ -90,11 +90,13 @@ def write_meta(folder: Path, channels: int = 1) -> Path:
     return path
 
 
-def write_split(path: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Path:
-    """A prepared split as the workflow writes it: test.npz with images, labels, indices."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=images.astype(np.uint8), labels=labels.astype(np.int64), indices=indices.astype(np.int64))
-    return path
+def write_split(folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> dict:
+    """A prepared test split as the workflow writes it: test_images.npy, test_labels.npy,
+    test_indices.npy; out: the paths of the images and the indices."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for array, values in (("images", images.astype(np.uint8)), ("labels", labels.astype(np.int64)), ("indices", indices.astype(np.int64))):
+        np.save(folder / f"test_{array}.npy", values)
+    return {"test_images": str(folder / "test_images.npy"), "test_indices": str(folder / "test_indices.npy")}
 
 
 def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN) -> dict:
@@ -151,10 +153,9 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
     data = root / "data"
     meta = write_meta(data)
     images = (rng.random((n_test, 1, 8, 8)) * 255).astype(np.uint8)
-    test_images = write_split(data / "test.npz", images, labels, examples)
+    split = write_split(data, images, labels, examples)
     return {"study": study, "model": model, "table": str(table), "comparisons": str(comps),
-            **{kind: [str(paths[s]) for s in given] for kind, paths in files.items()},
-            "test_images": str(test_images), "meta": str(meta)}
+            **{kind: [str(paths[s]) for s in given] for kind, paths in files.items()}, **split, "meta": str(meta)}
 
 
 def write_layer_swap_study(root: Path, study="toy_layers", model="toy_mlp", given=GIVEN) -> dict:
@@ -304,7 +305,7 @@ def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=
                 prob[i, wi] = base_prob[i] * (1 - 0.9 * w / (w + 2) * bump)
         pred = np.where(prob < 0.4, (labels[:, None, None, None] + 1) % len(CLASSES), labels[:, None, None, None])
         maps = {
-            "inputs": rng.normal(size=(n, C, H, W)).astype(np.float32),
+            "inputs": rng.random(size=(n, C, H, W)).astype(np.float32),  # pixels in [0, 1]
             "labels": labels.astype(np.int64),
             "windows": np.asarray(windows, dtype=np.int64),
             "stride": np.int64(1),
@@ -353,7 +354,7 @@ def write_top_study(root: Path, study="toy_top", model="toy", given=(1, 0), k=3)
         arrays = {"seed": np.int64(seed), "model": np.str_(model), "intervention": np.str_(study)}
         rows = []
         for layer, filters, size in [("conv1", [0, 2, 5], 3), ("conv2", [1, 4, 6, 7], 6)]:
-            patches = rng.normal(size=(k, len(filters), 1, size, size)).astype(np.float32)
+            patches = rng.random(size=(k, len(filters), 1, size, size)).astype(np.float32)  # pixels in [0, 1]
             patches[:, :, :, :1, :] = np.nan  # the field leaves the image at the top
             arrays[f"patches_{layer}"] = patches
             arrays[f"filters_{layer}"] = np.asarray(filters, dtype=np.int64)
@@ -412,9 +413,10 @@ def test_analysis_readers(tmp_path):
     (arrays,) = read_arrays([tmp_path / "a.npz"])
     assert int(arrays["seed"]) == 2 and str(arrays["model"]) == "m" and arrays["x"].tolist() == [0, 1, 2]
     images = np.arange(2 * 1 * 2 * 2, dtype=np.uint8).reshape(2, 1, 2, 2)
-    split = read_split(write_split(tmp_path / "test.npz", images, np.array([1, 0]), np.array([10, 20])))
+    written = write_split(tmp_path, images, np.array([1, 0]), np.array([10, 20]))
+    split = read_split(written["test_images"], written["test_indices"])
     assert split["images"].dtype == np.uint8 and split["images"].shape == (2, 1, 2, 2)
-    assert split["indices"].tolist() == [10, 20] and split["labels"].dtype == np.int64
+    assert split["indices"].tolist() == [10, 20] and (split["images"] == images).all()
     # Figures: PNG and PDF, without timestamps, the names remembered.
     import matplotlib.pyplot as plt
 
@@ -435,17 +437,17 @@ def test_filter_ablation_notebook_reads_only_given_seeds(tmp_path):
     assert_seeds(nb, GIVEN)
     assert "low - rand" in text  # the comparison's verdict is printed
     assert "stale_set" not in text  # seed 2's leftover condition is on disk, not given
-    assert "flipped_images:" not in text  # drawn from test.npz, not a placeholder
+    assert "flipped_images:" not in text  # drawn from test_images.npy, not a placeholder
 
 
 def test_filter_ablation_notebook_without_test_images(tmp_path):
     params = write_filter_study(tmp_path / "study", given=ON_DISK)
-    params["test_images"] = str(tmp_path / "missing.npz")
+    params["test_images"] = str(tmp_path / "missing.npy")
     out = tmp_path / "figures"
     nb = run_notebook("filter_ablation", tmp_path, out_dir=str(out), n_examples=3, **params)
     assert_clean_run(nb, out, ["sets", "single_unit", "cumulative", "per_class", "flips", "flipped_images"])
     assert_seeds(nb, ON_DISK)
-    assert f"flipped_images: no prepared test images at {tmp_path / 'missing.npz'}" in printed(nb)
+    assert f"flipped_images: no prepared test images at {tmp_path / 'missing.npy'}" in printed(nb)
 
 
 def test_layer_swap_notebook(tmp_path):

@@ -36,7 +36,7 @@ def test_mask_keeps_units_at_zero_through_training_and_zero_once_does_not(tmp_pa
     model = ablate_then_train.apply(condition, ctx)
     x, y = data()
     cfg = TrainConfig.from_dict(train_settings(epochs=2, batch_size=16, optimizer="adam", lr=0.01))
-    train(model, x, y, x, y, cfg, tmp_path, seed=0, device="cpu", progress=False)
+    train(model, (x, y), (x, y), cfg, tmp_path, seed=0, device="cpu", progress=False)
     final = load_model(tmp_path / "final.pt", "cpu")  # what the pipeline keeps: plain weights
     silenced = final.conv1.weight[[1, 5]].abs().sum()
     if semantics == "mask":

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from knockout.models import build_model, load_model
+from knockout.preprocess import resolve
 from knockout.train import TrainConfig, augment_batch, learning_rate, train
 from specs import train_settings
 
@@ -34,7 +35,7 @@ def run(tmp_path, seed=0, **cfg):
     x, y = tiny_data()
     config = TrainConfig.from_dict(train_settings(**{"epochs": 3, "batch_size": 32, "lr": 0.05, **cfg}))
     epochs = tmp_path / "epochs" if config.checkpoints else None
-    metrics = train(model, x, y, x[:64], y[:64], config, tmp_path, seed=seed, device="cpu", epochs_dir=epochs, progress=False)
+    metrics = train(model, (x, y), (x[:64], y[:64]), config, tmp_path, seed=seed, device="cpu", epochs_dir=epochs, progress=False)
     return model, metrics
 
 
@@ -101,7 +102,8 @@ def write_prepared(folder: Path, n=2048):
         labels = torch.arange(size) % 10
         images = torch.randint(0, 50, (size, 1, 28, 28), generator=g, dtype=torch.uint8)
         images[:, :, :3, :] = (labels * 25).to(torch.uint8)[:, None, None, None]
-        np.savez(folder / f"{split}.npz", images=images.numpy(), labels=labels.numpy(), indices=np.arange(size))
+        for array, values in (("images", images.numpy()), ("labels", labels.numpy()), ("indices", np.arange(size))):
+            np.save(folder / f"{split}_{array}.npy", values)
     meta = {"dataset": "fashion_mnist", "classes": [str(i) for i in range(10)], "num_classes": 10,
             "shape": [1, 28, 28], "mean": [0.15], "std": [0.2], "n_train": n, "n_test": 256}
     (folder / "meta.json").write_text(json.dumps(meta))
@@ -109,9 +111,10 @@ def write_prepared(folder: Path, n=2048):
 
 def train_cli(data: Path, out: Path, epochs: int):
     settings = train_settings(epochs=epochs, batch_size=64, optimizer="adam", lr=0.002, schedule="onecycle", checkpoints=list(range(1, epochs + 1)))
-    job = {"arch": "study5_cnn", "train": settings, "device": "cpu"}
-    cmd = [sys.executable, "-m", "knockout", "train", "--job", json.dumps(job), "--seed", "1", "--train", str(data / "train.npz"),
-           "--test", str(data / "test.npz"), "--meta", str(data / "meta.json"), "--out", str(out), "--threads", "1"]
+    job = {"model": "cnn", "arch": "study5_cnn", "train": settings, "device": "cpu", "resident_mb": 0,  # streamed from disk
+           "preprocess": resolve("cnn", {"arch": "study5_cnn"})}
+    cmd = [sys.executable, "-m", "knockout", "train", "--job", json.dumps(job), "--seed", "1", "--data", str(data),
+           "--out", str(out), "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

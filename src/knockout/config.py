@@ -116,6 +116,8 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
                 f"models.{name}.dataset: {model['dataset']!r} is not a key of datasets ({', '.join(sorted(config['datasets']))})"
             )
     plan = Plan(config)  # resolves every model's preprocessing
+    for dataset in config["datasets"]:  # each as far as it can be known, used or not
+        data_info(config, dataset, raw_root)
     infos = {view: data_info(config, dataset, raw_root, geometry) for view, (dataset, geometry) in plan.views.items()}
     targets, deferred = {}, {}
     for name, model in config["models"].items():

@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -248,6 +249,8 @@ def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, g
     chunks = [indices[i : i + per_chunk] for i in range(0, len(indices), per_chunk)]
     fd, offset = partial.images(split, (len(indices), *shape))
     todo = [c for c in range(len(chunks)) if c not in partial.done.get(split, set())]
+    if len(todo) < len(chunks):
+        print(f"prepare: resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks of the {split} split already prepared", file=sys.stderr)
     bar = tqdm(total=len(indices), initial=sum(len(chunks[c]) for c in range(len(chunks)) if c not in todo),
                desc=f"prepare {where} {split}", unit="img", disable=not progress, mininterval=5)
     try:

@@ -203,8 +203,11 @@ def adopt(job: dict, seed: int, data: str, out: str, sources: list[str] = (), me
     from .engine.evaluate import evaluate
     from .models import count_parameters, load_state, read_state_dict, save_model
 
+    import torch
+
     device = _start(job, threads)
     meta, preprocess, splits = _open(job, data, device, *(["test"] if metrics else []))
+    torch.manual_seed(seed)  # a pretrained network's head resized to the dataset's classes: drawn from the seed
     network = _network(job, meta, f"models.{job['model']}.arch", weights=not sources)
     if len(sources) > 1 or Path(out).suffix != ".pt":
         for epoch, source in zip(job["epochs"], sources, strict=True):

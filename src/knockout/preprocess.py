@@ -67,7 +67,10 @@ def resolve(name: str, model: dict) -> dict:
 
     key = f"models.{name}.preprocess"
     given = model.get("preprocess", "auto")
-    arch = resolve_spec(model["arch"])
+    try:
+        arch = resolve_spec(model["arch"])
+    except ValueError:  # an unknown preset: the architecture's check says so
+        arch = {}
     if given == "auto":
         given = "weights" if _named_weights(key, arch) is not None else "dataset"
     if given == "weights":
