@@ -190,7 +190,7 @@ def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Ten
     """Study 5's CNN and n images: the trained weights of CNN_WEIGHTS and the first n prepared
     Fashion-MNIST test images when present, else a seeded random init and N(0, 1) images
     labelled with its predictions. Appends what was used to notes."""
-    from knockout.data import load_prepared
+    from knockout.data import open_view
     from knockout.models import build_model, load_model
 
     if CNN_WEIGHTS.exists():
@@ -202,8 +202,9 @@ def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Ten
         notes.append(f"cnn: random init (seed {seed}); {CNN_WEIGHTS.relative_to(ROOT)} not found")
     model.eval()
     if (DATA_DIR / "meta.json").exists():
-        _, test, _ = load_prepared(DATA_DIR, "cpu")
-        images, labels = test.images[:n], test.labels[:n]
+        _, test, _ = open_view(DATA_DIR)
+        n = min(n, len(test))
+        images, labels = test.inputs(range(n), "cpu"), test.labels[:n]
         notes.append(f"cnn: the first {len(images)} Fashion-MNIST test images and their labels")
     else:
         images = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from knockout.config import resolve
-from knockout.data import fetch, load_prepared, prepare
+from knockout.data import fetch, open_view, prepare
 from knockout.engine.evaluate import evaluate_conditions
 from knockout.models import build_model, load_model
 from knockout.studies import Context, filter_ablation, layer_units, silence_point
@@ -92,7 +92,7 @@ def data(args) -> tuple:
     if not (prepared / "meta.json").exists():
         fetch("fashion_mnist", raw, args.mirror, download=True)
         prepare("fashion_mnist", raw, prepared, train_subset=args.train_subset, test_subset=None, seed=0)
-    return load_prepared(prepared, "cpu")
+    return open_view(prepared)
 
 
 def trained(args, train_split, test_split, device, notes: list[str]) -> nn.Module:
@@ -105,7 +105,7 @@ def trained(args, train_split, test_split, device, notes: list[str]) -> nn.Modul
         model = build_model("study5_cnn", (1, 28, 28), 10)
         settings = resolve("train", {"epochs": args.epochs, "batch_size": 128, "optimizer": "adam", "lr": 0.003, "schedule": "onecycle", "augment": False})
         out = WORK / "morcos_training"
-        train(model, train_split.images, train_split.labels, test_split.images, test_split.labels, TrainConfig.from_dict(settings),
+        train(model, train_split, test_split, TrainConfig.from_dict(settings),
               out, seed=0, device=device, progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         (out / "final.pt").replace(path)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     train_split, test_split, _ = data(args)
     model = trained(args, train_split, test_split, device, notes)
     n = args.images or len(test_split)
-    images, labels = test_split.images[:n].to(device), test_split.labels[:n].to(device)
+    images, labels = test_split.inputs(range(n), device), test_split.labels[:n].to(device)
     entry = study(args)
     conditions = filter_ablation.conditions(filter_ablation.Spec.from_dict(entry), Context(trained=model))
     ours(model, resolve("filter_ablation", {**entry, "sets": {"each": {"select": "each", "layers": ["conv3"]}}}), images[:64], labels[:64], args, device)  # warm-up

@@ -15,8 +15,8 @@ default cpu):
   1. ours: ``knockout.train.train(...)`` with ``TrainConfig.from_dict(knockout.config.resolve(
      "train", {...}))`` (constant lr, no momentum, weight decay, augmentation or checkpoints;
      amp off, so on a GPU both sides do float32 maths, though ours also trains a CNN in
-     channels_last there as knockout.train does); the split is held as one normalised float
-     tensor (``knockout.data.load_prepared``) and batches are index slices. The time is the
+     channels_last there as knockout.train does); the prepared split is held in memory as uint8
+     (``knockout.data.open_view``), each batch gathered and normalised as the job does. The time is the
      ``seconds`` column of its history.csv, which covers the training loop only (not the
      evaluation after each epoch, not checkpoint writing).
   2. notebook: ``torchvision.datasets.FashionMNIST(root, train=True,
@@ -86,7 +86,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from knockout.config import resolve
-from knockout.data import DATASETS, fetch, load_prepared, prepare
+from knockout.data import fetch, open_view, prepare
+from knockout.sources.builtin import DATASETS
 from knockout.models import build_model, count_parameters
 from knockout.train import TrainConfig, train
 
@@ -244,16 +245,14 @@ def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work:
         warm = copy.deepcopy(model)
         warm.load_state_dict(init_state)
         shutil.rmtree(work / "warmup", ignore_errors=True)
-        train(warm, train_split.images[:n], train_split.labels[:n], test_split.images[:256],
-              test_split.labels[:256], dataclasses.replace(cfg, epochs=1, checkpoints=()),
+        train(warm, train_split.subset(range(n)), test_split.subset(range(256)), dataclasses.replace(cfg, epochs=1, checkpoints=()),
               work / "warmup", seed=seed, device=device, progress=False)
     model.load_state_dict(init_state)
     out_dir = work / "run"
     shutil.rmtree(out_dir, ignore_errors=True)  # else train() would resume a finished run
     wait_for_idle(wait_idle)
     with Timed(device) as load:
-        metrics = train(model, train_split.images, train_split.labels, test_split.images,
-                        test_split.labels, cfg, out_dir, seed=seed, device=device, progress=False)
+        metrics = train(model, train_split, test_split, cfg, out_dir, seed=seed, device=device, progress=False)
     # Same initial weights as the notebook side: init.pt is what train() started from.
     saved = torch.load(out_dir / "init.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], init_state[k]) for k in init_state), "ours did not start from init_state"
@@ -359,14 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         fetch(DATASET, raw, args.mirrors, download=not args.no_download)
         meta = prepare(DATASET, raw, work / "prepared", train_subset=args.train_subset, test_subset=1000,
                        seed=args.seed)
-        train_split, test_split, meta = load_prepared(work / "prepared", "cpu")
+        train_split, test_split, meta = open_view(work / "prepared")
         n = len(train_split)
         tv_root = torchvision_root(raw, work / "torchvision")
         dataset = notebook_dataset(tv_root, meta["mean"], meta["std"], None if n == 60_000 else train_split.indices)
         # Both sides see the same images in the same units (up to float rounding).
         probe = [0, n // 2, n - 1]
         x_nb = torch.stack([dataset[i][0] for i in probe])
-        assert torch.allclose(x_nb, train_split.images[probe], atol=1e-5), "input pipelines disagree"
+        assert torch.allclose(x_nb, train_split.inputs(probe, "cpu"), atol=1e-5), "input pipelines disagree"
         assert [dataset[i][1] for i in probe] == train_split.labels[probe].tolist()
 
         print(f"{environment(device, torchvision)}, DataLoader start method {torch.multiprocessing.get_start_method()}")

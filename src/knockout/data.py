@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue
 import re
@@ -39,10 +40,9 @@ from .errors import DataError
 from .io import atomic_write, write_json
 from .sources.common import mode_of, one_line, output_size, to_pixels
 
-__all__ = ["DataError", "Split", "as_split", "fetch", "inspect", "open_split", "prepare", "read_meta", "stratified_subset"]
+__all__ = ["DataError", "Split", "as_split", "fetch", "inspect", "open_split", "open_view", "prepare", "read_meta", "stratified_subset"]
 
 _CHUNK_BYTES = 16 << 20  # images converted and written per step of prepare (its resume granularity)
-_STATS_CHUNK = 4096  # images per step of the channel statistics (their float64 sums are exactly as before)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -187,6 +187,7 @@ class _Partial:
             state = {}
         folder.mkdir(parents=True, exist_ok=True)
         self.done = {split: set(chunks) for split, chunks in state.get("done", {}).items()}
+        self.sums = {split: {int(c): v for c, v in sums.items()} for split, sums in state.get("sums", {}).items()}
 
     def images(self, split: str, shape: tuple[int, ...]) -> tuple[int, int]:
         """The split's images file (created at its full size if new): (an open descriptor, the
@@ -196,15 +197,18 @@ class _Partial:
             fd = os.open(path, os.O_RDWR)
             return fd, _npy_layout(path)[2]
         self.done.pop(split, None)
+        self.sums.pop(split, None)
         with open(path, "wb") as f:
             offset = _npy_header(f, shape)
             f.truncate(offset + int(np.prod(shape, dtype=np.int64)))
         return os.open(path, os.O_RDWR), offset
 
-    def mark(self, split: str, chunk: int, fd: int) -> None:
+    def mark(self, split: str, chunk: int, fd: int, sums: list) -> None:
+        """Chunk `chunk` of `split` is written (`sums`: its pixels' per-channel sums)."""
         os.fdatasync(fd)  # the chunk's bytes are on disk before the record says so
         self.done.setdefault(split, set()).add(chunk)
-        record = {"key": self.key, "done": {s: sorted(c) for s, c in self.done.items()}}
+        self.sums.setdefault(split, {})[chunk] = sums
+        record = {"key": self.key, "done": {s: sorted(c) for s, c in self.done.items()}, "sums": self.sums}
         atomic_write(self.folder / "progress.json", lambda tmp: tmp.write_text(json.dumps(record)))
 
 
@@ -232,9 +236,30 @@ class _Converted(torch.utils.data.Dataset):
         return position, pixels
 
 
-def _collate(items: list) -> tuple[int, np.ndarray | str]:
+def _collate(items: list) -> tuple[int, torch.Tensor | str]:
+    """A chunk's images as one tensor (handed to the main process in shared memory), or its first problem."""
     problems = [value for _, value in items if isinstance(value, str)]
-    return items[0][0], problems[0] if problems else np.stack([value for _, value in items])
+    return items[0][0], problems[0] if problems else torch.from_numpy(np.stack([value for _, value in items]))
+
+
+def _pixel_sums(pixels: np.ndarray) -> list[list[int]]:
+    """[per-channel sums of the pixel values, of their squares] of uint8 (n, C, H, W), exact
+    integers (from each channel's histogram): statistics that depend on neither how the images
+    were chunked nor on how many threads summed them."""
+    values = np.arange(256, dtype=np.int64)
+    counts = [np.bincount(pixels[:, c].ravel(), minlength=256).astype(np.int64) for c in range(pixels.shape[1])]
+    return [[int(h @ values) for h in counts], [int(h @ values**2) for h in counts]]
+
+
+def _channel_stats(sums: list, channels: int, count: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std in 0..1 units from the chunks' exact sums."""
+    if count == 0:
+        return [0.0] * channels, [1.0] * channels
+    total = [sum(s[0][c] for s in sums) for c in range(channels)]
+    squares = [sum(s[1][c] for s in sums) for c in range(channels)]
+    mean = [t / (255 * count) for t in total]
+    std = [math.sqrt(max(0, q * count - t * t)) / (255 * count) for t, q in zip(total, squares)]
+    return mean, std
 
 
 def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, geometry: dict | None,
@@ -266,48 +291,16 @@ def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, g
         for chunk, pixels in done:
             if isinstance(pixels, str):
                 raise DataError(pixels)
+            pixels = np.ascontiguousarray(pixels)
             if tuple(pixels.shape[1:]) != shape:
                 raise DataError(f"{where}: {split} images of {pixels.shape[1:]}, the first one {shape}")
-            os.pwrite(fd, np.ascontiguousarray(pixels).data, offset + chunk * per_chunk * first.nbytes)
-            partial.mark(split, chunk, fd)
+            os.pwrite(fd, pixels.data, offset + chunk * per_chunk * first.nbytes)
+            partial.mark(split, chunk, fd, _pixel_sums(pixels))
             bar.update(len(pixels))
     finally:
         bar.close()
         os.close(fd)
     return shape
-
-
-def _channel_stats(path: Path) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of a uint8 N,C,H,W images file, in 0..1 units,
-    accumulated in float64 over chunks read from disk (no full float copy), on one thread: a
-    sum's rounding depends on how it is split, and the statistics must not depend on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _sums(path)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _sums(path: Path) -> tuple[list[float], list[float]]:
-    shape, _, offset = _npy_layout(path)
-    n, c, h, w = shape
-    total = torch.zeros(c, dtype=torch.float64)
-    squares = torch.zeros(c, dtype=torch.float64)
-    row = c * h * w
-    with open(path, "rb") as f:
-        for start in range(0, n, _STATS_CHUNK):
-            count = min(_STATS_CHUNK, n - start)
-            chunk = np.frombuffer(os.pread(f.fileno(), count * row, offset + start * row), dtype=np.uint8).reshape(count, c, h, w)
-            x = torch.from_numpy(chunk.copy()).to(torch.float64) / 255.0
-            total += x.sum(dim=(0, 2, 3))
-            squares += (x * x).sum(dim=(0, 2, 3))
-    count = n * h * w
-    if count == 0:
-        return [0.0] * c, [1.0] * c
-    mean = total / count
-    std = (squares / count - mean * mean).clamp_min(0).sqrt()
-    return mean.tolist(), std.tolist()
 
 
 def _write_npy(array: np.ndarray, path: Path) -> None:
@@ -384,7 +377,8 @@ def prepare(
                 _npy_header(f, (0, *shape))
             chosen[split] = torch.zeros(0, dtype=torch.int64)
     stats_split = "train" if "train" in raw.splits else "test"
-    mean, std = _channel_stats(partial.folder / f"{stats_split}_images.npy")
+    count = int(chosen[stats_split].numel()) * shape[1] * shape[2]
+    mean, std = _channel_stats(list(partial.sums.get(stats_split, {}).values()), shape[0], count)
     for split in SPLITS:
         labels = raw.splits[split].labels[chosen[split]] if split in raw.splits else torch.zeros(0, dtype=torch.int64)
         _write_npy(labels.numpy().astype(np.int64), out_dir / f"{split}_labels.npy")
@@ -529,6 +523,10 @@ class Split:
             return self._store.read_range(start, stop)
         return self._store.read(self._rows[start:stop])
 
+    def in_memory(self, device="cpu") -> Split:
+        """This split (a subset too) with its images read into memory, on `device`."""
+        return Split(_InMemory(self._stored_range(0, len(self)).to(device)), self.labels, self.indices, self.preprocess)
+
     def pixels(self, positions) -> torch.Tensor:
         """The images at `positions` in pixel space: float32 in [0, 1] for prepared (uint8) images;
         tensors given as they are."""
@@ -632,3 +630,15 @@ def as_split(images, labels=None) -> Split:
     if isinstance(images, (tuple, list)) and labels is None:
         images, labels = images
     return Split(_InMemory(images), torch.as_tensor(labels))
+
+
+def open_view(folder: Path, preprocess: dict | None = None, device="cpu", resident_mb: float = float("inf")) -> tuple[Split, Split, dict]:
+    """Both splits of a prepared view and its meta, as a script or a notebook wants them: (train,
+    test, meta), with `preprocess` (a resolved preprocessing, `knockout.preprocess.resolve`;
+    None: the dataset's mean and std), held in memory unless larger than `resident_mb`."""
+    from .preprocess import Preprocess
+
+    meta = read_meta(Path(folder) / "meta.json")
+    normalise = Preprocess.of(preprocess or {"name": "dataset", "mean": None, "std": None, "geometry": None}, meta)
+    train, test = (open_split(folder, split, normalise, device, resident_mb) for split in SPLITS)
+    return train, test, meta
