@@ -89,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layer", default="layer3.1.conv2")
     p.add_argument("--budget-mb", type=float, default=512)
     p.add_argument("--workdir", type=Path, default=ROOT / "results" / "bench" / "large_data")
+    p.add_argument("--only", default="prepare,train,sweep", help="the phases to run (default all: prepare,train,sweep)")
     p.add_argument("--phase", help=argparse.SUPPRESS)  # a child process: one phase
     p.add_argument("--settings", type=json.loads, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -383,7 +384,30 @@ def main(argv=None) -> int:
     n_all = args.images + args.test_images
     common = {"device": args.device, "workers": args.workers}
     rows = []
+    only = set(args.only.split(","))
+    if not (work / "view" / "meta.json").exists():
+        only.add("prepare")  # the others read its view
 
+    if "prepare" in only:
+        rows += prepare_rows(args, data, work, folder_spec, view, n_all)
+    if "train" in only:
+        rows += train_rows(args, work, folder_spec, view, common)
+    differ, same = 0, True
+    if "sweep" in only:
+        sweep_rows, differ, same = sweep_rows_of(args, folder_spec, view, common)
+        rows += sweep_rows
+    peaks = [r["ours_peak_mb"] for r in rows]
+    notes = [f"peak memory of every knockout phase: {max(peaks):,} MB (goal < {PEAK_GOAL_MB:,} MB, whatever the dataset's size): "
+             + ("met" if max(peaks) < PEAK_GOAL_MB else "NOT met"),
+             f"data generated once in {data['seconds']:.0f} s ({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})",
+             "peer peak: the DataLoader's process or its largest worker; per_s: images (sweep: images x units) per second"]
+    finish(rows, COLUMNS, ratio="ratio", out=args.out, notes=notes,
+           header=["phase", "ours", "ours/s", "peer", "peer/s", "ratio", "goal", "met", "ours MB", "peer MB", "checked"])
+    return 0 if differ == 0 and same else 1
+
+
+def prepare_rows(args, data, work, folder_spec, view, n_all) -> list[dict]:
+    rows = []
     prepared = run_phase(args, "prepare", {"name": "jpegs", "spec": folder_spec, "raw": str(work / "raw_folder"), "out": view,
                                             "n": n_all, "workers": args.workers})
     decoded = run_phase(args, "decode", {"folder": folder_spec["train"], "n": min(args.peer_images, args.images), "workers": args.workers})
@@ -393,7 +417,11 @@ def main(argv=None) -> int:
                                           "out": str(work / "view_tensors"), "n": n_all, "workers": args.workers})
     rows.append(row("prepare (tensors file)", tensors, "prepare", None, "", None))
     print(f"prepared: {prepared['seconds']:.1f} s from JPEGs, {tensors['seconds']:.1f} s from the tensors file", flush=True)
+    return rows
 
+
+def train_rows(args, work, folder_spec, view, common) -> list[dict]:
+    rows = []
     training = {"view": view, "steps": args.train_steps, "batch": args.batch, "folder": folder_spec["train"]} | common
     streamed = run_phase(args, "train", training | {"how": "streamed", "out": str(work / "run_streamed")})
     memory = run_phase(args, "train", training | {"how": "in_memory", "out": str(work / "run_in_memory")})
@@ -402,7 +430,11 @@ def main(argv=None) -> int:
     rows.append(row(f"train ResNet-18, {steps}", streamed, "streamed from disk", memory, "in memory (same images)", 0.9))
     rows.append(row(f"train ResNet-18, {steps}", streamed, "streamed from disk", loader, f"ImageFolder+DataLoader, {args.workers} workers", None))
     print(f"trained: {streamed['seconds']:.1f} s streamed, {memory['seconds']:.1f} s in memory, {loader['seconds']:.1f} s DataLoader", flush=True)
+    return rows
 
+
+def sweep_rows_of(args, folder_spec, view, common) -> tuple[list[dict], int, bool]:
+    rows = []
     sweep = {"view": view, "n": min(args.sweep_images, args.test_images), "units": args.units, "layer": args.layer, "budget_mb": args.budget_mb,
              "folder": folder_spec["test"]} | common
     ours_s = run_phase(args, "sweep", sweep | {"how": "streamed"})
@@ -416,14 +448,7 @@ def main(argv=None) -> int:
                     f"{differ} of {args.units} units differ from Captum"))
     rows.append(row(f"sweep {what}", ours_s, "streamed from disk", ours_m, "in memory (same images)", None,
                     "identical" if same else "DIFFERENT"))
-    peaks = [r["ours_peak_mb"] for r in rows]
-    notes = [f"peak memory of every knockout phase: {max(peaks):,} MB (goal < {PEAK_GOAL_MB:,} MB, whatever the dataset's size): "
-             + ("met" if max(peaks) < PEAK_GOAL_MB else "NOT met"),
-             f"data generated once in {data['seconds']:.0f} s ({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})",
-             "peer peak: the DataLoader's process or its largest worker; per_s: images (sweep: images x units) per second"]
-    finish(rows, COLUMNS, ratio="ratio", out=args.out, notes=notes,
-           header=["phase", "ours", "ours/s", "peer", "peer/s", "ratio", "goal", "met", "ours MB", "peer MB", "checked"])
-    return 0 if differ == 0 and same else 1
+    return rows, differ, same
 
 
 if __name__ == "__main__":

@@ -864,3 +864,31 @@ def test_imagenet_wordnet_ids_are_named_as_torchvision_weights_name_them():
     names, kept = named_classes(ids)
     assert names == ResNet50_Weights.IMAGENET1K_V2.meta["categories"] and kept == ids
     assert named_classes(ids[:10]) == (ids[:10], None)  # not ImageNet-1k: as they are
+
+
+def test_jpegs_are_prepared_with_pils_very_pixels(tmp_path):
+    """JPEGs of every kind (4:4:4, 4:2:2, 4:2:0, progressive, grey, CMYK) in an image folder:
+    torchvision's faster decoder is used where it gives PIL's pixels, PIL elsewhere; either
+    way the prepared images are those of torchvision's ImageFolder (PIL) pipeline."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor
+
+    rng = np.random.default_rng(0)
+    kinds = [{"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2}, {"progressive": True}, {"quality": 40}]
+    for split in ("train", "test"):
+        for k, cls in enumerate(("a", "b")):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i, kind in enumerate(kinds):
+                pixels = np.clip(rng.normal(100 + 50 * k, 40, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.jpg", **kind)
+            Image.fromarray(pixels[..., 0]).save(tmp_path / split / cls / "grey.jpg")
+            Image.fromarray(pixels).convert("CMYK").save(tmp_path / split / cls / "cmyk.jpg")
+    spec = resolve_dataset("j", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 20})
+    fetch("j", tmp_path / "raw", [], spec=spec)
+    meta = prepare("j", tmp_path / "raw", tmp_path / "out", spec=spec)
+    assert meta["source"]["decoder"] == "torchvision.io.decode_jpeg where it equals PIL, else PIL"
+    for split in ("train", "test"):
+        reference = ImageFolder(str(tmp_path / split))
+        expected = np.stack([pil_to_tensor(reference[i][0]).numpy() for i in range(len(reference))])
+        np.testing.assert_array_equal(arrays_of(tmp_path / "out", split)["images"], expected)

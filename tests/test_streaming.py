@@ -107,10 +107,10 @@ def prepare_cli(raw: Path, out: Path, spec: dict, threads: int) -> subprocess.Po
 
 
 def test_a_killed_prepare_resumes_to_the_same_files(tmp_path):
-    """An image folder of 6,000 JPEGs (6 chunks of 16 MB at 74x74): killed once a chunk is on
-    disk, prepared again, it takes up where it stopped and ends with the files of a run that
-    was never killed."""
-    write_jpegs(tmp_path / "jpegs", 6000)
+    """An image folder of 20,000 JPEGs (20 chunks of 16 MB at 74x74): killed once chunks are
+    recorded on disk, prepared again, it takes up where it stopped and ends with the files of a
+    run that was never killed."""
+    write_jpegs(tmp_path / "jpegs", 20_000)
     spec = resolve("dataset_image_folder", {"source": "image_folder", "train": str(tmp_path / "jpegs/train"),
                                             "test": str(tmp_path / "jpegs/test"), "size": 74})
     fetch("jpegs", tmp_path / "raw", [], spec=spec)
@@ -132,12 +132,12 @@ def test_a_killed_prepare_resumes_to_the_same_files(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "prepare finished before it could be killed"
     assert not (out / "meta.json").exists() and not (out / "train_images.npy").exists()  # nothing looks done
     written = len(json.loads(progress.read_text())["done"]["train"])
-    assert 1 <= written < 6
+    assert 1 <= written < 20
 
     rerun = prepare_cli(tmp_path / "raw", out, spec, 2)
     _, log = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, log
-    assert f"resuming: {written} of 6 chunks of the train split already prepared" in log
+    assert f"resuming: {written} of 20 chunks of the train split already prepared" in log
     for name in [f"{s}_{a}.npy" for s in ("train", "test") for a in ("images", "labels", "indices")] + ["meta.json"]:
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     assert not (out / ".partial").exists()

@@ -11,6 +11,7 @@ as a download would) is evaluated exactly as `weights.transforms()` prepares the
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,13 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
     assert set(layers["condition"]) == {"baseline", "rerandomize:layer4.1.conv2", "rerandomize:fc"}
     assert len(pd.read_csv(tmp_path / "results/tables/r18_sweep.csv").query("level == 'condition'")) == 3
 
+    summary = subprocess.run([sys.executable, "-m", "knockout", "summary", "--config", "config.yaml", "--model", "r18"], cwd=tmp_path,
+                             capture_output=True, text=True, env=env | {"PYTHONPATH": str(ROOT / "src")})
+    assert summary.returncode == 0, summary.stderr
+    assert "(prepared view shapes@r256-c224-bilinear), input (3, 224, 224)" in summary.stdout
+    assert "Preprocess: weights (torchvision ResNet18_Weights.IMAGENET1K_V1.transforms()): (x/255 - mean) / std with mean " \
+           "[0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]; resize 256, crop [224, 224], bilinear" in summary.stdout
+
     # The wrong preprocessing (the dataset's mean and std, knockout's default for its own networks):
     # the adopt job stops with one line, and no table is made of it.
     config["models"]["mine"]["preprocess"] = "dataset"
@@ -257,3 +265,26 @@ def test_one_place_decides_a_models_preprocessing(model, expected):
     assert {k: resolved[k] for k in expected} == expected
     if resolved["geometry"]:
         assert view_name("d", resolved["geometry"]).startswith("d@r")
+
+
+def test_the_imagenet_example_plans_its_whole_study(tmp_path):
+    """examples/imagenet_eval on a stand-in validation folder (two WordNet ids) and a stand-in
+    for the cached weights: the one view at the weights' geometry, every study's jobs."""
+    from PIL import Image
+
+    for wnid in ("n01440764", "n01443537"):
+        (tmp_path / "data/imagenet/val" / wnid).mkdir(parents=True)
+        Image.new("RGB", (300, 250), (120, 30, 60)).save(tmp_path / "data/imagenet/val" / wnid / "ILSVRC2012_val_0.JPEG")
+    import torchvision
+
+    folder = tmp_path / "torch/hub/checkpoints"
+    folder.mkdir(parents=True)
+    (folder / Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name).write_bytes(b"stand-in")
+    run = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-n", "--configfile", str(ROOT / "examples/imagenet_eval/config.yaml"),
+                          "--directory", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "results/data/imagenet_val@r232-c224-bilinear/meta.json" in run.stdout
+    stats = run.stdout.split("Job stats:")[1].split("Reasons:")[0]
+    jobs = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", stats, flags=re.M)}
+    assert jobs["adopt"] == 3 and jobs["intervene"] == 6 and jobs["unit_stats"] == 3 and "train" not in jobs

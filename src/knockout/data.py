@@ -28,6 +28,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,7 +43,8 @@ from .sources.common import mode_of, one_line, output_size, to_pixels
 
 __all__ = ["DataError", "Split", "as_split", "fetch", "inspect", "open_split", "open_view", "prepare", "read_meta", "stratified_subset"]
 
-_CHUNK_BYTES = 16 << 20  # images converted and written per step of prepare (its resume granularity)
+_CHUNK_BYTES = 16 << 20  # images converted and written per step of prepare
+_SYNC_SECONDS = 2.0  # how often prepare records the chunks it wrote (what a killed run keeps)
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -188,6 +190,7 @@ class _Partial:
         folder.mkdir(parents=True, exist_ok=True)
         self.done = {split: set(chunks) for split, chunks in state.get("done", {}).items()}
         self.sums = {split: {int(c): v for c, v in sums.items()} for split, sums in state.get("sums", {}).items()}
+        self.pending, self.synced = {}, time.monotonic()
 
     def images(self, split: str, shape: tuple[int, ...]) -> tuple[int, int]:
         """The split's images file (created at its full size if new): (an open descriptor, the
@@ -203,19 +206,27 @@ class _Partial:
             f.truncate(offset + int(np.prod(shape, dtype=np.int64)))
         return os.open(path, os.O_RDWR), offset
 
-    def mark(self, split: str, chunk: int, fd: int, sums: list) -> None:
-        """Chunk `chunk` of `split` is written (`sums`: its pixels' per-channel sums)."""
-        os.fdatasync(fd)  # the chunk's bytes are on disk before the record says so
-        self.done.setdefault(split, set()).add(chunk)
-        self.sums.setdefault(split, {})[chunk] = sums
+    def mark(self, split: str, chunk: int, fd: int, sums: list, last: bool = False) -> None:
+        """Chunk `chunk` of `split` is written (`sums`: its pixels' per-channel sums). Recorded
+        once on disk: every few seconds, and after the split's last chunk (`last`), the chunks
+        written since are synced and then recorded (a sync per chunk would cost a fifth of the
+        time), so a killed run redoes at most a few seconds of work."""
+        self.pending.setdefault(split, {})[chunk] = sums
+        if not last and time.monotonic() - self.synced < _SYNC_SECONDS:
+            return
+        os.fdatasync(fd)  # the chunks' bytes are on disk before the record says so
+        for s, chunks in self.pending.items():
+            self.done.setdefault(s, set()).update(chunks)
+            self.sums.setdefault(s, {}).update(chunks)
+        self.pending, self.synced = {}, time.monotonic()
         record = {"key": self.key, "done": {s: sorted(c) for s, c in self.done.items()}, "sums": self.sums}
         atomic_write(self.folder / "progress.json", lambda tmp: tmp.write_text(json.dumps(record)))
 
 
 class _Converted(torch.utils.data.Dataset):
-    """The chosen items of a raw split, each converted to uint8 (C, H, W) (in the loader's
-    workers): (position, pixels) or, for an item that cannot be converted, (position, the
-    one-line problem), so the problem reaches the main process as the same one line."""
+    """The chosen items of a raw split, each converted to uint8 (C, H, W) in the loader's workers:
+    (position, pixels), or for an item that cannot be converted (position, the one-line
+    problem), so that the problem reaches the main process as the same one line."""
 
     def __init__(self, where: str, split, indices: np.ndarray, mode: str, geometry: dict | None, shape: tuple[int, ...]):
         self.where, self.split, self.indices, self.mode, self.geometry, self.shape = where, split, indices, mode, geometry, shape
@@ -236,10 +247,30 @@ class _Converted(torch.utils.data.Dataset):
         return position, pixels
 
 
-def _collate(items: list) -> tuple[int, torch.Tensor | str]:
-    """A chunk's images as one tensor (handed to the main process in shared memory), or its first problem."""
-    problems = [value for _, value in items if isinstance(value, str)]
-    return items[0][0], problems[0] if problems else torch.from_numpy(np.stack([value for _, value in items]))
+class _Writer:
+    """The loader's collate function, in its workers: a chunk of converted images written in
+    place by the worker that converted them (no copy of them crosses to the main process, which
+    only records what is done). Out: (the chunk's first position, its pixel sums), or (its first
+    position, its first problem)."""
+
+    def __init__(self, path: Path, offset: int, row: int):
+        self.path, self.offset, self.row, self.fd = path, offset, row, None
+
+    def __call__(self, items: list) -> tuple[int, list | str]:
+        problems = [value for _, value in items if isinstance(value, str)]
+        if problems:
+            return items[0][0], problems[0]
+        return items[0][0], self.write(items[0][0], np.stack([value for _, value in items]))
+
+    def write(self, first: int, pixels: np.ndarray) -> list:
+        if self.fd is None:  # a descriptor per process: each worker opens its own
+            self.fd = os.open(self.path, os.O_WRONLY)
+        os.pwrite(self.fd, np.ascontiguousarray(pixels).data, self.offset + first * self.row)
+        return _pixel_sums(pixels)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def _pixel_sums(pixels: np.ndarray) -> list[list[int]]:
@@ -264,8 +295,9 @@ def _channel_stats(sums: list, channels: int, count: int) -> tuple[list[float], 
 
 def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, geometry: dict | None,
                   partial: _Partial, workers: int, progress: bool) -> tuple[int, ...]:
-    """The chosen images of one split converted and written into the partial images file, chunk
-    by chunk (the chunks a killed run wrote are kept). Out: the image shape (C, H, W)."""
+    """The chosen images of one split converted and written (in `workers` processes) into the
+    partial images file, chunk by chunk (the chunks a killed run recorded are kept). Out: the
+    image shape (C, H, W)."""
     from tqdm import tqdm
 
     first = to_pixels(where, int(indices[0]), raw.item(int(indices[0])), mode, geometry)
@@ -278,29 +310,31 @@ def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, g
         print(f"prepare: resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks of the {split} split already prepared", file=sys.stderr)
     bar = tqdm(total=len(indices), initial=sum(len(chunks[c]) for c in range(len(chunks)) if c not in todo),
                desc=f"prepare {where} {split}", unit="img", disable=not progress, mininterval=5)
+    writer = _Writer(partial.folder / f"{split}_images.npy", offset, first.nbytes)
     try:
         # Arrays a source already holds as uint8 at this mode and size need no conversion.
-        bulk = raw.arrays is not None and geometry is None and tuple(raw.arrays(indices[:1]).shape[1:]) == shape
-        if bulk:
-            done = ((c, raw.arrays(chunks[c])) for c in todo)
+        if raw.arrays is not None and geometry is None and tuple(raw.arrays(indices[:1]).shape[1:]) == shape:
+            done = ((c * per_chunk, writer.write(c * per_chunk, _checked(where, split, raw.arrays(chunks[c]), shape))) for c in todo)
         else:
-            loader = torch.utils.data.DataLoader(_Converted(where, raw, indices, mode, geometry, shape),
-                                                 batch_sampler=[list(range(c * per_chunk, c * per_chunk + len(chunks[c]))) for c in todo],
-                                                 num_workers=workers if len(todo) > 1 else 0, collate_fn=_collate)
-            done = ((position // per_chunk, pixels) for position, pixels in loader)
-        for chunk, pixels in done:
-            if isinstance(pixels, str):
-                raise DataError(pixels)
-            pixels = np.ascontiguousarray(pixels)
-            if tuple(pixels.shape[1:]) != shape:
-                raise DataError(f"{where}: {split} images of {pixels.shape[1:]}, the first one {shape}")
-            os.pwrite(fd, pixels.data, offset + chunk * per_chunk * first.nbytes)
-            partial.mark(split, chunk, fd, _pixel_sums(pixels))
-            bar.update(len(pixels))
+            done = torch.utils.data.DataLoader(_Converted(where, raw, indices, mode, geometry, shape), collate_fn=writer,
+                                               batch_sampler=[list(range(c * per_chunk, c * per_chunk + len(chunks[c]))) for c in todo],
+                                               num_workers=workers if len(todo) > 1 else 0)
+        for n, (position, sums) in enumerate(done, start=1):
+            if isinstance(sums, str):
+                raise DataError(sums)
+            partial.mark(split, position // per_chunk, fd, sums, last=n == len(todo))
+            bar.update(len(chunks[position // per_chunk]))
     finally:
         bar.close()
+        writer.close()
         os.close(fd)
     return shape
+
+
+def _checked(where: str, split: str, pixels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if tuple(pixels.shape[1:]) != shape:
+        raise DataError(f"{where}: {split} images of {pixels.shape[1:]}, the first one {shape}")
+    return pixels
 
 
 def _write_npy(array: np.ndarray, path: Path) -> None:

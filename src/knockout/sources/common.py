@@ -169,7 +169,8 @@ def to_pixels(where: str, item: int, image, mode: str, geometry: dict | None) ->
 
     if isinstance(image, torch.Tensor):
         pixels = _tensor_pixels(where, item, image)
-        if geometry is None and pixels.shape[0] == (1 if mode == "L" else 3):
+        fits = geometry is None or "size" in geometry and size_pair(geometry["size"]) == pixels.shape[1:]  # fit() would keep it
+        if fits and pixels.shape[0] == (1 if mode == "L" else 3):
             return pixels
         image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
     elif isinstance(image, np.ndarray):

@@ -12,8 +12,10 @@ folder stops instead of reading other images than were fetched.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,33 +28,38 @@ from .common import Raw, dataset_split, expand, one_line, size_pair
 class _Folders:
     paths: dict  # split -> Path, for the splits the entry has
     classes: list[str]
-    samples: dict  # split -> [(path, class index)], as ImageFolder lists them
+    datasets: dict  # split -> torchvision's ImageFolder of it (its listing: `samples`, `targets`)
     channels: int
+
+    @property
+    def samples(self) -> dict:
+        """split -> [(path, class index)], as ImageFolder lists them."""
+        return {split: d.samples for split, d in self.datasets.items()}
 
 
 def _folders(name: str, spec: dict) -> _Folders:
-    """List an image_folder entry's folders as torchvision's ImageFolder does (a subfolder per
-    class, sorted; files with an image extension). DataError for a missing folder, a folder
-    without classes or with an empty class, test classes other than the train classes."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    """List an image_folder entry's folders with torchvision's ImageFolder (a subfolder per class,
+    sorted; files with an image extension). DataError for a missing folder, a folder without
+    classes or with an empty class, test classes other than the train classes."""
+    from torchvision.datasets import ImageFolder
 
-    paths, classes, samples = {}, {}, {}
+    paths, datasets = {}, {}
     for split in (s for s in SPLITS if spec.get(s) is not None):
         folder = expand(spec[split])
         if not folder.is_dir():
             raise DataError(f"datasets.{name}.{split}: no such folder {spec[split]}")
         try:
-            classes[split], index = find_classes(folder)
-            samples[split] = make_dataset(folder, index, extensions=IMG_EXTENSIONS)
+            datasets[split] = ImageFolder(str(folder))
         except (FileNotFoundError, ValueError) as err:
             raise DataError(f"datasets.{name}.{split}: {spec[split]}: {one_line(err)}") from None
         paths[split] = folder
+    classes = {split: d.classes for split, d in datasets.items()}
     if "train" in classes and classes["test"] != classes["train"]:
         only_train = sorted(set(classes["train"]) - set(classes["test"]))
         only_test = sorted(set(classes["test"]) - set(classes["train"]))
         raise DataError(f"datasets.{name}.test: its classes are not the train folder's (only in train: "
                         f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'})")
-    return _Folders(paths, classes["test"], samples, spec.get("channels", 3))
+    return _Folders(paths, classes["test"], datasets, spec.get("channels", 3))
 
 
 def _listing(folders: _Folders) -> dict:
@@ -89,6 +96,7 @@ def fetch(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool
 
 
 def _pil_loader(name: str, mode: str):
+    """ImageFolder's own loader: PIL, converted to `mode` (L or RGB)."""
     def load(path: str):
         from PIL import Image
 
@@ -101,17 +109,71 @@ def _pil_loader(name: str, mode: str):
     return load
 
 
-def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
-    from torchvision.datasets import ImageFolder
+_JPEG = (".jpg", ".jpeg")
 
+
+def _jpeg_loader(name: str, mode: str):
+    """The loader with JPEGs decoded by torchvision's decoder (libjpeg-turbo, as PIL's) where it
+    gives PIL's very pixels: a grey or colour JPEG read as RGB (grey replicated, as PIL's convert
+    does), a grey one read as L. Anything else (CMYK, colour read as L, what torchvision
+    refuses) goes through PIL."""
+    import warnings
+
+    import torch
+
+    pil = _pil_loader(name, mode)
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # a torchvision without its decoders: PIL's
+        return pil
+    # torchvision 0.29 says its decoders will move to torchcodec, on every call; it is pinned here.
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+    channels = 3 if mode == "RGB" else 1
+
+    def load(path: str):
+        if not path.lower().endswith(_JPEG):
+            return pil(path)
+        try:
+            with open(path, "rb") as f:
+                data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            pixels = decode_jpeg(data, mode=ImageReadMode.UNCHANGED)
+        except (OSError, ValueError, RuntimeError):
+            return pil(path)
+        if pixels.shape[0] == channels:
+            return pixels
+        return pixels.expand(3, -1, -1) if pixels.shape[0] == 1 and channels == 3 else pil(path)
+
+    return load
+
+
+def _decoder(name: str, folders: _Folders, mode: str, sample: int = 32):
+    """(loader, decoder name): torchvision's JPEG decoder when, on the first `sample` JPEGs of the
+    folders, it gives exactly PIL's pixels (the same libjpeg-turbo, as a rule), else PIL's."""
+    import numpy as np
+
+    fast, pil = _jpeg_loader(name, mode), _pil_loader(name, mode)
+    jpegs = [p for split in folders.paths for p, _ in folders.samples[split] if p.lower().endswith(_JPEG)][:sample]
+    for path in jpegs:
+        decoded = fast(path)
+        if hasattr(decoded, "numpy"):
+            pixels = np.asarray(pil(path))
+            pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+            if not np.array_equal(decoded.numpy(), pixels):
+                print(f"datasets.{name}: torchvision's JPEG decoder differs from PIL's on {path}: PIL decodes them all", file=sys.stderr)
+                return pil, "PIL"
+    return (fast, "torchvision.io.decode_jpeg where it equals PIL, else PIL") if jpegs else (pil, "PIL")
+
+
+def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
     folders = _folders(name, spec)
     if _listing_sha256(_listing(folders)) != manifest.get("listing_sha256"):
         raise DataError(f"datasets.{name}: the image folders changed since they were fetched (images added, removed or "
                         "rewritten); fetch them again (snakemake --forcerun download)")
-    loader = _pil_loader(name, "L" if folders.channels == 1 else "RGB")
-    splits = {split: dataset_split(f"datasets.{name}.{split}", ImageFolder(str(path), loader=loader))
-              for split, path in folders.paths.items()}
-    origin = {"source": "image_folder", **{split: manifest[split] for split in folders.paths}}
+    loader, decoder = _decoder(name, folders, "L" if folders.channels == 1 else "RGB")
+    for dataset in folders.datasets.values():
+        dataset.loader = loader
+    splits = {split: dataset_split(f"datasets.{name}.{split}", dataset) for split, dataset in folders.datasets.items()}
+    origin = {"source": "image_folder", **{split: manifest[split] for split in folders.paths}, "decoder": decoder}
     return Raw(splits, folders.classes, folders.channels, origin, {"listing_sha256": manifest["listing_sha256"]})
 
 
