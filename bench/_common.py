@@ -215,6 +215,22 @@ def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Ten
     return model, images, labels
 
 
+@torch.no_grad()
+def calibrate(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """A random network made to spread its predictions over the classes (a random ResNet predicts
+    one class for every input): its batch norms' running statistics set to those of `images` (one
+    train-mode pass) and its head's bias (`fc`) centred on them. In place; in eval mode after."""
+    for m in model.modules():  # running statistics = those of the images (a random init has none)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    model(images)
+    model.eval()
+    model.fc.bias -= model(images).mean(0)  # spread the predictions over the classes
+    return model
+
+
 def resnet_setup(n: int, seed: int, notes: list[str], calibrate_min: int = 0):
     """A randomly initialised ResNet18 (small stem, 3x32x32, 10 classes) and n N(0, 1) images.
     A random ResNet predicts one class for every input, so its batch norms' running statistics
@@ -230,15 +246,8 @@ def resnet_setup(n: int, seed: int, notes: list[str], calibrate_min: int = 0):
     if n < calibrate_min:
         extra = torch.randn(calibrate_min - n, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 2))
         calib = torch.cat([images, extra])
+    calibrate(model, calib)
     with torch.no_grad():
-        for m in model.modules():  # running statistics = those of the images (a random init has none)
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(calib)
-        model.eval()
-        model.fc.bias -= model(calib).mean(0)  # spread the predictions over the classes
         labels = model(images).argmax(1)
     notes.append(
         f"resnet18: random init (seed {seed}), batch norms and fc bias calibrated on {len(calib)} random "

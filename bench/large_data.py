@@ -65,7 +65,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from _common import ROOT, Timed, environment, finish, options, start  # first: src/ on the path
+from _common import ROOT, Timed, calibrate, environment, finish, options, start  # first: src/ on the path
 import numpy as np
 import torch
 
@@ -264,22 +264,11 @@ def phase_train_dataloader(s: dict) -> dict:
 def _calibrated(view: str, n: int, device):
     """A random ResNet-18 whose batch norms' statistics are those of the first n test images and
     whose head bias is centred on them (else it predicts one class for every image)."""
-    from torch import nn
-
     from knockout.data import open_view
 
     _, test, meta = open_view(view, device=device, resident_mb=0)
     model = _resnet(meta["shape"][1]).to(device)
-    x = test.inputs(range(n), device)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        model(x)
-        model.eval()
-        model.fc.bias -= model(x).mean(0)
+    calibrate(model, test.inputs(range(n), device))
     return model, test.subset(range(n)), meta
 
 
