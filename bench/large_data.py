@@ -170,7 +170,9 @@ def generate(args) -> dict:
 
 
 def run_phase(args, phase: str, settings: dict) -> dict:
-    """Run one phase in a child process: its result and its peak resident memory (MB)."""
+    """Run one phase in a child process (after flushing the page cache's dirty data to disk): its
+    result and its peak resident memory (MB)."""
+    os.sync()  # what earlier phases wrote reaches the disk now, not while this one is timed
     cmd = [sys.executable, __file__, "--phase", phase, "--settings", json.dumps(settings), "--threads", str(args.threads or 0),
            "--device", args.device] + (["--default-allocator"] if args.default_allocator else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})

@@ -190,7 +190,7 @@ class _Partial:
         folder.mkdir(parents=True, exist_ok=True)
         self.done = {split: set(chunks) for split, chunks in state.get("done", {}).items()}
         self.sums = {split: {int(c): v for c, v in sums.items()} for split, sums in state.get("sums", {}).items()}
-        self.pending, self.synced = {}, time.monotonic()
+        self.pending, self.synced, self.syncing = {}, time.monotonic(), None
 
     def images(self, split: str, shape: tuple[int, ...]) -> tuple[int, int]:
         """The split's images file (created at its full size if new): (an open descriptor, the
@@ -207,20 +207,37 @@ class _Partial:
         return os.open(path, os.O_RDWR), offset
 
     def mark(self, split: str, chunk: int, fd: int, sums: list, last: bool = False) -> None:
-        """Chunk `chunk` of `split` is written (`sums`: its pixels' per-channel sums). Recorded
-        once on disk: every few seconds, and after the split's last chunk (`last`), the chunks
-        written since are synced and then recorded (a sync per chunk would cost a fifth of the
-        time), so a killed run redoes at most a few seconds of work."""
+        """Chunk `chunk` of `split` is written (`sums`: its pixels' per-channel sums). Every few
+        seconds the chunks written since are synced to disk and then recorded, by a thread (the
+        disk's pace does not hold up the conversion), and after the split's last chunk (`last`)
+        at once: a killed run redoes at most a few seconds of work."""
         self.pending.setdefault(split, {})[chunk] = sums
-        if not last and time.monotonic() - self.synced < _SYNC_SECONDS:
+        if last:
+            self.wait()
+            self._sync(fd, self.pending)
+        elif self.syncing is None and time.monotonic() - self.synced >= _SYNC_SECONDS:
+            self.syncing = threading.Thread(target=self._sync, args=(fd, self.pending), daemon=True)
+            self.syncing.start()
+        else:
             return
+        self.pending = {}
+
+    def wait(self) -> None:
+        """Until the sync in flight, if any, is recorded."""
+        if self.syncing is not None:
+            self.syncing.join()
+            self.syncing = None
+
+    def _sync(self, fd: int, chunks: dict) -> None:
         os.fdatasync(fd)  # the chunks' bytes are on disk before the record says so
-        for s, chunks in self.pending.items():
-            self.done.setdefault(s, set()).update(chunks)
-            self.sums.setdefault(s, {}).update(chunks)
-        self.pending, self.synced = {}, time.monotonic()
+        for split, sums in chunks.items():
+            self.done.setdefault(split, set()).update(sums)
+            self.sums.setdefault(split, {}).update(sums)
+        self.synced = time.monotonic()
         record = {"key": self.key, "done": {s: sorted(c) for s, c in self.done.items()}, "sums": self.sums}
         atomic_write(self.folder / "progress.json", lambda tmp: tmp.write_text(json.dumps(record)))
+        if threading.current_thread() is self.syncing:
+            self.syncing = None
 
 
 class _Converted(torch.utils.data.Dataset):
@@ -325,6 +342,7 @@ def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, g
             partial.mark(split, position // per_chunk, fd, sums, last=n == len(todo))
             bar.update(len(chunks[position // per_chunk]))
     finally:
+        partial.wait()
         bar.close()
         writer.close()
         os.close(fd)
