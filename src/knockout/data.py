@@ -476,6 +476,8 @@ class _InMemory:
         self.shape = tuple(images.shape)
 
     def read(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.images.device.type == "cpu":  # numpy's gather: one thread, not a second team of torch's beside the job's
+            return torch.from_numpy(self.images.detach().numpy()[rows.numpy()])
         return self.images[rows.to(self.images.device)]
 
     def read_range(self, start: int, stop: int) -> torch.Tensor:
@@ -519,10 +521,9 @@ class _OnDisk:
                 run += 1
             self._pread(out, sorted_rows[j], run, j)
             j += run
-        result = torch.from_numpy(out)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order))
-        return result[inverse]
+        inverse = np.empty(len(order), dtype=np.int64)
+        inverse[order.numpy()] = np.arange(len(order))
+        return torch.from_numpy(out[inverse])  # numpy, as above
 
     def read_range(self, start: int, stop: int) -> torch.Tensor:
         out = np.empty((stop - start, *self.shape[1:]), dtype=np.uint8)
