@@ -175,8 +175,9 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 class _Partial:
     """A prepare in progress: `.partial/` in the output folder holds each split's images file as
-    it fills and progress.json the run's key and the chunks written (each synced to disk first),
-    so a killed run resumes where it stopped. A run of another key starts afresh."""
+    it fills, and progress.json the run's key, the chunks written (synced to disk before they are
+    recorded) and their pixel sums, so a killed run resumes where it stopped. A run of another
+    key (another entry, subset, geometry or raw data) starts afresh."""
 
     def __init__(self, folder: Path, key: str):
         self.folder, self.key = folder, key
@@ -257,6 +258,8 @@ class _Converted(torch.utils.data.Dataset):
             pixels = to_pixels(self.where, i, self.split.item(i), self.mode, self.geometry)
         except DataError as err:
             return position, str(err)
+        except Exception as err:  # the user's own Dataset raising, say
+            return position, f"{self.where}: item {i}: {type(err).__name__}: {one_line(err)}"
         if pixels.shape != self.shape:
             c, h, w = self.shape
             return position, (f"{self.where}: item {i}: image of {'x'.join(map(str, pixels.shape))}, the first one {c}x{h}x{w}: "
