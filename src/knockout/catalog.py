@@ -17,6 +17,8 @@ PREPROCESS = ("auto", "dataset", "none", "imagenet", "weights")  # the named pre
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Every file `prepare` writes into a view's folder; meta.json, written last, marks it done.
+VIEW_FILES = tuple(f"{split}_{array}.npy" for split in SPLITS for array in SPLIT_ARRAYS) + ("meta.json",)
 
 
 def raw_spec(spec: dict | None) -> dict:
@@ -28,11 +30,6 @@ def raw_spec(spec: dict | None) -> dict:
 def split_files(folder: str, split: str) -> dict[str, str]:
     """The files of one prepared split, by array name."""
     return {array: f"{folder}/{split}_{array}.npy" for array in SPLIT_ARRAYS}
-
-
-def view_files(folder: str) -> list[str]:
-    """Every file `prepare` writes into a view's folder; meta.json, written last, marks it done."""
-    return [path for split in SPLITS for path in split_files(folder, split).values()] + [f"{folder}/meta.json"]
 
 
 def geometry_tag(geometry: dict) -> str:

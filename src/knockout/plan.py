@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
-from .catalog import raw_spec, split_files, view_files, view_name
+from .catalog import raw_spec, split_files, view_name
 from .preprocess import resolve  # torchvision only for a model's weights metadata
 from .studies import slug, study_type
 
@@ -123,9 +123,6 @@ class Plan:
 
     def data_dir(self, model: str) -> str:
         return f"results/data/{self.view(model)}"
-
-    def view_files(self, view: str) -> list[str]:
-        return view_files(f"results/data/{view}")
 
     def data(self, model: str, train: bool = True, split: str | None = None) -> dict[str, str]:
         """The prepared files a job of `model` reads: the test split and meta, the train split too

@@ -27,6 +27,7 @@ shell.prefix(
     + ' -m knockout "$@"; }}; '
 )
 
+from knockout.catalog import VIEW_FILES
 from knockout.config import ConfigError, check, validate
 from knockout.plan import Plan
 

@@ -25,16 +25,7 @@ rule prepare:
     input:
         lambda w: f"{PLAN.raw_dir(w.view)}/manifest.json",
     output:
-        multiext(
-            "results/data/{view}/",
-            "train_images.npy",
-            "train_labels.npy",
-            "train_indices.npy",
-            "test_images.npy",
-            "test_labels.npy",
-            "test_indices.npy",
-            "meta.json",
-        ),
+        multiext("results/data/{view}/", *VIEW_FILES),
     log:
         "results/logs/prepare/{view}.log",
     benchmark:
