@@ -250,6 +250,11 @@ def class_names(where: str, names, labels: list[torch.Tensor]) -> list[str]:
     return names
 
 
+def manifest_checksums(manifest: dict) -> dict[str, str]:
+    """File -> sha256 of the files a manifest verified (meta.json's `checksums`)."""
+    return {f: entry["sha256"] for f, entry in manifest.get("files", {}).items() if "sha256" in entry}
+
+
 def verify_manifest(name: str, manifest: dict) -> None:
     """DataError unless every file with a sha256 in the manifest still has it."""
     for filename, entry in manifest.get("files", {}).items():

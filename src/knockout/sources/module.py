@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..catalog import SPLITS
 from ..errors import DataError
-from .common import Raw, class_names, dataset_split, file_entry, labels_attribute, mode_of, one_line, to_pixels, verify_manifest
+from .common import Raw, class_names, dataset_split, file_entry, labels_attribute, manifest_checksums, mode_of, one_line, to_pixels, verify_manifest
 
 
 def _datasets(name: str, spec: dict) -> dict:
@@ -84,8 +84,7 @@ def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
     splits = {split: dataset_split(f"datasets.{name}: {spec['target']}(split={split!r})", d) for split, d in datasets.items()}
     classes = class_names(f"datasets.{name}: {spec['target']}", getattr(datasets["test"], "classes", None),
                           [s.labels for s in splits.values()])
-    checksums = {f: entry["sha256"] for f, entry in manifest.get("files", {}).items()}
-    return Raw(splits, classes, spec.get("channels"), {"source": "module", "target": spec["target"]}, checksums)
+    return Raw(splits, classes, spec.get("channels"), {"source": "module", "target": spec["target"]}, manifest_checksums(manifest))
 
 
 def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ import torch
 
 from ..catalog import SPLITS
 from ..errors import DataError
-from .common import Raw, RawSplit, expand, file_entry, one_line, verify_manifest
+from .common import Raw, RawSplit, expand, file_entry, manifest_checksums, one_line, verify_manifest
 
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -255,9 +255,8 @@ def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
 
         return RawSplit(torch.from_numpy(found["labels"][split]), lambda i: torch.from_numpy(arrays(np.array([i]))[0]), arrays)
 
-    checksums = {f: entry["sha256"] for f, entry in manifest.get("files", {}).items()}
     return Raw({s: split_of(s) for s in found["splits"]}, found["classes"], found["shape"][0],
-               {"source": "tensors", "path": manifest["path"]}, checksums)
+               {"source": "tensors", "path": manifest["path"]}, manifest_checksums(manifest))
 
 
 def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:

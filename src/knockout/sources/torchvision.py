@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..catalog import SPLITS
 from ..errors import DataError
-from .common import Raw, class_names, dataset_split, expand, file_entry, labels_attribute, mode_of, one_line, size_pair, to_pixels, verify_manifest
+from .common import Raw, class_names, dataset_split, expand, file_entry, labels_attribute, manifest_checksums, mode_of, one_line, size_pair, to_pixels, verify_manifest
 
 # Classes of torchvision.datasets whose items are not (image, class index), by what they are.
 NOT_CLASSIFICATION = {
@@ -321,8 +321,7 @@ def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
                           [s.labels for s in splits.values()])
     origin = {k: manifest[k] for k in ("source", "class", "origin", "root") if k in manifest} | {
         k: manifest["spec"].get(k) for k in ("kwargs", "splits")}
-    checksums = {f: entry["sha256"] for f, entry in manifest.get("files", {}).items() if "sha256" in entry}
-    return Raw(splits, classes, spec.get("channels"), origin, checksums)
+    return Raw(splits, classes, spec.get("channels"), origin, manifest_checksums(manifest))
 
 
 def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:
