@@ -194,8 +194,8 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
                              capture_output=True, text=True, env=env | {"PYTHONPATH": str(ROOT / "src")})
     assert summary.returncode == 0, summary.stderr
     assert "(prepared view shapes@r256-c224-bilinear), input (3, 224, 224)" in summary.stdout
-    assert "Preprocess: weights (torchvision ResNet18_Weights.IMAGENET1K_V1.transforms()): (x/255 - mean) / std with mean " \
-           "[0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]; resize 256, crop [224, 224], bilinear" in summary.stdout
+    assert "Preprocess: weights: mean 0.485, 0.456, 0.406, std 0.229, 0.224, 0.225, resize 256, crop [224, 224], bilinear " \
+           "(torchvision ResNet18_Weights.IMAGENET1K_V1.transforms())" in summary.stdout
 
     # The wrong preprocessing (the dataset's mean and std, knockout's default for its own networks):
     # the adopt job stops with one line, and no table is made of it.

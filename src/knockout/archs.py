@@ -68,3 +68,9 @@ def is_weights_file(weights: str, spec: dict | str) -> bool:
         return True
     path = Path(str(weights)).expanduser()
     return "/" in str(weights) or path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.is_file()
+
+
+def without_weights(arch: str | dict) -> str | dict:
+    """An architecture without its pretrained `weights`: the same network, to be filled from a
+    checkpoint (or only built, to check it)."""
+    return arch if isinstance(arch, str) else {k: v for k, v in arch.items() if k != "weights"}

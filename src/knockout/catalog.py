@@ -13,8 +13,6 @@ SOURCES = ("torchvision", "image_folder", "tensors", "module")  # the other data
 SPLITS = ("train", "test")
 SUBSET_KEYS = ("train_subset", "test_subset", "subset_seed")  # what prepare takes; fetch does not
 SPLIT_ARRAYS = ("images", "labels", "indices")  # {split}_{array}.npy: uint8 N,C,H,W; int64 N; int64 N
-PREPROCESS = ("auto", "dataset", "none", "imagenet", "weights")  # the named preprocessings
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Every file `prepare` writes into a view's folder; meta.json, written last, marks it done.

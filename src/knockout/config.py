@@ -116,9 +116,11 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
                 f"models.{name}.dataset: {model['dataset']!r} is not a key of datasets ({', '.join(sorted(config['datasets']))})"
             )
     plan = Plan(config)  # resolves every model's preprocessing
-    for dataset in config["datasets"]:  # each as far as it can be known, used or not
-        data_info(config, dataset, raw_root)
-    infos = {view: data_info(config, dataset, raw_root, geometry) for view, (dataset, geometry) in plan.views.items()}
+    infos = {}
+    for dataset in config["datasets"]:  # each as far as it can be known, used or not, and each view of it
+        views = [v for v, (d, _) in plan.views.items() if d == dataset]
+        found = data_views(config, dataset, raw_root, [None] + [plan.views[v][1] for v in views])
+        infos |= dict(zip(views, found[1:]))
     targets, deferred = {}, {}
     for name, model in config["models"].items():
         info = infos[plan.view(name)]
@@ -219,11 +221,10 @@ def _weights(config: dict, name: str) -> str | None:
 
 def _build(config: dict, name: str, info=None):
     """The model, built without pretrained weights (checking that they are there is enough)."""
-    from .models import build_model, check_output
+    from .models import build_model, check_output, without_weights
 
-    arch = config["models"][name]["arch"]
-    if _weights(config, name):
-        arch = {k: v for k, v in arch.items() if k != "weights"}
+    _weights(config, name)
+    arch = without_weights(config["models"][name]["arch"])
     info = info or data_info(config, config["models"][name]["dataset"])
     if not info.complete:
         raise ConfigError(f"models.{name}: {info.deferred}: fetch it first (snakemake results/raw/{config['models'][name]['dataset']}/manifest.json)")
@@ -240,11 +241,16 @@ def data_info(config: dict, dataset: str, raw_root: str | Path | None = "results
     `knockout.studies.DataInfo`; see `knockout.data.inspect`), at `geometry` (a model's resize and
     crop; None: its own size). `raw_root`: where fetched datasets' manifests are (None: do not
     look). ConfigError, one line, for an entry or a file that cannot work."""
-    from .data import inspect
+    return data_views(config, dataset, raw_root, [geometry])[0]
+
+
+def data_views(config: dict, dataset: str, raw_root: str | Path | None, geometries: list) -> list:
+    """`data_info` at each of `geometries`, the dataset's source inspected once."""
+    from .data import inspect_views
     from .errors import DataError
 
     try:
-        return inspect(dataset, config["datasets"][dataset], Path(raw_root) / dataset if raw_root is not None else None, geometry)
+        return inspect_views(dataset, config["datasets"][dataset], Path(raw_root) / dataset if raw_root is not None else None, geometries)
     except DataError as e:
         raise ConfigError(str(e)) from None
 

@@ -61,26 +61,36 @@ def inspect(name: str, spec: dict | None, raw_dir: Path | None = None, geometry:
     that cannot be known yet is None and `deferred` says why. DataError, one line naming the key
     or file, for an entry or file that cannot work.
     """
+    return inspect_views(name, spec, raw_dir, [geometry])[0]
+
+
+def inspect_views(name: str, spec: dict | None, raw_dir: Path | None, geometries: list) -> list:
+    """`inspect` at each of `geometries`, the source inspected once (an image folder's listing
+    is read once, however many views its models ask for)."""
     from .studies import DataInfo
 
     spec = spec or {}
     found = sources.source(sources.kind_of(name, spec)).inspect(name, raw_spec(spec), raw_dir)
-    shape = tuple(found["shape"]) if found.get("shape") is not None else None
-    channels = found.get("channels", shape[0] if shape else None)
-    if geometry is not None:
-        size = output_size(geometry, shape[1:] if shape else None)
-        shape = (channels, *size) if channels is not None and size is not None else None
+    native = tuple(found["shape"]) if found.get("shape") is not None else None
+    channels = found.get("channels", native[0] if native else None)
 
     def kept(subset: int | None, n: int | None) -> int | None:
         return None if n is None else n if subset is None else min(subset, n)
 
-    return DataInfo(
-        shape=shape,
-        classes=tuple(found["classes"]) if found.get("classes") is not None else None,
-        n_test=kept(spec.get("test_subset"), found.get("n_test")),
-        n_train=kept(spec.get("train_subset"), found.get("n_train")),
-        deferred=found.get("deferred"),
-    )
+    def at(geometry: dict | None) -> DataInfo:
+        shape = native
+        if geometry is not None:
+            size = output_size(geometry, native[1:] if native else None)
+            shape = (channels, *size) if channels is not None and size is not None else None
+        return DataInfo(
+            shape=shape,
+            classes=tuple(found["classes"]) if found.get("classes") is not None else None,
+            n_test=kept(spec.get("test_subset"), found.get("n_test")),
+            n_train=kept(spec.get("train_subset"), found.get("n_train")),
+            deferred=found.get("deferred"),
+        )
+
+    return [at(g) for g in geometries]
 
 
 def fetch(name: str, dest: Path, mirrors: list, download: bool = True, spec: dict | None = None, **options) -> dict:

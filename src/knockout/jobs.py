@@ -45,7 +45,7 @@ def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_s
     import torch
 
     from .errors import DataError
-    from .models import build_model, load_model
+    from .models import build_model, load_model, without_weights
     from .studies import Context
 
     trained = load_model(final, map_location=device)
@@ -59,8 +59,7 @@ def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_s
     # derived from the training seed so reruns agree.
     spec = trained.spec
     torch.manual_seed(10_000_019 + seed)
-    arch = {k: v for k, v in spec["arch"].items() if k != "weights"}
-    rerandom = build_model(arch, tuple(spec["input_shape"]), spec["num_classes"]).to(device)
+    rerandom = build_model(without_weights(spec["arch"]), tuple(spec["input_shape"]), spec["num_classes"]).to(device)
     return Context(
         trained=trained,
         init=load_model(init, map_location=device) if init else None,
@@ -132,11 +131,9 @@ def _network(job: dict, meta: dict, key: str, weights: bool = False):
     `weights`: the weights come from the checkpoint); ConfigError naming `key` when it does not
     fit the images (checked before any job, unless the dataset was not known then)."""
     from .errors import ConfigError
-    from .models import build_model
+    from .models import build_model, without_weights
 
-    arch = job["arch"]
-    if not weights and not isinstance(arch, str):
-        arch = {k: v for k, v in arch.items() if k != "weights"}
+    arch = job["arch"] if weights else without_weights(job["arch"])
     try:
         return build_model(arch, tuple(meta["shape"]), meta["num_classes"])
     except (ValueError, KeyError, RuntimeError) as e:
@@ -160,15 +157,6 @@ def train(job: dict, seed: int, data: str, out: str, threads: int | None = None)
                epochs_dir=out / "epochs", record={"preprocess": preprocess.record})
 
 
-def _described(preprocess) -> str:
-    """A model's preprocessing in words, for a one-line error."""
-    record = preprocess.record
-    numbers = f"mean {', '.join(f'{v:.3f}' for v in record['mean'])}, std {', '.join(f'{v:.3f}' for v in record['std'])}"
-    geometry = record.get("geometry")
-    shape = f", resize {geometry['resize']}, crop {geometry['crop']}" if geometry else ""
-    return f"{record['name']}: {numbers}{shape}"
-
-
 def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, preprocess) -> None:
     """A network given (checkpoints, pretrained weights) must be above chance on its test split
     (1/K plus 3 binomial standard errors), unless the user means it, and within 0.5 points of the
@@ -177,11 +165,12 @@ def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, p
     import math
 
     from .errors import ConfigError
+    from .preprocess import describe
 
     model, k = job["model"], meta["num_classes"]
     chance = 1 / k
     bound = chance + 3 * math.sqrt(chance * (1 - chance) / max(n, 1))
-    how = f"models.{model}.preprocess is {_described(preprocess)}"
+    how = f"models.{model}.preprocess is {describe(preprocess.record)}"
     where = f"on {n} test images of {meta['dataset']}"
     measured = job.get("accuracy", {}).get(str(seed))
     if measured is not None and abs(accuracy - measured) > 0.005:
@@ -200,10 +189,10 @@ def adopt(job: dict, seed: int, data: str, out: str, sources: list[str] = (), me
     the accuracy the user measured, stops here) or a folder (`epoch{e}.pt` for the job's epochs,
     one source each). Each must fit the architecture exactly. No sources: the arch's pretrained
     weights, as they are."""
+    import torch
+
     from .engine.evaluate import evaluate
     from .models import count_parameters, load_state, read_state_dict, save_model
-
-    import torch
 
     device = _start(job, threads)
     meta, preprocess, splits = _open(job, data, device, *(["test"] if metrics else []))
@@ -463,8 +452,9 @@ def summary(config: str, model: str) -> None:
     the preprocessing its inputs get."""
     from .config import data_info, load, model_config
     from .errors import ConfigError
-    from .models import build_model, summary as table
+    from .models import build_model, summary as table, without_weights
     from .plan import Plan
+    from .preprocess import describe
 
     settings = load(config)
     entry = model_config(settings, model)
@@ -474,12 +464,8 @@ def summary(config: str, model: str) -> None:
     if not info.complete:
         raise ConfigError(f"{info.deferred}: fetch it first (snakemake results/raw/{entry['dataset']}/manifest.json)")
     print(f'Model: "{model}" on {entry["dataset"]} (prepared view {plan.view(model)}), input {tuple(info.shape)}')
-    numbers = "the dataset's mean and std" if resolved["mean"] is None else f"mean {resolved['mean']}, std {resolved['std']}"
-    geometry = resolved["geometry"]
-    shape = f"; resize {geometry['resize']}, crop {geometry['crop']}, {geometry['interpolation']}" if geometry else ""
-    print(f"Preprocess: {resolved['name']} ({resolved['from']}): (x/255 - mean) / std with {numbers}{shape}")
-    arch = entry["arch"] if isinstance(entry["arch"], str) else {k: v for k, v in entry["arch"].items() if k != "weights"}
-    print(table(build_model(arch, info.shape, len(info.classes)), info.shape))
+    print(f"Preprocess: {describe(resolved)} ({resolved['from']})")
+    print(table(build_model(without_weights(entry["arch"]), info.shape, len(info.classes)), info.shape))
 
 
 def check_config(config: str) -> None:

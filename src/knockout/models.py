@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .archs import PRESETS, is_weights_file, resolve_spec  # noqa: F401  (re-exported)
+from .archs import PRESETS, is_weights_file, resolve_spec, without_weights  # noqa: F401  (re-exported)
 from .io import atomic_write
 
 ACTIVATIONS = {
@@ -395,8 +395,7 @@ def load_model(path: str | Path, map_location: str | torch.device) -> nn.Sequent
     ckpt = torch.load(Path(path), weights_only=True, map_location=map_location)
     spec = ckpt["spec"]
     # The checkpoint holds every weight: don't read the pretrained file again.
-    arch = {k: v for k, v in spec["arch"].items() if k != "weights"}
-    model = build_model(arch, tuple(spec["input_shape"]), spec["num_classes"])
+    model = build_model(without_weights(spec["arch"]), tuple(spec["input_shape"]), spec["num_classes"])
     model.load_state_dict(ckpt["state_dict"])
     return model
 

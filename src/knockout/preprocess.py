@@ -108,6 +108,18 @@ def resolve(name: str, model: dict) -> dict:
     return {"name": "config", "mean": given.get("mean"), "std": given.get("std"), "geometry": geometry, "from": "config"}
 
 
+def describe(preprocess: dict) -> str:
+    """A resolved preprocessing (or a `Preprocess.record`) in words, for a line of output:
+    `dataset: mean 0.286, std 0.353`, `weights: mean ..., std ..., resize 232, crop [224, 224], bilinear`."""
+    if preprocess.get("mean") is None:
+        numbers = "the dataset's mean and std"
+    else:
+        numbers = f"mean {', '.join(f'{v:.3f}' for v in preprocess['mean'])}, std {', '.join(f'{v:.3f}' for v in preprocess['std'])}"
+    geometry = preprocess.get("geometry")
+    shape = f", resize {geometry['resize']}, crop {geometry['crop']}, {geometry['interpolation']}" if geometry else ""
+    return f"{preprocess['name']}: {numbers}{shape}"
+
+
 class Preprocess:
     """The normalisation of a model's inputs: stored uint8 (B, C, H, W) -> float32
     (x / 255 - mean) / std, on the batch's device. `record` is the resolved preprocessing with
