@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path", [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))], ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    config = load(path)
+    config = load(path).config
     assert config["models"] and config["seeds"]
 
 

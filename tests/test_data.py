@@ -743,11 +743,11 @@ def test_a_bad_dataset_is_refused_before_any_job_in_one_line(bad_files, entry, m
 
 
 def test_a_dataset_known_only_once_fetched_defers_the_model_checks_to_the_jobs(tmp_path, capsys):
-    from knockout.jobs import _check_study
+    from knockout.jobs import _check_study, _study
     from knockout.models import build_model
 
     study = {"type": "filter_ablation", "model": "m", "layers": ["fc9"], "sets": {"s": {"select": "each"}}}
-    config = check(validate(_config(FAKE, interventions={"f": study})), raw_root=tmp_path)  # no layer fc9, unknown yet
+    config = check(validate(_config(FAKE, interventions={"f": study})), raw_root=tmp_path).config  # no layer fc9, unknown yet
     assert capsys.readouterr().err.strip() == (
         "knockout: datasets.d: torchvision.datasets.FakeData is known once its files are fetched; "
         "the checks of models m and of studies f run in their jobs")
@@ -756,10 +756,7 @@ def test_a_dataset_known_only_once_fetched_defers_the_model_checks_to_the_jobs(t
     meta = {"shape": [3, 10, 10], "classes": list("0123"), "n_train": 24, "n_test": 8}
     job = {"name": "f", "study": config["interventions"]["f"]}
     with pytest.raises(ConfigError, match=r"interventions.f.layers\[0\]: no layer 'fc9' in model 'm'"):
-        from knockout.studies import study_type
-
-        kind = study_type("filter_ablation")
-        _check_study(job, kind, kind.Spec.from_dict(job["study"]), network, meta)
+        _check_study(job, *_study(job), network, meta)
 
 
 # --------------------------------------------------------------------------- your own Dataset, evaluation-only data

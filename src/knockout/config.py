@@ -14,6 +14,7 @@ import yaml
 
 from .catalog import BUILTIN, SOURCES
 from .errors import ConfigError
+from .plan import Plan
 
 SCHEMA = Path(__file__).with_name("schema.yaml")  # shipped inside the package
 
@@ -95,8 +96,9 @@ def resolve(definition: str, value: dict, schema: dict | None = None, key: str |
     return value
 
 
-def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
-    """Checks the schema cannot express: each model's preprocessing and the prepared view of its
+def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
+    """The workflow's plan of a validated config (`knockout.plan.Plan`, built once here and handed
+    on: the rules and the commands use this one), after the checks the schema cannot express: each model's preprocessing and the prepared view of its
     dataset it asks for (as far as the dataset can be known: its source's files), references
     between keys, buildable architectures, the checkpoints given, and each study against the
     model it names (the study type's own `check`). `raw_root`: where the `download` rule writes
@@ -106,9 +108,7 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
     A model whose dataset's shape or classes cannot be known yet (a torchvision class not
     fetched yet) is not built here: one line on stderr says so, and its checks and its studies'
     run in their jobs (`knockout.jobs`), once the data is prepared."""
-    from .studies import Target, study_type
-
-    from .plan import Plan
+    from .studies import Target
 
     for name, model in config["models"].items():
         if model["dataset"] not in config["datasets"]:
@@ -147,15 +147,15 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> dict:
         _check_study_data(config, plan, name, infos[plan.view(study["model"])])
         if study["model"] not in targets:
             continue  # checked by its jobs
-        kind = study_type(study["type"])
+        planned = plan.studies[name]
         try:
-            kind.check(kind.Spec.from_dict(study), targets[study["model"]])
+            planned.module.check(planned.spec, targets[study["model"]])
         except ConfigError as e:
             raise ConfigError(f"{key}.{e}") from None
-        missing = sorted(plan.studies[name].needs - targets[study["model"]].provides - {"unit_stats"})
+        missing = sorted(planned.needs - targets[study["model"]].provides - {"unit_stats"})
         if missing:
             raise ConfigError(f"{key}: {study['type']} needs {plan.missing(study['model'], missing[0])}")
-    return config
+    return plan
 
 
 def _check_given_weights(config: dict, plan, name: str, info) -> None:
@@ -255,8 +255,8 @@ def data_views(config: dict, dataset: str, raw_root: str | Path | None, geometri
         raise ConfigError(str(e)) from None
 
 
-def load(path: str | Path) -> dict:
-    """Read, validate and check a config file."""
+def load(path: str | Path) -> Plan:
+    """Read, validate and check a config file: its plan (the config is `plan.config`)."""
     try:
         config = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:

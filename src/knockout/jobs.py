@@ -33,10 +33,10 @@ def _start(job: dict, threads: int | None):
 
 
 def _study(job: dict):
-    from .studies import study_type
+    """The job's study: (its study type's module, its parsed spec), parsed once per job."""
+    from .plan import parse_study
 
-    kind = study_type(job["study"]["type"])
-    return kind, kind.Spec.from_dict(job["study"])
+    return parse_study(job["study"])
 
 
 def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_stats=None):
@@ -453,12 +453,11 @@ def summary(config: str, model: str) -> None:
     from .config import data_info, load, model_config
     from .errors import ConfigError
     from .models import build_model, summary as table, without_weights
-    from .plan import Plan
     from .preprocess import describe
 
-    settings = load(config)
+    plan = load(config)
+    settings = plan.config
     entry = model_config(settings, model)
-    plan = Plan(settings)
     resolved = plan.preprocess(model)
     info = data_info(settings, entry["dataset"], geometry=resolved["geometry"])
     if not info.complete:
@@ -471,7 +470,7 @@ def summary(config: str, model: str) -> None:
 def check_config(config: str) -> None:
     from .config import load
 
-    settings = load(config)
+    settings = load(config).config
     print(f"{config}: ok ({len(settings['models'])} models, seeds {settings['seeds']})")
 
 
@@ -483,7 +482,7 @@ def check_data(config: str) -> None:
     from .config import load
     from .data import available
 
-    settings = load(config)
+    settings = load(config).config
     data = settings["data"]
     missing = []
     for name, spec in settings["datasets"].items():

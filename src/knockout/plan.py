@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from types import ModuleType
+from typing import Any
 
 from .catalog import raw_spec, split_files, view_name
 from .preprocess import resolve  # torchvision only for a model's weights metadata
@@ -27,6 +29,13 @@ MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # + the ep
 RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # one retrained condition
 
 
+def parse_study(entry: dict) -> tuple[ModuleType, Any]:
+    """A validated study entry -> (its study type's module, its parsed `Spec`): the one place a
+    study's entry is parsed (once per process: by the `Plan`, or by a study's job)."""
+    module = study_type(entry["type"])
+    return module, module.Spec.from_dict(entry)
+
+
 @dataclass(frozen=True)
 class Study:
     """One configured study as the workflow sees it."""
@@ -39,7 +48,13 @@ class Study:
     aggregate: bool  # a table over seeds
     needs: frozenset[str]  # init, checkpoints, unit_stats
     conditions: tuple[str, ...]  # retrain: the trained conditions' names
-    spec: dict  # the validated config entry
+    entry: dict  # the validated config entry (what its jobs get)
+    spec: Any  # the entry parsed: its study type's `Spec`
+
+    @property
+    def module(self) -> ModuleType:
+        """The study type's module (`knockout.studies.<type>`)."""
+        return study_type(self.type)
 
 
 class Plan:
@@ -50,25 +65,25 @@ class Plan:
         self.seeds = [int(s) for s in config["seeds"]]
         self.models = sorted(config["models"])
         self.datasets = sorted(config["datasets"])
-        self.studies = {name: self._study(name, spec) for name, spec in config["interventions"].items()}
+        self.studies = {name: self._study(name, entry) for name, entry in config["interventions"].items()}
         self._preprocess = {name: resolve(name, model) for name, model in config["models"].items()}
         # The prepared views: each dataset at each geometry a model asks for.
         self.views = {self.view(m): (self.dataset_of(m), self._preprocess[m]["geometry"]) for m in self.models}
 
     @staticmethod
-    def _study(name: str, spec: dict) -> Study:
-        module = study_type(spec["type"])
-        parsed = module.Spec.from_dict(spec)
-        conditions = tuple(module.condition_names(parsed)) if module.KIND == "retrain" else ()
+    def _study(name: str, entry: dict) -> Study:
+        module, spec = parse_study(entry)
+        conditions = tuple(module.condition_names(spec)) if module.KIND == "retrain" else ()
         return Study(
             name=name,
-            type=spec["type"],
-            model=spec["model"],
+            type=entry["type"],
+            model=entry["model"],
             kind=module.KIND,
             notebook=module.NOTEBOOK,
             aggregate=getattr(module, "AGGREGATE", True),
-            needs=frozenset(module.needs(parsed)),
+            needs=frozenset(module.needs(spec)),
             conditions=conditions,
+            entry=entry,
             spec=spec,
         )
 
@@ -242,11 +257,11 @@ class Plan:
         """The resolved settings one job of study `name` gets (the same for every seed): its config
         entry, the device, the epochs it rewinds to and, for retraining, the training settings."""
         study = self.studies[name]
-        job = {"name": name, "study": study.spec, "budget_mb": self.config["budget_mb"]} | self._data_settings(study.model)
+        job = {"name": name, "study": study.entry, "budget_mb": self.config["budget_mb"]} | self._data_settings(study.model)
         if "checkpoints" in study.needs:
             job["epochs"] = self.epochs(study.model)
         if study.kind == "retrain":
-            job["train"] = self.train_settings(study.model, study.spec.get("train"), checkpoints=False)
+            job["train"] = self.train_settings(study.model, study.entry.get("train"), checkpoints=False)
         return job
 
     def study_inputs(self, name: str, seed: int | str) -> dict[str, str]:

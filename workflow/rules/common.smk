@@ -29,10 +29,9 @@ shell.prefix(
 
 from knockout.catalog import VIEW_FILES
 from knockout.config import ConfigError, check, validate
-from knockout.plan import Plan
 
 try:
-    PLAN = Plan(check(validate(config)))
+    PLAN = check(validate(config))  # the plan the config check built
 except ConfigError as e:
     # One line, before any job runs.
     sys.exit(f"config error: {e}")

@@ -146,7 +146,7 @@ rule aggregate:
     conda:
         "../../envs/analysis.yaml"
     params:
-        compare=lambda w: as_json(PLAN.studies[w.name].spec.get("compare", [])),
+        compare=lambda w: as_json(PLAN.studies[w.name].entry.get("compare", [])),
     shell:
         "knockout aggregate --inputs {input:q} --out {output.table:q}"
         " --compare {params.compare:q} --comparisons {output.comparisons:q} > {log:q} 2>&1"
