@@ -238,7 +238,7 @@ def _build(config: dict, name: str, info=None):
 
 def data_info(config: dict, dataset: str, raw_root: str | Path | None = "results/raw", geometry: dict | None = None):
     """Shape, classes and split sizes of a configured dataset before any job (a
-    `knockout.studies.DataInfo`; see `knockout.data.inspect`), at `geometry` (a model's resize and
+    `knockout.catalog.DataInfo`; see `knockout.data.inspect`), at `geometry` (a model's resize and
     crop; None: its own size). `raw_root`: where fetched datasets' manifests are (None: do not
     look). ConfigError, one line, for an entry or a file that cannot work."""
     return data_views(config, dataset, raw_root, [geometry])[0]

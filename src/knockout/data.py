@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import sources
-from .catalog import SPLITS, raw_spec
+from .catalog import SPLITS, DataInfo, raw_spec
 from .errors import DataError
 from .io import atomic_write, write_json
 from .sources.common import mode_of, one_line, output_size, to_pixels
@@ -56,7 +56,7 @@ def inspect(name: str, spec: dict | None, raw_dir: Path | None = None, geometry:
     In: its key and config entry (validated; None: a built-in with no subsets); `raw_dir`, where
     the `download` rule writes its manifest, if it may have run already; `geometry`, the resize
     and crop of the view a model asks for (None: the dataset's own size).
-    Out: a `knockout.studies.DataInfo`: shape (C, H, W) at that geometry, classes, and the sizes
+    Out: a `knockout.catalog.DataInfo`: shape (C, H, W) at that geometry, classes, and the sizes
     of the prepared splits (subsets applied; n_train 0 for an evaluation-only dataset). A field
     that cannot be known yet is None and `deferred` says why. DataError, one line naming the key
     or file, for an entry or file that cannot work.
@@ -67,8 +67,6 @@ def inspect(name: str, spec: dict | None, raw_dir: Path | None = None, geometry:
 def inspect_views(name: str, spec: dict | None, raw_dir: Path | None, geometries: list) -> list:
     """`inspect` at each of `geometries`, the source inspected once (an image folder's listing
     is read once, however many views its models ask for)."""
-    from .studies import DataInfo
-
     spec = spec or {}
     found = sources.source(sources.kind_of(name, spec)).inspect(name, raw_spec(spec), raw_dir)
     native = tuple(found["shape"]) if found.get("shape") is not None else None
@@ -82,13 +80,13 @@ def inspect_views(name: str, spec: dict | None, raw_dir: Path | None, geometries
         if geometry is not None:
             size = output_size(geometry, native[1:] if native else None)
             shape = (channels, *size) if channels is not None and size is not None else None
-        return DataInfo(
-            shape=shape,
-            classes=tuple(found["classes"]) if found.get("classes") is not None else None,
-            n_test=kept(spec.get("test_subset"), found.get("n_test")),
-            n_train=kept(spec.get("train_subset"), found.get("n_train")),
-            deferred=found.get("deferred"),
-        )
+        return DataInfo.from_meta({
+            "shape": shape,
+            "classes": found.get("classes"),
+            "n_test": kept(spec.get("test_subset"), found.get("n_test")),
+            "n_train": kept(spec.get("train_subset"), found.get("n_train")),
+            "deferred": found.get("deferred"),
+        })
 
     return [at(g) for g in geometries]
 

@@ -112,10 +112,11 @@ def _check_study(job: dict, kind, spec, network, info: dict) -> None:
     """The study's own check, against the trained network and the prepared data: the config check
     did it before any job unless the dataset could not be known then (a torchvision class not yet
     fetched); it is cheap, so every study job does it again."""
+    from .catalog import DataInfo
     from .errors import ConfigError
-    from .studies import DataInfo, Target
+    from .studies import Target
 
-    data = DataInfo(tuple(info["shape"]), tuple(info["classes"]), info["n_test"], info["n_train"])
+    data = DataInfo.from_meta(info)
     train = dict(job.get("train", {})) | {"checkpoints": job.get("epochs", [])}
     try:
         kind.check(spec, Target(job["study"]["model"], network, train, data))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from ..catalog import DataInfo  # noqa: F401  (re-exported: a Target's data)
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -108,28 +109,6 @@ class Condition:
 def slug(name: str) -> str:
     """A condition name as a folder name (`rand:draw2` -> `rand-draw2`)."""
     return name.replace(":", "-")
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a check needs to know of a dataset before any job (`knockout.data.inspect`): the image
-    shape (C, H, W), the class names, and the sizes of the prepared splits (subsets applied).
-
-    A field is None when it cannot be known before the data is fetched (a torchvision class not
-    downloaded yet); `deferred` then says why, and the checks that need it run in the jobs. A
-    `Target` always has a complete one (the config check skips models whose data is not known).
-    """
-
-    shape: tuple[int, ...] | None
-    classes: tuple[str, ...] | None
-    n_test: int | None = None
-    n_train: int | None = None
-    deferred: str | None = None
-
-    @property
-    def complete(self) -> bool:
-        """Whether the shape and the classes are known (a model can be built for it)."""
-        return self.shape is not None and self.classes is not None
 
 
 @dataclass(frozen=True)
