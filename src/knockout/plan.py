@@ -19,14 +19,12 @@ from .catalog import raw_spec, split_files, view_name
 from .preprocess import resolve  # torchvision only for a model's weights metadata
 from .studies import slug, study_type
 
-# What one job of each kind writes per study, model and seed, beside `seed{seed}`.
-PER_SEED = {
-    "evaluate": (".csv", ".per_class.csv", ".confusion.csv", ".examples.parquet"),
-    "retrain": (".csv", ".per_class.csv", ".confusion.csv", ".examples.parquet"),
-    "probe": (".csv", ".npz"),
-}
-MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # + the epochs/ folder
-RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # one retrained condition
+# What the job of each kind writes per study, model and seed, beside `seed{seed}`, by output name
+# (the outputs of the rules intervene, collect and probe; `Plan.per_seed` with one of them).
+TABLES = {"table": ".csv", "per_class": ".per_class.csv", "confusion": ".confusion.csv", "examples": ".examples.parquet"}
+PER_SEED = {"evaluate": TABLES, "retrain": TABLES, "probe": {"table": ".csv", "arrays": ".npz"}}
+MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # what `train` writes, + the epochs/ folder
+RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # what `retrain` writes: one retrained condition
 
 
 def parse_study(entry: dict) -> tuple[ModuleType, Any]:
@@ -239,11 +237,6 @@ class Plan:
         settings = self.config["unit_stats"]
         return {"examples": settings["examples"], "split": settings["split"]} | self._data_settings(model)
 
-    def trained(self, model: str, seed: int | str) -> list[str]:
-        """Every file a `train` job writes."""
-        folder = self.model_dir(model, seed)
-        return [f"{folder}/{name}" for name in MODEL_FILES] + [f"{folder}/epochs"]
-
     def metrics(self) -> list[str]:
         return [f"{self.model_dir(m, s)}/metrics.json" for m in self.models for s in self.seeds]
 
@@ -281,7 +274,8 @@ class Plan:
     def unit_stats_inputs(self, model: str) -> dict[str, str]:
         return self.data(model, split=self.config["unit_stats"]["split"])
 
-    def per_seed(self, name: str, suffix: str = ".csv") -> list[str]:
+    def per_seed(self, name: str, suffix: str = TABLES["table"]) -> list[str]:
+        """One of the files a study's jobs write per seed (`suffix`, of PER_SEED), for every seed."""
         model = self.studies[name].model
         return [f"results/interventions/{name}/{model}/seed{seed}{suffix}" for seed in self.seeds]
 
@@ -322,9 +316,9 @@ class Plan:
         if study.aggregate:
             files |= self.tables(analysis)
         if study.kind == "probe":
-            files["arrays"] = self.per_seed(analysis, ".npz")
+            files["arrays"] = self.per_seed(analysis, PER_SEED["probe"]["arrays"])
         else:
-            files |= {"per_class": self.per_seed(analysis, ".per_class.csv"), "examples": self.per_seed(analysis, ".examples.parquet"),
+            files |= {"per_class": self.per_seed(analysis, TABLES["per_class"]), "examples": self.per_seed(analysis, TABLES["examples"]),
                       "test_images": data["test_images"], "test_indices": data["test_indices"]}
         parameters = out | {"study": analysis, "model": study.model, "kind": study.type} | files
         if study.kind == "retrain":

@@ -29,6 +29,7 @@ shell.prefix(
 
 from knockout.catalog import VIEW_FILES
 from knockout.config import ConfigError, check, validate
+from knockout.plan import MODEL_FILES, PER_SEED, RUN_FILES
 
 try:
     PLAN = check(validate(config))  # the plan the config check built

@@ -25,10 +25,9 @@ rule intervene:
     input:
         unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
     output:
-        table="results/interventions/{name}/{model}/seed{seed}.csv",
-        per_class="results/interventions/{name}/{model}/seed{seed}.per_class.csv",
-        confusion="results/interventions/{name}/{model}/seed{seed}.confusion.csv",
-        examples="results/interventions/{name}/{model}/seed{seed}.examples.parquet",
+        multiext(
+            "results/interventions/{name}/{model}/seed{seed}", **PER_SEED["evaluate"]
+        ),
     log:
         "results/logs/interventions/{name}/{model}/seed{seed}.log",
     benchmark:
@@ -53,8 +52,7 @@ rule probe:
     input:
         unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
     output:
-        table="results/interventions/{name}/{model}/seed{seed}.csv",
-        arrays="results/interventions/{name}/{model}/seed{seed}.npz",
+        multiext("results/interventions/{name}/{model}/seed{seed}", **PER_SEED["probe"]),
     log:
         "results/logs/probe/{name}/{model}/seed{seed}.log",
     benchmark:
@@ -80,12 +78,7 @@ rule retrain:
     output:
         multiext(
             "results/interventions/{name}/{model}/runs/{condition}/seed{seed}/",
-            "init.pt",
-            "final.pt",
-            "history.csv",
-            "metrics.json",
-            "predictions.npz",
-            "condition.json",
+            *RUN_FILES,
         ),
     log:
         "results/logs/retrain/{name}/{model}/{condition}/seed{seed}.log",
@@ -114,10 +107,9 @@ rule collect:
         unpack(lambda w: PLAN.data(w.model, train=False)),
         runs=lambda w: PLAN.run_files(w.name, w.seed),
     output:
-        table="results/interventions/{name}/{model}/seed{seed}.csv",
-        per_class="results/interventions/{name}/{model}/seed{seed}.per_class.csv",
-        confusion="results/interventions/{name}/{model}/seed{seed}.confusion.csv",
-        examples="results/interventions/{name}/{model}/seed{seed}.examples.parquet",
+        multiext(
+            "results/interventions/{name}/{model}/seed{seed}", **PER_SEED["retrain"]
+        ),
     log:
         "results/logs/collect/{name}/{model}/seed{seed}.log",
     wildcard_constraints:

@@ -6,13 +6,7 @@ rule train:
     input:
         unpack(lambda w: PLAN.data(w.model)),
     output:
-        multiext(
-            "results/models/{model}/seed{seed}/",
-            "init.pt",
-            "final.pt",
-            "history.csv",
-            "metrics.json",
-        ),
+        multiext("results/models/{model}/seed{seed}/", *MODEL_FILES),
         epochs=directory("results/models/{model}/seed{seed}/epochs"),
     log:
         "results/logs/train/{model}/seed{seed}.log",
