@@ -9,7 +9,7 @@ from torch import nn
 
 from knockout.config import ConfigError, check, validate
 from knockout.engine.evaluate import evaluate_conditions
-from knockout.jobs import condition_tables
+from knockout.tables import condition_tables
 from knockout.models import build_model
 from knockout.studies import Context, apply_condition, filter_ablation, layer_swap, silence_point
 from knockout.units import unit_statistics
@@ -181,13 +181,13 @@ def test_tables_count_flips_and_per_class_accuracy():
     }
     conds = [Condition("baseline", "baseline"), Condition("x", "x", silence=(("conv1", (1, 2)),))]
     t = condition_tables(conds, outputs, labels, ["a", "b"], torch.tensor([10, 11, 12, 13]))
-    row = t["csv"].set_index("condition").loc["x"]
+    row = t["table"].set_index("condition").loc["x"]
     assert row.accuracy == 0.75 and row.baseline_accuracy == 0.75 and row.delta == 0 and row.units == "conv1:1,2"
-    flips = t["examples.parquet"]
+    flips = t["examples"]
     assert set(zip(flips.example, flips.flip)) == {(11, "wrong_to_right"), (12, "right_to_wrong")}
-    per_class = t["per_class.csv"].set_index(["condition", "class"])
+    per_class = t["per_class"].set_index(["condition", "class"])
     assert per_class.loc[("x", 0), "accuracy"] == 1.0 and per_class.loc[("x", 1), "delta"] == -0.5
-    assert t["confusion.csv"].query("condition == 'x'")["count"].sum() == 4
+    assert t["confusion"].query("condition == 'x'")["count"].sum() == 4
 
 
 BASE = {

@@ -21,14 +21,13 @@ import pandas as pd
 import pytest
 
 from knockout.stats import comparisons, mean_ci, summarize
+from knockout.tables import value_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
 ON_DISK = (0, 1, 2)  # seeds written by every synthetic study
 GIVEN = (0, 1)  # seeds passed to the notebooks
-# The value columns `knockout aggregate` summarizes, where a per-seed table has them.
-VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_per_epoch")
 
 
 def run_notebook(name: str, tmp_path: Path, **parameters) -> nbformat.NotebookNode:
@@ -73,7 +72,7 @@ def aggregate(frames: list[pd.DataFrame], tables: Path, study: str, pairs=()) ->
     per_seed = pd.concat(frames, ignore_index=True)
     tables.mkdir(parents=True, exist_ok=True)
     table, comps = tables / f"{study}.csv", tables / f"{study}.comparisons.csv"
-    summarize(per_seed, value_cols=[c for c in VALUE_COLUMNS if c in per_seed]).to_csv(table, index=False)
+    summarize(per_seed, value_cols=value_columns(per_seed)).to_csv(table, index=False)  # as `knockout aggregate`
     comparisons(per_seed, list(pairs)).to_csv(comps, index=False)
     return table, comps
 

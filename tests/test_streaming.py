@@ -69,7 +69,7 @@ def test_streamed_training_gives_the_in_memory_weights_bit_for_bit(view, tmp_pat
 
 def test_a_streamed_study_gives_the_in_memory_tables(view):
     from knockout.engine.evaluate import evaluate_conditions
-    from knockout.jobs import condition_tables
+    from knockout.tables import condition_tables
     from knockout.models import build_model
     from knockout.studies import Context, filter_ablation
     from specs import study_spec
@@ -84,8 +84,8 @@ def test_a_streamed_study_gives_the_in_memory_tables(view):
         meta, (_, test) = splits(view, resident_mb)
         out = evaluate_conditions(conditions, context, test, budget_mb=0.05, device="cpu")  # a tight budget: many chunks
         tables.append(condition_tables(conditions, out, test.labels, meta["classes"], test.indices))
-    for suffix in tables[0]:
-        pd.testing.assert_frame_equal(tables[0][suffix], tables[1][suffix])
+    for name in tables[0]:
+        pd.testing.assert_frame_equal(tables[0][name], tables[1][name])
 
 
 def write_jpegs(folder: Path, n: int) -> None:

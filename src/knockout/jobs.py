@@ -14,10 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io import read_arrays, read_json, write_arrays, write_json, write_table
-
-# Per-seed columns summarised over seeds when a table has them (retraining studies add some).
-VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_per_epoch", "baseline_prob", "min_prob", "changed_area")
-
+from .tables import TABLES, condition_tables, value_columns
 
 def _start(job: dict, threads: int | None):
     """Torch's threads (Snakemake's {threads}), the allocator and the job's device, decided here
@@ -245,7 +242,7 @@ def intervene(job: dict, seed: int, final: str, data: str, out: str, init: str |
     conditions = kind.conditions(spec, context)
     outputs = evaluate_conditions(conditions, context, split, budget_mb=job["budget_mb"], device=device, apply=kind.apply)
     tables = condition_tables(conditions, outputs, split.labels.cpu(), info["classes"], split.indices)
-    return _write_condition_tables(tables, _ids(job, seed), out)
+    return _write_tables(tables, _ids(job, seed), out)
 
 
 def probe(job: dict, seed: int, final: str, data: str, out: str, arrays: str, threads: int | None = None) -> pd.DataFrame:
@@ -330,70 +327,20 @@ def collect(job: dict, seed: int, runs: list[str], data: str, out: str) -> pd.Da
             "seconds_per_epoch": metrics["seconds_per_epoch"],
         }
     tables = condition_tables(conditions, outputs, split.labels, info["classes"], split.indices)
-    main = tables["csv"]
-    tables["csv"] = pd.concat([main, pd.DataFrame([extra[c] for c in main["condition"]])], axis=1)
-    return _write_condition_tables(tables, _ids(job, seed), out)
+    main = tables["table"]
+    tables["table"] = pd.concat([main, pd.DataFrame([extra[c] for c in main["condition"]])], axis=1)
+    return _write_tables(tables, _ids(job, seed), out)
 
 
-def condition_tables(conditions, outputs, labels, classes: list[str], indices) -> dict[str, pd.DataFrame]:
-    """Per-condition outputs (`ConditionOutput` by name) on a split -> the four tidy tables, by
-    suffix: `csv` (one row per condition), `per_class.csv`, `confusion.csv` (non-zero cells) and
-    `examples.parquet` (the flips: examples right at baseline and wrong after, or the reverse;
-    `example` indexes the original split through `indices`)."""
-    import torch
-
-    base = outputs["baseline"]
-    base_correct = base.predictions == labels
-    n_classes = len(classes)
-    counts = torch.bincount(labels, minlength=n_classes).clamp(min=1)
-    base_per_class = torch.bincount(labels[base_correct], minlength=n_classes) / counts
-    rows, per_class, confusion, flips = [], [], [], []
-    for c in conditions:
-        out = outputs[c.name]
-        correct = out.predictions == labels
-        rows.append({
-            "condition": c.name,
-            "set": c.set,
-            "accuracy": correct.float().mean().item(),
-            "loss": out.losses.mean().item(),
-            "baseline_accuracy": base_correct.float().mean().item(),
-            "delta": (correct.float().mean() - base_correct.float().mean()).item(),
-            "n_silenced": sum(len(u) for _, u in c.silence),
-            "units": ";".join(f"{layer}:{','.join(map(str, units))}" for layer, units in c.silence),
-            "base": c.base,
-            **dict(c.info),
-        })
-        acc = torch.bincount(labels[correct], minlength=n_classes) / counts
-        for k in range(n_classes):
-            per_class.append({
-                "condition": c.name, "class": k, "class_name": classes[k], "n": int((labels == k).sum()),
-                "accuracy": acc[k].item(), "baseline_accuracy": base_per_class[k].item(), "delta": (acc[k] - base_per_class[k]).item(),
-            })
-        cells = torch.bincount(labels * n_classes + out.predictions, minlength=n_classes**2)
-        for cell in cells.nonzero().flatten().tolist():
-            confusion.append({"condition": c.name, "true": cell // n_classes, "predicted": cell % n_classes, "count": int(cells[cell])})
-        for i in (correct != base_correct).nonzero().flatten().tolist():
-            flips.append({
-                "condition": c.name, "example": int(indices[i]), "label": int(labels[i]), "baseline_prediction": int(base.predictions[i]),
-                "prediction": int(out.predictions[i]), "flip": "right_to_wrong" if base_correct[i] else "wrong_to_right",
-            })
-    flip_columns = ["condition", "example", "label", "baseline_prediction", "prediction", "flip"]
-    return {
-        "csv": pd.DataFrame(rows),
-        "per_class.csv": pd.DataFrame(per_class),
-        "confusion.csv": pd.DataFrame(confusion, columns=["condition", "true", "predicted", "count"]),
-        "examples.parquet": pd.DataFrame(flips, columns=flip_columns),
-    }
-
-
-def _write_condition_tables(tables: dict[str, pd.DataFrame], ids: dict, out: str) -> pd.DataFrame:
-    """The four tables beside `out` (seed{seed}.csv); the main CSV last: its presence means the
-    others are complete."""
+def _write_tables(tables: dict[str, pd.DataFrame], ids: dict, out: str) -> pd.DataFrame:
+    """The four tables (`knockout.tables.condition_tables`) beside `out` (seed{seed}.csv), each
+    at its suffix (`knockout.tables.TABLES`); the main CSV last: its presence means the others are
+    complete."""
     out = Path(out)
-    stem = out.name[: -len(".csv")]
-    for suffix, frame in sorted(tables.items(), key=lambda kv: kv[0] == "csv"):
-        write_table(frame, out.with_name(f"{stem}.{suffix}"), ids=ids)
-    return tables["csv"]
+    stem = out.name[: -len(TABLES["table"])]
+    for name, frame in sorted(tables.items(), key=lambda kv: kv[0] == "table"):
+        write_table(frame, out.with_name(stem + TABLES[name]), ids=ids)
+    return tables["table"]
 
 
 # --- over seeds ------------------------------------------------------------------------------------
@@ -405,7 +352,7 @@ def aggregate(inputs: list[str], compare: list, out: str, comparisons: str) -> N
     from .stats import comparisons as compare_sets, read_per_seed, summarize
 
     per_seed = read_per_seed(inputs)
-    write_table(summarize(per_seed, value_cols=[c for c in VALUE_COLUMNS if c in per_seed]), out)
+    write_table(summarize(per_seed, value_cols=value_columns(per_seed)), out)
     write_table(compare_sets(per_seed, [tuple(p) for p in compare]), comparisons)
 
 

@@ -18,11 +18,11 @@ from typing import Any
 from .catalog import raw_spec, split_files, view_name
 from .preprocess import resolve  # torchvision only for a model's weights metadata
 from .studies import slug, study_type
+from .tables import TABLES
 
 # What the job of each kind writes per study, model and seed, beside `seed{seed}`, by output name
 # (the outputs of the rules intervene, collect and probe; `Plan.per_seed` with one of them).
-TABLES = {"table": ".csv", "per_class": ".per_class.csv", "confusion": ".confusion.csv", "examples": ".examples.parquet"}
-PER_SEED = {"evaluate": TABLES, "retrain": TABLES, "probe": {"table": ".csv", "arrays": ".npz"}}
+PER_SEED = {"evaluate": TABLES, "retrain": TABLES, "probe": {"table": TABLES["table"], "arrays": ".npz"}}
 MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # what `train` writes, + the epochs/ folder
 RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # what `retrain` writes: one retrained condition
 
