@@ -1,7 +1,8 @@
 """`knockout <verb>`: what each Snakemake rule calls, plus a few commands for people.
 
-Argument parsing only: each verb's options are the keyword arguments of one function of
-`knockout.jobs`. Errors a user can fix end as one line on stderr and exit status 2.
+Argument parsing only: each verb's options are the keyword arguments of one function, of
+`knockout.jobs` (a rule's job) or, for the COMMANDS, of `knockout.commands`. Errors a user can
+fix end as one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 
 EXIT_USER_ERROR = 2
+COMMANDS = ("summary", "check-config", "check-data")  # for people, in knockout.commands; the rest: knockout.jobs
 
 
 def _parents() -> dict[str, argparse.ArgumentParser]:
@@ -93,13 +95,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import jobs
+    import importlib
+
     from .errors import KnockoutError
 
     args = vars(parser().parse_args(argv))
     command = args.pop("command")
+    # Imported here, the one that runs: `knockout --help` does not import the library.
+    module = importlib.import_module("knockout.commands" if command in COMMANDS else "knockout.jobs")
     try:
-        getattr(jobs, command.replace("-", "_"))(**args)
+        getattr(module, command.replace("-", "_"))(**args)
     except (KnockoutError, FileNotFoundError) as e:
         print(f"knockout {command}: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
