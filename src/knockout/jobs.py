@@ -5,15 +5,22 @@ one function here; nothing else in the library reads or writes job files.
 A job's settings arrive once, resolved, as the `job` dict the workflow's plan made
 (`knockout.plan`): a study's config entry, the device, the epochs it rewinds to, the training
 settings. Per-seed tables carry the id columns `intervention, model, seed`.
+
+At the top only modules without torch are imported; a job imports the torch-importing modules
+(and scipy, papermill) it uses, so the analysis rules' jobs (aggregate, baselines, notebook) run
+in an env without torch, and none pays for what it does not use.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from .io import read_arrays, read_json, write_arrays, write_json, write_table
+from .catalog import DataInfo
+from .errors import ConfigError, DataError
+from .io import atomic_write, read_arrays, read_json, write_arrays, write_json, write_table
 from .tables import TABLES, condition_tables, value_columns
 
 def _start(job: dict, threads: int | None):
@@ -41,7 +48,6 @@ def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_s
     exactly the files given, and for `epochs` exactly the job's epochs (one missing is an error)."""
     import torch
 
-    from .errors import DataError
     from .models import build_model, load_model, without_weights
     from .studies import Context
 
@@ -109,8 +115,6 @@ def _check_study(job: dict, kind, spec, network, info: dict) -> None:
     """The study's own check, against the trained network and the prepared data: the config check
     did it before any job unless the dataset could not be known then (a torchvision class not yet
     fetched); it is cheap, so every study job does it again."""
-    from .catalog import DataInfo
-    from .errors import ConfigError
     from .studies import Target
 
     data = DataInfo.from_meta(info)
@@ -128,7 +132,6 @@ def _network(job: dict, meta: dict, key: str, weights: bool = False):
     """The job's architecture built for the prepared view (without its pretrained weights unless
     `weights`: the weights come from the checkpoint); ConfigError naming `key` when it does not
     fit the images (checked before any job, unless the dataset was not known then)."""
-    from .errors import ConfigError
     from .models import build_model, without_weights
 
     arch = job["arch"] if weights else without_weights(job["arch"])
@@ -160,9 +163,6 @@ def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, p
     (1/K plus 3 binomial standard errors), unless the user means it, and within 0.5 points of the
     accuracy they measured, where they give it: otherwise its inputs are not what it was trained
     on, and every number after would be noise."""
-    import math
-
-    from .errors import ConfigError
     from .preprocess import describe
 
     model, k = job["model"], meta["num_classes"]
@@ -377,8 +377,6 @@ def baselines(inputs: list[str], out: str, per_seed: str) -> None:
 def notebook(notebook: str, out: str, parameters: dict) -> None:
     """Execute an analysis notebook with papermill, given the parameters it declares."""
     import papermill
-
-    from .io import atomic_write
 
     declared = papermill.inspect_notebook(notebook)
     given = {k: v for k, v in parameters.items() if k in declared}
