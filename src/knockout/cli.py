@@ -42,9 +42,9 @@ def parser() -> argparse.ArgumentParser:
     def verb(name: str, help: str, *parents: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[shared[k] for k in parents])
 
-    verb("fetch", "a dataset's raw data, verified, from a mirror or the web; its manifest.json in --out", "job", "out")
+    verb("download", "a dataset's raw data, verified, from a mirror or the web; its manifest.json in --out", "job", "out")
     verb("prepare", "raw data -> a prepared view ({split}_images.npy, ..., meta.json) in --out", "job", "threads", "out").add_argument(
-        "--raw", required=True, help="the folder fetch wrote (its manifest.json)")
+        "--raw", required=True, help="the folder download wrote (its manifest.json)")
 
     verb("train", "train one model for one seed into the folder --out", "job", "threads", "seed", "data", "out")
 

@@ -94,12 +94,12 @@ def inspect_views(name: str, spec: dict | None, raw_dir: Path | None, geometries
 def fetch(name: str, dest: Path, mirrors: list, download: bool = True, spec: dict | None = None, **options) -> dict:
     """Make a dataset's raw data available and describe it in dest/manifest.json: {dataset,
     source, spec (the entry without its subsets), files (each with its size and, where there are
-    files to verify, md5 and sha256), ...}. `options` go to the built-ins' fetch (`timeout`,
+    files to verify, md5 and sha256), ...}. `options` go to the built-ins' acquire (`timeout`,
     `urls`, `source`: tests give tiny copies)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     kind = sources.kind_of(name, spec)
-    body = sources.source(kind).fetch(name, raw_spec(spec), dest, list(mirrors), download, **options)
+    body = sources.source(kind).acquire(name, raw_spec(spec), dest, list(mirrors), download, **options)
     manifest = {"dataset": name, "source": kind, "spec": raw_spec(spec), **body}
     write_json(manifest, dest / "manifest.json")
     return manifest

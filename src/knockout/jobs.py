@@ -80,16 +80,17 @@ def _ids(job: dict, seed: int) -> dict:
 # --- data ------------------------------------------------------------------------------------------
 
 
-def fetch(job: dict, out: str) -> None:
-    """The raw data of one dataset into the folder `out`, described by out/manifest.json. `job`:
+def download(job: dict, out: str) -> None:
+    """The raw data of one dataset into the folder `out`, described by out/manifest.json (the
+    `download` rule; `knockout.data.fetch`). `job`:
     {dataset, spec (its config entry without subsets; none: a built-in), mirrors, download}."""
-    from .data import fetch as fetch_files
+    from .data import fetch
 
-    fetch_files(job["dataset"], Path(out), job.get("mirrors", []), download=job.get("download", True), spec=job.get("spec"))
+    fetch(job["dataset"], Path(out), job.get("mirrors", []), download=job.get("download", True), spec=job.get("spec"))
 
 
 def prepare(job: dict, raw: str, out: str, threads: int | None = None) -> None:
-    """The raw data of one dataset (the folder `raw`, from `fetch`) -> a prepared view in `out`.
+    """The raw data of one dataset (the folder `raw`, from `download`) -> a prepared view in `out`.
     `job`: {dataset, spec (its config entry, with its subsets), geometry (the view's resize and
     crop, or None)}; `threads` processes decode images."""
     from .data import prepare as prepare_view

@@ -95,7 +95,7 @@ class Plan:
 
     # --- data and models --------------------------------------------------------------------------
 
-    def fetch_job(self, dataset: str) -> dict:
+    def download_job(self, dataset: str) -> dict:
         """The settings a `download` job gets: the dataset's entry without its subsets (a new
         subset re-prepares the data, it does not fetch it again), the mirrors, whether to download."""
         data = self.config["data"]

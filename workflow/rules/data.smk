@@ -16,9 +16,9 @@ rule download:
         "../../envs/torch.yaml"
     params:
         out=subpath(output[0], parent=True),
-        job=lambda w: as_json(PLAN.fetch_job(w.dataset)),
+        job=lambda w: as_json(PLAN.download_job(w.dataset)),
     shell:
-        "knockout fetch --job {params.job:q} --out {params.out:q} > {log:q} 2>&1"
+        "knockout download --job {params.job:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule prepare:

@@ -7,7 +7,9 @@ own Dataset).
         what is known before any job (the config checks): the full splits (n_train 0: no
         training split), the image shape at the dataset's own size (None when it varies),
         `deferred` saying why a field is None (a torchvision class not fetched yet)
-    fetch(name, spec, dest, mirrors, download) -> the manifest's body      (the download rule)
+    acquire(name, spec, dest, mirrors, download) -> the manifest's body    (the download rule)
+        the raw data made available in `dest` (copied, downloaded, or found where it is) and
+        recorded: what `knockout.data.fetch` writes into manifest.json
     read(name, spec, manifest, raw_dir) -> Raw                             (the prepare rule)
     available(name, spec, mirrors, download) -> (ok, how)                  (knockout check-data)
 

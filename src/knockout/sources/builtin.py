@@ -364,7 +364,7 @@ def _copy_from_mirror(src: DatasetSource, found: dict[str, Path], dest: Path) ->
     return sources
 
 
-def fetch(
+def acquire(
     name: str,
     spec: dict,
     dest: Path,

@@ -87,7 +87,7 @@ def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
             **{f"n_{s}": len(folders.samples.get(s, ())) for s in SPLITS}}
 
 
-def fetch(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     folders = _folders(name, spec)
     files = _listing(folders)
     return {**{split: str(path.resolve()) for split, path in folders.paths.items()},

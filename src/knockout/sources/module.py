@@ -70,7 +70,7 @@ def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
     return found
 
 
-def fetch(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     from ..targets import target_file
 
     found = _describe(name, spec, _datasets(name, spec))

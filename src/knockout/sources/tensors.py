@@ -231,7 +231,7 @@ def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
     return {k: found[k] for k in ("shape", "classes", "n_train", "n_test")}
 
 
-def fetch(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     file, found = _arrays(name, spec)
     return {"path": str(file.path.resolve()), **{k: found[k] for k in ("n_train", "n_test", "shape", "classes")},
             "files": {file.file: file_entry(file.path)}}

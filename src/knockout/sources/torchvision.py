@@ -247,7 +247,7 @@ def _describe(name: str, call: ClassCall, spec: dict, datasets: dict) -> dict:
             "classes": classes}
 
 
-def fetch(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     """Each mirror root (mirror/<name>/, mirror/, ...) tried with download=False: torchvision's own
     checks of existence and integrity; else, when `download`, torchvision downloads into `dest`
     (verifying md5s where the class has them). The manifest lists the files torchvision read
