@@ -445,8 +445,8 @@ def test_the_default_studys_fashion_mnist_is_prepared_byte_for_byte_as_before(tm
     once as train.npz and test.npz), and their statistics: the streamed .npy views hold the very
     same images, labels and indices, normalised by the same float32 mean and std."""
     fetch("fashion_mnist", tmp_path / "raw", ["/usr/share/datasets"], download=False)
-    spec = resolve_dataset("fashion_mnist", {"train_subset": 10_000, "test_subset": 2_000})
-    meta = prepare("fashion_mnist", tmp_path / "raw", tmp_path / "out", train_subset=10_000, test_subset=2_000, seed=0, spec=spec)
+    entry = resolve_dataset("fashion_mnist", {"train_subset": 10_000, "test_subset": 2_000})
+    meta = prepare("fashion_mnist", tmp_path / "raw", tmp_path / "out", train_subset=10_000, test_subset=2_000, seed=0, entry=entry)
     digest = {f"{s}_{a}": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
               for s in ("train", "test") for a, v in arrays_of(tmp_path / "out", s).items()}
     assert digest == {
@@ -493,18 +493,18 @@ def test_image_folder_of_pngs_of_different_sizes_is_resized_to_size(tmp_path):
              "cat": [(16, 16), (21, 35), (40, 30), (17, 16)]}
     colours = write_png_folder(tmp_path / "train", sizes)
     colours |= write_png_folder(tmp_path / "test", {c: s[:2] for c, s in sizes.items()})
-    spec = resolve_dataset("bugs", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 16})
-    assert spec["channels"] == 3  # the schema's default
+    entry = resolve_dataset("bugs", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 16})
+    assert entry["channels"] == 3  # the schema's default
 
-    info = inspect("bugs", spec)  # from the listing alone, before any job
+    info = inspect("bugs", entry)  # from the listing alone, before any job
     assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 16, 16), ("ant", "bee", "cat"), 12, 6)
 
-    manifest = fetch("bugs", tmp_path / "raw", [], spec=spec)
+    manifest = fetch("bugs", tmp_path / "raw", [], entry=entry)
     assert manifest["source"] == "image_folder" and manifest["classes"] == ["ant", "bee", "cat"]
     assert len(manifest["files"]) == 18
     assert manifest["files"]["train/bee/img03.png"]["size"] == (tmp_path / "train/bee/img03.png").stat().st_size
 
-    meta = prepare("bugs", tmp_path / "raw", tmp_path / "out", spec=spec)
+    meta = prepare("bugs", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert meta["shape"] == [3, 16, 16] and meta["classes"] == ["ant", "bee", "cat"] and (meta["n_train"], meta["n_test"]) == (12, 6)
     assert meta["source"]["source"] == "image_folder" and set(meta["checksums"]) == {"listing_sha256"}
     for split, n in (("train", 12), ("test", 6)):
@@ -519,11 +519,11 @@ def test_image_folder_of_pngs_of_different_sizes_is_resized_to_size(tmp_path):
 def test_image_folder_in_grey_with_a_non_square_size(tmp_path):
     colours = write_png_folder(tmp_path / "train", {"a": [(30, 20), (12, 12)], "b": [(40, 10), (9, 25)]})
     colours |= write_png_folder(tmp_path / "test", {"a": [(8, 8)], "b": [(50, 50)]})
-    spec = resolve_dataset("g", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"),
-                                 "size": [6, 10], "channels": 1})
-    assert inspect("g", spec).shape == (1, 6, 10)
-    fetch("g", tmp_path / "raw", [], spec=spec)
-    meta = prepare("g", tmp_path / "raw", tmp_path / "out", spec=spec)
+    entry = resolve_dataset("g", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"),
+                                  "size": [6, 10], "channels": 1})
+    assert inspect("g", entry).shape == (1, 6, 10)
+    fetch("g", tmp_path / "raw", [], entry=entry)
+    meta = prepare("g", tmp_path / "raw", tmp_path / "out", entry=entry)
     images = arrays_of(tmp_path / "out", "train")["images"]
     assert meta["shape"] == [1, 6, 10] and images.shape == (4, 1, 6, 10)
     grey = [(r * 299 + g * 587 + b * 114) / 1000 for r, g, b in _rows_in_folder_order(colours, tmp_path / "train")]
@@ -549,11 +549,11 @@ def test_images_are_resized_by_their_shorter_side_then_centre_cropped():
 def test_an_image_folder_edited_after_fetching_is_not_prepared(tmp_path):
     write_png_folder(tmp_path / "train", {"a": [(8, 8)], "b": [(8, 8)]})
     write_png_folder(tmp_path / "test", {"a": [(8, 8)], "b": [(8, 8)]})
-    spec = resolve_dataset("f", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 8})
-    fetch("f", tmp_path / "raw", [], spec=spec)
+    entry = resolve_dataset("f", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 8})
+    fetch("f", tmp_path / "raw", [], entry=entry)
     write_png_folder(tmp_path / "train", {"a": [(8, 8), (9, 9)]})
     with pytest.raises(DataError, match="datasets.f: the image folders changed since they were fetched") as err:
-        prepare("f", tmp_path / "raw", tmp_path / "out", spec=spec)
+        prepare("f", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert_one_line(err)
 
 
@@ -573,13 +573,13 @@ def _tensors(n_train=40, n_test=12, k=4, seed=0):
 def test_tensors_npz_nhwc_uint8(tmp_path):
     arrays = _tensors() | {"classes": np.array(["w", "x", "y", "z"])}
     np.savez(tmp_path / "data.npz", **arrays)
-    spec = resolve_dataset("t", {"source": "tensors", "path": str(tmp_path / "data.npz"), "train_subset": 20, "subset_seed": 2})
-    info = inspect("t", spec)
+    entry = resolve_dataset("t", {"source": "tensors", "path": str(tmp_path / "data.npz"), "train_subset": 20, "subset_seed": 2})
+    info = inspect("t", entry)
     assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 8, 8), ("w", "x", "y", "z"), 20, 12)
 
-    manifest = fetch("t", tmp_path / "raw", [], spec=spec)
+    manifest = fetch("t", tmp_path / "raw", [], entry=entry)
     assert manifest["files"]["data.npz"]["sha256"] == hashlib.sha256((tmp_path / "data.npz").read_bytes()).hexdigest()
-    meta = prepare("t", tmp_path / "raw", tmp_path / "out", train_subset=20, seed=2, spec=spec)
+    meta = prepare("t", tmp_path / "raw", tmp_path / "out", train_subset=20, seed=2, entry=entry)
     assert meta["classes"] == ["w", "x", "y", "z"] and meta["shape"] == [3, 8, 8] and meta["n_train"] == 20
     assert meta["checksums"] == {"data.npz": manifest["files"]["data.npz"]["sha256"]}
     train = arrays_of(tmp_path / "out", "train")
@@ -589,7 +589,7 @@ def test_tensors_npz_nhwc_uint8(tmp_path):
 
     np.savez(tmp_path / "data.npz", **(arrays | {"train_labels": arrays["train_labels"][::-1].copy()}))
     with pytest.raises(DataError, match="datasets.t: data.npz: changed since it was fetched") as err:
-        prepare("t", tmp_path / "raw", tmp_path / "out", spec=spec)
+        prepare("t", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert_one_line(err)
 
 
@@ -598,10 +598,10 @@ def test_tensors_pt_with_float_images_nchw(tmp_path):
     x = {s: torch.from_numpy(rng.random((n, 1, 6, 6), dtype=np.float32)) for s, n in (("train", 10), ("test", 4))}
     torch.save({"train_images": x["train"], "train_labels": torch.arange(10) % 2, "test_images": x["test"],
                 "test_labels": torch.tensor([0, 1, 1, 0]), "classes": ["even", "odd"]}, tmp_path / "data.pt")
-    spec = resolve_dataset("p", {"source": "tensors", "path": str(tmp_path / "data.pt")})
-    assert inspect("p", spec).shape == (1, 6, 6)
-    fetch("p", tmp_path / "raw", [], spec=spec)
-    meta = prepare("p", tmp_path / "raw", tmp_path / "out", spec=spec)
+    entry = resolve_dataset("p", {"source": "tensors", "path": str(tmp_path / "data.pt")})
+    assert inspect("p", entry).shape == (1, 6, 6)
+    fetch("p", tmp_path / "raw", [], entry=entry)
+    meta = prepare("p", tmp_path / "raw", tmp_path / "out", entry=entry)
     test = arrays_of(tmp_path / "out", "test")
     assert meta["classes"] == ["even", "odd"] and test["images"].dtype == np.uint8
     np.testing.assert_array_equal(test["images"], np.rint(x["test"].double().numpy() * 255).astype(np.uint8))
@@ -617,18 +617,18 @@ def test_torchvision_fakedata_through_the_torchvision_source(tmp_path):
     from torchvision.datasets import FakeData
     from torchvision.transforms.functional import pil_to_tensor
 
-    spec = resolve_dataset("fake", FAKE | {"train_subset": 12})
-    before = inspect("fake", spec, tmp_path / "raw")
+    entry = resolve_dataset("fake", FAKE | {"train_subset": 12})
+    before = inspect("fake", entry, tmp_path / "raw")
     assert before.shape is None and not before.complete and "torchvision.datasets.FakeData" in before.deferred
-    assert inspect("fake", spec | {"size": 6, "channels": 1}).shape == (1, 6, 6)  # what can be known, is
+    assert inspect("fake", entry | {"size": 6, "channels": 1}).shape == (1, 6, 6)  # what can be known, is
 
-    manifest = fetch("fake", tmp_path / "raw", [tmp_path / "no-mirror"], download=False, spec=spec)
+    manifest = fetch("fake", tmp_path / "raw", [tmp_path / "no-mirror"], download=False, entry=entry)
     assert manifest["origin"] == "generated" and (manifest["n_train"], manifest["n_test"]) == (24, 8)
-    after = inspect("fake", spec, tmp_path / "raw")
+    after = inspect("fake", entry, tmp_path / "raw")
     assert after.shape == (3, 10, 10) and (after.n_train, after.n_test) == (12, 8)
     assert after.classes is None and after.deferred.endswith("FakeData lists no classes: they are known once it is prepared")
 
-    meta = prepare("fake", tmp_path / "raw", tmp_path / "out", train_subset=12, spec=spec)
+    meta = prepare("fake", tmp_path / "raw", tmp_path / "out", train_subset=12, entry=entry)
     train = arrays_of(tmp_path / "out", "train")
     reference = FakeData(size=24, image_size=(3, 10, 10), num_classes=4, random_offset=0)
     for image, label, index in zip(train["images"], train["labels"], train["indices"]):
@@ -645,15 +645,15 @@ def test_torchvision_class_from_a_mirror_in_its_own_layout(tmp_path):
 
     _, arrays = tiny_idx_dataset(tmp_path / "gz", n_train=30, n_test=10)
     raw = write_torchvision_mnist(tmp_path / "mirror" / "kana", "KMNIST", arrays)
-    spec = resolve_dataset("kana", {"source": "torchvision", "class": "KMNIST"})
-    manifest = fetch("kana", tmp_path / "raw", [tmp_path / "elsewhere", tmp_path / "mirror"], download=False, spec=spec)
+    entry = resolve_dataset("kana", {"source": "torchvision", "class": "KMNIST"})
+    manifest = fetch("kana", tmp_path / "raw", [tmp_path / "elsewhere", tmp_path / "mirror"], download=False, entry=entry)
     assert manifest["origin"] == "mirror" and manifest["root"] == str((tmp_path / "mirror" / "kana").resolve())
     assert set(manifest["files"]) == {f"KMNIST/raw/{p.name}" for p in raw.iterdir()}
     assert manifest["classes"] == KMNIST.classes and manifest["shape"] == [1, 28, 28]
-    info = inspect("kana", spec, tmp_path / "raw")
+    info = inspect("kana", entry, tmp_path / "raw")
     assert info.complete and (info.n_train, info.n_test) == (30, 10)
 
-    meta = prepare("kana", tmp_path / "raw", tmp_path / "out", spec=spec)
+    meta = prepare("kana", tmp_path / "raw", tmp_path / "out", entry=entry)
     train = arrays_of(tmp_path / "out", "train")
     np.testing.assert_array_equal(train["images"][:, 0], arrays["train_images"])
     np.testing.assert_array_equal(train["labels"], arrays["train_labels"])
@@ -661,14 +661,14 @@ def test_torchvision_class_from_a_mirror_in_its_own_layout(tmp_path):
 
     flip_byte(raw / "t10k-labels-idx1-ubyte")
     with pytest.raises(DataError, match="datasets.kana: KMNIST/raw/t10k-labels-idx1-ubyte: changed since it was fetched") as err:
-        prepare("kana", tmp_path / "raw", tmp_path / "out", spec=spec)
+        prepare("kana", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert_one_line(err)
 
 
 def test_a_torchvision_class_in_no_mirror_and_offline_says_where_to_put_it(tmp_path):
-    spec = resolve_dataset("c100", {"source": "torchvision", "class": "CIFAR100"})
+    entry = resolve_dataset("c100", {"source": "torchvision", "class": "CIFAR100"})
     with pytest.raises(DataError) as err:
-        fetch("c100", tmp_path / "raw", [tmp_path / "mirror"], download=False, spec=spec)
+        fetch("c100", tmp_path / "raw", [tmp_path / "mirror"], download=False, entry=entry)
     message = assert_one_line(err)
     assert message.startswith("datasets.c100: torchvision.datasets.CIFAR100 is in no mirror")
     assert f"CIFAR100(root='{tmp_path / 'mirror' / 'c100'}')" in message and "download is disabled" in message
@@ -676,9 +676,9 @@ def test_a_torchvision_class_in_no_mirror_and_offline_says_where_to_put_it(tmp_p
 
 def test_a_torchvision_split_the_class_refuses_is_one_line(tmp_path):
     (tmp_path / "mirror").mkdir()
-    spec = resolve_dataset("s", {"source": "torchvision", "class": "SVHN", "splits": {"test": "validation"}})
+    entry = resolve_dataset("s", {"source": "torchvision", "class": "SVHN", "splits": {"test": "validation"}})
     with pytest.raises(DataError, match=r"datasets.s: torchvision.datasets.SVHN\(split='validation'\): Unknown value 'validation'") as err:
-        fetch("s", tmp_path / "raw", [tmp_path / "mirror"], download=False, spec=spec)
+        fetch("s", tmp_path / "raw", [tmp_path / "mirror"], download=False, entry=entry)
     assert_one_line(err)
 
 
@@ -797,13 +797,13 @@ def test_a_module_dataset_is_prepared_from_the_users_own_items(tmp_path):
     from torchvision.datasets import FakeData
 
     (tmp_path / "mine.py").write_text(USER_DATASET)
-    spec = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:make", "kwargs": {"n_test": 12}})
-    info = inspect("mine", spec)  # before any job: from the dataset itself
+    entry = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:make", "kwargs": {"n_test": 12}})
+    info = inspect("mine", entry)  # before any job: from the dataset itself
     assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 9, 7), ("dark", "light"), 30, 12)
-    manifest = fetch("mine", tmp_path / "raw", [], spec=spec)
+    manifest = fetch("mine", tmp_path / "raw", [], entry=entry)
     assert manifest["files"]["mine.py"]["sha256"] == hashlib.sha256((tmp_path / "mine.py").read_bytes()).hexdigest()
-    meta = prepare("mine", tmp_path / "raw", tmp_path / "out", spec=spec)
-    assert meta["classes"] == ["dark", "light"] and meta["source"] == {"source": "module", "target": spec["target"]}
+    meta = prepare("mine", tmp_path / "raw", tmp_path / "out", entry=entry)
+    assert meta["classes"] == ["dark", "light"] and meta["source"] == {"source": "module", "target": entry["target"]}
     test = arrays_of(tmp_path / "out", "test")
     reference = FakeData(size=12, image_size=(3, 9, 7), num_classes=2, random_offset=1000, transform=transforms.ToTensor())
     for image, label, index in zip(test["images"], test["labels"], test["indices"]):
@@ -811,7 +811,7 @@ def test_a_module_dataset_is_prepared_from_the_users_own_items(tmp_path):
         assert label == target and (image == np.rint(pixels.double().numpy() * 255)).all()  # ToTensor's x/255, back exactly
     (tmp_path / "mine.py").write_text(USER_DATASET + "\n# edited\n")
     with pytest.raises(DataError, match="datasets.mine: mine.py: changed since it was fetched"):
-        prepare("mine", tmp_path / "raw", tmp_path / "out", spec=spec)
+        prepare("mine", tmp_path / "raw", tmp_path / "out", entry=entry)
 
 
 def test_an_evaluation_only_module_dataset_and_images_out_of_range_are_one_line(tmp_path):
@@ -826,28 +826,28 @@ class Normalised(Shades):
 def normalised(split):
     return Normalised(4, 0)
 ''')
-    spec = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:test_only"})
-    assert inspect("mine", spec).n_train == 0
-    fetch("mine", tmp_path / "raw", [], spec=spec)
-    meta = prepare("mine", tmp_path / "raw", tmp_path / "out", spec=spec)
+    entry = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:test_only"})
+    assert inspect("mine", entry).n_train == 0
+    fetch("mine", tmp_path / "raw", [], entry=entry)
+    meta = prepare("mine", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert (meta["n_train"], meta["n_test"], meta["stats_split"]) == (0, 10, "test")
     assert arrays_of(tmp_path / "out", "train")["images"].shape == (0, 3, 9, 7)
-    spec = resolve_dataset("bad", {"source": "module", "target": f"{tmp_path}/mine.py:normalised"})
+    entry = resolve_dataset("bad", {"source": "module", "target": f"{tmp_path}/mine.py:normalised"})
     with pytest.raises(DataError) as err:
-        inspect("bad", spec)
+        inspect("bad", entry)
     assert assert_one_line(err).startswith("datasets.bad: ") and "not in [0, 1]: give the images as pixels (ToTensor, no Normalize)" in str(err.value)
 
 
 def test_an_evaluation_only_torchvision_class_and_a_compressed_tensors_file(tmp_path):
-    spec = resolve_dataset("fake", FAKE | {"splits": {"train": None, "test": {"size": 8, "random_offset": 500}}})
-    fetch("fake", tmp_path / "raw", [], spec=spec)
-    assert inspect("fake", spec, tmp_path / "raw").n_train == 0
-    assert prepare("fake", tmp_path / "raw", tmp_path / "out", spec=spec)["n_train"] == 0
+    entry = resolve_dataset("fake", FAKE | {"splits": {"train": None, "test": {"size": 8, "random_offset": 500}}})
+    fetch("fake", tmp_path / "raw", [], entry=entry)
+    assert inspect("fake", entry, tmp_path / "raw").n_train == 0
+    assert prepare("fake", tmp_path / "raw", tmp_path / "out", entry=entry)["n_train"] == 0
     arrays = _tensors(n_train=50, n_test=30)
     np.savez_compressed(tmp_path / "packed.npz", **arrays)  # images streamed out of the deflated member
-    spec = resolve_dataset("p", {"source": "tensors", "path": str(tmp_path / "packed.npz"), "train_subset": 20})
-    fetch("p", tmp_path / "raw2", [], spec=spec)
-    prepare("p", tmp_path / "raw2", tmp_path / "out2", train_subset=20, spec=spec)
+    entry = resolve_dataset("p", {"source": "tensors", "path": str(tmp_path / "packed.npz"), "train_subset": 20})
+    fetch("p", tmp_path / "raw2", [], entry=entry)
+    prepare("p", tmp_path / "raw2", tmp_path / "out2", train_subset=20, entry=entry)
     train = arrays_of(tmp_path / "out2", "train")
     np.testing.assert_array_equal(train["images"], arrays["train_images"].transpose(0, 3, 1, 2)[train["indices"]])
 
@@ -881,9 +881,9 @@ def test_jpegs_are_prepared_with_pils_very_pixels(tmp_path):
                 Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.jpg", **kind)
             Image.fromarray(pixels[..., 0]).save(tmp_path / split / cls / "grey.jpg")
             Image.fromarray(pixels).convert("CMYK").save(tmp_path / split / cls / "cmyk.jpg")
-    spec = resolve_dataset("j", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 20})
-    fetch("j", tmp_path / "raw", [], spec=spec)
-    meta = prepare("j", tmp_path / "raw", tmp_path / "out", spec=spec)
+    entry = resolve_dataset("j", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 20})
+    fetch("j", tmp_path / "raw", [], entry=entry)
+    meta = prepare("j", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert meta["source"]["decoder"] == "torchvision.io.decode_jpeg where it equals PIL, else PIL"
     for split in ("train", "test"):
         reference = ImageFolder(str(tmp_path / split))

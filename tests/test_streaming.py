@@ -35,9 +35,9 @@ def view(tmp_path_factory):
         images[:, :, :3] += (labels * 40).astype(np.uint8)[:, None, None, None]  # the class: the top rows' brightness
         arrays |= {f"{split}_images": images, f"{split}_labels": labels}
     np.savez(folder / "data.npz", **arrays)
-    spec = resolve("dataset_tensors", {"source": "tensors", "path": str(folder / "data.npz")})
-    fetch("t", folder / "raw", [], spec=spec)
-    prepare("t", folder / "raw", folder / "view", spec=spec)
+    entry = resolve("dataset_tensors", {"source": "tensors", "path": str(folder / "data.npz")})
+    fetch("t", folder / "raw", [], entry=entry)
+    prepare("t", folder / "raw", folder / "view", entry=entry)
     return folder / "view"
 
 
@@ -100,8 +100,8 @@ def write_jpegs(folder: Path, n: int) -> None:
             Image.fromarray(pixels).save(folder / split / f"c{i % 2}" / f"{i:05d}.jpg", quality=90)
 
 
-def prepare_cli(raw: Path, out: Path, spec: dict, threads: int) -> subprocess.Popen:
-    job = {"dataset": "jpegs", "spec": spec, "geometry": None}
+def prepare_cli(raw: Path, out: Path, entry: dict, threads: int) -> subprocess.Popen:
+    job = {"dataset": "jpegs", "entry": entry, "geometry": None}
     cmd = [sys.executable, "-m", "knockout", "prepare", "--job", json.dumps(job), "--raw", str(raw), "--out", str(out), "--threads", str(threads)]
     return subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -111,13 +111,13 @@ def test_a_killed_prepare_resumes_to_the_same_files(tmp_path):
     recorded on disk, prepared again, it takes up where it stopped and ends with the files of a
     run that was never killed."""
     write_jpegs(tmp_path / "jpegs", 20_000)
-    spec = resolve("dataset_image_folder", {"source": "image_folder", "train": str(tmp_path / "jpegs/train"),
-                                            "test": str(tmp_path / "jpegs/test"), "size": 74})
-    fetch("jpegs", tmp_path / "raw", [], spec=spec)
-    assert prepare_cli(tmp_path / "raw", tmp_path / "whole", spec, 2).wait(timeout=300) == 0
+    entry = resolve("dataset_image_folder", {"source": "image_folder", "train": str(tmp_path / "jpegs/train"),
+                                             "test": str(tmp_path / "jpegs/test"), "size": 74})
+    fetch("jpegs", tmp_path / "raw", [], entry=entry)
+    assert prepare_cli(tmp_path / "raw", tmp_path / "whole", entry, 2).wait(timeout=300) == 0
 
     out = tmp_path / "killed"
-    proc = prepare_cli(tmp_path / "raw", out, spec, 1)
+    proc = prepare_cli(tmp_path / "raw", out, entry, 1)
     progress = out / ".partial" / "progress.json"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -134,7 +134,7 @@ def test_a_killed_prepare_resumes_to_the_same_files(tmp_path):
     written = len(json.loads(progress.read_text())["done"]["train"])
     assert 1 <= written < 20
 
-    rerun = prepare_cli(tmp_path / "raw", out, spec, 2)
+    rerun = prepare_cli(tmp_path / "raw", out, entry, 2)
     _, log = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, log
     assert f"resuming: {written} of 20 chunks of the train split already prepared" in log

@@ -223,9 +223,9 @@ def test_a_network_at_chance_stops_unless_meant(tmp_path):
     labels = np.arange(300) % 10
     images = (rng.random((300, 1, 8, 8)) * 60).astype(np.uint8) + labels[:, None, None, None].astype(np.uint8) * 19
     np.savez(tmp_path / "d.npz", test_images=images, test_labels=labels)  # evaluation only
-    spec = resolve("dataset_tensors", {"source": "tensors", "path": str(tmp_path / "d.npz")})
-    fetch("d", tmp_path / "raw", [], spec=spec)
-    prepare({"dataset": "d", "spec": spec}, str(tmp_path / "raw"), str(tmp_path / "data"))
+    entry = resolve("dataset_tensors", {"source": "tensors", "path": str(tmp_path / "d.npz")})
+    fetch("d", tmp_path / "raw", [], entry=entry)
+    prepare({"dataset": "d", "entry": entry}, str(tmp_path / "raw"), str(tmp_path / "data"))
     arch = {"type": "mlp", "widths": [16]}
     torch.manual_seed(0)
     torch.save(build_model(arch, (1, 8, 8), 10).state_dict(), tmp_path / "random.pt")

@@ -58,10 +58,10 @@ class DataInfo:
         return self.shape is not None and self.classes is not None
 
 
-def raw_spec(spec: dict | None) -> dict:
+def raw_entry(entry: dict | None) -> dict:
     """What of a dataset's config entry decides its raw data: all but the subset keys (changing a
     subset re-prepares the data, it does not fetch it again)."""
-    return {k: v for k, v in (spec or {}).items() if k not in SUBSET_KEYS}
+    return {k: v for k, v in (entry or {}).items() if k not in SUBSET_KEYS}
 
 
 def split_files(folder: str, split: str) -> dict[str, str]:

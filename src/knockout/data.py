@@ -1,12 +1,14 @@
 """Datasets: the dispatch to their sources (`knockout.sources`), class-stratified subsets, and the
 prepared splits, written once by `prepare` and streamed by every job.
 
-    inspect(name, spec, raw_dir, geometry)     -> DataInfo, before any job (the config checks)
-    fetch(name, dest, mirrors, download, spec) -> dest/<files> + dest/manifest.json  (download rule)
-    prepare(name, raw_dir, out_dir, ...)       -> out_dir/{split}_{images,labels,indices}.npy and
-                                                  meta.json                          (prepare rule)
-    open_split(folder, split, preprocess, ...) -> a Split: uint8 images on disk (in memory when
-                                                  small), model inputs made batch by batch
+    inspect(name, entry, raw_dir, geometry)     -> DataInfo, before any job (the config checks)
+    fetch(name, dest, mirrors, download, entry) -> dest/<files> + dest/manifest.json (download rule)
+    prepare(name, raw_dir, out_dir, ...)        -> out_dir/{split}_{images,labels,indices}.npy and
+                                                   meta.json                          (prepare rule)
+    open_split(folder, split, preprocess, ...)  -> a Split: uint8 images on disk (in memory when
+                                                   small), model inputs made batch by batch
+
+`entry` is a dataset's config entry (validated; None: a built-in with no subsets).
 
 A prepared split is uncompressed uint8 on disk (`numpy.load(path, mmap_mode="r")` opens it). A
 job reads it in batches with positioned reads, never whole, and converts and normalises each
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from . import sources
-from .catalog import SPLITS, DataInfo, raw_spec
+from .catalog import SPLITS, DataInfo, raw_entry
 from .errors import DataError
 from .io import atomic_write, write_json
 from .sources.common import mode_of, one_line, output_size, to_pixels
@@ -50,7 +52,7 @@ _SYNC_SECONDS = 2.0  # how often prepare records the chunks it wrote (what a kil
 # --------------------------------------------------------------------------- dispatch
 
 
-def inspect(name: str, spec: dict | None, raw_dir: Path | None = None, geometry: dict | None = None):
+def inspect(name: str, entry: dict | None, raw_dir: Path | None = None, geometry: dict | None = None):
     """What can be known of a configured dataset before any job runs (for the config checks).
 
     In: its key and config entry (validated; None: a built-in with no subsets); `raw_dir`, where
@@ -61,14 +63,14 @@ def inspect(name: str, spec: dict | None, raw_dir: Path | None = None, geometry:
     that cannot be known yet is None and `deferred` says why. DataError, one line naming the key
     or file, for an entry or file that cannot work.
     """
-    return inspect_views(name, spec, raw_dir, [geometry])[0]
+    return inspect_views(name, entry, raw_dir, [geometry])[0]
 
 
-def inspect_views(name: str, spec: dict | None, raw_dir: Path | None, geometries: list) -> list:
+def inspect_views(name: str, entry: dict | None, raw_dir: Path | None, geometries: list) -> list:
     """`inspect` at each of `geometries`, the source inspected once (an image folder's listing
     is read once, however many views its models ask for)."""
-    spec = spec or {}
-    found = sources.source(sources.kind_of(name, spec)).inspect(name, raw_spec(spec), raw_dir)
+    entry = entry or {}
+    found = sources.source(sources.kind_of(name, entry)).inspect(name, raw_entry(entry), raw_dir)
     native = tuple(found["shape"]) if found.get("shape") is not None else None
     channels = found.get("channels", native[0] if native else None)
 
@@ -83,37 +85,37 @@ def inspect_views(name: str, spec: dict | None, raw_dir: Path | None, geometries
         return DataInfo.from_meta({
             "shape": shape,
             "classes": found.get("classes"),
-            "n_test": kept(spec.get("test_subset"), found.get("n_test")),
-            "n_train": kept(spec.get("train_subset"), found.get("n_train")),
+            "n_test": kept(entry.get("test_subset"), found.get("n_test")),
+            "n_train": kept(entry.get("train_subset"), found.get("n_train")),
             "deferred": found.get("deferred"),
         })
 
     return [at(g) for g in geometries]
 
 
-def fetch(name: str, dest: Path, mirrors: list, download: bool = True, spec: dict | None = None, **options) -> dict:
+def fetch(name: str, dest: Path, mirrors: list, download: bool = True, entry: dict | None = None, **options) -> dict:
     """Make a dataset's raw data available and describe it in dest/manifest.json: {dataset,
-    source, spec (the entry without its subsets), files (each with its size and, where there are
+    source, entry (the config entry without its subsets), files (each with its size and, where there are
     files to verify, md5 and sha256), ...}. `options` go to the built-ins' acquire (`timeout`,
     `urls`, `source`: tests give tiny copies)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    kind = sources.kind_of(name, spec)
-    body = sources.source(kind).acquire(name, raw_spec(spec), dest, list(mirrors), download, **options)
-    manifest = {"dataset": name, "source": kind, "spec": raw_spec(spec), **body}
+    kind = sources.kind_of(name, entry)
+    body = sources.source(kind).acquire(name, raw_entry(entry), dest, list(mirrors), download, **options)
+    manifest = {"dataset": name, "source": kind, "entry": raw_entry(entry), **body}
     write_json(manifest, dest / "manifest.json")
     return manifest
 
 
-def available(name: str, spec: dict | None, mirrors: list, download: bool) -> tuple[bool, str]:
+def available(name: str, entry: dict | None, mirrors: list, download: bool) -> tuple[bool, str]:
     """(whether the data can be had, one line saying how) for `knockout check-data`."""
     try:
-        return sources.source(sources.kind_of(name, spec)).available(name, raw_spec(spec), mirrors, download)
+        return sources.source(sources.kind_of(name, entry)).available(name, raw_entry(entry), mirrors, download)
     except DataError as err:
         return False, str(err)
 
 
-def _read_manifest(name: str, spec: dict | None, raw_dir: Path, required: bool) -> dict:
+def _read_manifest(name: str, entry: dict | None, raw_dir: Path, required: bool) -> dict:
     """raw_dir/manifest.json, written by `fetch` for this dataset and this very entry ({} when
     there is none and it is not `required`: a built-in's files are verified on their own)."""
     path = Path(raw_dir) / "manifest.json"
@@ -123,7 +125,7 @@ def _read_manifest(name: str, spec: dict | None, raw_dir: Path, required: bool) 
         if not required:
             return {}
         raise DataError(f"{name}: {path}: not fetched or unreadable ({one_line(err)})") from None
-    if required and (manifest.get("dataset") != name or manifest.get("spec") != raw_spec(spec)):
+    if required and (manifest.get("dataset") != name or manifest.get("entry") != raw_entry(entry)):
         raise DataError(f"{name}: {path} was fetched for another config entry; fetch it again (the download rule)")
     return manifest
 
@@ -391,7 +393,7 @@ def prepare(
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
-    spec: dict | None = None,
+    entry: dict | None = None,
     geometry: dict | None = None,
     workers: int = 0,
     progress: bool = False,
@@ -400,7 +402,7 @@ def prepare(
     """Verify, read, subset and convert a dataset into a prepared view.
 
     In: dataset name; the folder `fetch` wrote; the output folder (created); subset sizes (None:
-    the whole split) and their seed; `spec`, the dataset's config entry (None or no `source`: the
+    the whole split) and their seed; `entry`, the dataset's config entry (None or no `source`: the
     built-in `name`); `geometry`, the view's resize and crop (a model's preprocessing; None: the
     entry's `size`, else the images as they are); `workers`, processes that decode images
     (0: this one); `progress`, a progress bar on stderr; `source`, a built-in's description
@@ -417,15 +419,15 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     # Remove the completion marker first so a crash below cannot leave old meta with new images.
     (out_dir / "meta.json").unlink(missing_ok=True)
-    kind = sources.kind_of(name, spec)
-    manifest = _read_manifest(name, spec, raw_dir, required=kind != "builtin")
-    raw = sources.source(kind).read(name, raw_spec(spec), manifest, Path(raw_dir), **({"source": source} if source else {}))
-    geometry = geometry or ({"size": spec["size"]} if spec and spec.get("size") is not None else None)
+    kind = sources.kind_of(name, entry)
+    manifest = _read_manifest(name, entry, raw_dir, required=kind != "builtin")
+    raw = sources.source(kind).read(name, raw_entry(entry), manifest, Path(raw_dir), **({"source": source} if source else {}))
+    geometry = geometry or ({"size": entry["size"]} if entry and entry.get("size") is not None else None)
     subsets = {"train": train_subset, "test": test_subset}
     chosen = {split: stratified_subset(s.labels, subsets[split], seed) for split, s in raw.splits.items()}
     first = next(iter(raw.splits.values()))
     mode = {1: "L", 3: "RGB"}.get(raw.channels) or mode_of(first.item(0), None)
-    key = hashlib.sha256(json.dumps([name, raw_spec(spec), subsets, seed, geometry, mode, manifest.get("files"),
+    key = hashlib.sha256(json.dumps([name, raw_entry(entry), subsets, seed, geometry, mode, manifest.get("files"),
                                      manifest.get("listing_sha256")], sort_keys=True, default=str).encode()).hexdigest()
     partial = _Partial(out_dir / ".partial", key)
     shapes = {split: _write_images(f"datasets.{name}", split, raw.splits[split], chosen[split].numpy(), mode, geometry, partial,

@@ -83,21 +83,21 @@ def _ids(job: dict, seed: int) -> dict:
 def download(job: dict, out: str) -> None:
     """The raw data of one dataset into the folder `out`, described by out/manifest.json (the
     `download` rule; `knockout.data.fetch`). `job`:
-    {dataset, spec (its config entry without subsets; none: a built-in), mirrors, download}."""
+    {dataset, entry (its config entry without subsets; none: a built-in), mirrors, download}."""
     from .data import fetch
 
-    fetch(job["dataset"], Path(out), job.get("mirrors", []), download=job.get("download", True), spec=job.get("spec"))
+    fetch(job["dataset"], Path(out), job.get("mirrors", []), download=job.get("download", True), entry=job.get("entry"))
 
 
 def prepare(job: dict, raw: str, out: str, threads: int | None = None) -> None:
     """The raw data of one dataset (the folder `raw`, from `download`) -> a prepared view in `out`.
-    `job`: {dataset, spec (its config entry, with its subsets), geometry (the view's resize and
+    `job`: {dataset, entry (its config entry, with its subsets), geometry (the view's resize and
     crop, or None)}; `threads` processes decode images."""
     from .data import prepare as prepare_view
 
-    spec = job.get("spec") or {}
-    prepare_view(job["dataset"], Path(raw), Path(out), train_subset=spec.get("train_subset"), test_subset=spec.get("test_subset"),
-                 seed=spec.get("subset_seed", 0), spec=spec, geometry=job.get("geometry"), workers=threads if threads and threads > 1 else 0,
+    entry = job.get("entry") or {}
+    prepare_view(job["dataset"], Path(raw), Path(out), train_subset=entry.get("train_subset"), test_subset=entry.get("test_subset"),
+                 seed=entry.get("subset_seed", 0), entry=entry, geometry=job.get("geometry"), workers=threads if threads and threads > 1 else 0,
                  progress=True)
 
 

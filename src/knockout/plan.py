@@ -15,7 +15,7 @@ from functools import cached_property
 from types import ModuleType
 from typing import Any
 
-from .catalog import raw_spec, split_files, view_name
+from .catalog import raw_entry, split_files, view_name
 from .preprocess import resolve  # torchvision only for a model's weights metadata
 from .studies import slug, study_type
 from .tables import TABLES
@@ -99,14 +99,14 @@ class Plan:
         """The settings a `download` job gets: the dataset's entry without its subsets (a new
         subset re-prepares the data, it does not fetch it again), the mirrors, whether to download."""
         data = self.config["data"]
-        return {"dataset": dataset, "spec": raw_spec(self.config["datasets"][dataset]), "mirrors": data["mirrors"],
+        return {"dataset": dataset, "entry": raw_entry(self.config["datasets"][dataset]), "mirrors": data["mirrors"],
                 "download": data["download"]}
 
     def prepare_job(self, view: str) -> dict:
         """The settings a `prepare` job of a view gets: its dataset's entry (its subsets too) and
         the geometry the view's models ask for."""
         dataset, geometry = self.views[view]
-        return {"dataset": dataset, "spec": self.config["datasets"][dataset], "geometry": geometry}
+        return {"dataset": dataset, "entry": self.config["datasets"][dataset], "geometry": geometry}
 
     def raw_inputs(self, dataset: str) -> dict[str, str]:
         """The user's files a `download` job reads that the workflow watches: a tensors file, a

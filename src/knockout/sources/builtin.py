@@ -366,7 +366,7 @@ def _copy_from_mirror(src: DatasetSource, found: dict[str, Path], dest: Path) ->
 
 def acquire(
     name: str,
-    spec: dict,
+    entry: dict,
     dest: Path,
     mirrors: list[str | Path],
     download: bool = True,
@@ -412,13 +412,13 @@ def acquire(
     return {"files": files}
 
 
-def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
+def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
     """Known from the dataset's description alone."""
     src = DATASETS[name]
     return {"shape": src.shape, "classes": src.classes, "n_train": src.n_train, "n_test": src.n_test}
 
 
-def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:
+def available(name: str, entry: dict, mirrors: list, download: bool) -> tuple[bool, str]:
     found = locate(name, mirrors)
     if found:
         return True, f"in mirror {next(iter(found.values())).parent}"
@@ -602,7 +602,7 @@ def read_raw(
         return _read(src, Path(raw_dir), Path(work))
 
 
-def read(name: str, spec: dict, manifest: dict, raw_dir: Path, source: DatasetSource | None = None) -> Raw:
+def read(name: str, entry: dict, manifest: dict, raw_dir: Path, source: DatasetSource | None = None) -> Raw:
     """Both splits of a fetched built-in (its files verified again first), held as arrays; the
     origin is each file's source, the checksums each file's md5."""
     src = _source(name, source)
@@ -613,5 +613,5 @@ def read(name: str, spec: dict, manifest: dict, raw_dir: Path, source: DatasetSo
     def split(images: torch.Tensor, labels: torch.Tensor) -> RawSplit:
         return RawSplit(labels, lambda i: images[i], lambda idx: images[torch.from_numpy(idx)].numpy())
 
-    origin = {f: entry.get("source") for f, entry in manifest.get("files", {}).items()} or None
+    origin = {f: file.get("source") for f, file in manifest.get("files", {}).items()} or None
     return Raw({"train": split(train_x, train_y), "test": split(test_x, test_y)}, classes, src.shape[0], origin, checksums)

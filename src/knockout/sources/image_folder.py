@@ -37,21 +37,21 @@ class _Folders:
         return {split: d.samples for split, d in self.datasets.items()}
 
 
-def _folders(name: str, spec: dict) -> _Folders:
+def _folders(name: str, entry: dict) -> _Folders:
     """List an image_folder entry's folders with torchvision's ImageFolder (a subfolder per class,
     sorted; files with an image extension). DataError for a missing folder, a folder without
     classes or with an empty class, test classes other than the train classes."""
     from torchvision.datasets import ImageFolder
 
     paths, datasets = {}, {}
-    for split in (s for s in SPLITS if spec.get(s) is not None):
-        folder = expand(spec[split])
+    for split in (s for s in SPLITS if entry.get(s) is not None):
+        folder = expand(entry[split])
         if not folder.is_dir():
-            raise DataError(f"datasets.{name}.{split}: no such folder {spec[split]}")
+            raise DataError(f"datasets.{name}.{split}: no such folder {entry[split]}")
         try:
             datasets[split] = ImageFolder(str(folder))
         except (FileNotFoundError, ValueError) as err:
-            raise DataError(f"datasets.{name}.{split}: {spec[split]}: {one_line(err)}") from None
+            raise DataError(f"datasets.{name}.{split}: {entry[split]}: {one_line(err)}") from None
         paths[split] = folder
     classes = {split: d.classes for split, d in datasets.items()}
     if "train" in classes and classes["test"] != classes["train"]:
@@ -59,7 +59,7 @@ def _folders(name: str, spec: dict) -> _Folders:
         only_test = sorted(set(classes["test"]) - set(classes["train"]))
         raise DataError(f"datasets.{name}.test: its classes are not the train folder's (only in train: "
                         f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'})")
-    return _Folders(paths, classes["test"], datasets, spec.get("channels", 3))
+    return _Folders(paths, classes["test"], datasets, entry.get("channels", 3))
 
 
 def _listing(folders: _Folders) -> dict:
@@ -77,22 +77,22 @@ def _listing_sha256(files: dict) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def _shape(folders: _Folders, spec: dict) -> list | None:
-    return [folders.channels, *size_pair(spec["size"])] if spec.get("size") is not None else None
+def _shape(folders: _Folders, entry: dict) -> list | None:
+    return [folders.channels, *size_pair(entry["size"])] if entry.get("size") is not None else None
 
 
-def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
-    folders = _folders(name, spec)
-    return {"shape": _shape(folders, spec), "channels": folders.channels, "classes": folders.classes,
+def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
+    folders = _folders(name, entry)
+    return {"shape": _shape(folders, entry), "channels": folders.channels, "classes": folders.classes,
             **{f"n_{s}": len(folders.samples.get(s, ())) for s in SPLITS}}
 
 
-def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
-    folders = _folders(name, spec)
+def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+    folders = _folders(name, entry)
     files = _listing(folders)
     return {**{split: str(path.resolve()) for split, path in folders.paths.items()},
             **{f"n_{s}": len(folders.samples.get(s, ())) for s in SPLITS},
-            "shape": _shape(folders, spec), "classes": folders.classes, "listing_sha256": _listing_sha256(files), "files": files}
+            "shape": _shape(folders, entry), "classes": folders.classes, "listing_sha256": _listing_sha256(files), "files": files}
 
 
 def _pil_loader(name: str, mode: str):
@@ -164,8 +164,8 @@ def _decoder(name: str, folders: _Folders, mode: str, sample: int = 32):
     return (fast, "torchvision.io.decode_jpeg where it equals PIL, else PIL") if jpegs else (pil, "PIL")
 
 
-def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
-    folders = _folders(name, spec)
+def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
+    folders = _folders(name, entry)
     if _listing_sha256(_listing(folders)) != manifest.get("listing_sha256"):
         raise DataError(f"datasets.{name}: the image folders changed since they were fetched (images added, removed or "
                         "rewritten); fetch them again (snakemake --forcerun download)")
@@ -177,6 +177,6 @@ def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
     return Raw(splits, folders.classes, folders.channels, origin, {"listing_sha256": manifest["listing_sha256"]})
 
 
-def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:
-    _folders(name, spec)
+def available(name: str, entry: dict, mirrors: list, download: bool) -> tuple[bool, str]:
+    _folders(name, entry)
     return True, "files present"

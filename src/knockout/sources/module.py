@@ -22,40 +22,40 @@ from ..errors import DataError
 from .common import Raw, class_names, dataset_split, file_entry, labels_attribute, manifest_checksums, mode_of, one_line, to_pixels, verify_manifest
 
 
-def _datasets(name: str, spec: dict) -> dict:
+def _datasets(name: str, entry: dict) -> dict:
     """split -> the user's dataset, for the splits it has. DataError naming the key otherwise."""
     from ..targets import load_target
 
     key = f"datasets.{name}.target"
     try:
-        factory = load_target(spec["target"])
+        factory = load_target(entry["target"])
     except ValueError as e:
         raise DataError(f"{key}: {e}") from None
     out = {}
     for split in SPLITS:
         try:
-            dataset = factory(split=split, **dict(spec.get("kwargs") or {}))
+            dataset = factory(split=split, **dict(entry.get("kwargs") or {}))
         except Exception as e:
-            raise DataError(f"{key}: {spec['target']}(split={split!r}) failed ({type(e).__name__}: {one_line(e)})") from None
+            raise DataError(f"{key}: {entry['target']}(split={split!r}) failed ({type(e).__name__}: {one_line(e)})") from None
         if dataset is None:
             continue
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise DataError(f"{key}: {spec['target']}(split={split!r}) returned a {type(dataset).__name__}, "
+            raise DataError(f"{key}: {entry['target']}(split={split!r}) returned a {type(dataset).__name__}, "
                             "not a map-style Dataset (with __getitem__ and __len__)")
         out[split] = dataset
     if "test" not in out:
-        raise DataError(f"{key}: {spec['target']}(split='test') returned None: a dataset needs its test split")
+        raise DataError(f"{key}: {entry['target']}(split='test') returned None: a dataset needs its test split")
     return out
 
 
-def _describe(name: str, spec: dict, datasets: dict) -> dict:
-    where = f"datasets.{name}: {spec['target']}(split='test')"
+def _describe(name: str, entry: dict, datasets: dict) -> dict:
+    where = f"datasets.{name}: {entry['target']}(split='test')"
     test = datasets["test"]
     if len(test) == 0:
         raise DataError(f"{where}: no images")
     first = test[0][0]
-    geometry = {"size": spec["size"]} if spec.get("size") is not None else None
-    shape = list(to_pixels(where, 0, first, mode_of(first, spec.get("channels")), geometry).shape)
+    geometry = {"size": entry["size"]} if entry.get("size") is not None else None
+    shape = list(to_pixels(where, 0, first, mode_of(first, entry.get("channels")), geometry).shape)
     labels = [labels_attribute(d) for d in datasets.values()]
     names = getattr(test, "classes", None)
     classes = class_names(where, names, labels) if all(l is not None for l in labels) else names and [str(c) for c in names]
@@ -63,30 +63,30 @@ def _describe(name: str, spec: dict, datasets: dict) -> dict:
             "n_test": len(test)}
 
 
-def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
-    found = _describe(name, spec, _datasets(name, spec))
+def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
+    found = _describe(name, entry, _datasets(name, entry))
     if found["classes"] is None:
-        found["deferred"] = f"datasets.{name}: {spec['target']} keeps no list of classes or labels: they are known once it is prepared"
+        found["deferred"] = f"datasets.{name}: {entry['target']} keeps no list of classes or labels: they are known once it is prepared"
     return found
 
 
-def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     from ..targets import target_file
 
-    found = _describe(name, spec, _datasets(name, spec))
-    path = target_file(spec["target"])
-    return {"target": spec["target"], **found, "files": {path.name: file_entry(path)} if path else {}}
+    found = _describe(name, entry, _datasets(name, entry))
+    path = target_file(entry["target"])
+    return {"target": entry["target"], **found, "files": {path.name: file_entry(path)} if path else {}}
 
 
-def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
+def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
     verify_manifest(name, manifest)
-    datasets = _datasets(name, spec)
-    splits = {split: dataset_split(f"datasets.{name}: {spec['target']}(split={split!r})", d) for split, d in datasets.items()}
-    classes = class_names(f"datasets.{name}: {spec['target']}", getattr(datasets["test"], "classes", None),
+    datasets = _datasets(name, entry)
+    splits = {split: dataset_split(f"datasets.{name}: {entry['target']}(split={split!r})", d) for split, d in datasets.items()}
+    classes = class_names(f"datasets.{name}: {entry['target']}", getattr(datasets["test"], "classes", None),
                           [s.labels for s in splits.values()])
-    return Raw(splits, classes, spec.get("channels"), {"source": "module", "target": spec["target"]}, manifest_checksums(manifest))
+    return Raw(splits, classes, entry.get("channels"), {"source": "module", "target": entry["target"]}, manifest_checksums(manifest))
 
 
-def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:
-    _datasets(name, spec)
-    return True, f"from {spec['target']}"
+def available(name: str, entry: dict, mirrors: list, download: bool) -> tuple[bool, str]:
+    _datasets(name, entry)
+    return True, f"from {entry['target']}"

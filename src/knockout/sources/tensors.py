@@ -74,12 +74,12 @@ class _TensorsFile:
     """The arrays of an .npz or a .pt: their shapes and dtypes without reading them, small arrays
     (labels, classes) whole, images in rows."""
 
-    def __init__(self, name: str, spec: dict):
+    def __init__(self, name: str, entry: dict):
         self.key = f"datasets.{name}.path"
-        self.path = expand(spec["path"])
+        self.path = expand(entry["path"])
         self.file = self.path.name
         if not self.path.is_file():
-            raise DataError(f"{self.key}: no such file {spec['path']}")
+            raise DataError(f"{self.key}: no such file {entry['path']}")
         if self.path.suffix == ".npz":
             self._open_npz()
         elif self.path.suffix == ".pt":
@@ -185,12 +185,12 @@ def _layout(file: _TensorsFile, array: str, shape: tuple[int, ...], layout: str,
     return ((shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])), layout
 
 
-def _arrays(name: str, spec: dict) -> tuple[_TensorsFile, dict]:
+def _arrays(name: str, entry: dict) -> tuple[_TensorsFile, dict]:
     """Open and check a tensors file: the test arrays there (the train ones both or neither),
     images uint8 or float, one layout and image shape for both splits, labels integers 0..K-1
     with one per image (K: the number of `classes` when given, else the largest label + 1).
     Out: the file and {shape, classes, n_train, n_test, layouts, labels, splits}."""
-    file = _TensorsFile(name, spec)
+    file = _TensorsFile(name, entry)
     splits = [s for s in SPLITS if s == "test" or {f"{s}_images", f"{s}_labels"} & file.keys]
     missing = [a for s in splits for a in (f"{s}_images", f"{s}_labels") if a not in file.keys]
     if missing:
@@ -200,7 +200,7 @@ def _arrays(name: str, spec: dict) -> tuple[_TensorsFile, dict]:
         shape, dtype = file.header(f"{split}_images")
         if dtype != np.uint8 and dtype.kind != "f":
             raise file.problem(f"{split}_images are {dtype}; expected uint8 (0..255) or floats in [0, 1]")
-        shapes[split], layouts[split] = _layout(file, f"{split}_images", shape, spec.get("layout", "auto"), name)
+        shapes[split], layouts[split] = _layout(file, f"{split}_images", shape, entry.get("layout", "auto"), name)
         counts[split] = shape[0]
         y = file.load(f"{split}_labels")
         if y.ndim != 1 or y.dtype.kind not in "iu":
@@ -226,20 +226,20 @@ def _arrays(name: str, spec: dict) -> tuple[_TensorsFile, dict]:
                   "n_train": counts["train"], "n_test": counts["test"], "layouts": layouts, "labels": labels, "splits": splits}
 
 
-def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
-    _, found = _arrays(name, spec)
+def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
+    _, found = _arrays(name, entry)
     return {k: found[k] for k in ("shape", "classes", "n_train", "n_test")}
 
 
-def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
-    file, found = _arrays(name, spec)
+def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+    file, found = _arrays(name, entry)
     return {"path": str(file.path.resolve()), **{k: found[k] for k in ("n_train", "n_test", "shape", "classes")},
             "files": {file.file: file_entry(file.path)}}
 
 
-def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
+def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
     verify_manifest(name, manifest)
-    file, found = _arrays(name, spec)
+    file, found = _arrays(name, entry)
 
     def split_of(split: str) -> RawSplit:
         layout = found["layouts"][split]
@@ -259,6 +259,6 @@ def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
                {"source": "tensors", "path": manifest["path"]}, manifest_checksums(manifest))
 
 
-def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:
-    _arrays(name, spec)
+def available(name: str, entry: dict, mirrors: list, download: bool) -> tuple[bool, str]:
+    _arrays(name, entry)
     return True, "files present"

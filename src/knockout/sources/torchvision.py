@@ -94,14 +94,14 @@ def torchvision_class(name: str, class_name: str) -> type:
     return cls
 
 
-def class_call(name: str, spec: dict) -> ClassCall:
+def class_call(name: str, entry: dict) -> ClassCall:
     """Check a `torchvision` entry against its class and plan its splits. The split goes in as
     `train=True/False` when the class takes `train`, else as `split=` ("train"/"test", or the
     names `splits` gives); `splits` may also give a split's keyword arguments (a mapping), which
     classes that take neither need (FakeData), or null: no such split (only `train` may be left
     out). DataError naming the key for an argument the class does not take, one knockout sets,
     or splits that would be the same images."""
-    cls = torchvision_class(name, spec["class"])
+    cls = torchvision_class(name, entry["class"])
     params, open_kwargs = _parameters(cls)
     convention = "train" if "train" in params else "split" if "split" in params else None
     takes = ", ".join(sorted(params - set(RESERVED) - {convention}))
@@ -115,9 +115,9 @@ def class_call(name: str, spec: dict) -> ClassCall:
             if not open_kwargs and arg not in params:
                 raise DataError(f"datasets.{name}.{key}.{arg}: {cls.__name__} takes no argument {arg!r} (it takes: {takes})")
 
-    kwargs = dict(spec.get("kwargs") or {})
+    kwargs = dict(entry.get("kwargs") or {})
     check_arguments("kwargs", kwargs)
-    splits = spec.get("splits") or {}
+    splits = entry.get("splits") or {}
     arguments = {}
     for split, flag in (("train", True), ("test", False)):
         if split == "train" and "train" in splits and splits["train"] is None:
@@ -225,17 +225,17 @@ def _files_under(root: Path, opened: set[str]) -> dict:
     return files
 
 
-def _describe(name: str, call: ClassCall, spec: dict, datasets: dict) -> dict:
+def _describe(name: str, call: ClassCall, entry: dict, datasets: dict) -> dict:
     """What the manifest says of a torchvision dataset: split sizes, image shape (from the first
     image, converted as prepare will), class names when the dataset lists them or its labels."""
     first_split = call.splits[0]
     where = f"datasets.{name}: {call.call(first_split)}"
-    geometry = {"size": spec["size"]} if spec.get("size") is not None else None
+    geometry = {"size": entry["size"]} if entry.get("size") is not None else None
     first_set = datasets[first_split]
     if len(first_set) == 0:
         raise DataError(f"{where}: no images")
     first = first_set[0][0]
-    shape = list(to_pixels(where, 0, first, mode_of(first, spec.get("channels")), geometry).shape)
+    shape = list(to_pixels(where, 0, first, mode_of(first, entry.get("channels")), geometry).shape)
     labels = [labels_attribute(d) for d in datasets.values()]
     names = getattr(first_set, "classes", None)
     classes = None
@@ -247,23 +247,23 @@ def _describe(name: str, call: ClassCall, spec: dict, datasets: dict) -> dict:
             "classes": classes}
 
 
-def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
+def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     """Each mirror root (mirror/<name>/, mirror/, ...) tried with download=False: torchvision's own
     checks of existence and integrity; else, when `download`, torchvision downloads into `dest`
     (verifying md5s where the class has them). The manifest lists the files torchvision read
     meanwhile, with their checksums (prepare verifies them again)."""
-    call = class_call(name, spec)
+    call = class_call(name, entry)
     mirrors = [expand(m) for m in mirrors]
     if not call.takes_root:  # generated (FakeData): nothing to find, nothing to verify
         datasets = _construct_splits(name, call, None, False)
-        return {"class": call.cls.__name__, "origin": "generated", "root": None, **_describe(name, call, spec, datasets), "files": {}}
+        return {"class": call.cls.__name__, "origin": "generated", "root": None, **_describe(name, call, entry, datasets), "files": {}}
 
     def manifest(origin: str, root: Path) -> dict:
         """torchvision's classes over `root` (downloading there for origin 'download'), described
         with the files they read; a DataError passes, anything else raises as it is."""
         with _opened_files() as opened:
             datasets = _construct_splits(name, call, root, download=origin == "download")
-            described = _describe(name, call, spec, datasets)
+            described = _describe(name, call, entry, datasets)
         return {"class": call.cls.__name__, "origin": origin, "root": str(root.resolve()), **described,
                 "files": _files_under(root, opened)}
 
@@ -287,26 +287,26 @@ def acquire(name: str, spec: dict, dest: Path, mirrors: list[Path], download: bo
                         f"{_where_to_put(name, call, mirrors)}") from None
 
 
-def inspect(name: str, spec: dict, raw_dir: Path | None) -> dict:
+def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
     """Known once fetched (from its manifest); before, only the shape when `size` and `channels`
     say it, and `deferred` says why the rest is not."""
-    call = class_call(name, spec)
+    call = class_call(name, entry)
     manifest = _manifest(raw_dir)
-    if manifest and manifest.get("dataset") == name and manifest.get("spec") == spec:
+    if manifest and manifest.get("dataset") == name and manifest.get("entry") == entry:
         found = {k: manifest.get(k) for k in ("shape", "classes", "n_train", "n_test")}
         if found["classes"] is None:  # it keeps no list of labels or classes: prepare reads every label
             found["deferred"] = f"datasets.{name}: torchvision.datasets.{call.cls.__name__} lists no classes: they are known once it is prepared"
         return found
     shape = None
-    if spec.get("size") is not None and spec.get("channels") is not None:
-        shape = (spec["channels"], *size_pair(spec["size"]))
+    if entry.get("size") is not None and entry.get("channels") is not None:
+        shape = (entry["channels"], *size_pair(entry["size"]))
     return {"shape": shape, "classes": None, "n_train": None if "train" in call.splits else 0, "n_test": None,
             "deferred": f"datasets.{name}: torchvision.datasets.{call.cls.__name__} is known once its files are fetched"}
 
 
-def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
+def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
     verify_manifest(name, manifest)
-    call = class_call(name, spec)
+    call = class_call(name, entry)
     root = Path(manifest["root"]) if manifest.get("root") else None
     try:
         datasets = _construct_splits(name, call, root, download=False)
@@ -320,13 +320,13 @@ def read(name: str, spec: dict, manifest: dict, raw_dir: Path) -> Raw:
     classes = class_names(f"datasets.{name}: {call.call(call.splits[0])}", getattr(first, "classes", None),
                           [s.labels for s in splits.values()])
     origin = {k: manifest[k] for k in ("source", "class", "origin", "root") if k in manifest} | {
-        k: manifest["spec"].get(k) for k in ("kwargs", "splits")}
-    return Raw(splits, classes, spec.get("channels"), origin, manifest_checksums(manifest))
+        k: manifest["entry"].get(k) for k in ("kwargs", "splits")}
+    return Raw(splits, classes, entry.get("channels"), origin, manifest_checksums(manifest))
 
 
-def available(name: str, spec: dict, mirrors: list, download: bool) -> tuple[bool, str]:
+def available(name: str, entry: dict, mirrors: list, download: bool) -> tuple[bool, str]:
     mirrors = [expand(m) for m in mirrors]
-    call = class_call(name, spec)
+    call = class_call(name, entry)
     if not call.takes_root:
         return True, "generated by torchvision"
     for root in _candidates(name, mirrors):
