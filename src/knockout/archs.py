@@ -1,5 +1,6 @@
 """The facts of architectures the workflow plans from, without torch: the five studies' presets,
-a preset with overrides resolved to a full spec, and whether a `weights` value names a file."""
+an arch (a preset name, or a dict: an optional `preset` and overrides, or a `type` and its
+settings) resolved to a full one, and whether a `weights` value names a file."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_spec(arch: str | dict[str, Any]) -> dict[str, Any]:
-    """A preset name, or a dict with an optional `preset` plus overrides -> a full spec dict."""
+def resolve_arch(arch: str | dict[str, Any]) -> dict[str, Any]:
+    """A preset name, or a dict with an optional `preset` plus overrides -> the full arch dict."""
     if isinstance(arch, str):
         arch = {"preset": arch}
     arch = copy.deepcopy(dict(arch))
@@ -56,15 +57,15 @@ def resolve_spec(arch: str | dict[str, Any]) -> dict[str, Any]:
         return arch
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    spec = copy.deepcopy(PRESETS[preset])
-    spec.update(arch)
-    return spec
+    resolved = copy.deepcopy(PRESETS[preset])
+    resolved.update(arch)
+    return resolved
 
 
-def is_weights_file(weights: str, spec: dict | str) -> bool:
+def is_weights_file(weights: str, arch: dict | str) -> bool:
     """Whether `weights` names a state_dict file (knockout's resnet takes only files; for a
     torchvision model a path, or a name with a file suffix, is a file; else a weights name)."""
-    if isinstance(spec, str) or spec.get("type") != "torchvision":
+    if isinstance(arch, str) or arch.get("type") != "torchvision":
         return True
     path = Path(str(weights)).expanduser()
     return "/" in str(weights) or path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.is_file()

@@ -1,6 +1,7 @@
-"""Architectures built from a spec: knockout's own `mlp`, `cnn` and `resnet` (with the five
-studies' presets, parameter counts as the notebooks'), any `torchvision` classification model,
-or the user's own `module` (an import path or a file, returning an `nn.Module`).
+"""Architectures built from an arch (a preset name, or a dict: its `type` and settings):
+knockout's own `mlp`, `cnn` and `resnet` (with the five studies' presets, parameter counts as
+the notebooks'), any `torchvision` classification model, or the user's own `module` (an import
+path or a file, returning an `nn.Module`).
 
 knockout's own are `nn.Sequential`s of named stages (`conv1`, `conv1_act`, `conv1_pool`,
 `flatten`, `fc1`, ...; torchvision's names for ResNets); the others keep their modules' names.
@@ -19,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .archs import PRESETS, is_weights_file, resolve_spec, without_weights  # noqa: F401  (re-exported)
+from .archs import PRESETS, is_weights_file, resolve_arch, without_weights  # noqa: F401  (re-exported)
 from .io import atomic_write
+
+resolve_spec = resolve_arch  # its old name, while studies/factorize.py and studies/architecture.py use it
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -52,34 +55,34 @@ def _pair(k: int | list[int]) -> tuple[int, int]:
     return (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
 
 
-def build_mlp(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+def build_mlp(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """Flatten, then `fc1..fcN` with activations; the last layer has `outputs` (default classes)."""
-    act = spec.get("activation", "relu")
-    dropout = float(spec.get("dropout", 0.0))
+    act = arch.get("activation", "relu")
+    dropout = float(arch.get("dropout", 0.0))
     width = int(torch.tensor(input_shape).prod())
     stages: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
-    widths = list(spec.get("widths", []))
+    widths = list(arch.get("widths", []))
     for i, w in enumerate(widths, start=1):
         stages += [(f"fc{i}", nn.Linear(width, w)), (f"fc{i}_act", _activation(act))]
         if dropout:
             stages.append((f"fc{i}_drop", nn.Dropout(dropout)))
         width = w
-    stages.append((f"fc{len(widths) + 1}", nn.Linear(width, spec.get("outputs") or num_classes)))
+    stages.append((f"fc{len(widths) + 1}", nn.Linear(width, arch.get("outputs") or num_classes)))
     return nn.Sequential(OrderedDict(stages))
 
 
-def build_cnn(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+def build_cnn(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """`conv_i` [+ `_bn`] + `_act` [+ `_pool`] [+ `_drop`] per conv entry, then flatten and dense.
 
     Each `conv` entry may override the network-wide `kernel`, `padding`, `stride`, `pool`,
     `conv_dropout` and `batch_norm`; kernels may be non-square (`[3, 1]`).
     """
-    act = spec.get("activation", "relu")
+    act = arch.get("activation", "relu")
     channels = input_shape[0]
     stages: list[tuple[str, nn.Module]] = []
-    for i, layer in enumerate(spec["conv"], start=1):
+    for i, layer in enumerate(arch["conv"], start=1):
         layer = {"channels": layer} if isinstance(layer, int) else layer
-        get = lambda key, default: layer.get(key, spec.get(key, default))  # noqa: E731
+        get = lambda key, default: layer.get(key, arch.get(key, default))  # noqa: E731
         out = int(layer["channels"])
         bn = bool(get("batch_norm", False))
         name = f"conv{i}"
@@ -106,18 +109,18 @@ def build_cnn(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.
     features = nn.Sequential(OrderedDict(stages))
     with torch.no_grad():
         width = features(torch.zeros(1, *input_shape)).shape[1]
-    dense_dropout = float(spec.get("dense_dropout", 0.0))
-    dense = list(spec.get("dense", []))
+    dense_dropout = float(arch.get("dense_dropout", 0.0))
+    dense = list(arch.get("dense", []))
     for i, w in enumerate(dense, start=1):
         stages += [(f"fc{i}", nn.Linear(width, int(w))), (f"fc{i}_act", _activation(act))]
         if dense_dropout:
             stages.append((f"fc{i}_drop", nn.Dropout(dense_dropout)))
         width = int(w)
-    stages.append((f"fc{len(dense) + 1}", nn.Linear(width, spec.get("outputs") or num_classes)))
+    stages.append((f"fc{len(dense) + 1}", nn.Linear(width, arch.get("outputs") or num_classes)))
     return nn.Sequential(OrderedDict(stages))
 
 
-def build_resnet(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+def build_resnet(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """torchvision resnet18/34/50 as a Sequential with torchvision's layer names.
 
     `small_input` swaps the 7x7/2 stem and max pool for a 3x3/1 conv (CIFAR-sized images).
@@ -126,25 +129,25 @@ def build_resnet(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> 
     """
     import torchvision
 
-    depth = int(spec.get("depth", 18))
+    depth = int(arch.get("depth", 18))
     net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    if spec.get("weights"):
-        state = torch.load(Path(spec["weights"]).expanduser(), weights_only=True, map_location="cpu")
+    if arch.get("weights"):
+        state = torch.load(Path(arch["weights"]).expanduser(), weights_only=True, map_location="cpu")
         net.load_state_dict(state.get("state_dict", state))
-    if input_shape[0] != 3 or spec.get("small_input", False):
-        stride = 1 if spec.get("small_input", False) else 2
-        kernel = 3 if spec.get("small_input", False) else 7
+    if input_shape[0] != 3 or arch.get("small_input", False):
+        stride = 1 if arch.get("small_input", False) else 2
+        kernel = 3 if arch.get("small_input", False) else 7
         net.conv1 = nn.Conv2d(input_shape[0], 64, kernel, stride, kernel // 2, bias=False)
-    if spec.get("small_input", False):
+    if arch.get("small_input", False):
         net.maxpool = nn.Identity()
     if net.fc.out_features != num_classes:
-        net.fc = nn.Linear(net.fc.in_features, spec.get("outputs") or num_classes)
+        net.fc = nn.Linear(net.fc.in_features, arch.get("outputs") or num_classes)
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
     stages = [(n, getattr(net, n)) for n in names] + [("flatten", nn.Flatten()), ("fc", net.fc)]
     return nn.Sequential(OrderedDict(stages))
 
 
-def build_torchvision(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_torchvision(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Any classification builder of torchvision (`torchvision.models.list_models`), by `name`,
     with its keyword arguments. `weights`: a torchvision weights name (`IMAGENET1K_V1`,
     `DEFAULT`; from torch's cache, else downloaded), a local state_dict file, or null (random).
@@ -154,22 +157,22 @@ def build_torchvision(spec: dict, input_shape: tuple[int, ...], num_classes: int
     (`conv1`, `maxpool`) into a 3x3/1 conv without pooling, for 32x32 images."""
     import torchvision
 
-    name = spec.get("name")
+    name = arch.get("name")
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         raise ValueError(f"unknown torchvision classification model {name!r} (e.g. resnet18, vgg11_bn, mobilenet_v3_small, vit_b_16; {len(known)} in all)")
-    kwargs = {k: v for k, v in spec.items() if k not in ("type", "name", "weights", "small_input")}
-    weights = spec.get("weights")
+    kwargs = {k: v for k, v in arch.items() if k not in ("type", "name", "weights", "small_input")}
+    weights = arch.get("weights")
     if weights is None:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    elif is_weights_file(weights, spec):
+    elif is_weights_file(weights, arch):
         state = read_state_dict(Path(weights).expanduser())
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         _fit_head(model, state)
         load_state(model, state, str(weights))
     else:
         model = torchvision.models.get_model(name, weights=_pretrained(name, weights), **kwargs)
-    _adapt_input(model, input_shape[0], bool(spec.get("small_input", False)), name)
+    _adapt_input(model, input_shape[0], bool(arch.get("small_input", False)), name)
     _resize_head(model, num_classes)
     return model
 
@@ -316,15 +319,15 @@ def _adapt_input(model: nn.Module, channels: int, small_input: bool, name: str) 
         model.maxpool = nn.Identity()
 
 
-def build_module(spec: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_module(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The user's own network: `target` is `package.module:callable` (importable) or
     `path/to/file.py:callable` (relative to the working folder); the callable gets `kwargs`, and
     `num_classes`, `in_channels` or `input_shape` when it takes them and they are not given."""
     from .targets import accepted, load_target
 
-    target = str(spec.get("target", ""))
+    target = str(arch.get("target", ""))
     factory = load_target(target)
-    kwargs = dict(spec.get("kwargs") or {})
+    kwargs = dict(arch.get("kwargs") or {})
     takes = accepted(factory)
     for key, value in (("num_classes", num_classes), ("in_channels", input_shape[0]), ("input_shape", tuple(input_shape))):
         if key in takes and key not in kwargs:
@@ -339,13 +342,14 @@ BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "torchvi
 
 
 def build_model(arch: str | dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
-    """Spec (or preset name) + input shape (C, H, W) + class count -> a freshly initialised model."""
-    spec = resolve_spec(arch)
-    kind = spec.get("type")
+    """An arch (a preset name, or a dict) + input shape (C, H, W) + class count -> a freshly
+    initialised model, carrying `.spec`: its arch resolved (`resolve_arch`), input shape, classes."""
+    arch = resolve_arch(arch)
+    kind = arch.get("type")
     if kind not in BUILDERS:
         raise ValueError(f"unknown model type {kind!r}; choose from {sorted(BUILDERS)}")
-    model = BUILDERS[kind](spec, tuple(input_shape), num_classes)
-    model.spec = {"arch": spec, "input_shape": list(input_shape), "num_classes": num_classes}
+    model = BUILDERS[kind](arch, tuple(input_shape), num_classes)
+    model.spec = {"arch": arch, "input_shape": list(input_shape), "num_classes": num_classes}
     return model
 
 

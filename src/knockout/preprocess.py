@@ -63,12 +63,12 @@ def resolve(name: str, model: dict) -> dict:
     the dataset's, known once prepared), geometry ({resize, crop, interpolation}; None: the
     dataset's own size), from (where it came from, in words)}. ConfigError naming
     `models.<name>.preprocess` when it cannot be had."""
-    from .archs import resolve_spec
+    from .archs import resolve_arch
 
     key = f"models.{name}.preprocess"
     given = model.get("preprocess", "auto")
     try:
-        arch = resolve_spec(model["arch"])
+        arch = resolve_arch(model["arch"])
     except ValueError:  # an unknown preset: the architecture's check says so
         arch = {}
     if given == "auto":
