@@ -62,7 +62,7 @@ Models, weights and images
 
 Output: a table with model, layer, units, images, captum_s, ours_s, speedup (captum_s / ours_s),
 the row's arithmetic bound (the multiply-adds of a full forward divided by those a silenced unit
-cannot avoid, ``Graph.unit_bound``), its goal (>= 3x, or >= 10x where the bound is >= 12x) and
+cannot avoid, ``engine.shared.unit_bound``), its goal (>= 3x, or >= 10x where the bound is >= 12x) and
 whether it is met, the largest per-unit accuracy difference, the number of units
 whose accuracy differs, how many units change the accuracy at all and the lowest per-unit
 accuracy (to show the check is not vacuous), and the CPU other processes used while each side
@@ -92,8 +92,9 @@ from torch import nn
 
 from knockout.config import resolve
 from knockout.engine.evaluate import evaluate_conditions
+from knockout.engine.shared import unit_bound
 from knockout.graph import graph_of
-from knockout.studies import silence_point
+from knockout.studies import apply_condition, silence_point
 from knockout.studies import Context, filter_ablation, layer_units
 
 GOAL = 3.0  # every row; and HIGH_GOAL where the arithmetic bound allows HIGH_BOUND or more
@@ -154,9 +155,9 @@ def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: f
     spec = filter_ablation.Spec.from_dict(entry)
     conds = filter_ablation.conditions(spec, context)
     if warmup:
-        evaluate_conditions(conds[:3], context, images, labels, budget_mb=budget_mb, device=device)
+        evaluate_conditions(conds[:3], context, images, labels, budget_mb=budget_mb, device=device, apply=apply_condition)
         return None
-    out = evaluate_conditions(conds, context, images, labels, budget_mb=budget_mb, device=device)
+    out = evaluate_conditions(conds, context, images, labels, budget_mb=budget_mb, device=device, apply=apply_condition)
     labels = labels.cpu()
     counts = torch.tensor([int((out[f"each:{layer}:{u}"].predictions == labels).sum())
                            for u in range(layer_units(model, layer))])
@@ -244,7 +245,7 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
     diff = (ours_counts - captum_counts).abs()
     bad = int((diff > 1).sum())
     ok = ours_intact == intact and bad <= 0.01 * units
-    full, unavoidable = graph_of(model, images[:1].to(device)).unit_bound(layer)
+    full, unavoidable = unit_bound(graph_of(model, images[:1].to(device)), layer)
     bound = full / max(1, unavoidable)
     goal = HIGH_GOAL if bound >= HIGH_BOUND else GOAL
     return {
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             f">= {HIGH_BOUND:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of {len(rows)} rows",
             "bound: the multiply-adds of a full forward / those a silenced-unit condition cannot avoid (one input "
             "channel's share of each linear operation the change reaches, all that depends on those: "
-            "knockout.graph.Graph.unit_bound); Captum runs the full forward per unit",
+            "knockout.engine.shared.unit_bound); Captum runs the full forward per unit",
             "max_abs_diff: largest |acc_ours - acc_captum| over the layer's units; units_differ: units whose "
             "accuracies differ at all; units_changed: units whose removal changes the accuracy (ours)",
             "other_cpu: cores other processes used while captum / ours ran (0.00 = idle machine)",

@@ -367,7 +367,7 @@ def check_conditions(conditions, context, images, labels, args, device, graph=No
                 if not bool((value == 0).all()):
                     zeros.append(f"{c.name}: unit {units[0]} at {point} is not 0 (max |value| {float(value.abs().max()):.3g})")
     try:
-        shared = evaluate_conditions(conditions, context, images, labels, budget_mb=args.budget_mb, device=device)
+        shared = evaluate_conditions(conditions, context, images, labels, budget_mb=args.budget_mb, device=device, apply=apply_condition)
     except Exception as e:
         return reason(e), "; ".join(zeros), effect, None
     problems = [f"{name}: {p}" for name, logits in references.items() if (p := compare_outputs(shared[name], logits, labels))]

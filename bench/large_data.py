@@ -277,7 +277,7 @@ def _calibrated(view: str, n: int, device):
 
 def phase_sweep(s: dict) -> dict:
     from knockout.engine.evaluate import evaluate_conditions
-    from knockout.studies import Condition, Context
+    from knockout.studies import Condition, Context, apply_condition
 
     device = torch.device(s["device"])
     model, test, _ = _calibrated(s["view"], s["n"], device)
@@ -286,9 +286,9 @@ def phase_sweep(s: dict) -> dict:
     conditions = [Condition("baseline", "baseline")] + [Condition(f"each:{s['layer']}:{u}", "each", silence=((s["layer"], (u,)),))
                                                         for u in range(s["units"])]
     context = Context(trained=model)
-    evaluate_conditions(conditions[:2], context, test.subset(range(2)), budget_mb=s["budget_mb"], device=device)  # warm-up
+    evaluate_conditions(conditions[:2], context, test.subset(range(2)), budget_mb=s["budget_mb"], device=device, apply=apply_condition)  # warm-up
     with Timed(device) as t:
-        out = evaluate_conditions(conditions, context, test, budget_mb=s["budget_mb"], device=device)
+        out = evaluate_conditions(conditions, context, test, budget_mb=s["budget_mb"], device=device, apply=apply_condition)
     labels = test.labels.cpu()
     correct = [int((out[c.name].predictions == labels).sum()) for c in conditions[1:]]
     return {"seconds": t.seconds, "images": s["n"] * s["units"], "correct": correct, "intact": int((out["baseline"].predictions == labels).sum())}

@@ -57,7 +57,7 @@ from knockout.config import resolve
 from knockout.data import fetch, open_view, prepare
 from knockout.engine.evaluate import evaluate_conditions
 from knockout.models import build_model, load_model
-from knockout.studies import Context, filter_ablation, layer_units, silence_point
+from knockout.studies import Context, apply_condition, filter_ablation, layer_units, silence_point
 from knockout.train import TrainConfig, train
 
 GOAL = 10.0
@@ -122,7 +122,7 @@ def ours(model, entry, images, labels, args, device) -> dict[str, int]:
     """Correct counts per condition, from one evaluate_conditions call (as the intervene job)."""
     context = Context(trained=model)
     conditions = filter_ablation.conditions(filter_ablation.Spec.from_dict(entry), context)
-    out = evaluate_conditions(conditions, context, images, labels, budget_mb=args.budget_mb, device=device)
+    out = evaluate_conditions(conditions, context, images, labels, budget_mb=args.budget_mb, device=device, apply=apply_condition)
     labels = labels.cpu()
     return {name: int((o.predictions == labels).sum()) for name, o in out.items()}
 

@@ -118,7 +118,7 @@ def test_every_study_on_networks_of_any_shape(name, user_file):
     conditions += [Condition("two", "two", silence=((first, (1,)), (second, (0,))))]
     conditions += [Condition("rerandom", "rerandomize", replace=((second, "rerandom"),)),
                    Condition("transplant", "transplant", base="init", replace=((first, "trained"),))]
-    shared = evaluate_conditions(conditions, ctx, x, y, budget_mb=2, device="cpu")  # a few chunks
+    shared = evaluate_conditions(conditions, ctx, x, y, budget_mb=2, device="cpu", apply=apply_condition)  # a few chunks
     for c in conditions:
         with torch.no_grad():
             reference = apply_condition(c, ctx)(x)
@@ -166,7 +166,7 @@ def test_a_model_that_cannot_be_traced_runs_through_hooks(caplog):
     assert not graph.traced and "forward hooks" in caplog.text and graph.silence_point("conv") == "bn"
     ctx = Context(trained=model, rerandom=randomised(DataDependent(), 1))
     conditions = [Condition("baseline", "baseline"), Condition("u", "u", silence=(("conv", (0, 2)),)), Condition("r", "r", replace=(("fc", "rerandom"),))]
-    shared = evaluate_conditions(conditions, ctx, x, y, budget_mb=1, device="cpu")
+    shared = evaluate_conditions(conditions, ctx, x, y, budget_mb=1, device="cpu", apply=apply_condition)
     for c in conditions:
         with torch.no_grad():
             assert torch.equal(shared[c.name].predictions, apply_condition(c, ctx)(x).argmax(1)), c.name

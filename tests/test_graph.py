@@ -4,6 +4,7 @@ traced module that never writes into a value another node reads."""
 import torch
 from torch import nn
 
+from knockout.engine.shared import spread, unit_bound
 from knockout.graph import fold_batch_norms, graph_of
 from knockout.models import build_model
 
@@ -13,10 +14,10 @@ def test_the_arithmetic_bound_of_a_silenced_unit_is_counted_by_hand():
     graph = graph_of(model, torch.zeros(1, 1, 28, 28))
     conv1, conv2, conv3, fc1, fc2 = 26 * 26 * 32 * 9, 11 * 11 * 64 * 32 * 9, 3 * 3 * 64 * 64 * 9, 576 * 64, 64 * 10
     full = conv1 + conv2 + conv3 + fc1 + fc2
-    assert graph.unit_bound("conv1") == (full, conv2 // 32 + conv3 + fc1 + fc2)  # conv2 sees one of its 32 channels change
-    assert graph.unit_bound("conv2") == (full, conv3 // 64 + fc1 + fc2)
-    assert graph.unit_bound("conv3") == (full, fc1 // 64 + fc2)  # flattened: 9 of fc1's 576 inputs
-    assert graph.unit_bound("fc1") == (full, fc2 // 64)
+    assert unit_bound(graph, "conv1") == (full, conv2 // 32 + conv3 + fc1 + fc2)  # conv2 sees one of its 32 channels change
+    assert unit_bound(graph, "conv2") == (full, conv3 // 64 + fc1 + fc2)
+    assert unit_bound(graph, "conv3") == (full, fc1 // 64 + fc2)  # flattened: 9 of fc1's 576 inputs
+    assert unit_bound(graph, "fc1") == (full, fc2 // 64)
 
 
 def test_an_occluded_window_costs_the_positions_whose_field_it_meets():
@@ -32,10 +33,10 @@ def test_an_occluded_window_costs_the_positions_whose_field_it_meets():
 def test_a_silenced_unit_stays_in_its_channel_through_a_residual_add():
     model = build_model({"type": "torchvision", "name": "resnet18", "small_input": True}, (3, 16, 16), 10).eval()
     graph = graph_of(model, torch.zeros(1, 3, 16, 16))
-    spread = graph.spread("layer2.1.conv2")
-    assert [n.name for n in spread.confined] == ["layer2_1_bn2", "add_3", "layer2_1_relu_1"]  # norm, + identity, ReLU
-    assert {n.target for n in spread.linear} == {"layer3.0.conv1", "layer3.0.downsample.0"}
-    last = graph.spread("layer4.1.conv2")
+    found = spread(graph, "layer2.1.conv2")
+    assert [n.name for n in found.confined] == ["layer2_1_bn2", "add_3", "layer2_1_relu_1"]  # norm, + identity, ReLU
+    assert {n.target for n in found.linear} == {"layer3.0.conv1", "layer3.0.downsample.0"}
+    last = spread(graph, "layer4.1.conv2")
     assert {n.target for n in last.linear} == {"fc"} and [n.op for n in last.changed] == ["output"]
 
 
@@ -98,7 +99,7 @@ def test_a_suffix_that_reads_a_traced_constant_evaluates():
     conditions = [Condition("baseline", "baseline"), Condition("each:conv:1", "each", silence=(("conv", (1,)),)),
                   Condition("rerandomize:conv", "rerandomize", replace=(("conv", "rerandom"),))]
     context = Context(trained=model, rerandom=Scaled().eval())
-    shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu")
+    shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu", apply=apply_condition)
     for c in conditions:
         with torch.no_grad():
             reference = apply_condition(c, context)(x)
@@ -126,7 +127,7 @@ def test_a_silenced_unit_whose_suffix_reads_a_size_evaluates():
     model, x, y = SizedEarly().eval(), torch.randn(5, 3, 8, 8), torch.arange(5)
     conditions = [Condition("baseline", "baseline")] + [Condition(f"each:conv1:{u}", "each", silence=(("conv1", (u,)),)) for u in range(4)]
     context = Context(trained=model)
-    shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu")
+    shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu", apply=apply_condition)
     for c in conditions:
         with torch.no_grad():
             reference = apply_condition(c, context)(x)

@@ -147,7 +147,7 @@ def test_shared_prefix_evaluation_equals_applying_each_condition(arch, shape, la
         sets["each"] = {"select": "each", "layers": [layers[0]]}
     conds = filter_ablation.conditions(fa_spec(layers, sets), ctx)
     conds += layer_swap.conditions(study_spec("layer_swap", layers=layers, modes=["reinit", "transplant"]), ctx)[1:]
-    out = evaluate_conditions(conds, ctx, x, y, budget_mb=2, device="cpu")  # a tight budget: several chunks
+    out = evaluate_conditions(conds, ctx, x, y, budget_mb=2, device="cpu", apply=apply_condition)  # a tight budget: several chunks
     for c in conds:
         with torch.no_grad():
             logits = apply_condition(c, ctx)(x)

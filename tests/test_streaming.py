@@ -71,7 +71,7 @@ def test_a_streamed_study_gives_the_in_memory_tables(view):
     from knockout.engine.evaluate import evaluate_conditions
     from knockout.tables import condition_tables
     from knockout.models import build_model
-    from knockout.studies import Context, filter_ablation
+    from knockout.studies import Context, apply_condition, filter_ablation
     from specs import study_spec
 
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_a_streamed_study_gives_the_in_memory_tables(view):
     tables = []
     for resident_mb in (0, 100):
         meta, (_, test) = splits(view, resident_mb)
-        out = evaluate_conditions(conditions, context, test, budget_mb=0.05, device="cpu")  # a tight budget: many chunks
+        out = evaluate_conditions(conditions, context, test, budget_mb=0.05, device="cpu", apply=apply_condition)  # a tight budget: many chunks
         tables.append(condition_tables(conditions, out, test.labels, meta["classes"], test.indices))
     for name in tables[0]:
         pd.testing.assert_frame_equal(tables[0][name], tables[1][name])

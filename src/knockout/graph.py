@@ -170,31 +170,19 @@ def _inside_attention(model: nn.Module, name: str) -> bool:
     return leaf == "out_proj" and isinstance(model.get_submodule(head) if head else model, nn.MultiheadAttention)
 
 
-@dataclass
-class Spread:
-    """How silencing units of one layer changes the network (`Graph.spread`).
+@dataclass(frozen=True)
+class NodeInfo:
+    """One example's value of a traced node (`Graph.info`): the shape and sizes leave out the
+    batch dim, found by running batches of 2 and 3."""
 
-    source: its silence point; confined: the nodes whose change stays in the units' channels,
-    each (op, unit dim, channel offset, width: features per unit after flattening, else 1);
-    linear: the linear operations the change first reaches, each (kind, channels it reads);
-    changed: the nodes that change everywhere, in order (ending with the output), run by
-    `suffix` from `inputs`: linear, confined and unchanged nodes' values."""
+    tensor: bool  # False: a shape, a size, a tuple
+    batch_dim: int | None
+    nbytes: int
+    numel: int
+    shape: tuple
 
-    layer: str
-    source: fx.Node
-    dim: int
-    confined: dict
-    linear: dict
-    changed: list
-    run: tuple  # (inputs, suffix)
 
-    @property
-    def inputs(self) -> list[fx.Node]:
-        return self.run[0]
-
-    @property
-    def suffix(self) -> fx.GraphModule:
-        return self.run[1]
+NO_VALUE = NodeInfo(False, None, 0, 0, ())
 
 
 @dataclass
@@ -220,7 +208,7 @@ class Graph:
     norms: dict[str, str] = field(default_factory=dict)  # untraced: layer -> the norm reading it
     example: torch.Tensor | None = field(default=None, repr=False)  # one input, for probing
     _cuts: dict = field(default_factory=dict, repr=False)
-    _spreads: dict = field(default_factory=dict, repr=False)
+    memo: dict = field(default_factory=dict, repr=False)  # what the engines derive from it, by key
 
     @property
     def traced(self) -> bool:
@@ -264,7 +252,7 @@ class Graph:
     def _field(self, node: fx.Node, fields: dict) -> RF | None:
         if node.op == "placeholder":
             return RF((1, 1), (1, 1), (0.0, 0.0))
-        spatial = [fields.get(a) for a in node.all_input_nodes if a in self._input_dependent and self._is_tensor_node(a)]
+        spatial = [fields.get(a) for a in node.all_input_nodes if a in self.dependent and self._is_tensor_node(a)]
         if node.op == "call_module":
             module = self.module.get_submodule(node.target)
             params = spatial_params(module)
@@ -281,7 +269,7 @@ class Graph:
 
     def _is_tensor_node(self, node: fx.Node) -> bool:
         """Whether `node`'s value is a tensor (not a shape or a size): known once probed."""
-        return self.example is None or self._info[node][0]
+        return self.example is None or self.info(node).tensor
 
     # --- silence points -----------------------------------------------------------------------
 
@@ -309,12 +297,12 @@ class Graph:
         node = nodes[0]
         while len(node.users) == 1:
             user = next(iter(node.users))
-            if not self._zero_preserving(user, node):
+            if not self.zero_preserving(user, node):
                 break
             node = user
         return node
 
-    def _flattens(self, node: fx.Node, source: fx.Node) -> bool:
+    def flattens(self, node: fx.Node, source: fx.Node) -> bool:
         """nn.Flatten(), torch.flatten(x, 1) or x.flatten(1): the map of each example as one vector."""
         if not node.args or node.args[0] is not source:
             return False
@@ -339,7 +327,7 @@ class Graph:
                 return user
         return node
 
-    def _zero_preserving(self, node: fx.Node, source: fx.Node) -> bool:
+    def zero_preserving(self, node: fx.Node, source: fx.Node) -> bool:
         if not node.args or node.args[0] is not source or any(isinstance(a, fx.Node) for a in node.args[1:]):
             return False
         if node.op == "call_module":
@@ -360,37 +348,46 @@ class Graph:
         return self._cuts[index]
 
     @cached_property
-    def _info(self) -> dict[fx.Node, tuple]:
-        """Per node: (is a tensor, batch dim or None, bytes per example), from two example
-        batches (2 and 3 images) pushed through the traced module."""
+    def _probed(self) -> dict[fx.Node, NodeInfo]:
         return _probe(self)
 
+    def info(self, node: fx.Node) -> NodeInfo:
+        """What one example's value of `node` is (tensor or not, batch dim, bytes, elements,
+        shape), from two example batches (2 and 3 images) pushed through the traced module."""
+        return self._probed.get(node, NO_VALUE)
+
     def _split(self, index: int) -> Cut:
-        dependent = self._input_dependent
-        needed: dict[fx.Node, None] = {}  # live tensors, in order
-        pulled: set[fx.Node] = set()  # nodes before the cut recomputed in the suffix (shapes, constants)
+        live, suffix, stackable = self.split(set(self.nodes[index:]))
+        return Cut(index, live, suffix, stackable)
+
+    def split(self, run: set[fx.Node]) -> tuple[list[fx.Node], fx.GraphModule, bool]:
+        """(live, suffix, stackable): the nodes `run` as a module of the input-dependent tensors
+        they read from outside (`live`, in graph order); parameters, constants and shapes they
+        read are recomputed inside it (cheap, and free of the batch). `stackable`: every live
+        tensor has the batch on dim 0."""
+        needed: dict[fx.Node, None] = {}
+        pulled: set[fx.Node] = set()
 
         def need(node: fx.Node) -> None:
-            if self.position[node] >= index or node in pulled or node in needed:
+            if (node in run and node.op != "placeholder") or node in pulled or node in needed:
                 return
-            if node in dependent and self._info[node][0]:
+            if node in self.dependent and self.info(node).tensor or node.op == "placeholder":
                 needed[node] = None
                 return
-            pulled.add(node)  # a parameter, a constant or a shape: cheap, and batch-free
+            pulled.add(node)
             for arg in node.all_input_nodes:
                 need(arg)
 
-        for node in self.nodes[index:]:
+        for node in run:
             for arg in node.all_input_nodes:
                 need(arg)
         live = sorted(needed, key=self.position.get)
-        body = [n for n in self.nodes if n.op != "placeholder" and (self.position[n] >= index or n in pulled)]
-        suffix = self._module(live, body)
-        stackable = all(self._info[n][1] == 0 for n in live)
-        return Cut(index, live, suffix, stackable)
+        body = [n for n in self.nodes if n.op != "placeholder" and (n in run or n in pulled)]
+        return live, self.subgraph(live, body), all(self.info(n).batch_dim == 0 for n in live)
 
     @cached_property
-    def _input_dependent(self) -> set[fx.Node]:
+    def dependent(self) -> set[fx.Node]:
+        """The nodes whose value depends on the input."""
         out = set()
         for node in self.nodes:
             if node.op == "placeholder" or any(a in out for a in node.all_input_nodes):
@@ -407,9 +404,9 @@ class Graph:
             if node not in wanted:
                 wanted.add(node)
                 todo += node.all_input_nodes
-        return self._module([], [n for n in self.nodes if n in wanted], result=tuple(nodes))
+        return self.subgraph([], [n for n in self.nodes if n in wanted], result=tuple(nodes))
 
-    def _module(self, inputs: list[fx.Node], body: list[fx.Node], result=None) -> fx.GraphModule:
+    def subgraph(self, inputs: list[fx.Node], body: list[fx.Node], result=None) -> fx.GraphModule:
         """`body` (nodes of this graph, in order) copied into a module taking `inputs` as its
         arguments and returning `result` (a node or a tuple of them; else body's own output)."""
         graph = fx.Graph()
@@ -428,7 +425,7 @@ class Graph:
         if node.op != "call_module":
             return 0
         module = self.module.get_submodule(node.target)
-        outputs = self._info.get(node, (0, 0, 0, 0, ()))[3]
+        outputs = self.info(node).numel
         if isinstance(module, CONVS):
             return outputs * (module.in_channels // module.groups) * math.prod(module.kernel_size)
         if isinstance(module, nn.Linear):
@@ -449,20 +446,6 @@ class Graph:
                 todo += list(n.users)
         return out
 
-    def unit_bound(self, layer: str) -> tuple[int, int]:
-        """(full, unavoidable): the multiply-adds of one example's forward, and those a
-        condition silencing one unit of `layer` cannot avoid (see `spread`): one input
-        channel's share of each linear operation the change first reaches, and all of what
-        depends on those operations."""
-        full = self.forward_macs
-        spread = self.spread(layer)
-        if spread is None:
-            return full, sum(self.macs(n) for n in self.descendants(self.mask_node(layer)))
-        unavoidable = sum(self.macs(n) for n in spread.changed)
-        for node in spread.linear:
-            unavoidable += self.macs(node) // max(1, spread.linear[node][1])
-        return full, unavoidable
-
     def window_macs(self, rects: torch.Tensor) -> int:
         """Multiply-adds that occluding the input rectangles `rects` (P, 4: rows r0..r1-1, cols
         c0..c1-1), one forward each, cannot avoid: of each conv, the output positions whose
@@ -475,7 +458,7 @@ class Graph:
         for node in self.nodes:
             fields[node] = self._field(node, fields)
             macs = self.macs(node)
-            field, shape = fields[node], self._info.get(node, (0, 0, 0, 0, ()))[4]
+            field, shape = fields[node], self.info(node).shape
             if not macs:
                 continue
             if field is None or len(shape) != 3:
@@ -490,114 +473,11 @@ class Graph:
             total += macs * float(share.sum())
         return int(total)
 
-    def spread(self, layer: str) -> Spread | None:
-        """How silencing units of `layer` spreads through the network (cached): from its silence
-        point, whose units become 0, through per-channel operations that keep the change in
-        those units' channels (normalisation, activations, pooling, dropout, adds and products
-        with unchanged tensors, concatenation, flattening), to the linear operations it first
-        reaches (convolutions, linear layers), whose outputs change everywhere, as does all that
-        depends on them. None when the layer's silence point is called more than once."""
-        if layer not in self._spreads:
-            self._spreads[layer] = self._spread(layer)
-        return self._spreads[layer]
-
-    def _spread(self, layer: str) -> Spread | None:
-        points = self.module_nodes(self.silence_point(layer))
-        if len(points) != 1:
-            return None
-        source = points[0]
-        dim = 1 if self.units[layer].kind == "conv" else -1
-        confined: dict[fx.Node, tuple] = {source: ("source", dim, 0, 1)}  # node -> (op, dim, offset, per-unit width)
-        linear: dict[fx.Node, tuple] = {}  # node -> (kind, channels it reads: the share one unit costs)
-        changed: list[fx.Node] = []
-        for node in self.nodes[self.position[source] + 1 :]:
-            inputs = node.all_input_nodes
-            if any(n in linear or n in changed for n in inputs):
-                changed.append(node)
-                continue
-            read = [n for n in inputs if n in confined]
-            if not read:
-                continue
-            entry = self._confinable(node, read[0], confined) if len(read) == 1 else None
-            reader = self._linear_reader(node, read[0], confined) if len(read) == 1 and entry is None else None
-            if entry is not None:
-                confined[node] = entry
-            elif reader is not None:
-                linear[node] = reader
-            else:
-                changed.append(node)
-        if not linear and not changed:
-            return None
-        return Spread(layer, source, dim, confined, linear, changed, self._spread_suffix(changed))
-
-    def _confinable(self, node: fx.Node, source: fx.Node, confined: dict):
-        """(op, dim, offset, width) when `node` keeps a change of `source`'s units in their
-        channels (reading them once, as its first argument or an operand), else None."""
-        _, dim, offset, width = confined[source]
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        if dim == 1 and self._flattens(node, source):  # nn.Flatten, torch.flatten or .flatten from dim 1
-            return ("flatten", 1, offset, None)
-        if node.op == "call_module":
-            module = self.module.get_submodule(node.target)
-            if not node.args or node.args[0] is not source or len(node.all_input_nodes) != 1:
-                return None
-            if isinstance(module, NORMS) and dim == 1 and width == 1:
-                return ("norm", dim, offset, width)
-            if isinstance(module, (ELEMENTWISE, ZERO_PRESERVING_MODULES)) and width == 1:
-                return ("module", dim, offset, width)
-            return None
-        if node.op == "call_function" and node.target is torch.cat and width == 1:
-            tensors, cat_dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            if cat_dim not in (dim, dim % 4 if dim < 0 else dim) or cat_dim != 1 or [t is source for t in tensors].count(True) != 1:
-                return None
-            before = tensors[: [t is source for t in tensors].index(True)]
-            shift = sum(self._info[t][4][0] for t in before)
-            return ("cat", dim, offset + shift, width)
-        functions = (ELEMENTWISE_FUNCTIONS | ZERO_PRESERVING_FUNCTIONS) - {torch.cat}
-        if (node.op == "call_function" and node.target in functions) or (node.op == "call_method" and node.target in ELEMENTWISE_METHODS):
-            if width == 1 and args.count(source) == 1 and all(a is source or a not in confined for a in args):
-                return ("function", dim, offset, width)
-        return None
-
-    def _linear_reader(self, node: fx.Node, source: fx.Node, confined: dict):
-        """(kind, channels) when `node` is a linear operation reading `source` alone."""
-        if node.op != "call_module" or not node.args or node.args[0] is not source or len(node.all_input_nodes) != 1:
-            return None
-        module = self.module.get_submodule(node.target)
-        op, dim, _, width = confined[source]
-        if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and dim == 1 and width == 1:
-            return ("conv", module.in_channels)
-        if isinstance(module, nn.Linear) and op == "flatten":
-            return ("flat", self._info[source][4][0] // max(1, self._flat_width(source)))
-        if isinstance(module, nn.Linear) and dim == -1:
-            return ("linear", module.in_features)
-        if isinstance(module, nn.Linear) and dim == 1 and len(self._info[source][4]) == 1:  # (B, F): a Linear's units
-            return ("linear", module.in_features)
-        return None
-
-    def _flat_width(self, node: fx.Node) -> int:
-        """Features per unit after flattening a (C, H, W) map: H x W."""
-        source = node.args[0]
-        shape = self._info[source][4]
-        return math.prod(shape[1:]) if len(shape) > 1 else 1
-
-    def _spread_suffix(self, changed: list[fx.Node]) -> tuple[list[fx.Node], fx.GraphModule]:
-        """(inputs, module): the changed nodes as a module of their outside inputs (in order)."""
-        inside = set(changed)
-        inputs: dict[fx.Node, None] = {}
-        constants: dict[fx.Node, None] = {}  # parameters and traced constants: read in the module
-        for node in changed:
-            for arg in node.all_input_nodes:
-                if arg not in inside:
-                    (constants if arg.op == "get_attr" else inputs)[arg] = None
-        result = changed[-1] if changed and changed[-1].op != "output" else None
-        return list(inputs), self._module(list(inputs), [*constants, *changed], result)
-
     def bytes_per_example(self, index: int) -> int:
         """Bytes one example needs running the suffix from `index`: its live tensors and the
         largest two node outputs after the cut (an op's input and output)."""
-        live = sum(self._info[n][2] for n in self.cut(index).live)
-        after = sorted((self._info[n][2] for n in self.nodes[index:] if n in self._info), reverse=True)
+        live = sum(self.info(n).nbytes for n in self.cut(index).live)
+        after = sorted((self.info(n).nbytes for n in self.nodes[index:] if self.info(n).tensor), reverse=True)
         return live + sum(after[:2])
 
 
@@ -687,7 +567,7 @@ def _functional(module: fx.GraphModule) -> None:
     module.recompile()
 
 
-def _probe(graph: Graph) -> dict[fx.Node, tuple]:
+def _probe(graph: Graph) -> dict[fx.Node, NodeInfo]:
     """Run the traced module on 2 and then 3 copies of the example input, recording each node's
     output: whether it is a tensor, which dim is the batch, and its bytes per example."""
     if graph.example is None:
@@ -706,9 +586,10 @@ def _probe(graph: Graph) -> dict[fx.Node, tuple]:
             dims = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
             batch = dims[0] if len(dims) == 1 and b.shape[dims[0]] * 2 == a.shape[dims[0]] * 3 else None
             shape = tuple(n for d, n in enumerate(b.shape) if d != batch)
-            info[node] = (True, batch, (b.numel() - a.numel()) * a.element_size(), b.numel() - a.numel(), shape)
+            numel = b.numel() - a.numel()
+            info[node] = NodeInfo(True, batch, numel * a.element_size(), numel, shape)
         else:
-            info[node] = (False, None, 0, 0, ())
+            info[node] = NO_VALUE
     return info
 
 

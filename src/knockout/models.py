@@ -464,21 +464,3 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     out = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
     out.append(f"Total params: {count_parameters(model):,}  ({len(graph.units)} addressable layers; {traced})")
     return "\n".join(out)
-
-
-def chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model as the flat list of modules it runs in order: nested `nn.Sequential`s are opened
-    (a ResNet's `layer3` becomes `layer3.0`, `layer3.1`), anything else (a residual block) is kept
-    whole. Running the list in order is the model's forward."""
-    out: list[tuple[str, nn.Module]] = []
-
-    def walk(prefix: str, module: nn.Module) -> None:
-        for name, child in module.named_children():
-            full = f"{prefix}{name}"
-            if isinstance(child, nn.Sequential):
-                walk(full + ".", child)
-            else:
-                out.append((full, child))
-
-    walk("", model)
-    return out

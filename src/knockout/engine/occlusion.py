@@ -15,42 +15,27 @@ square of the image is covered with a fill value.
     no window covers it (a window larger than the image, or stride > w, which Captum refuses).
 
 Every distinct occluded image is evaluated once: a Captum window with top-left (a, b) is the
-centred window at (a + w//2, b + w//2). The forwards reuse the original image's activations:
-the occluded pixels change only a patch of each early feature map (the footprint grows with
-each conv or pool), so up to the layer where that patch covers the whole map only the patch is
-recomputed, on a crop of the original activations with the previous patch pasted in. The rest
-of the network runs on whole maps, many (image, window position) rows per forward.
+centred window at (a + w//2, b + w//2). The forwards reuse the original image's activations on
+the traced graph (`engine.shared.footprint`): the occluded pixels change only a patch of each
+early feature map (the footprint grows with each conv or pool as its receptive field says), so
+up to where that patch covers the whole map only the patch is recomputed, on a crop of the
+original activations with the previous patch pasted in. The rest of the network runs on whole
+maps, many (image, window position) rows per forward. A network that cannot be traced runs every
+occluded image whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..graph import ELEMENTWISE, fold_batch_norms, logits_of, spatial_params
-from ..models import chain
-
-
-def residual_blocks() -> tuple[type, ...]:
-    """torchvision's ResNet blocks (imported lazily: torchvision is slow to import)."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    return BasicBlock, Bottleneck
-
-
-def main_path(block: nn.Module) -> list[tuple[str, nn.Module]]:
-    """A residual block's main path in forward order, by name (conv1, bn1, relu, conv2, ...),
-    without the final activation that follows the addition."""
-    names = ["conv1", "bn1", "relu", "conv2", "bn2"]
-    if hasattr(block, "conv3"):  # Bottleneck
-        names += ["relu", "conv3", "bn3"]
-    return [(n, getattr(block, n)) for n in names]
+from ..graph import fold_batch_norms, graph_of, logits_of
+from .shared import footprint_forward, footprints, footprint_stores, row_bytes, store_bytes
 
 SUMMARY_COLUMNS = ["image", "label", "window", "baseline_prob", "min_prob", "argmin_y", "argmin_x",
                    "changed_area", "takeover_class"]
@@ -105,284 +90,6 @@ def window_positions(H: int, W: int, w: int, stride: int) -> Positions:
     grid = ids(as_lists(g_rows), as_lists(g_cols))
     rects = torch.tensor(list(index), dtype=torch.long).reshape(-1, 4)
     return Positions(rects, centred, grid, torch.stack(g_rows), torch.stack(g_cols))
-
-
-# --------------------------------------------------------------------------- patch geometry
-
-
-@dataclass(frozen=True)
-class Region:
-    """A patch of an (H, W) feature map per occlusion position: rows y..y+h-1, cols x..x+w-1
-    (y, x: (P,) long; h, w the same for every position so patches batch together)."""
-
-    y: torch.Tensor
-    x: torch.Tensor
-    h: int
-    w: int
-    H: int
-    W: int
-
-    @property
-    def full(self) -> bool:
-        return self.h == self.H and self.w == self.W
-
-
-def _floor_div(a: torch.Tensor, b: int) -> torch.Tensor:
-    return torch.div(a, b, rounding_mode="floor")
-
-
-def _affected(lo: torch.Tensor, size: int, k: int, s: int, p: int, d: int, n_out: int) -> tuple[torch.Tensor, int]:
-    """Output rows a k/s/p/d conv or pool computes from input rows lo..lo+size-1: first row
-    (P,) and a common length, shifted back inside 0..n_out-1 so every patch has that length."""
-    first = (-_floor_div(-(lo + p - (k - 1) * d), s)).clamp(min=0)  # ceil division
-    last = (_floor_div(lo + size - 1 + p, s)).clamp(max=n_out - 1)
-    length = min(n_out, max(1, int((last - first + 1).max())) if len(lo) else 1)
-    return first.clamp(max=n_out - length), length
-
-
-def _out_len(n: int, k: int, s: int, p: int, d: int) -> int:
-    return (n + 2 * p - (k - 1) * d - 1) // s + 1
-
-
-# --------------------------------------------------------------------------- local operations
-
-
-class _Pointwise:
-    """An elementwise module: patches pass through it unchanged in position."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def prepare(self, a: torch.Tensor):
-        return self.module(a), None
-
-    def plan(self, region: Region, forced: Region | None = None):
-        return region, None
-
-    def patch(self, store, sub, x: torch.Tensor, rin: Region, rout: Region, sel, img) -> torch.Tensor:
-        return self.module(x)
-
-
-class _Spatial:
-    """A conv or pool run on crops with no padding: the crop is cut from the original map,
-    padded once with the op's padding value, and the input patch is pasted over it."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], params, pad_value: float):
-        self.fn = fn
-        (self.k, self.s, self.p, self.d), self.pad_value = params, pad_value
-
-    def prepare(self, a: torch.Tensor):
-        """a (N, C, H, W) -> (output, store): the padded map kept channels-last (N, Hp, Wp, C)."""
-        ph, pw = self.p
-        store = F.pad(a, (pw, pw, ph, ph), value=self.pad_value).permute(0, 2, 3, 1).contiguous()
-        return self.fn(store.permute(0, 3, 1, 2)), store
-
-    def plan(self, region: Region, forced: Region | None = None):
-        H = _out_len(region.H, self.k[0], self.s[0], self.p[0], self.d[0])
-        W = _out_len(region.W, self.k[1], self.s[1], self.p[1], self.d[1])
-        if forced is not None:  # a residual shortcut: computed where the main path is
-            assert (forced.H, forced.W) == (H, W), "shortcut and main path disagree on the map size"
-            return forced, None
-        y, h = _affected(region.y, region.h, self.k[0], self.s[0], self.p[0], self.d[0], H)
-        x, w = _affected(region.x, region.w, self.k[1], self.s[1], self.p[1], self.d[1], W)
-        return Region(y, x, h, w, H, W), None
-
-    def patch(self, store, sub, x: torch.Tensor, rin: Region, rout: Region, sel, img) -> torch.Tensor:
-        """x (B, C, rin.h, rin.w) at rin[sel] -> (B, C', rout.h, rout.w) at rout[sel]."""
-        dev = sel.device
-        ch = (rout.h - 1) * self.s[0] + (self.k[0] - 1) * self.d[0] + 1
-        cw = (rout.w - 1) * self.s[1] + (self.k[1] - 1) * self.d[1] + 1
-        top, left = rout.y[sel] * self.s[0], rout.x[sel] * self.s[1]  # crop origin, padded map
-        rows = top[:, None] + torch.arange(ch, device=dev)
-        cols = left[:, None] + torch.arange(cw, device=dev)
-        crop = store[img[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, ch, cw, C)
-        u = (rin.y[sel] + self.p[0] - top)[:, None] + torch.arange(rin.h, device=dev)  # patch rows in the crop
-        v = (rin.x[sel] + self.p[1] - left)[:, None] + torch.arange(rin.w, device=dev)
-        b = torch.arange(len(sel), device=dev)[:, None, None]
-        xp = x.permute(0, 2, 3, 1)
-        if bool((u >= 0).all() & (u < ch).all() & (v >= 0).all() & (v < cw).all()):
-            crop[b, u[:, :, None], v[:, None, :]] = xp  # the patch lies inside the crop: paste it
-        else:  # part of the patch is not read (a stride skips it, a pool drops it): keep what is
-            keep = ((u >= 0) & (u < ch))[:, :, None] & ((v >= 0) & (v < cw))[:, None, :]
-            bb, uu, vv = (t.expand_as(keep)[keep] for t in (b, u[:, :, None], v[:, None, :]))
-            crop[bb, uu, vv] = xp[keep]
-        return self.fn(crop.permute(0, 3, 1, 2))
-
-
-class _Identity(_Spatial):
-    """A residual block's plain shortcut: a 1x1 crop of its input."""
-
-    def __init__(self):
-        super().__init__(lambda t: t, ((1, 1), (1, 1), (0, 0), (1, 1)), 0.0)
-
-
-class _Block:
-    """A torchvision BasicBlock/Bottleneck: main path and shortcut patched separately, the
-    shortcut computed over the main path's (larger) patch, then added and activated."""
-
-    def __init__(self, block: nn.Module, main: list, shortcut: list):
-        self.block, self.main, self.shortcut = block, main, shortcut
-
-    def prepare(self, a: torch.Tensor):
-        stores, x = [], a
-        for op in self.main:
-            x, st = op.prepare(x)
-            stores.append(st)
-        s = a
-        for op in self.shortcut:
-            s, st = op.prepare(s)
-            stores.append(st)
-        return self.block.relu(x + s), stores
-
-    def plan(self, region: Region, forced: Region | None = None):
-        regions = [region]
-        for op in self.main:
-            regions.append(op.plan(regions[-1])[0])
-        out = regions[-1]
-        shortcut = [region]
-        for i, op in enumerate(self.shortcut):
-            shortcut.append(op.plan(shortcut[-1], forced=out if i == 0 else None)[0])
-        return out, (regions, shortcut)
-
-    def patch(self, stores, sub, x: torch.Tensor, rin: Region, rout: Region, sel, img) -> torch.Tensor:
-        regions, shortcut = sub
-        m = x
-        for i, op in enumerate(self.main):
-            m = op.patch(stores[i], None, m, regions[i], regions[i + 1], sel, img)
-        s = x
-        for j, op in enumerate(self.shortcut):
-            s = op.patch(stores[len(self.main) + j], None, s, shortcut[j], shortcut[j + 1], sel, img)
-        return self.block.relu(m + s)
-
-
-def _local_op(module: nn.Module):
-    """The patch-wise version of a module, or None when it is not local (flatten, linear, an
-    unknown module): the network is run on whole maps from there on."""
-    if isinstance(module, ELEMENTWISE):
-        return _Pointwise(module)
-    params = spatial_params(module)
-    if params is not None:
-        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
-            fn = lambda t, m=module: F.conv2d(t, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)  # noqa: E731
-            return _Spatial(fn, params, 0.0)
-        if isinstance(module, nn.MaxPool2d) and not module.ceil_mode:
-            k, s, _, d = params
-            return _Spatial(lambda t: F.max_pool2d(t, k, s, 0, d), params, float("-inf"))
-        if isinstance(module, nn.AvgPool2d) and not module.ceil_mode and (
-            module.count_include_pad or params[2] == (0, 0)
-        ):
-            k, s, _, _ = params
-            div = module.divisor_override
-            return _Spatial(lambda t: F.avg_pool2d(t, k, s, 0, False, True, div), params, 0.0)
-        return None
-    if isinstance(module, residual_blocks()):
-        main = [_local_op(m) for _, m in main_path(module)]
-        short = [_local_op(m) for m in (module.downsample or [])] or [_Identity()]
-        if any(op is None for op in main + short) or not isinstance(short[0], _Spatial):
-            return None
-        return _Block(module, main, short)
-    return None
-
-
-# --------------------------------------------------------------------------- the engine
-
-
-class _Engine:
-    """The model split into a local prefix (`ops`, run on patches) and the rest (run on whole
-    maps). With reuse=False, or a model that is not a Sequential, the prefix is empty."""
-
-    def __init__(self, model: nn.Module, reuse: bool = True):
-        self.ops: list = []
-        self.modules: list[nn.Module] = [model]
-        if reuse and isinstance(model, nn.Sequential):
-            self.modules = [m for _, m in chain(model)]
-            for module in self.modules:
-                op = _local_op(module)
-                if op is None:
-                    break
-                self.ops.append(op)
-
-    def plan(self, rects: torch.Tensor, H: int, W: int) -> tuple[list[Region], list]:
-        """Patch regions for the occlusions `rects` (P, 4): the input patch (the window, shifted
-        inside the image), then one region per local op, stopping at the first that covers its
-        whole map or at the end of the prefix. len(subs) ops are then run on patches."""
-        h = min(int((rects[:, 1] - rects[:, 0]).max()), H)
-        w = min(int((rects[:, 3] - rects[:, 2]).max()), W)
-        regions = [Region(rects[:, 0].clamp(max=H - h), rects[:, 2].clamp(max=W - w), h, w, H, W)]
-        subs = []
-        for op in self.ops:
-            if regions[-1].full:
-                break
-            region, sub = op.plan(regions[-1])
-            regions.append(region)
-            subs.append(sub)
-        return regions, subs
-
-    def prepare(self, images: torch.Tensor, cut: int, keep: set[int]) -> tuple[list, dict[int, torch.Tensor]]:
-        """The original activations the first `cut` ops read, and the maps after i ops for i in
-        `keep` (cloned: an in-place module further on must not write into them)."""
-        stores, maps, x = [], {}, images
-        for i, op in enumerate(self.ops[:cut]):
-            if i in keep:
-                maps[i] = x.clone()
-            x, st = op.prepare(x)
-            stores.append(st)
-        if cut in keep:
-            maps[cut] = x.clone()
-        return stores, maps
-
-    def forward(self, images, rects, plan, stores, after, sel, img, fill) -> torch.Tensor:
-        """Logits (B, classes) of images[img] occluded by rects[sel] (B rows); `after` is the
-        original map where the patches end (unused when they end covering it)."""
-        regions, subs = plan
-        r0, dev = regions[0], sel.device
-        rows = r0.y[sel][:, None] + torch.arange(r0.h, device=dev)
-        cols = r0.x[sel][:, None] + torch.arange(r0.w, device=dev)
-        rect = rects[sel]
-        inside = (((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None]
-                  & ((cols >= rect[:, 2:3]) & (cols < rect[:, 3:4]))[:, None, :])
-        crop = images.permute(0, 2, 3, 1)[img[:, None, None], rows[:, :, None], cols[:, None, :]]
-        x = torch.where(inside[..., None], fill, crop).permute(0, 3, 1, 2)  # (B, C, h, w)
-        for i, sub in enumerate(subs):
-            x = self.ops[i].patch(stores[i], sub, x, regions[i], regions[i + 1], sel, img)
-        last = regions[len(subs)]
-        if not last.full:  # paste the patch into the original map
-            full = after[img].clone()
-            rows = last.y[sel][:, None] + torch.arange(last.h, device=dev)
-            cols = last.x[sel][:, None] + torch.arange(last.w, device=dev)
-            b = torch.arange(len(sel), device=dev)[:, None, None]
-            full.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]] = x.permute(0, 2, 3, 1)
-            x = full
-        if self.ops and x.dim() == 4:  # whole maps from here: channels-last, where oneDNN is fastest
-            x = x.contiguous(memory_format=torch.channels_last)
-        for module in self.modules[len(subs) :]:
-            x = module(x)
-        return logits_of(x)
-
-
-def _largest_row(engine: _Engine, images, rects, plan, stores, after, fill) -> int:
-    """Elements of the largest activation one row (one image, one position) creates: the
-    input, the map the patches are pasted into, and every leaf module's output."""
-    one = torch.zeros(1, dtype=torch.long, device=images.device)
-    sizes = [images[0].numel(), after[0].numel()]
-    hook = lambda m, i, o: sizes.append(o.numel() if isinstance(o, torch.Tensor) else 0)  # noqa: E731
-    leaves = [m for mod in engine.modules for m in mod.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        engine.forward(images, rects, plan, stores, after, one, one, fill)
-    finally:
-        for h in handles:
-            h.remove()
-    return max(sizes)
-
-
-def _bytes(tensors) -> int:
-    """Bytes of the tensors in a (nested) list."""
-    if isinstance(tensors, torch.Tensor):
-        return tensors.numel() * tensors.element_size()
-    if isinstance(tensors, (list, tuple, dict)):
-        return sum(_bytes(t) for t in (tensors.values() if isinstance(tensors, dict) else tensors))
-    return 0
 
 
 # --------------------------------------------------------------------------- public API
@@ -463,35 +170,42 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
     y = labels.to(device, torch.long)
     N, C, H, W = x.shape
     fill_v = _fill_vector(fill, C, dtype, device)
-    if reuse:  # for speed: batch norms folded into their convolutions, maps in channels-last memory
-        model = fold_batch_norms(model)
-    engine = _Engine(model, reuse)
     positions = [window_positions(H, W, w, stride) for w in windows]
     rects = [p.rects.to(device) for p in positions]
-    plans = [engine.plan(r, H, W) for r in rects]
-    cuts = [len(subs) for _, subs in plans]  # ops run on patches, per window
-    cut, keep = max(cuts), set(cuts)
-    stores1, maps1 = engine.prepare(x[:1], cut, keep)
-    group = max(1, int(budget / 2 // max(1, _bytes(stores1) + _bytes(maps1))))  # images per cache
-    # rows per forward: 4 live copies of a row's largest activation fit in half the budget
-    rows = [max(1, int(budget / 2 // (4 * x.element_size() * _largest_row(
-        engine, x[:1], r, plan, stores1, maps1[n], fill_v)))) for r, plan, n in zip(rects, plans, cuts)]
-
-    base_p, base_pred = _baseline(model, x, y, max(rows))
+    graph = None
+    if reuse:  # for speed: batch norms folded into their convolutions, maps in channels-last memory
+        model = fold_batch_norms(model)
+        graph = graph_of(model, x[:1])
+        graph = graph if graph.traced else None
+    if graph is not None:  # per window: the positions in groups, each with its footprint
+        plans = [footprints(graph, r) for r in rects]
+        found = [f for groups in plans for _, f in groups]
+        group = max(1, int(budget / 2 // max(1, store_bytes(graph, found))))  # images whose maps are kept at once
+        rows = {id(f): max(1, int(budget / 2 // max(1, row_bytes(graph, f)))) for f in found}  # occluded images per forward
+    else:  # every occluded image whole: 4 copies of the input per row, and 64x for its activations
+        plans = [[(torch.arange(len(r), device=device), None)] for r in rects]
+        group, rows = N, {id(None): max(1, int(budget / 2 // (4 * 64 * x[0].numel() * x.element_size())))}
+    base_p, base_pred = _baseline(model, x, y, max(rows.values()))
     probs = [torch.empty(N, len(r), dtype=dtype) for r in rects]
     preds = [torch.empty(N, len(r), dtype=torch.long) for r in rects]
     for g0 in range(0, N, group):
         xg, yg = x[g0 : g0 + group], y[g0 : g0 + group]
-        stores, maps = engine.prepare(xg, cut, keep)
-        for wi, (r, plan, n_cut) in enumerate(zip(rects, plans, cuts)):
-            pairs = len(xg) * len(r)
-            for s in range(0, pairs, rows[wi]):
-                k = torch.arange(s, min(s + rows[wi], pairs), device=device)
-                img, sel = k // len(r), k % len(r)  # image-major: several images per forward
-                logits = engine.forward(xg, r, plan, stores, maps[n_cut], sel, img, fill_v)
-                p = torch.softmax(logits, 1)
-                probs[wi][g0 + img.cpu(), sel.cpu()] = p.gather(1, yg[img][:, None])[:, 0].cpu()
-                preds[wi][g0 + img.cpu(), sel.cpu()] = p.argmax(1).cpu()
+        stores = footprint_stores(graph, found, xg) if graph is not None else None
+        for wi, r in enumerate(rects):
+            for index, found_here in plans[wi]:
+                sub, step = r[index], rows[id(found_here)]
+                pairs = len(xg) * len(index)
+                for s in range(0, pairs, step):
+                    k = torch.arange(s, min(s + step, pairs), device=device)
+                    img, sel = k // len(index), k % len(index)  # image-major: several images per forward
+                    if found_here is not None:
+                        logits = footprint_forward(graph, found_here, stores, sub, sel, img, fill_v)
+                    else:
+                        logits = _whole_forward(model, xg, sub, sel, img, fill_v)
+                    p = torch.softmax(logits, 1)
+                    at = (g0 + img.cpu(), index[sel].cpu())
+                    probs[wi][at] = p.gather(1, yg[img][:, None])[:, 0].cpu()
+                    preds[wi][at] = p.argmax(1).cpu()
 
     out_shape = (N, len(windows), H, W)
     prob_c, pred_c = np.empty(out_shape, np.float32), np.empty(out_shape, np.int16)
@@ -513,6 +227,17 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
         "pred_centred": pred_c,
         "attribution": attr,
     }
+
+
+def _whole_forward(model: nn.Module, images: torch.Tensor, rects: torch.Tensor, sel, img, fill) -> torch.Tensor:
+    """Logits of images[img] with rects[sel] filled, each occluded image through the whole network."""
+    x = images[img].clone()
+    rows = torch.arange(x.shape[2], device=x.device)
+    cols = torch.arange(x.shape[3], device=x.device)
+    rect = rects[sel]
+    inside = ((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None] & ((cols >= rect[:, 2:3]) & (cols < rect[:, 3:4]))[:, None, :]
+    x = torch.where(inside[:, None], fill.view(1, -1, 1, 1), x)
+    return logits_of(model(x))
 
 
 def summary(maps: dict[str, np.ndarray]) -> pd.DataFrame:
