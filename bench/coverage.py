@@ -33,9 +33,10 @@ result equals the reference, which applies the condition on its own:
                probabilities and the attributions within 1e-5, the centred predictions equal
                except where the reference's top-two probabilities are within 1e-5; plus a spot
                check of 4 centred positions (corners, centre) against the model run by hand on the
-               occluded image. ``occlusion_maps`` only reuses activations for an ``nn.Sequential``;
-               no torchvision classifier is one, so for them both calls run the same code and the
-               family tests that occlusion runs and agrees with the hand-made images. It is skipped
+               occluded image. ``reuse=True`` reuses the intact activations on the traced graph
+               (``engine.shared.footprints``); ``occlusion_saved`` is the share of the occluded
+               forwards' multiply-adds that saves, and a traced model that saves none fails the
+               family (occlusion must share work on every model it passes). It is skipped
                (and counted as not passed) when its two calls need more than ``--occlusion-limit``
                TMAC (2 * images * S * S forwards at the model's multiply-adds).
   top          ``engine.top_activations.top_activations(model, images, {L: units}, k=images)``
@@ -99,9 +100,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from knockout.engine.evaluate import evaluate_conditions
-from knockout.engine.occlusion import occlusion_maps
+from knockout.engine.occlusion import occlusion_maps, window_positions
+from knockout.engine.shared import footprint_macs, footprints
 from knockout.engine.top_activations import top_activations
-from knockout.graph import CONVS, graph_of, logits_of, units_of
+from knockout.graph import CONVS, fold_batch_norms, graph_of, logits_of, units_of
 from knockout.models import build_model, count_parameters, head_name, multiply_adds
 from knockout.studies import Condition, Context, apply_condition
 from knockout.units import unit_statistics
@@ -117,7 +119,7 @@ STAT_RTOL, STAT_ATOL = 1e-4, 1e-5  # unit statistics
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 COLUMNS = ["model", "size", "kwargs", "params_m", "traced", "layer", "kind", "units", "silence_point", *FAMILIES,
-           "each_effect", "each_error", "rerandomize_effect", "rerandomize_error", "occlusion_noise", "gmacs", "uncalled", "seconds", "cpu_s", "other_cpu",
+           "each_effect", "each_error", "rerandomize_effect", "rerandomize_error", "occlusion_noise", "occlusion_saved", "gmacs", "uncalled", "seconds", "cpu_s", "other_cpu",
            "build_s", "forward_ms",
            *(f"{k}_s" for k in FAMILIES if k != "zero"), "untraced_reason", "float64"]
 
@@ -405,14 +407,30 @@ def float64_verdict(problem: str, problem64: str, detail: str = "") -> tuple[str
     return "", f"float32 noise ({problem}); float64 agrees{detail}"
 
 
-def check_occlusion(model, images, labels, size, args, device) -> tuple[str, float]:
-    """(problem or '', the float32 noise floor of the spot check's probabilities)."""
+def occlusion_saved(model, x, w) -> float:
+    """The share of the occluded forwards' multiply-adds that reusing the intact activations
+    saves (`engine.shared.footprints` on the model with batch norms folded, as occlusion_maps
+    runs it); 0 when the model cannot be traced."""
+    graph = graph_of(fold_batch_norms(model), x[:1])
+    if not graph.traced:
+        return 0.0
+    rects = window_positions(x.shape[2], x.shape[3], w, w).rects.to(x.device)
+    return 1 - footprint_macs(graph, footprints(graph, rects)) / (graph.forward_macs * len(rects))
+
+
+def check_occlusion(model, images, labels, size, args, device, row=None) -> tuple[str, float]:
+    """(problem or '', the float32 noise floor of the spot check's probabilities); a traced model
+    whose occlusion shares no work is a problem too (its share saved in row["occlusion_saved"])."""
     w = 2 * (size // 16) + 1
     x, y = images[: args.occlusion_images], labels[: args.occlusion_images]
     kw = dict(stride=w, fill=0.0, budget_mb=args.budget_mb, device=device)
     shared = occlusion_maps(model, x, y, [w], reuse=True, **kw)
     ref = occlusion_maps(model, x, y, [w], reuse=False, **kw)
     problems = []
+    if row is not None:
+        row["occlusion_saved"] = round(occlusion_saved(model, x.to(device), w), 3)
+        if row.get("traced") == "yes" and row["occlusion_saved"] <= 0:
+            problems.append("traced, but occlusion recomputes every occluded image whole")
     for key in ("prob_centred", "attribution"):
         err = abs(shared[key] - ref[key]).max()
         if not err <= MAP_TOL:
@@ -676,7 +694,7 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
         row["occlusion"] = "skip"
     else:
         def occlusion():
-            problem, row["occlusion_noise"] = check_occlusion(model, images, labels, size, args, device)
+            problem, row["occlusion_noise"] = check_occlusion(model, images, labels, size, args, device, row)
             if problem:  # folded batch norms round differently: float64 tells noise from error
                 double = copy.deepcopy(model).double()
                 try:

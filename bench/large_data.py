@@ -56,10 +56,8 @@ The generated data stay in ``--workdir`` (default results/bench/large_data) for 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -191,10 +189,10 @@ def phase_prepare(s: dict) -> dict:
     from knockout.config import resolve
     from knockout.data import fetch, prepare
 
-    spec = resolve(f"dataset_{s['spec']['source']}", s["spec"])
-    fetch(s["name"], Path(s["raw"]), [], spec=spec)
+    entry = resolve(f"dataset_{s['entry']['source']}", s["entry"])
+    fetch(s["name"], Path(s["raw"]), [], entry=entry)
     with Timed() as t:
-        prepare(s["name"], Path(s["raw"]), Path(s["out"]), spec=spec, workers=s["workers"], progress=False)
+        prepare(s["name"], Path(s["raw"]), Path(s["out"]), entry=entry, workers=s["workers"], progress=False)
     return {"seconds": t.seconds, "images": s["n"]}
 
 
@@ -371,7 +369,7 @@ def main(argv=None) -> int:
     work = Path(data["folder"]).parent
     print(f"{args.images:,} + {args.test_images:,} images of 3x{args.size}x{args.size}: {data['uint8_gb']:.2f} GB as uint8, "
           f"{4 * data['uint8_gb']:.1f} GB as float32; jobs hold at most 1 GB of a split in memory (data.resident_mb)", flush=True)
-    folder_spec = {"source": "image_folder", "train": str(Path(data["folder"]) / "train"), "test": str(Path(data["folder"]) / "test"), "size": args.size}
+    folder_entry = {"source": "image_folder", "train": str(Path(data["folder"]) / "train"), "test": str(Path(data["folder"]) / "test"), "size": args.size}
     view = str(work / "view")
     n_all = args.images + args.test_images
     common = {"device": args.device, "workers": args.workers}
@@ -381,12 +379,12 @@ def main(argv=None) -> int:
         only.add("prepare")  # the others read its view
 
     if "prepare" in only:
-        rows += prepare_rows(args, data, work, folder_spec, view, n_all)
+        rows += prepare_rows(args, data, work, folder_entry, view, n_all)
     if "train" in only:
-        rows += train_rows(args, work, folder_spec, view, common)
+        rows += train_rows(args, work, folder_entry, view, common)
     differ, same = 0, True
     if "sweep" in only:
-        sweep_rows, differ, same = sweep_rows_of(args, folder_spec, view, common)
+        sweep_rows, differ, same = sweep_rows_of(args, folder_entry, view, common)
         rows += sweep_rows
     peaks = [r["ours_peak_mb"] for r in rows]
     notes = [f"peak memory of every knockout phase: {max(peaks):,} MB (goal < {PEAK_GOAL_MB:,} MB, whatever the dataset's size): "
@@ -405,24 +403,24 @@ def warm(folder: Path) -> None:
         path.read_bytes()
 
 
-def prepare_rows(args, data, work, folder_spec, view, n_all) -> list[dict]:
+def prepare_rows(args, data, work, folder_entry, view, n_all) -> list[dict]:
     rows = []
     warm(Path(data["folder"]))
-    prepared = run_phase(args, "prepare", {"name": "jpegs", "spec": folder_spec, "raw": str(work / "raw_folder"), "out": view,
+    prepared = run_phase(args, "prepare", {"name": "jpegs", "entry": folder_entry, "raw": str(work / "raw_folder"), "out": view,
                                             "n": n_all, "workers": args.workers})
-    decoded = run_phase(args, "decode", {"folder": folder_spec["train"], "n": min(args.peer_images, args.images), "workers": args.workers})
+    decoded = run_phase(args, "decode", {"folder": folder_entry["train"], "n": min(args.peer_images, args.images), "workers": args.workers})
     rows.append(row("prepare (JPEG folder)", prepared, f"prepare, {args.workers} workers", decoded,
                     f"ImageFolder+DataLoader decode, {args.workers} workers", 1.0))
-    tensors = run_phase(args, "prepare", {"name": "arrays", "spec": {"source": "tensors", "path": data["npz"]}, "raw": str(work / "raw_tensors"),
+    tensors = run_phase(args, "prepare", {"name": "arrays", "entry": {"source": "tensors", "path": data["npz"]}, "raw": str(work / "raw_tensors"),
                                           "out": str(work / "view_tensors"), "n": n_all, "workers": args.workers})
     rows.append(row("prepare (tensors file)", tensors, "prepare", None, "", None))
     print(f"prepared: {prepared['seconds']:.1f} s from JPEGs, {tensors['seconds']:.1f} s from the tensors file", flush=True)
     return rows
 
 
-def train_rows(args, work, folder_spec, view, common) -> list[dict]:
+def train_rows(args, work, folder_entry, view, common) -> list[dict]:
     rows = []
-    training = {"view": view, "steps": args.train_steps, "batch": args.batch, "folder": folder_spec["train"]} | common
+    training = {"view": view, "steps": args.train_steps, "batch": args.batch, "folder": folder_entry["train"]} | common
     streamed = run_phase(args, "train", training | {"how": "streamed", "out": str(work / "run_streamed")})
     memory = run_phase(args, "train", training | {"how": "in_memory", "out": str(work / "run_in_memory")})
     loader = run_phase(args, "train_dataloader", training)
@@ -433,10 +431,10 @@ def train_rows(args, work, folder_spec, view, common) -> list[dict]:
     return rows
 
 
-def sweep_rows_of(args, folder_spec, view, common) -> tuple[list[dict], int, bool]:
+def sweep_rows_of(args, folder_entry, view, common) -> tuple[list[dict], int, bool]:
     rows = []
     sweep = {"view": view, "n": min(args.sweep_images, args.test_images), "units": args.units, "layer": args.layer, "budget_mb": args.budget_mb,
-             "folder": folder_spec["test"]} | common
+             "folder": folder_entry["test"]} | common
     ours_s = run_phase(args, "sweep", sweep | {"how": "streamed"})
     ours_m = run_phase(args, "sweep", sweep | {"how": "in_memory"})
     peer = run_phase(args, "captum", sweep)

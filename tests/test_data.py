@@ -31,7 +31,6 @@ from formats import (
     write_png_folder,
     write_torchvision_mnist,
 )
-from knockout.catalog import SUBSET_KEYS
 from knockout.config import ConfigError, check, resolve_dataset, validate
 from knockout.data import DataError, Split, fetch, inspect, open_split, prepare, read_meta, stratified_subset
 from knockout.preprocess import Preprocess, resolve

@@ -12,7 +12,6 @@ checkpoint stores beside the weights.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from torch import nn
 from .archs import PRESETS, is_weights_file, resolve_arch, without_weights  # noqa: F401  (re-exported)
 from .io import atomic_write
 
-resolve_spec = resolve_arch  # its old name, while studies/factorize.py and studies/architecture.py use it
 
 ACTIVATIONS = {
     "relu": nn.ReLU,

@@ -499,6 +499,18 @@ def footprints(graph: Graph, rects: torch.Tensor, classes: int = 4) -> list[tupl
     return [(index, footprint(graph, rects[index])) for index in groups]
 
 
+def footprint_macs(graph: Graph, groups: list[tuple[torch.Tensor, Footprint]]) -> int:
+    """Multiply-adds the grouped footprints compute (each patched node on its patches, the
+    rest on whole maps), summed over the rectangles."""
+    total = 0.0
+    for index, found in groups:
+        for node in graph.nodes:
+            macs, region = graph.macs(node), found.regions.get(node)
+            share = 1.0 if region is None else region.h * region.w / (region.H * region.W)
+            total += macs * share * len(index)
+    return int(total)
+
+
 def _reach_class(sizes: torch.Tensor, classes: int) -> torch.Tensor:
     """Each size's class: consecutive sizes (ascending) merged until a class holds 1/`classes`
     of them."""

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..io import write_json
 from .common import Raw, RawSplit, expand, file_hashes, hash_stream, one_line
 
 

@@ -12,7 +12,6 @@ folder stops instead of reading other images than were fetched.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..catalog import SPLITS
 from ..errors import DataError
 from .common import Raw, class_names, dataset_split, expand, file_entry, labels_attribute, manifest_checksums, mode_of, one_line, size_pair, to_pixels, verify_manifest
 

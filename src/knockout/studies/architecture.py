@@ -59,9 +59,9 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
 
 def variant_spec(base_arch: dict, overrides: dict) -> dict:
     """The model's resolved spec with a variant's overrides on top."""
-    from ..models import resolve_spec
+    from ..models import resolve_arch
 
-    return resolve_spec(base_arch) | overrides
+    return resolve_arch(base_arch) | overrides
 
 
 def apply(condition: Condition, context: Context):

@@ -37,9 +37,9 @@ def needs(spec: Spec) -> set[str]:
 
 def check(spec: Spec, target: Target) -> None:
     """A `cnn` model, and conv layers of it when they are listed."""
-    from ..models import resolve_spec
+    from ..models import resolve_arch
 
-    if resolve_spec(target.network.spec["arch"]).get("type") != "cnn":
+    if resolve_arch(target.network.spec["arch"]).get("type") != "cnn":
         raise ConfigError(f"model: factorize needs a cnn model, {target.name!r} is not one")
     if spec.layers != "auto":
         for i, layer in enumerate(spec.layers):
@@ -63,9 +63,9 @@ def layer_table(arch: dict | str, input_shape: tuple[int, ...], layers="auto"):
     import pandas as pd
     import torch
 
-    from ..models import build_model, count_parameters, resolve_spec
+    from ..models import build_model, count_parameters, resolve_arch
 
-    spec = resolve_spec(arch)
+    spec = resolve_arch(arch)
     if spec.get("type") != "cnn":
         raise ValueError(f"factorize needs a cnn spec, not {spec.get('type')!r}")
     model = build_model(spec, input_shape, 10)
@@ -105,9 +105,9 @@ def layer_table(arch: dict | str, input_shape: tuple[int, ...], layers="auto"):
 def factorized_spec(arch: dict | str, layers: list[str]) -> dict:
     """The spec with each listed conv replaced by (n x 1, then 1 x n); the pooling, dropout and
     batch norm of the original follow the second."""
-    from ..models import resolve_spec
+    from ..models import resolve_arch
 
-    spec = copy.deepcopy(resolve_spec(arch))
+    spec = copy.deepcopy(resolve_arch(arch))
     convs = []
     for i, entry in enumerate(_conv_entries(spec), start=1):
         if f"conv{i}" not in layers:
@@ -151,10 +151,10 @@ def apply(condition: Condition, context: Context):
     """A freshly initialised network, factorised as the condition says, seeded per seed."""
     import torch
 
-    from ..models import build_model, resolve_spec
+    from ..models import build_model, resolve_arch
 
     spec = context.trained.spec
     layers = json.loads(condition.arch).get("factorize", [])
-    arch = factorized_spec(spec["arch"], layers) if layers else resolve_spec(spec["arch"])
+    arch = factorized_spec(spec["arch"], layers) if layers else resolve_arch(spec["arch"])
     torch.manual_seed(context.seed)
     return build_model(arch, tuple(spec["input_shape"]), spec["num_classes"])
