@@ -154,17 +154,30 @@ def options(quick: str, threads: int | None = None) -> argparse.ArgumentParser:
     quick: what --quick does in this script; threads: the default of --threads (None: torch's)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--quick", action="store_true", help=quick)
-    p.add_argument("--threads", type=int, default=threads,
-                   help="torch.set_num_threads for both sides (default: "
-                        + ("torch's own" if threads is None else f"all cores, {threads}") + ")")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help="torch.set_num_threads for both sides (default: "
+        + ("torch's own" if threads is None else f"all cores, {threads}")
+        + ")",
+    )
     p.add_argument("--device", default="cpu", help="torch device for both sides (default cpu)")
-    p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                   help="before each timed run, wait up to SECONDS for other processes to leave the "
-                        "CPUs idle (default 0: don't wait; a shared machine needs it)")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each timed run, wait up to SECONDS for other processes to leave the "
+        "CPUs idle (default 0: don't wait; a shared machine needs it)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the table as CSV here")
-    p.add_argument("--default-allocator", action="store_true",
-                   help="leave glibc's allocator as it is (default: both sides keep freed memory, as "
-                        "knockout's jobs do: knockout.devices.keep_freed_memory)")
+    p.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (default: both sides keep freed memory, as "
+        "knockout's jobs do: knockout.devices.keep_freed_memory)",
+    )
     return p
 
 
@@ -210,8 +223,9 @@ def cnn_setup(n: int, seed: int, notes: list[str]) -> tuple[nn.Module, torch.Ten
         images = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             labels = model(images).argmax(1)
-        notes.append(f"cnn: {n} random N(0,1) images (no {DATA_DIR.relative_to(ROOT)}), "
-                     "labels = the model's predictions")
+        notes.append(
+            f"cnn: {n} random N(0,1) images (no {DATA_DIR.relative_to(ROOT)}), " "labels = the model's predictions"
+        )
     return model, images, labels
 
 
@@ -329,5 +343,7 @@ def finish(
 def environment(device, *packages) -> str:
     """One line for a bench's header: torch's and `packages`' versions, the device, the threads."""
     versions = ", ".join(f"{m.__name__} {m.__version__}" for m in (torch, *packages))
-    return (f"{versions}, device {device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-            f"python {sys.version.split()[0]}, allocator: {ALLOCATOR[0]}")
+    return (
+        f"{versions}, device {device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
+        f"python {sys.version.split()[0]}, allocator: {ALLOCATOR[0]}"
+    )

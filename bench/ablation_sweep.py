@@ -86,7 +86,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import Timed, cnn_setup, environment, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
+from _common import (
+    Timed,
+    cnn_setup,
+    environment,
+    finish,
+    options,
+    resnet_setup,
+    start,
+    wait_for_idle,
+)  # first: src/ on the path
 import torch
 from torch import nn
 
@@ -101,14 +110,29 @@ GOAL = 3.0  # every row; and HIGH_GOAL where the arithmetic bound allows HIGH_BO
 HIGH_GOAL, HIGH_BOUND = 10.0, 12.0
 
 COLUMNS = [
-    "model", "layer", "units", "images", "captum_s", "ours_s", "speedup", "bound", "goal", "goal_met",
-    "max_abs_diff", "units_differ", "units_changed", "acc_min", "acc_intact", "other_cpu",
+    "model",
+    "layer",
+    "units",
+    "images",
+    "captum_s",
+    "ours_s",
+    "speedup",
+    "bound",
+    "goal",
+    "goal_met",
+    "max_abs_diff",
+    "units_differ",
+    "units_changed",
+    "acc_min",
+    "acc_intact",
+    "other_cpu",
 ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[options(quick="fewer images (256 CNN, 8 ResNet) unless given")],
     )
     p.add_argument("--models", default="cnn,resnet18", help="comma list of: cnn, resnet18 (default both)")
@@ -142,12 +166,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def each_entry(layer: str) -> dict:
     """The study entry {layers: [layer], sets: {each: {select: each}}}, checked against the
     schema and with its defaults filled (once, outside the timing, as the pipeline does)."""
-    return resolve("filter_ablation", {"type": "filter_ablation", "model": "m", "layers": [layer],
-                                       "sets": {"each": {"select": "each"}}})
+    return resolve(
+        "filter_ablation",
+        {"type": "filter_ablation", "model": "m", "layers": [layer], "sets": {"each": {"select": "each"}}},
+    )
 
 
-def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: float, device,
-         warmup: bool = False):
+def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: float, device, warmup: bool = False):
     """Per-unit correct counts (units,) and the intact count, via evaluate_conditions on the
     conditions of the study `entry` (each_entry(layer)) (warmup: only the baseline and two
     units, result not used)."""
@@ -155,12 +180,15 @@ def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: f
     spec = filter_ablation.Spec.from_dict(entry)
     conds = filter_ablation.conditions(spec, context)
     if warmup:
-        evaluate_conditions(conds[:3], context, images, labels, budget_mb=budget_mb, device=device, apply=apply_condition)
+        evaluate_conditions(
+            conds[:3], context, images, labels, budget_mb=budget_mb, device=device, apply=apply_condition
+        )
         return None
     out = evaluate_conditions(conds, context, images, labels, budget_mb=budget_mb, device=device, apply=apply_condition)
     labels = labels.cpu()
-    counts = torch.tensor([int((out[f"each:{layer}:{u}"].predictions == labels).sum())
-                           for u in range(layer_units(model, layer))])
+    counts = torch.tensor(
+        [int((out[f"each:{layer}:{u}"].predictions == labels).sum()) for u in range(layer_units(model, layer))]
+    )
     return counts, int((out["baseline"].predictions == labels).sum())
 
 
@@ -192,8 +220,7 @@ def captum_model(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
     return model, point
 
 
-def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch: int, device,
-           warmup: bool = False):
+def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch: int, device, warmup: bool = False):
     """Per-unit lost counts (units,): examples correct intact and wrong with the unit silenced,
     minus the reverse, via LayerFeatureAblation on `point` (see captum_model), one full forward
     per unit (warmup: two groups, result not used)."""
@@ -208,8 +235,9 @@ def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch
         for first in range(0, len(images), batch):
             x = images[first : first + batch].to(device)
             y = labels[first : first + batch].to(device)
-            attr = ablator.attribute(x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0,
-                                     perturbations_per_eval=1)
+            attr = ablator.attribute(
+                x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0, perturbations_per_eval=1
+            )
             if warmup:
                 return None
             # attr (B, C, H, W): intact - ablated correctness, the same over a channel's H, W
@@ -219,8 +247,10 @@ def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch
 
 def intact_correct(model: nn.Module, images, labels, batch: int, device) -> int:
     with torch.no_grad():
-        return sum(int((model(images[s : s + batch].to(device)).argmax(1) == labels[s : s + batch].to(device)).sum())
-                   for s in range(0, len(images), batch))
+        return sum(
+            int((model(images[s : s + batch].to(device)).argmax(1) == labels[s : s + batch].to(device)).sum())
+            for s in range(0, len(images), batch)
+        )
 
 
 def run_row(name: str, model: nn.Module, layer: str, images, labels, args, device) -> dict:
@@ -267,8 +297,15 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
         "other_cpu": "/".join("n/a" if t.load is None else f"{t.load:.2f}" for t in (t_c, t_o)),
         "_busy": any(t.load is not None and t.load > 0.2 for t in (t_c, t_o)),
         "_ok": ok,
-        "_why": "" if ok else (f"intact counts differ (ours {ours_intact}, captum {intact})" if ours_intact != intact
-                               else f"{bad} of {units} units differ by more than one example"),
+        "_why": (
+            ""
+            if ok
+            else (
+                f"intact counts differ (ours {ours_intact}, captum {intact})"
+                if ours_intact != intact
+                else f"{bad} of {units} units differ by more than one example"
+            )
+        ),
     }
 
 
@@ -278,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     import captum as captum_pkg
 
     print(environment(device, captum_pkg))
-    print(f"ours: evaluate_conditions(budget_mb={args.budget_mb:g}) over all images, baseline condition "
-          f"included; captum: LayerFeatureAblation, perturbations_per_eval=1, batches of {args.captum_batch}")
+    print(
+        f"ours: evaluate_conditions(budget_mb={args.budget_mb:g}) over all images, baseline condition "
+        f"included; captum: LayerFeatureAblation, perturbations_per_eval=1, batches of {args.captum_batch}"
+    )
     notes: list[str] = []
     setups = []
     if "cnn" in args.models:
@@ -296,15 +335,23 @@ def main(argv: list[str] | None = None) -> int:
         for layer in [s.strip() for s in layers.split(",") if s.strip()]:
             row = run_row(name, model, layer, images, labels, args, device)
             rows.append(row)
-            print(f"  {name} {layer}: captum {row['captum_s']:.2f} s, ours {row['ours_s']:.2f} s "
-                  f"({row['speedup']:.1f}x)", file=sys.stderr, flush=True)
+            print(
+                f"  {name} {layer}: captum {row['captum_s']:.2f} s, ours {row['ours_s']:.2f} s "
+                f"({row['speedup']:.1f}x)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     failed = [r for r in rows if not r["_ok"]]
     for r in failed:
         print(f"MISMATCH {r['model']} {r['layer']}: {r['_why']}", file=sys.stderr, flush=True)
     busy = [r for r in rows if r["_busy"]]
     finish(
-        rows, COLUMNS, ratio="speedup", out=args.out, left=(0, 1),
+        rows,
+        COLUMNS,
+        ratio="speedup",
+        out=args.out,
+        left=(0, 1),
         notes=[
             f"goal: speedup (captum_s / ours_s) >= {GOAL:g}x on every row, >= {HIGH_GOAL:g}x where the bound is "
             f">= {HIGH_BOUND:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of {len(rows)} rows",
@@ -314,8 +361,14 @@ def main(argv: list[str] | None = None) -> int:
             "max_abs_diff: largest |acc_ours - acc_captum| over the layer's units; units_differ: units whose "
             "accuracies differ at all; units_changed: units whose removal changes the accuracy (ours)",
             "other_cpu: cores other processes used while captum / ours ran (0.00 = idle machine)",
-            *([f"warning: other processes used > 0.2 cores during {len(busy)} row(s): those times are "
-               "noisy (--wait-idle 120 waits for quiet moments)"] if busy else []),
+            *(
+                [
+                    f"warning: other processes used > 0.2 cores during {len(busy)} row(s): those times are "
+                    "noisy (--wait-idle 120 waits for quiet moments)"
+                ]
+                if busy
+                else []
+            ),
             "agreement: " + ("FAILED" if failed else "ok (every row within one example per unit)"),
         ],
     )

@@ -111,28 +111,71 @@ from knockout.units import unit_statistics
 FAMILIES = ("each", "rerandomize", "zero", "occlusion", "top", "unit_stats")
 SIZES = (32, 42, 56, 64, 96, 112, 128, 160, 224)
 SIZE_KWARGS = ("image_size", "input_size")  # ViT, MaxViT
-QUICK = ("resnet18", "vgg11_bn", "densenet121", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5",
-         "squeezenet1_1", "inception_v3", "convnext_tiny", "regnet_y_400mf", "swin_t", "vit_b_32")
+QUICK = (
+    "resnet18",
+    "vgg11_bn",
+    "densenet121",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "inception_v3",
+    "convnext_tiny",
+    "regnet_y_400mf",
+    "swin_t",
+    "vit_b_32",
+)
 LOSS_TOL = 1e-4  # relative and absolute, per-example losses; also the logit gap that counts as a tie
 MAP_TOL = 1e-5  # occlusion probabilities, top-activation scores and maps
 STAT_RTOL, STAT_ATOL = 1e-4, 1e-5  # unit statistics
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-COLUMNS = ["model", "size", "kwargs", "params_m", "traced", "layer", "kind", "units", "silence_point", *FAMILIES,
-           "each_effect", "each_error", "rerandomize_effect", "rerandomize_error", "occlusion_noise", "occlusion_saved", "gmacs", "uncalled", "seconds", "cpu_s", "other_cpu",
-           "build_s", "forward_ms",
-           *(f"{k}_s" for k in FAMILIES if k != "zero"), "untraced_reason", "float64"]
+COLUMNS = [
+    "model",
+    "size",
+    "kwargs",
+    "params_m",
+    "traced",
+    "layer",
+    "kind",
+    "units",
+    "silence_point",
+    *FAMILIES,
+    "each_effect",
+    "each_error",
+    "rerandomize_effect",
+    "rerandomize_error",
+    "occlusion_noise",
+    "occlusion_saved",
+    "gmacs",
+    "uncalled",
+    "seconds",
+    "cpu_s",
+    "other_cpu",
+    "build_s",
+    "forward_ms",
+    *(f"{k}_s" for k in FAMILIES if k != "zero"),
+    "untraced_reason",
+    "float64",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[options(quick=f"only {len(QUICK)} diverse models ({', '.join(QUICK)})", threads=2)])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[options(quick=f"only {len(QUICK)} diverse models ({', '.join(QUICK)})", threads=2)],
+    )
     p.add_argument("--models", default=None, help="comma list of torchvision model names (default: all of list_models)")
     p.add_argument("--images", type=int, default=4, help="random images per model (default 4)")
     p.add_argument("--occlusion-images", type=int, default=1, help="of those, images occluded (default 1)")
-    p.add_argument("--occlusion-limit", type=float, default=20.0,
-                   help="skip occlusion when its two calls need more than this many TMAC (multiply-adds of the "
-                        "conv and linear modules; default 20, which skips only MaxViT's 224x224)")
+    p.add_argument(
+        "--occlusion-limit",
+        type=float,
+        default=20.0,
+        help="skip occlusion when its two calls need more than this many TMAC (multiply-adds of the "
+        "conv and linear modules; default 20, which skips only MaxViT's 224x224)",
+    )
     p.add_argument("--budget-mb", type=float, default=256, help="budget_mb of the library calls (default 256)")
     p.add_argument("--seed", type=int, default=0, help="weights, images and labels (default 0)")
     args = p.parse_args(argv)
@@ -181,7 +224,12 @@ def sensitise(model: nn.Module) -> list[str]:
     with torch.no_grad():
         for name, param in model.named_parameters():
             flat = param.flatten()
-            if name.endswith("bias") or flat.numel() < 2 or not bool((flat == flat[0]).all()) or abs(float(flat[0])) >= 1e-3:
+            if (
+                name.endswith("bias")
+                or flat.numel() < 2
+                or not bool((flat == flat[0]).all())
+                or abs(float(flat[0])) >= 1e-3
+            ):
                 continue
             owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
             if isinstance(owner, (nn.Linear, *CONVS)):
@@ -233,8 +281,11 @@ def size_kwargs(name: str) -> list[str]:
     import torchvision
 
     module = inspect.getmodule(torchvision.models.get_model_builder(name))
-    classes = [c for c in vars(module).values()
-               if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module.__name__]
+    classes = [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module.__name__
+    ]
     return [key for key in SIZE_KWARGS if any(key in inspect.signature(c.__init__).parameters for c in classes)]
 
 
@@ -317,7 +368,11 @@ def out_dim(graph, layer: str) -> int:
 def reference_forward(network: nn.Module, images, point: str | None = None):
     """Logits of network(images), and the outputs of module `point` (cloned), if given."""
     seen = []
-    handle = network.get_submodule(point).register_forward_hook(lambda m, i, o: seen.append(o.detach().clone())) if point else None
+    handle = (
+        network.get_submodule(point).register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+        if point
+        else None
+    )
     try:
         with torch.no_grad():
             logits = logits_of(network.eval()(images))
@@ -367,14 +422,22 @@ def check_conditions(conditions, context, images, labels, args, device, graph=No
             for out in seen:
                 value = out.select(out_dim(graph, layer), units[0])
                 if not bool((value == 0).all()):
-                    zeros.append(f"{c.name}: unit {units[0]} at {point} is not 0 (max |value| {float(value.abs().max()):.3g})")
+                    zeros.append(
+                        f"{c.name}: unit {units[0]} at {point} is not 0 (max |value| {float(value.abs().max()):.3g})"
+                    )
     try:
-        shared = evaluate_conditions(conditions, context, images, labels, budget_mb=args.budget_mb, device=device, apply=apply_condition)
+        shared = evaluate_conditions(
+            conditions, context, images, labels, budget_mb=args.budget_mb, device=device, apply=apply_condition
+        )
     except Exception as e:
         return reason(e), "; ".join(zeros), effect, None
-    problems = [f"{name}: {p}" for name, logits in references.items() if (p := compare_outputs(shared[name], logits, labels))]
-    error = max(float((shared[name].losses - F.cross_entropy(logits.cpu(), labels.cpu(), reduction="none")).abs().max())
-                for name, logits in references.items())
+    problems = [
+        f"{name}: {p}" for name, logits in references.items() if (p := compare_outputs(shared[name], logits, labels))
+    ]
+    error = max(
+        float((shared[name].losses - F.cross_entropy(logits.cpu(), labels.cpu(), reduction="none")).abs().max())
+        for name, logits in references.items()
+    )
     return "; ".join(problems), "; ".join(zeros), effect, error
 
 
@@ -388,10 +451,14 @@ def check_float64(conditions, context, images, labels, args, device, graph=None,
     problem, zero, effect, error = check_conditions(conditions, context, images, labels, args, device, graph, point)
     if not problem or error is None:
         return problem, zero, effect, error, ""
-    double = Context(trained=copy.deepcopy(context.trained).double(),
-                     rerandom=None if context.rerandom is None else copy.deepcopy(context.rerandom).double())
+    double = Context(
+        trained=copy.deepcopy(context.trained).double(),
+        rerandom=None if context.rerandom is None else copy.deepcopy(context.rerandom).double(),
+    )
     try:
-        problem64, _, _, error64 = check_conditions(conditions, double, images.double(), labels, args, device, graph, point)
+        problem64, _, _, error64 = check_conditions(
+            conditions, double, images.double(), labels, args, device, graph, point
+        )
     finally:
         del double
         gc.collect()
@@ -460,10 +527,14 @@ def check_occlusion(model, images, labels, size, args, device, row=None) -> tupl
             tol = MAP_TOL + 3 * float(spread[k])
             p = alone[k]
             if not abs(float(p[y[n]]) - float(prob[n, 0, i, j])) <= tol:
-                problems.append(f"centred prob at ({i}, {j}) is {prob[n, 0, i, j]:.6g}, by hand {float(p[y[n]]):.6g} "
-                                f"(tolerance {tol:.2g})")
+                problems.append(
+                    f"centred prob at ({i}, {j}) is {prob[n, 0, i, j]:.6g}, by hand {float(p[y[n]]):.6g} "
+                    f"(tolerance {tol:.2g})"
+                )
             if float(p.max() - p[int(pred[n, 0, i, j])]) > tol:
-                problems.append(f"centred prediction at ({i}, {j}) is {int(pred[n, 0, i, j])}, by hand {int(p.argmax())}")
+                problems.append(
+                    f"centred prediction at ({i}, {j}) is {int(pred[n, 0, i, j])}, by hand {int(p.argmax())}"
+                )
     return "; ".join(problems), floor
 
 
@@ -511,13 +582,17 @@ def check_top(model, graph, layer, units, images, device) -> str:
         for r, row in enumerate(rows.itertuples()):
             tol = MAP_TOL + MAP_TOL * abs(float(ranked[r]))
             if abs(row.score - float(scores[row.image, f])) > tol:
-                problems.append(f"unit {unit} rank {row.rank}: score {row.score:.6g}, by hook {float(scores[row.image, f]):.6g}")
+                problems.append(
+                    f"unit {unit} rank {row.rank}: score {row.score:.6g}, by hook {float(scores[row.image, f]):.6g}"
+                )
             elif abs(row.score - float(ranked[r])) > tol:
                 problems.append(f"unit {unit} rank {row.rank}: image {row.image} is not the {row.rank}-th highest")
             values = flat[row.image, f]
             peak = row.peak_y * width + row.peak_x
             if peak >= len(values) or float(values.max() - values[peak]) > MAP_TOL + MAP_TOL * abs(float(values.max())):
-                problems.append(f"unit {unit} rank {row.rank}: peak ({row.peak_y}, {row.peak_x}) is not the map's maximum")
+                problems.append(
+                    f"unit {unit} rank {row.rank}: peak ({row.peak_y}, {row.peak_x}) is not the map's maximum"
+                )
         # the receptive field holds every pixel that the rank-1 peak depends on
         row = rows.iloc[0]
         if out.dim() == 4 and isinstance(graph.units[layer].module, CONVS) and graph.receptive_field(layer) is not None:
@@ -530,9 +605,11 @@ def check_top(model, graph, layer, units, images, device) -> str:
             inside[int(row.top) : int(row.bottom), int(row.left) : int(row.right)] = True
             if (support & ~inside).any():
                 ys, xs = support.nonzero(as_tuple=True)
-                problems.append(f"unit {unit}: the peak depends on pixels rows {int(ys.min())}..{int(ys.max())}, cols "
-                                f"{int(xs.min())}..{int(xs.max())}, outside the patch rows {row.top}..{row.bottom - 1}, "
-                                f"cols {row.left}..{row.right - 1}")
+                problems.append(
+                    f"unit {unit}: the peak depends on pixels rows {int(ys.min())}..{int(ys.max())}, cols "
+                    f"{int(xs.min())}..{int(xs.max())}, outside the patch rows {row.top}..{row.bottom - 1}, "
+                    f"cols {row.left}..{row.right - 1}"
+                )
     return "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
 
 
@@ -582,7 +659,9 @@ def check_unit_stats(model, graph, layer, point, images, labels, device) -> str:
             bad = (got - expected).abs() > STAT_ATOL + STAT_RTOL * expected.abs()
         if bad.any():
             u = int(bad.nonzero()[0])
-            problems.append(f"{key} differs for {int(bad.sum())} units (unit {u}: {float(got[u]):.6g}, by hook {float(expected[u]):.6g})")
+            problems.append(
+                f"{key} differs for {int(bad.sum())} units (unit {u}: {float(got[u]):.6g}, by hook {float(expected[u]):.6g})"
+            )
     denominator = top + others
     scale = class_means.abs().max()
     conditioned = denominator.abs() > 1e-3 * scale
@@ -591,7 +670,9 @@ def check_unit_stats(model, graph, layer, point, images, labels, device) -> str:
     bad = conditioned & ((got - selectivity).abs() > 1e-4 * (1 + selectivity.abs()))
     if bad.any():
         u = int(bad.nonzero()[0])
-        problems.append(f"selectivity differs for {int(bad.sum())} units (unit {u}: {float(got[u]):.6g}, by hook {float(selectivity[u]):.6g})")
+        problems.append(
+            f"selectivity differs for {int(bad.sum())} units (unit {u}: {float(got[u]):.6g}, by hook {float(selectivity[u]):.6g})"
+        )
     got = torch.tensor(rows["preferred_class"].to_numpy())
     bad = (got != preferred) & ((top - second) > 1e-5 * (1 + scale))
     if bad.any():
@@ -628,9 +709,14 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
         t = time.perf_counter()
         model(images.to(device))
         forward_s = (time.perf_counter() - t) / len(images)
-    row.update(size=size, kwargs=",".join(f"{k}={v[0] if isinstance(v, tuple) else v}" for k, v in kwargs.items()),
-               params_m=round(count_parameters(model) / 1e6, 1), gmacs=round(multiply_adds(model, (3, size, size)) / 1e9, 3),
-               build_s=round(build_s, 1), forward_ms=round(forward_s * 1e3, 1))
+    row.update(
+        size=size,
+        kwargs=",".join(f"{k}={v[0] if isinstance(v, tuple) else v}" for k, v in kwargs.items()),
+        params_m=round(count_parameters(model) / 1e6, 1),
+        gmacs=round(multiply_adds(model, (3, size, size)) / 1e9, 3),
+        build_s=round(build_s, 1),
+        forward_ms=round(forward_s * 1e3, 1),
+    )
     try:
         graph = graph_of(model, images[:1].to(device))
         row.update(traced="yes" if graph.traced else "no", untraced_reason=graph.reason)
@@ -659,12 +745,15 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
 
     # each, and zero from its reference copies
     context = Context(trained=model)
-    each = [Condition("baseline", "baseline")] + [Condition(f"each:{layer}:{u}", "each", silence=((layer, (u,)),)) for u in units]
+    each = [Condition("baseline", "baseline")] + [
+        Condition(f"each:{layer}:{u}", "each", silence=((layer, (u,)),)) for u in units
+    ]
     zero = []
 
     def each_family():
         problem, zero_problem, row["each_effect"], row["each_error"], notes["each"] = check_float64(
-            each, context, images, labels, args, device, graph, point)
+            each, context, images, labels, args, device, graph, point
+        )
         zero.append(zero_problem)
         return problem
 
@@ -676,10 +765,14 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
         twin = build(name, size, kwargs, args.seed + 1).to(device)
         calibrate(twin, size, args.seed + 1)
         row["build_s"] = round(row["build_s"] + time.perf_counter() - t, 1)
-        conditions = [Condition("baseline", "baseline"), Condition(f"rerandomize:{layer}", "rerandomize", replace=((layer, "rerandom"),))]
+        conditions = [
+            Condition("baseline", "baseline"),
+            Condition(f"rerandomize:{layer}", "rerandomize", replace=((layer, "rerandom"),)),
+        ]
         try:
             problem, _, row["rerandomize_effect"], row["rerandomize_error"], notes["rerandomize"] = check_float64(
-                conditions, Context(trained=model, rerandom=twin), images, labels, args, device)
+                conditions, Context(trained=model, rerandom=twin), images, labels, args, device
+            )
         finally:
             del twin
             gc.collect()
@@ -689,10 +782,13 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
 
     work = 2 * args.occlusion_images * size * size * row["gmacs"] / 1e3  # TMAC of the two occlusion calls
     if work > args.occlusion_limit:
-        failures["occlusion"] = (f"not run: {size * size} occluded {size}x{size} images per image at {row['gmacs']:.2f} GMAC "
-                                 f"each, twice: {work:.0f} TMAC > --occlusion-limit {args.occlusion_limit:g}")
+        failures["occlusion"] = (
+            f"not run: {size * size} occluded {size}x{size} images per image at {row['gmacs']:.2f} GMAC "
+            f"each, twice: {work:.0f} TMAC > --occlusion-limit {args.occlusion_limit:g}"
+        )
         row["occlusion"] = "skip"
     else:
+
         def occlusion():
             problem, row["occlusion_noise"] = check_occlusion(model, images, labels, size, args, device, row)
             if problem:  # folded batch norms round differently: float64 tells noise from error
@@ -722,8 +818,11 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
 
     print(environment(device, torchvision))
-    print(f"{len(args.models)} models, {args.images} random images each ({args.occlusion_images} occluded), "
-          f"budget_mb {args.budget_mb:g}, seed {args.seed}", flush=True)
+    print(
+        f"{len(args.models)} models, {args.images} random images each ({args.occlusion_images} occluded), "
+        f"budget_mb {args.budget_mb:g}, seed {args.seed}",
+        flush=True,
+    )
     wait_for_idle(args.wait_idle)
     rows, failures = [], {}
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -732,14 +831,20 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 row, failed = check_model(name, args, device)
             except Exception as e:  # a bug of this script: the model counts as failed, the run goes on
-                row, failed = {"model": name, **dict.fromkeys(FAMILIES, "FAIL"), "seconds": 0.0}, dict.fromkeys(FAMILIES, f"bench: {reason(e)}")
+                row, failed = {"model": name, **dict.fromkeys(FAMILIES, "FAIL"), "seconds": 0.0}, dict.fromkeys(
+                    FAMILIES, f"bench: {reason(e)}"
+                )
         row.update(cpu_s=round(timed.cpu, 1), other_cpu=None if timed.load is None else round(timed.load, 2))
         gc.collect()
         rows.append(row)
         failures[name] = failed
         marks = " ".join(f"{k}={row[k]}" for k in FAMILIES)
-        print(f"[{i}/{len(args.models)}] {name} {row.get('size', '')} traced={row.get('traced', '?')} "
-              f"layer={row.get('layer', '')} {marks} ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[{i}/{len(args.models)}] {name} {row.get('size', '')} traced={row.get('traced', '?')} "
+            f"layer={row.get('layer', '')} {marks} ({row['seconds']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         for key, why in failed.items():
             print(f"    {key}: {why}", file=sys.stderr, flush=True)
     total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -749,28 +854,48 @@ def main(argv: list[str] | None = None) -> int:
     rates = {k: 100.0 * sum(r[k] == "ok" for r in rows) / len(rows) for k in FAMILIES}
     untraced = [r for r in rows if r.get("traced") == "no"]
     slowest = sorted(rows, key=lambda r: -r["seconds"])[:8]
-    vacuous = {k: [r["model"] for r in rows if r.get(f"{k}_effect") is not None and r[f"{k}_effect"] <= LOSS_TOL]
-               for k in ("each", "rerandomize")}
+    vacuous = {
+        k: [r["model"] for r in rows if r.get(f"{k}_effect") is not None and r[f"{k}_effect"] <= LOSS_TOL]
+        for k in ("each", "rerandomize")
+    }
     notes = [
         "pass rate per family (goal >= 95%; Torch-Pruning: 90.6%): "
         + ", ".join(f"{k} {rates[k]:.1f}% ({sum(r[k] == 'ok' for r in rows)}/{len(rows)})" for k in FAMILIES),
         f"all families passed: {sum(all(r[k] == 'ok' for k in FAMILIES) for r in rows)} of {len(rows)} models",
         f"traced: {len(rows) - len(untraced) - sum('traced' not in r for r in rows)} of {len(rows)}; untraced "
-        f"({len(untraced)}, run through forward hooks): " + ("; ".join(f"{r['model']}: {r['untraced_reason']}" for r in untraced) or "none"),
+        f"({len(untraced)}, run through forward hooks): "
+        + ("; ".join(f"{r['model']}: {r['untraced_reason']}" for r in untraced) or "none"),
         *(f"passed in float64 only ({r['model']}): {r['float64']}" for r in rows if r.get("float64")),
-        *(f"{k}: the condition changes no loss by more than the tolerance on {len(v)} models ({', '.join(v)}): the check is vacuous there"
-          for k, v in vacuous.items() if v),
+        *(
+            f"{k}: the condition changes no loss by more than the tolerance on {len(v)} models ({', '.join(v)}): the check is vacuous there"
+            for k, v in vacuous.items()
+            if v
+        ),
         f"total time {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU of this process; other processes used "
-        f"{others:.2f} cores on average meanwhile; slowest: " + ", ".join(f"{r['model']} {r['seconds']:.0f} s" for r in slowest),
+        f"{others:.2f} cores on average meanwhile; slowest: "
+        + ", ".join(f"{r['model']} {r['seconds']:.0f} s" for r in slowest),
     ]
     failed = [(name, k, why) for name, f in failures.items() for k, why in f.items()]
     notes.append(f"failures ({len(failed)}):" if failed else "failures: none")
     notes += [f"  {name} {k}: {why}" for name, k, why in failed]
-    finish(rows, COLUMNS, rates=rates, out=args.out, left=(0, 1, 2, 3, 4),
-                 header=["model", "size", "kwargs", "traced", "layer", *FAMILIES, "s"],
-                 cells=lambda r: [r["model"], r.get("size", ""), r.get("kwargs", ""), r.get("traced", ""), r.get("layer", ""),
-                                  *(r[k] for k in FAMILIES), f"{r['seconds']:.0f}"],
-                 notes=notes)
+    finish(
+        rows,
+        COLUMNS,
+        rates=rates,
+        out=args.out,
+        left=(0, 1, 2, 3, 4),
+        header=["model", "size", "kwargs", "traced", "layer", *FAMILIES, "s"],
+        cells=lambda r: [
+            r["model"],
+            r.get("size", ""),
+            r.get("kwargs", ""),
+            r.get("traced", ""),
+            r.get("layer", ""),
+            *(r[k] for k in FAMILIES),
+            f"{r['seconds']:.0f}",
+        ],
+        notes=notes,
+    )
     return 0 if min(rates.values()) >= 95.0 else 1
 
 

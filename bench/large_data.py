@@ -68,21 +68,43 @@ from _common import ROOT, Timed, calibrate, environment, finish, options, start 
 import numpy as np
 import torch
 
-COLUMNS = ["phase", "ours", "ours_per_s", "peer", "peer_per_s", "ratio", "goal", "goal_met", "ours_peak_mb", "peer_peak_mb", "checked"]
+COLUMNS = [
+    "phase",
+    "ours",
+    "ours_per_s",
+    "peer",
+    "peer_per_s",
+    "ratio",
+    "goal",
+    "goal_met",
+    "ours_peak_mb",
+    "peer_peak_mb",
+    "checked",
+]
 CLASSES = 10
 PEAK_GOAL_MB = 2048
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[options(quick="20,000 + 2,000 images, 4 training steps, 16 sweep images")])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[options(quick="20,000 + 2,000 images, 4 training steps, 16 sweep images")],
+    )
     p.add_argument("--images", type=int, default=200_000, help="training images (default 200,000)")
     p.add_argument("--test-images", type=int, default=10_000)
     p.add_argument("--size", type=int, default=64, help="image side (default 64)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes, ours and the DataLoader's (default 2)")
-    p.add_argument("--peer-images", type=int, default=50_000, help="images the DataLoader decodes for its rate (default 50,000)")
+    p.add_argument(
+        "--peer-images", type=int, default=50_000, help="images the DataLoader decodes for its rate (default 50,000)"
+    )
     p.add_argument("--train-steps", type=int, default=48, help="training batches (default 48; 0: a whole epoch)")
-    p.add_argument("--batch", type=int, default=16, help="training batch size (default 16: a ResNet-18 at 64x64 needs 70 MB of activations per image)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=16,
+        help="training batch size (default 16: a ResNet-18 at 64x64 needs 70 MB of activations per image)",
+    )
     p.add_argument("--sweep-images", type=int, default=64)
     p.add_argument("--units", type=int, default=64)
     p.add_argument("--layer", default="layer3.1.conv2")
@@ -94,7 +116,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
     if args.quick:
-        for key, value in (("images", 20_000), ("test_images", 2_000), ("peer_images", 5_000), ("train_steps", 4), ("sweep_images", 16)):
+        for key, value in (
+            ("images", 20_000),
+            ("test_images", 2_000),
+            ("peer_images", 5_000),
+            ("train_steps", 4),
+            ("sweep_images", 16),
+        ):
             if f"--{key.replace('_', '-')}" not in given:
                 setattr(args, key, value)
     return args
@@ -111,7 +139,9 @@ def pattern(k: int, i: int, size: int) -> np.ndarray:
     angle = np.pi * k / CLASSES
     wave = np.sin(2 * np.pi * (2 + k) * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 2 * np.pi))
     base = 128 + 70 * wave
-    image = np.stack([base, 128 + 40 * np.cos(2 * np.pi * k / CLASSES) + 0 * base, 255 - base], -1) + rng.normal(0, 12, (size, size, 3))
+    image = np.stack([base, 128 + 40 * np.cos(2 * np.pi * k / CLASSES) + 0 * base, 255 - base], -1) + rng.normal(
+        0, 12, (size, size, 3)
+    )
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -139,7 +169,11 @@ def generate(args) -> dict:
         for k in range(CLASSES):
             (folder / split / f"c{k}").mkdir(parents=True, exist_ok=True)
     step = 5000
-    tasks = [(folder, split, a, min(a + step, n), args.size, offsets[split]) for split, n in counts.items() for a in range(0, n, step)]
+    tasks = [
+        (folder, split, a, min(a + step, n), args.size, offsets[split])
+        for split, n in counts.items()
+        for a in range(0, n, step)
+    ]
     began = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         list(pool.map(_write_range, tasks))
@@ -151,7 +185,9 @@ def generate(args) -> dict:
         for split, n in counts.items():
             listing = ImageFolder(str(folder / split)).samples
             with archive.open(f"{split}_images.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": (n, args.size, args.size, 3)})
+                np.lib.format.write_array_header_1_0(
+                    member, {"descr": "|u1", "fortran_order": False, "shape": (n, args.size, args.size, 3)}
+                )
                 from PIL import Image
 
                 for path, _ in listing:
@@ -159,8 +195,12 @@ def generate(args) -> dict:
                         member.write(np.asarray(image.convert("RGB"), dtype=np.uint8).tobytes())
             with archive.open(f"{split}_labels.npy", "w") as member:
                 np.lib.format.write_array(member, np.array([label for _, label in listing], dtype=np.int64))
-    info = {"folder": str(folder), "npz": str(npz), "seconds": time.perf_counter() - began,
-            "uint8_gb": (args.images + args.test_images) * 3 * args.size**2 / 1e9}
+    info = {
+        "folder": str(folder),
+        "npz": str(npz),
+        "seconds": time.perf_counter() - began,
+        "uint8_gb": (args.images + args.test_images) * 3 * args.size**2 / 1e9,
+    }
     done.write_text(json.dumps(info))
     return info
 
@@ -172,15 +212,25 @@ def run_phase(args, phase: str, settings: dict) -> dict:
     """Run one phase in a child process (after flushing the page cache's dirty data to disk): its
     result and its peak resident memory (MB)."""
     os.sync()  # what earlier phases wrote reaches the disk now, not while this one is timed
-    cmd = [sys.executable, __file__, "--phase", phase, "--settings", json.dumps(settings), "--threads", str(args.threads or 0),
-           "--device", args.device] + (["--default-allocator"] if args.default_allocator else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--settings",
+        json.dumps(settings),
+        "--threads",
+        str(args.threads or 0),
+        "--device",
+        args.device,
+    ] + (["--default-allocator"] if args.default_allocator else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"phase {phase} failed (exit {proc.returncode})")
-    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
     return result | {"peak_mb": usage.ru_maxrss / 1024}
 
 
@@ -230,10 +280,23 @@ def phase_train(s: dict) -> dict:
     subset = train_split.subset(_positions(len(train_split), n))
     if s["how"] == "in_memory":
         subset = subset.in_memory(device)
-    config = TrainConfig.from_dict(resolve("train", {"epochs": 1, "batch_size": s["batch"], "optimizer": "sgd", "lr": 0.01,
-                                                     "augment": False, "eval_batch_size": 256}))
+    config = TrainConfig.from_dict(
+        resolve(
+            "train",
+            {
+                "epochs": 1,
+                "batch_size": s["batch"],
+                "optimizer": "sgd",
+                "lr": 0.01,
+                "augment": False,
+                "eval_batch_size": 256,
+            },
+        )
+    )
     model = _resnet(meta["shape"][1])
-    metrics = train(model, subset, test_split.subset(range(64)), config, Path(s["out"]), seed=0, device=device, progress=False)
+    metrics = train(
+        model, subset, test_split.subset(range(64)), config, Path(s["out"]), seed=0, device=device, progress=False
+    )
     return {"seconds": metrics["seconds"], "images": n}
 
 
@@ -249,8 +312,13 @@ def phase_train_dataloader(s: dict) -> dict:
     normalise = transforms.Compose([transforms.ToTensor(), transforms.Normalize(meta["mean"], meta["std"])])
     dataset = datasets.ImageFolder(s["folder"], transform=normalise)
     n = len(dataset) if s["steps"] == 0 else s["steps"] * s["batch"]
-    loader = DataLoader(Subset(dataset, _positions(len(dataset), n).tolist()), batch_size=s["batch"], shuffle=True,
-                        num_workers=s["workers"], generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        Subset(dataset, _positions(len(dataset), n).tolist()),
+        batch_size=s["batch"],
+        shuffle=True,
+        num_workers=s["workers"],
+        generator=torch.Generator().manual_seed(0),
+    )
     model = _resnet(meta["shape"][1]).to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with Timed(device) as t:
@@ -281,15 +349,25 @@ def phase_sweep(s: dict) -> dict:
     model, test, _ = _calibrated(s["view"], s["n"], device)
     if s["how"] == "in_memory":
         test = test.in_memory(device)
-    conditions = [Condition("baseline", "baseline")] + [Condition(f"each:{s['layer']}:{u}", "each", silence=((s["layer"], (u,)),))
-                                                        for u in range(s["units"])]
+    conditions = [Condition("baseline", "baseline")] + [
+        Condition(f"each:{s['layer']}:{u}", "each", silence=((s["layer"], (u,)),)) for u in range(s["units"])
+    ]
     context = Context(trained=model)
-    evaluate_conditions(conditions[:2], context, test.subset(range(2)), budget_mb=s["budget_mb"], device=device, apply=apply_condition)  # warm-up
+    evaluate_conditions(
+        conditions[:2], context, test.subset(range(2)), budget_mb=s["budget_mb"], device=device, apply=apply_condition
+    )  # warm-up
     with Timed(device) as t:
-        out = evaluate_conditions(conditions, context, test, budget_mb=s["budget_mb"], device=device, apply=apply_condition)
+        out = evaluate_conditions(
+            conditions, context, test, budget_mb=s["budget_mb"], device=device, apply=apply_condition
+        )
     labels = test.labels.cpu()
     correct = [int((out[c.name].predictions == labels).sum()) for c in conditions[1:]]
-    return {"seconds": t.seconds, "images": s["n"] * s["units"], "correct": correct, "intact": int((out["baseline"].predictions == labels).sum())}
+    return {
+        "seconds": t.seconds,
+        "images": s["n"] * s["units"],
+        "correct": correct,
+        "intact": int((out["baseline"].predictions == labels).sum()),
+    }
 
 
 def phase_captum(s: dict) -> dict:
@@ -306,7 +384,9 @@ def phase_captum(s: dict) -> dict:
     units = s["units"]
     point = model.get_submodule(silence_point(model, s["layer"]))
     gate = {}
-    point.register_forward_hook(lambda m, i, o: torch.cat([o[:, :units] * gate["g"][:, :, None, None], o[:, units:]], 1))
+    point.register_forward_hook(
+        lambda m, i, o: torch.cat([o[:, :units] * gate["g"][:, :, None, None], o[:, units:]], 1)
+    )
 
     def forward(x, g):
         gate["g"] = g
@@ -332,26 +412,54 @@ def phase_captum(s: dict) -> dict:
     attribution = DataLoaderAttribution(FeatureAblation(forward))
     mask = torch.arange(units).view(1, units)
     with torch.no_grad(), Timed(device) as t:
-        attr = attribution.attribute(loader, input_roles=(1, 0, 2), baselines=(0.0,), feature_mask=(mask,), reduce=reduce,
-                                     perturbations_per_pass=8)
-    return {"seconds": t.seconds, "images": s["n"] * units, "lost": [float(v) for v in (attr[0] if isinstance(attr, tuple) else attr).flatten()]}
+        attr = attribution.attribute(
+            loader,
+            input_roles=(1, 0, 2),
+            baselines=(0.0,),
+            feature_mask=(mask,),
+            reduce=reduce,
+            perturbations_per_pass=8,
+        )
+    return {
+        "seconds": t.seconds,
+        "images": s["n"] * units,
+        "lost": [float(v) for v in (attr[0] if isinstance(attr, tuple) else attr).flatten()],
+    }
 
 
-PHASES = {"prepare": phase_prepare, "decode": phase_decode, "train": phase_train, "train_dataloader": phase_train_dataloader,
-          "sweep": phase_sweep, "captum": phase_captum}
+PHASES = {
+    "prepare": phase_prepare,
+    "decode": phase_decode,
+    "train": phase_train,
+    "train_dataloader": phase_train_dataloader,
+    "sweep": phase_sweep,
+    "captum": phase_captum,
+}
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def row(phase: str, ours: dict, ours_name: str, peer: dict | None, peer_name: str, goal: float | None, checked: str = "") -> dict:
+def row(
+    phase: str, ours: dict, ours_name: str, peer: dict | None, peer_name: str, goal: float | None, checked: str = ""
+) -> dict:
     ours_rate = ours["images"] / ours["seconds"]
     peer_rate = peer["images"] / peer["seconds"] if peer else None
     ratio = ours_rate / peer_rate if peer_rate else None
     met = None if goal is None or ratio is None else ratio >= goal
-    return {"phase": phase, "ours": ours_name, "ours_per_s": round(ours_rate, 1), "peer": peer_name, "peer_per_s": round(peer_rate, 1) if peer_rate else None,
-            "ratio": round(ratio, 2) if ratio else None, "goal": f">={goal:g}x" if goal else "", "goal_met": "" if met is None else ("yes" if met else "no"),
-            "ours_peak_mb": round(ours["peak_mb"]), "peer_peak_mb": round(peer["peak_mb"]) if peer else None, "checked": checked}
+    return {
+        "phase": phase,
+        "ours": ours_name,
+        "ours_per_s": round(ours_rate, 1),
+        "peer": peer_name,
+        "peer_per_s": round(peer_rate, 1) if peer_rate else None,
+        "ratio": round(ratio, 2) if ratio else None,
+        "goal": f">={goal:g}x" if goal else "",
+        "goal_met": "" if met is None else ("yes" if met else "no"),
+        "ours_peak_mb": round(ours["peak_mb"]),
+        "peer_peak_mb": round(peer["peak_mb"]) if peer else None,
+        "checked": checked,
+    }
 
 
 def main(argv=None) -> int:
@@ -367,9 +475,17 @@ def main(argv=None) -> int:
     print(environment(device, torchvision, captum), flush=True)
     data = generate(args)
     work = Path(data["folder"]).parent
-    print(f"{args.images:,} + {args.test_images:,} images of 3x{args.size}x{args.size}: {data['uint8_gb']:.2f} GB as uint8, "
-          f"{4 * data['uint8_gb']:.1f} GB as float32; jobs hold at most 1 GB of a split in memory (data.resident_mb)", flush=True)
-    folder_entry = {"source": "image_folder", "train": str(Path(data["folder"]) / "train"), "test": str(Path(data["folder"]) / "test"), "size": args.size}
+    print(
+        f"{args.images:,} + {args.test_images:,} images of 3x{args.size}x{args.size}: {data['uint8_gb']:.2f} GB as uint8, "
+        f"{4 * data['uint8_gb']:.1f} GB as float32; jobs hold at most 1 GB of a split in memory (data.resident_mb)",
+        flush=True,
+    )
+    folder_entry = {
+        "source": "image_folder",
+        "train": str(Path(data["folder"]) / "train"),
+        "test": str(Path(data["folder"]) / "test"),
+        "size": args.size,
+    }
     view = str(work / "view")
     n_all = args.images + args.test_images
     common = {"device": args.device, "workers": args.workers}
@@ -387,12 +503,20 @@ def main(argv=None) -> int:
         sweep_rows, differ, same = sweep_rows_of(args, folder_entry, view, common)
         rows += sweep_rows
     peaks = [r["ours_peak_mb"] for r in rows]
-    notes = [f"peak memory of every knockout phase: {max(peaks):,} MB (goal < {PEAK_GOAL_MB:,} MB, whatever the dataset's size): "
-             + ("met" if max(peaks) < PEAK_GOAL_MB else "NOT met"),
-             f"data generated once in {data['seconds']:.0f} s ({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})",
-             "peer peak: the DataLoader's process or its largest worker; per_s: images (sweep: images x units) per second"]
-    finish(rows, COLUMNS, ratio="ratio", out=args.out, notes=notes,
-           header=["phase", "ours", "ours/s", "peer", "peer/s", "ratio", "goal", "met", "ours MB", "peer MB", "checked"])
+    notes = [
+        f"peak memory of every knockout phase: {max(peaks):,} MB (goal < {PEAK_GOAL_MB:,} MB, whatever the dataset's size): "
+        + ("met" if max(peaks) < PEAK_GOAL_MB else "NOT met"),
+        f"data generated once in {data['seconds']:.0f} s ({work.relative_to(ROOT) if work.is_relative_to(ROOT) else work})",
+        "peer peak: the DataLoader's process or its largest worker; per_s: images (sweep: images x units) per second",
+    ]
+    finish(
+        rows,
+        COLUMNS,
+        ratio="ratio",
+        out=args.out,
+        notes=notes,
+        header=["phase", "ours", "ours/s", "peer", "peer/s", "ratio", "goal", "met", "ours MB", "peer MB", "checked"],
+    )
     return 0 if differ == 0 and same else 1
 
 
@@ -406,15 +530,50 @@ def warm(folder: Path) -> None:
 def prepare_rows(args, data, work, folder_entry, view, n_all) -> list[dict]:
     rows = []
     warm(Path(data["folder"]))
-    prepared = run_phase(args, "prepare", {"name": "jpegs", "entry": folder_entry, "raw": str(work / "raw_folder"), "out": view,
-                                            "n": n_all, "workers": args.workers})
-    decoded = run_phase(args, "decode", {"folder": folder_entry["train"], "n": min(args.peer_images, args.images), "workers": args.workers})
-    rows.append(row("prepare (JPEG folder)", prepared, f"prepare, {args.workers} workers", decoded,
-                    f"ImageFolder+DataLoader decode, {args.workers} workers", 1.0))
-    tensors = run_phase(args, "prepare", {"name": "arrays", "entry": {"source": "tensors", "path": data["npz"]}, "raw": str(work / "raw_tensors"),
-                                          "out": str(work / "view_tensors"), "n": n_all, "workers": args.workers})
+    prepared = run_phase(
+        args,
+        "prepare",
+        {
+            "name": "jpegs",
+            "entry": folder_entry,
+            "raw": str(work / "raw_folder"),
+            "out": view,
+            "n": n_all,
+            "workers": args.workers,
+        },
+    )
+    decoded = run_phase(
+        args,
+        "decode",
+        {"folder": folder_entry["train"], "n": min(args.peer_images, args.images), "workers": args.workers},
+    )
+    rows.append(
+        row(
+            "prepare (JPEG folder)",
+            prepared,
+            f"prepare, {args.workers} workers",
+            decoded,
+            f"ImageFolder+DataLoader decode, {args.workers} workers",
+            1.0,
+        )
+    )
+    tensors = run_phase(
+        args,
+        "prepare",
+        {
+            "name": "arrays",
+            "entry": {"source": "tensors", "path": data["npz"]},
+            "raw": str(work / "raw_tensors"),
+            "out": str(work / "view_tensors"),
+            "n": n_all,
+            "workers": args.workers,
+        },
+    )
     rows.append(row("prepare (tensors file)", tensors, "prepare", None, "", None))
-    print(f"prepared: {prepared['seconds']:.1f} s from JPEGs, {tensors['seconds']:.1f} s from the tensors file", flush=True)
+    print(
+        f"prepared: {prepared['seconds']:.1f} s from JPEGs, {tensors['seconds']:.1f} s from the tensors file",
+        flush=True,
+    )
     return rows
 
 
@@ -425,16 +584,36 @@ def train_rows(args, work, folder_entry, view, common) -> list[dict]:
     memory = run_phase(args, "train", training | {"how": "in_memory", "out": str(work / "run_in_memory")})
     loader = run_phase(args, "train_dataloader", training)
     steps = f"{args.train_steps} steps of {args.batch}" if args.train_steps else "one epoch"
-    rows.append(row(f"train ResNet-18, {steps}", streamed, "streamed from disk", memory, "in memory (same images)", 0.9))
-    rows.append(row(f"train ResNet-18, {steps}", streamed, "streamed from disk", loader, f"ImageFolder+DataLoader, {args.workers} workers", None))
-    print(f"trained: {streamed['seconds']:.1f} s streamed, {memory['seconds']:.1f} s in memory, {loader['seconds']:.1f} s DataLoader", flush=True)
+    rows.append(
+        row(f"train ResNet-18, {steps}", streamed, "streamed from disk", memory, "in memory (same images)", 0.9)
+    )
+    rows.append(
+        row(
+            f"train ResNet-18, {steps}",
+            streamed,
+            "streamed from disk",
+            loader,
+            f"ImageFolder+DataLoader, {args.workers} workers",
+            None,
+        )
+    )
+    print(
+        f"trained: {streamed['seconds']:.1f} s streamed, {memory['seconds']:.1f} s in memory, {loader['seconds']:.1f} s DataLoader",
+        flush=True,
+    )
     return rows
 
 
 def sweep_rows_of(args, folder_entry, view, common) -> tuple[list[dict], int, bool]:
     rows = []
-    sweep = {"view": view, "n": min(args.sweep_images, args.test_images), "units": args.units, "layer": args.layer, "budget_mb": args.budget_mb,
-             "folder": folder_entry["test"]} | common
+    sweep = {
+        "view": view,
+        "n": min(args.sweep_images, args.test_images),
+        "units": args.units,
+        "layer": args.layer,
+        "budget_mb": args.budget_mb,
+        "folder": folder_entry["test"],
+    } | common
     ours_s = run_phase(args, "sweep", sweep | {"how": "streamed"})
     ours_m = run_phase(args, "sweep", sweep | {"how": "in_memory"})
     peer = run_phase(args, "captum", sweep)
@@ -442,10 +621,28 @@ def sweep_rows_of(args, folder_entry, view, common) -> tuple[list[dict], int, bo
     differ = sum(a != b for a, b in zip(ours_s["correct"], theirs))
     same = ours_s["correct"] == ours_m["correct"]
     what = f"{args.units} units of {args.layer}, {sweep['n']} images"
-    rows.append(row(f"sweep {what}", ours_s, "streamed from disk", peer, "Captum DataLoaderAttribution", 3.0,
-                    f"{differ} of {args.units} units differ from Captum"))
-    rows.append(row(f"sweep {what}", ours_s, "streamed from disk", ours_m, "in memory (same images)", None,
-                    "identical" if same else "DIFFERENT"))
+    rows.append(
+        row(
+            f"sweep {what}",
+            ours_s,
+            "streamed from disk",
+            peer,
+            "Captum DataLoaderAttribution",
+            3.0,
+            f"{differ} of {args.units} units differ from Captum",
+        )
+    )
+    rows.append(
+        row(
+            f"sweep {what}",
+            ours_s,
+            "streamed from disk",
+            ours_m,
+            "in memory (same images)",
+            None,
+            "identical" if same else "DIFFERENT",
+        )
+    )
     return rows, differ, same
 
 

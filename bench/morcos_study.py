@@ -63,17 +63,34 @@ from knockout.train import TrainConfig, train
 GOAL = 10.0
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 WORK = ROOT / "results" / "bench"
-COLUMNS = ["model", "images", "units", "conditions", "captum_s", "ours_s", "ratio", "goal_met",
-           "differ_by_one", "differ_more", "units_changed", "other_cpu"]
+COLUMNS = [
+    "model",
+    "images",
+    "units",
+    "conditions",
+    "captum_s",
+    "ours_s",
+    "ratio",
+    "goal_met",
+    "differ_by_one",
+    "differ_more",
+    "units_changed",
+    "other_cpu",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[options(quick="2,000 test images instead of 10,000")])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[options(quick="2,000 test images instead of 10,000")],
+    )
     p.add_argument("--images", type=int, default=None, help="test images (default all 10,000; --quick: 2,000)")
     p.add_argument("--fractions", default="0.1,0.25,0.5,0.75,0.9")
     p.add_argument("--draws", type=int, default=3)
-    p.add_argument("--weights", type=Path, help="a trained study5_cnn checkpoint (default: train one, kept in results/bench)")
+    p.add_argument(
+        "--weights", type=Path, help="a trained study5_cnn checkpoint (default: train one, kept in results/bench)"
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-subset", type=int, default=20_000)
     p.add_argument("--mirror", action="append", default=["~/.cache/knockout/datasets", "/usr/share/datasets"])
@@ -103,10 +120,21 @@ def trained(args, train_split, test_split, device, notes: list[str]) -> nn.Modul
     if not path.exists():
         torch.manual_seed(0)
         model = build_model("study5_cnn", (1, 28, 28), 10)
-        settings = resolve("train", {"epochs": args.epochs, "batch_size": 128, "optimizer": "adam", "lr": 0.003, "schedule": "onecycle", "augment": False})
+        settings = resolve(
+            "train",
+            {
+                "epochs": args.epochs,
+                "batch_size": 128,
+                "optimizer": "adam",
+                "lr": 0.003,
+                "schedule": "onecycle",
+                "augment": False,
+            },
+        )
         out = WORK / "morcos_training"
-        train(model, train_split, test_split, TrainConfig.from_dict(settings),
-              out, seed=0, device=device, progress=False)
+        train(
+            model, train_split, test_split, TrainConfig.from_dict(settings), out, seed=0, device=device, progress=False
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         (out / "final.pt").replace(path)
     notes.append(f"model: study5_cnn trained here ({path.relative_to(ROOT)})")
@@ -114,7 +142,10 @@ def trained(args, train_split, test_split, device, notes: list[str]) -> nn.Modul
 
 
 def study(args) -> dict:
-    sets = {"each": {"select": "each"}, "curve": {"select": "cumulative", "order": "random", "repeats": args.draws, "fractions": args.fractions}}
+    sets = {
+        "each": {"select": "each"},
+        "curve": {"select": "cumulative", "order": "random", "repeats": args.draws, "fractions": args.fractions},
+    }
     return resolve("filter_ablation", {"type": "filter_ablation", "model": "cnn", "layers": LAYERS, "sets": sets})
 
 
@@ -122,7 +153,9 @@ def ours(model, entry, images, labels, args, device) -> dict[str, int]:
     """Correct counts per condition, from one evaluate_conditions call (as the intervene job)."""
     context = Context(trained=model)
     conditions = filter_ablation.conditions(filter_ablation.Spec.from_dict(entry), context)
-    out = evaluate_conditions(conditions, context, images, labels, budget_mb=args.budget_mb, device=device, apply=apply_condition)
+    out = evaluate_conditions(
+        conditions, context, images, labels, budget_mb=args.budget_mb, device=device, apply=apply_condition
+    )
     labels = labels.cpu()
     return {name: int((o.predictions == labels).sum()) for name, o in out.items()}
 
@@ -134,8 +167,12 @@ def peer(model, conditions, images, labels, args, device) -> dict[str, int]:
 
     counts = {}
     with torch.no_grad():
-        intact = int(sum((model(images[s : s + args.captum_batch]).argmax(1) == labels[s : s + args.captum_batch]).sum()
-                         for s in range(0, len(images), args.captum_batch)))
+        intact = int(
+            sum(
+                (model(images[s : s + args.captum_batch]).argmax(1) == labels[s : s + args.captum_batch]).sum()
+                for s in range(0, len(images), args.captum_batch)
+            )
+        )
     counts["baseline"] = intact
     for layer in LAYERS:
         units = layer_units(model, layer)
@@ -147,14 +184,20 @@ def peer(model, conditions, images, labels, args, device) -> dict[str, int]:
         with torch.no_grad():
             for s in range(0, len(images), args.captum_batch):
                 x, y = images[s : s + args.captum_batch], labels[s : s + args.captum_batch]
-                attribution = ablator.attribute(x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0, perturbations_per_eval=1)
-                lost += attribution.flatten(2).mean(2).sum(0).round().long().cpu() if attribution.dim() > 2 else attribution.sum(0).round().long().cpu()
+                attribution = ablator.attribute(
+                    x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0, perturbations_per_eval=1
+                )
+                lost += (
+                    attribution.flatten(2).mean(2).sum(0).round().long().cpu()
+                    if attribution.dim() > 2
+                    else attribution.sum(0).round().long().cpu()
+                )
         for u in range(units):
             counts[f"each:{layer}:{u}"] = intact - int(lost[u])
     for c in conditions:  # the curves: what a researcher writes without Captum
         if c.set != "curve":
             continue
-        (layer, chosen), = c.silence
+        ((layer, chosen),) = c.silence
         index = torch.as_tensor(chosen, device=device)
 
         def zero(module, args_, output, index=index):
@@ -164,8 +207,12 @@ def peer(model, conditions, images, labels, args, device) -> dict[str, int]:
 
         handle = model.get_submodule(silence_point(model, layer)).register_forward_hook(zero)
         with torch.no_grad():
-            counts[c.name] = int(sum((model(images[s : s + args.captum_batch]).argmax(1) == labels[s : s + args.captum_batch]).sum()
-                                     for s in range(0, len(images), args.captum_batch)))
+            counts[c.name] = int(
+                sum(
+                    (model(images[s : s + args.captum_batch]).argmax(1) == labels[s : s + args.captum_batch]).sum()
+                    for s in range(0, len(images), args.captum_batch)
+                )
+            )
         handle.remove()
     return counts
 
@@ -181,7 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = test_split.inputs(range(n), device), test_split.labels[:n].to(device)
     entry = study(args)
     conditions = filter_ablation.conditions(filter_ablation.Spec.from_dict(entry), Context(trained=model))
-    ours(model, resolve("filter_ablation", {**entry, "sets": {"each": {"select": "each", "layers": ["conv3"]}}}), images[:64], labels[:64], args, device)  # warm-up
+    ours(
+        model,
+        resolve("filter_ablation", {**entry, "sets": {"each": {"select": "each", "layers": ["conv3"]}}}),
+        images[:64],
+        labels[:64],
+        args,
+        device,
+    )  # warm-up
     wait_for_idle(args.wait_idle)
     with Timed(device) as ours_time:
         mine = ours(model, entry, images, labels, args, device)
@@ -192,14 +246,26 @@ def main(argv: list[str] | None = None) -> int:
     by_one, more = sum(d == 1 for d in differ.values()), sum(d > 1 for d in differ.values())
     changed = sum(mine[c.name] != mine["baseline"] for c in conditions if c.set == "each")
     ratio = peer_time.seconds / ours_time.seconds
-    row = {"model": "study5_cnn", "images": n, "units": sum(c.set == "each" for c in conditions), "conditions": len(conditions),
-           "captum_s": round(peer_time.seconds, 2), "ours_s": round(ours_time.seconds, 2), "ratio": round(ratio, 2),
-           "goal_met": "yes" if ratio >= GOAL else "no", "differ_by_one": by_one, "differ_more": more, "units_changed": changed,
-           "other_cpu": f"{peer_time.load or 0:.2f}/{ours_time.load or 0:.2f}"}
+    row = {
+        "model": "study5_cnn",
+        "images": n,
+        "units": sum(c.set == "each" for c in conditions),
+        "conditions": len(conditions),
+        "captum_s": round(peer_time.seconds, 2),
+        "ours_s": round(ours_time.seconds, 2),
+        "ratio": round(ratio, 2),
+        "goal_met": "yes" if ratio >= GOAL else "no",
+        "differ_by_one": by_one,
+        "differ_more": more,
+        "units_changed": changed,
+        "other_cpu": f"{peer_time.load or 0:.2f}/{ours_time.load or 0:.2f}",
+    }
     if more:
         print(f"disagreement: {more} conditions differ by more than one example", file=sys.stderr)
-    notes.append(f"accuracy intact {mine['baseline'] / n:.4f}; ours and the peer agree on every condition"
-                 + (f" but {by_one} (one example each: a tie)" if by_one else ""))
+    notes.append(
+        f"accuracy intact {mine['baseline'] / n:.4f}; ours and the peer agree on every condition"
+        + (f" but {by_one} (one example each: a tie)" if by_one else "")
+    )
     finish([row], COLUMNS, ratio="ratio", out=args.out, notes=notes)
     return 1 if more else 0
 

@@ -63,7 +63,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import Timed, cnn_setup, environment, finish, options, resnet_setup, start, wait_for_idle  # first: src/ on the path
+from _common import (
+    Timed,
+    cnn_setup,
+    environment,
+    finish,
+    options,
+    resnet_setup,
+    start,
+    wait_for_idle,
+)  # first: src/ on the path
 import numpy as np
 import torch
 
@@ -72,14 +81,32 @@ from knockout.graph import graph_of
 
 GOAL = 2.0
 TOLERANCE = 1e-4
-COLUMNS = ["model", "images", "windows", "captum_ppe", "captum_s", "ours_s", "rounds", "ratio", "bound", "goal_met",
-           "captum_cpu_s", "ours_cpu_s", "cpu_ratio", "max_abs_diff", "fwd_per_image", "other_cpu"]
+COLUMNS = [
+    "model",
+    "images",
+    "windows",
+    "captum_ppe",
+    "captum_s",
+    "ours_s",
+    "rounds",
+    "ratio",
+    "bound",
+    "goal_met",
+    "captum_cpu_s",
+    "ours_cpu_s",
+    "cpu_ratio",
+    "max_abs_diff",
+    "fwd_per_image",
+    "other_cpu",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                parents=[options(quick="fewer images and windows unless given")])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[options(quick="fewer images and windows unless given")],
+    )
     p.add_argument("--models", default="cnn,resnet18", help="comma list of: cnn, resnet18 (default both)")
     p.add_argument("--images", type=int, default=None, help="images for every model (overrides the two below)")
     p.add_argument("--cnn-images", type=int, default=8, help="default 8 (--quick: 2)")
@@ -88,14 +115,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=1, help="Captum's stride (default 1)")
     p.add_argument("--fill", type=float, default=0.0, help="occluding value, normalised space (default 0.0)")
     p.add_argument("--ppe", type=int, default=64, help="Captum's perturbations_per_eval (default 64)")
-    p.add_argument("--captum-default", default="none",
-                   help="models also timed with Captum's default perturbations_per_eval=1: "
-                        "comma list, 'none' or 'all' (default none; cnn adds ~2 min)")
+    p.add_argument(
+        "--captum-default",
+        default="none",
+        help="models also timed with Captum's default perturbations_per_eval=1: "
+        "comma list, 'none' or 'all' (default none; cnn adds ~2 min)",
+    )
     p.add_argument("--budget-mb", type=float, default=256, help="occlusion_maps' budget_mb (default 256)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed rounds (ours, then Captum) per row, best of each kept (default 3) ...")
-    p.add_argument("--round-budget", type=float, default=60,
-                   help="... but no new round once a row's rounds took this many seconds (default 60)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed rounds (ours, then Captum) per row, best of each kept (default 3) ...",
+    )
+    p.add_argument(
+        "--round-budget",
+        type=float,
+        default=60,
+        help="... but no new round once a row's rounds took this many seconds (default 60)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
@@ -126,8 +164,14 @@ def captum_attribution(model, images, labels, windows, stride, fill, ppe) -> np.
     out = []
     with torch.no_grad():
         for w in windows:
-            a = occ.attribute(images, sliding_window_shapes=(C, w, w), strides=(C, stride, stride),
-                              baselines=fill, target=labels, perturbations_per_eval=ppe)
+            a = occ.attribute(
+                images,
+                sliding_window_shapes=(C, w, w),
+                strides=(C, stride, stride),
+                baselines=fill,
+                target=labels,
+                perturbations_per_eval=ppe,
+            )
             out.append(a[:, 0].cpu().numpy())  # the same for every channel: the window spans them all
     return np.stack(out, 1)
 
@@ -157,17 +201,35 @@ def run_model(name, model, images, labels, args, ppes, device) -> list[dict]:
     # the image is a single occluded image for both
     with torch.no_grad():
         model(images[:1].expand(64, -1, -1, -1))
-    occlusion_maps(model, images[:1], labels[:1], windows=(max(H, W),), stride=1, fill=args.fill,
-                   budget_mb=args.budget_mb, device=device)
+    occlusion_maps(
+        model,
+        images[:1],
+        labels[:1],
+        windows=(max(H, W),),
+        stride=1,
+        fill=args.fill,
+        budget_mb=args.budget_mb,
+        device=device,
+    )
     captum_attribution(model, images[:1], labels[:1], (min(H, W),), 1, args.fill, 4)
 
     fwd_c, fwd_o = forwards_per_image(H, W, args.windows, args.stride)
     bound = arithmetic_bound(model, images[0], args.windows, args.stride)
-    run_ours = lambda: occlusion_maps(model, images, labels, windows=args.windows, stride=args.stride,  # noqa: E731
-                                      fill=args.fill, budget_mb=args.budget_mb, device=device)
+    run_ours = lambda: occlusion_maps(
+        model,
+        images,
+        labels,
+        windows=args.windows,
+        stride=args.stride,  # noqa: E731
+        fill=args.fill,
+        budget_mb=args.budget_mb,
+        device=device,
+    )
     rows = []
     for ppe in ppes:
-        run_captum = lambda: captum_attribution(model, images, labels, args.windows, args.stride, args.fill, ppe)  # noqa: E731
+        run_captum = lambda: captum_attribution(
+            model, images, labels, args.windows, args.stride, args.fill, ppe
+        )  # noqa: E731
         best_o, best_c, cpu_o, cpu_c, others, diff, spent, rounds = None, None, None, None, [], 0.0, 0.0, 0
         # alternate the two; keep each one's fastest round (the least disturbed by other load)
         while rounds < args.repeats and (rounds == 0 or spent < args.round_budget):
@@ -186,16 +248,33 @@ def run_model(name, model, images, labels, args, ppes, device) -> list[dict]:
             cpu_o = min(cpu_o or t_o.cpu, t_o.cpu)
             cpu_c = min(cpu_c or t_c.cpu, t_c.cpu)
         ratio = best_c / best_o
-        rows.append({
-            "model": name, "images": len(images), "windows": "/".join(map(str, args.windows)),
-            "captum_ppe": ppe, "captum_s": round(best_c, 2), "ours_s": round(best_o, 2), "rounds": rounds,
-            "ratio": round(ratio, 2), "bound": round(bound, 2), "goal_met": "yes" if ratio >= GOAL else "no",
-            "captum_cpu_s": round(cpu_c, 1), "ours_cpu_s": round(cpu_o, 1), "cpu_ratio": round(cpu_c / cpu_o, 2),
-            "max_abs_diff": f"{diff:.1e}", "fwd_per_image": f"{fwd_c}/{fwd_o}",
-            "other_cpu": round(max(others), 2) if others else "", "_ok": diff <= TOLERANCE,
-        })
-        print(f"  {name} ppe={ppe}: captum {best_c:.1f} s, ours {best_o:.1f} s ({ratio:.2f}x, best of {rounds}), "
-              f"max |diff| {diff:.1e}", file=sys.stderr, flush=True)
+        rows.append(
+            {
+                "model": name,
+                "images": len(images),
+                "windows": "/".join(map(str, args.windows)),
+                "captum_ppe": ppe,
+                "captum_s": round(best_c, 2),
+                "ours_s": round(best_o, 2),
+                "rounds": rounds,
+                "ratio": round(ratio, 2),
+                "bound": round(bound, 2),
+                "goal_met": "yes" if ratio >= GOAL else "no",
+                "captum_cpu_s": round(cpu_c, 1),
+                "ours_cpu_s": round(cpu_o, 1),
+                "cpu_ratio": round(cpu_c / cpu_o, 2),
+                "max_abs_diff": f"{diff:.1e}",
+                "fwd_per_image": f"{fwd_c}/{fwd_o}",
+                "other_cpu": round(max(others), 2) if others else "",
+                "_ok": diff <= TOLERANCE,
+            }
+        )
+        print(
+            f"  {name} ppe={ppe}: captum {best_c:.1f} s, ours {best_o:.1f} s ({ratio:.2f}x, best of {rounds}), "
+            f"max |diff| {diff:.1e}",
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -221,20 +300,33 @@ def main(argv: list[str] | None = None) -> int:
         rows += run_model(name, model.eval(), images, labels, args, ppes, device)
 
     bad = [r for r in rows if not r["_ok"]]
-    finish(rows, COLUMNS, ratio="ratio", out=args.out, left=(0, 2), notes=[
-        f"ratio = captum_s / ours_s (goal >= {GOAL:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of "
-        f"{len(rows)} rows). ours also computes the centred maps (probability and prediction with the window "
-        "centred on every pixel); Captum only the attribution.",
-        "bound: Captum's multiply-adds / those our occluded images cannot avoid (of each conv only the "
-        "positions whose receptive field meets the window, the rest in full; knockout.graph.Graph.window_macs)",
-        "*_cpu_s: CPU seconds of this process (all threads); fwd_per_image: occluded images evaluated per "
-        "image, captum/ours; max_abs_diff: largest |attribution difference| over images, windows and pixels; "
-        "other_cpu: cores other processes used",
-        *(["warning: other processes used > 0.2 cores during some rows: those times are noisy "
-           "(--wait-idle 120 waits for quiet moments)"]
-          if any(isinstance(r["other_cpu"], float) and r["other_cpu"] > 0.2 for r in rows) else []),
-        "agreement: " + (f"FAILED in {len(bad)} row(s) (> {TOLERANCE:g})" if bad else f"ok (all within {TOLERANCE:g})"),
-    ])
+    finish(
+        rows,
+        COLUMNS,
+        ratio="ratio",
+        out=args.out,
+        left=(0, 2),
+        notes=[
+            f"ratio = captum_s / ours_s (goal >= {GOAL:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of "
+            f"{len(rows)} rows). ours also computes the centred maps (probability and prediction with the window "
+            "centred on every pixel); Captum only the attribution.",
+            "bound: Captum's multiply-adds / those our occluded images cannot avoid (of each conv only the "
+            "positions whose receptive field meets the window, the rest in full; knockout.graph.Graph.window_macs)",
+            "*_cpu_s: CPU seconds of this process (all threads); fwd_per_image: occluded images evaluated per "
+            "image, captum/ours; max_abs_diff: largest |attribution difference| over images, windows and pixels; "
+            "other_cpu: cores other processes used",
+            *(
+                [
+                    "warning: other processes used > 0.2 cores during some rows: those times are noisy "
+                    "(--wait-idle 120 waits for quiet moments)"
+                ]
+                if any(isinstance(r["other_cpu"], float) and r["other_cpu"] > 0.2 for r in rows)
+                else []
+            ),
+            "agreement: "
+            + (f"FAILED in {len(bad)} row(s) (> {TOLERANCE:g})" if bad else f"ok (all within {TOLERANCE:g})"),
+        ],
+    )
     return 1 if bad else 0
 
 

@@ -122,30 +122,50 @@ COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[options(quick=f"short run: --train-subset {QUICK_SUBSET} unless one is given",
-                         threads=os.cpu_count() or 1)],
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[
+            options(quick=f"short run: --train-subset {QUICK_SUBSET} unless one is given", threads=os.cpu_count() or 1)
+        ],
     )
     p.add_argument("--models", default="mlp,cnn", help="comma list of: mlp, cnn (default both)")
-    p.add_argument("--train-subset", type=int, default=None,
-                   help="train on a class-stratified subset of N images (default all 60,000)")
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="train on a class-stratified subset of N images (default all 60,000)",
+    )
     p.add_argument("--epochs", type=int, default=1, help="timed epochs per run (default 1)")
-    p.add_argument("--workers", default="0,2",
-                   help="comma list of DataLoader num_workers for the notebook way (default 0,2)")
+    p.add_argument(
+        "--workers", default="0,2", help="comma list of DataLoader num_workers for the notebook way (default 0,2)"
+    )
     p.add_argument("--mlp-batch-size", type=int, default=MODELS["mlp"][3])
     p.add_argument("--cnn-batch-size", type=int, default=MODELS["cnn"][3])
     p.add_argument("--warmup-batches", type=int, default=5, help="untimed batches before timing (default 5)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="time every row this many times and keep the fastest (default 1)")
-    p.add_argument("--retries", type=int, default=0,
-                   help="redo a timed run during which other processes kept ours off the CPUs, up to "
-                        "this many times in all (default 0)")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="time every row this many times and keep the fastest (default 1)"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="redo a timed run during which other processes kept ours off the CPUs, up to "
+        "this many times in all (default 0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffling (default 0)")
-    p.add_argument("--mirrors", nargs="*", default=DEFAULT_MIRRORS,
-                   help=f"dataset mirror roots for knockout.data.fetch (default {' '.join(DEFAULT_MIRRORS)})")
+    p.add_argument(
+        "--mirrors",
+        nargs="*",
+        default=DEFAULT_MIRRORS,
+        help=f"dataset mirror roots for knockout.data.fetch (default {' '.join(DEFAULT_MIRRORS)})",
+    )
     p.add_argument("--no-download", action="store_true", help="only use the mirrors")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="keep the data and model folders here (default: a temporary folder, removed)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the data and model folders here (default: a temporary folder, removed)",
+    )
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in MODELS]
@@ -237,16 +257,34 @@ def make_optimizer(name: str, lr: float, params):
     return torch.optim.SGD(params, lr=lr) if name == "sgd" else torch.optim.Adam(params, lr=lr)
 
 
-def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work: Path, seed: int,
-             warmup_batches: int, device, wait_idle: float) -> dict:
+def run_ours(
+    model,
+    init_state,
+    train_split,
+    test_split,
+    cfg: TrainConfig,
+    work: Path,
+    seed: int,
+    warmup_batches: int,
+    device,
+    wait_idle: float,
+) -> dict:
     # Warm-up: a short train() on a throw-away copy (allocator, oneDNN/MKL kernels, thread pool).
     if warmup_batches > 0:
         n = min(len(train_split), warmup_batches * cfg.batch_size)
         warm = copy.deepcopy(model)
         warm.load_state_dict(init_state)
         shutil.rmtree(work / "warmup", ignore_errors=True)
-        train(warm, train_split.subset(range(n)), test_split.subset(range(256)), dataclasses.replace(cfg, epochs=1, checkpoints=()),
-              work / "warmup", seed=seed, device=device, progress=False)
+        train(
+            warm,
+            train_split.subset(range(n)),
+            test_split.subset(range(256)),
+            dataclasses.replace(cfg, epochs=1, checkpoints=()),
+            work / "warmup",
+            seed=seed,
+            device=device,
+            progress=False,
+        )
     model.load_state_dict(init_state)
     out_dir = work / "run"
     shutil.rmtree(out_dir, ignore_errors=True)  # else train() would resume a finished run
@@ -269,20 +307,32 @@ def run_ours(model, init_state, train_split, test_split, cfg: TrainConfig, work:
     }
 
 
-def run_notebook(model, init_state, dataset, batch_size: int, workers: int, opt: str, lr: float,
-                 epochs: int, seed: int, warmup_batches: int, device, wait_idle: float) -> dict:
+def run_notebook(
+    model,
+    init_state,
+    dataset,
+    batch_size: int,
+    workers: int,
+    opt: str,
+    lr: float,
+    epochs: int,
+    seed: int,
+    warmup_batches: int,
+    device,
+    wait_idle: float,
+) -> dict:
     model.to(device)
     if warmup_batches > 0:
         warm = copy.deepcopy(model)
         warm.load_state_dict(init_state)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
-        notebook_epoch(warm, loader, make_optimizer(opt, lr, warm.parameters()), device,
-                       max_batches=warmup_batches)
+        notebook_epoch(warm, loader, make_optimizer(opt, lr, warm.parameters()), device, max_batches=warmup_batches)
         del loader, warm
     model.load_state_dict(init_state)
     optimizer = make_optimizer(opt, lr, model.parameters())
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(seed)
+    )
     seconds, loss, seen = [], 0.0, 0
     wait_for_idle(wait_idle)
     with Timed(device) as load:
@@ -324,7 +374,10 @@ def matmul_rate(model: nn.Module, batch: int, device, repeats: int = 5) -> tuple
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
     mats = []
     for m in layers:
-        x, w, g = (torch.randn(*shape, device=device) for shape in ((batch, m.in_features), (m.out_features, m.in_features), (batch, m.out_features)))
+        x, w, g = (
+            torch.randn(*shape, device=device)
+            for shape in ((batch, m.in_features), (m.out_features, m.in_features), (batch, m.out_features))
+        )
         mats.append((x, w, g))
 
     def step():
@@ -356,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raw = work / "raw"
         fetch(DATASET, raw, args.mirrors, download=not args.no_download)
-        meta = prepare(DATASET, raw, work / "prepared", train_subset=args.train_subset, test_subset=1000,
-                       seed=args.seed)
+        meta = prepare(
+            DATASET, raw, work / "prepared", train_subset=args.train_subset, test_subset=1000, seed=args.seed
+        )
         train_split, test_split, meta = open_view(work / "prepared")
         n = len(train_split)
         tv_root = torchvision_root(raw, work / "torchvision")
@@ -369,8 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         assert [dataset[i][1] for i in probe] == train_split.labels[probe].tolist()
 
         print(f"{environment(device, torchvision)}, DataLoader start method {torch.multiprocessing.get_start_method()}")
-        print(f"Fashion-MNIST train images: {n:,}; epochs timed: {args.epochs}; warm-up batches: "
-              f"{args.warmup_batches}; fastest of {args.repeat}; seed {args.seed}; mean/std {meta['mean'][0]:.4f}/{meta['std'][0]:.4f}")
+        print(
+            f"Fashion-MNIST train images: {n:,}; epochs timed: {args.epochs}; warm-up batches: "
+            f"{args.warmup_batches}; fastest of {args.repeat}; seed {args.seed}; mean/std {meta['mean'][0]:.4f}/{meta['std'][0]:.4f}"
+        )
         print(flush=True)
 
         rows: list[dict] = []
@@ -385,22 +441,62 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: timing ...", file=sys.stderr, flush=True)
 
             # amp off: on a GPU both sides then do the same float32 maths (on the CPU it is never used)
-            cfg = TrainConfig.from_dict(resolve("train", {
-                "epochs": args.epochs, "batch_size": batch, "optimizer": opt, "lr": lr, "momentum": 0.0,
-                "weight_decay": 0.0, "schedule": "constant", "augment": False, "checkpoints": [], "amp": False}))
-            ours = fastest(args.repeat, args.retries, lambda: run_ours(
-                model, init_state, train_split, test_split, cfg, work / f"ours_{key}", args.seed,
-                args.warmup_batches, device, args.wait_idle))
+            cfg = TrainConfig.from_dict(
+                resolve(
+                    "train",
+                    {
+                        "epochs": args.epochs,
+                        "batch_size": batch,
+                        "optimizer": opt,
+                        "lr": lr,
+                        "momentum": 0.0,
+                        "weight_decay": 0.0,
+                        "schedule": "constant",
+                        "augment": False,
+                        "checkpoints": [],
+                        "amp": False,
+                    },
+                )
+            )
+            ours = fastest(
+                args.repeat,
+                args.retries,
+                lambda: run_ours(
+                    model,
+                    init_state,
+                    train_split,
+                    test_split,
+                    cfg,
+                    work / f"ours_{key}",
+                    args.seed,
+                    args.warmup_batches,
+                    device,
+                    args.wait_idle,
+                ),
+            )
             model_rows = [{"model": key, "method": "ours: knockout.train", "num_workers": "", **ours}]
             print(f"  ours: {ours['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
             for w in args.workers:
-                nb = fastest(args.repeat, args.retries, lambda: run_notebook(
-                    model, init_state, dataset, batch, w, opt, lr, args.epochs, args.seed,
-                    args.warmup_batches, device, args.wait_idle))
-                model_rows.append({"model": key, "method": f"notebook: DataLoader workers={w}",
-                                   "num_workers": w, **nb})
-                print(f"  notebook workers={w}: {nb['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr,
-                      flush=True)
+                nb = fastest(
+                    args.repeat,
+                    args.retries,
+                    lambda: run_notebook(
+                        model,
+                        init_state,
+                        dataset,
+                        batch,
+                        w,
+                        opt,
+                        lr,
+                        args.epochs,
+                        args.seed,
+                        args.warmup_batches,
+                        device,
+                        args.wait_idle,
+                    ),
+                )
+                model_rows.append({"model": key, "method": f"notebook: DataLoader workers={w}", "num_workers": w, **nb})
+                print(f"  notebook workers={w}: {nb['seconds_per_epoch']:.2f} s/epoch", file=sys.stderr, flush=True)
 
             ours_ips = ours["images_per_second"]
             loaders = model_rows[1:]
@@ -417,26 +513,42 @@ def main(argv: list[str] | None = None) -> int:
             if key == "mlp":  # matmul-bound: how close to the machine's rate on the same products
                 rate, flops = matmul_rate(model, batch, device)
                 achieved = ours_ips * flops / 1e9
-                ratios.append(f"{label}: ours does {achieved:.1f} GFLOP/s of matrix products; the machine does "
-                              f"{rate:.1f} GFLOP/s on the same products alone: {achieved / rate:.0%} of it (goal >= 75%)")
-            ratios.append(f"{label}, batch {batch}: ours / notebook = "
-                          f"{ours_ips / best['images_per_second']:.2f}x vs the best DataLoader "
-                          f"(workers={best['num_workers']})"
-                          + (f", {ours_ips / zero['images_per_second']:.2f}x vs workers=0" if zero else ""))
+                ratios.append(
+                    f"{label}: ours does {achieved:.1f} GFLOP/s of matrix products; the machine does "
+                    f"{rate:.1f} GFLOP/s on the same products alone: {achieved / rate:.0%} of it (goal >= 75%)"
+                )
+            ratios.append(
+                f"{label}, batch {batch}: ours / notebook = "
+                f"{ours_ips / best['images_per_second']:.2f}x vs the best DataLoader "
+                f"(workers={best['num_workers']})"
+                + (f", {ours_ips / zero['images_per_second']:.2f}x vs workers=0" if zero else "")
+            )
 
         busy = [r for r in rows if contended(r)]
         if busy:
-            ratios += ["", f"WARNING: other processes got in the way during {len(busy)} of the {len(rows)} runs "
-                       f"(contention column: 'waited' > {CONTENDED} cores, or with DataLoader workers 'others' > 0.2): "
-                       "those timings are not trustworthy; rerun on an idle machine (see --wait-idle, --retries)."]
+            ratios += [
+                "",
+                f"WARNING: other processes got in the way during {len(busy)} of the {len(rows)} runs "
+                f"(contention column: 'waited' > {CONTENDED} cores, or with DataLoader workers 'others' > 0.2): "
+                "those timings are not trustworthy; rerun on an idle machine (see --wait-idle, --retries).",
+            ]
         finish(
-            rows, COLUMNS, ratio="speedup_vs_this", out=args.out, left=(0, 1, 7), notes=ratios,
-            header=["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this",
-                    "contention (cores)"],
+            rows,
+            COLUMNS,
+            ratio="speedup_vs_this",
+            out=args.out,
+            left=(0, 1, 7),
+            notes=ratios,
+            header=["model", "method", "batch", "images/s", "s/epoch", "train loss", "ours/this", "contention (cores)"],
             cells=lambda r: [
-                r["model"], r["method"], r["batch_size"], f"{r['images_per_second']:,.0f}",
-                f"{r['seconds_per_epoch']:.2f}", f"{r['train_loss']:.4f}",
-                "" if r["speedup_vs_this"] is None else f"{r['speedup_vs_this']:.2f}x", contention(r["other_load"]),
+                r["model"],
+                r["method"],
+                r["batch_size"],
+                f"{r['images_per_second']:,.0f}",
+                f"{r['seconds_per_epoch']:.2f}",
+                f"{r['train_loss']:.4f}",
+                "" if r["speedup_vs_this"] is None else f"{r['speedup_vs_this']:.2f}x",
+                contention(r["other_load"]),
             ],
         )
     finally:

@@ -61,7 +61,9 @@ class TinyVGG(nn.Module):
                 layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
                 channels = width
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(32, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(32, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -77,15 +79,42 @@ def user_file(tmp_path_factory):
 def architectures(user_file):
     """name -> (arch, input shape, [layers to silence]) of networks with different graph shapes."""
     return {
-        "resnet": ({"type": "torchvision", "name": "resnet18", "small_input": True}, (3, 8, 8), ["layer2.0.conv1", "layer3.1.conv2"]),
+        "resnet": (
+            {"type": "torchvision", "name": "resnet18", "small_input": True},
+            (3, 8, 8),
+            ["layer2.0.conv1", "layer3.1.conv2"],
+        ),
         "vgg_bn": ({"type": "module", "target": f"{__name__}:TinyVGG"}, (3, 16, 16), ["features.4", "classifier.1"]),
-        "mobilenet_se": ({"type": "torchvision", "name": "mobilenet_v3_small"}, (3, 32, 32), ["features.2.block.0.0", "features.4.block.2.fc1"]),
-        "densenet_cat": ({"type": "module", "target": "torchvision.models.densenet:DenseNet",
-                          "kwargs": {"growth_rate": 4, "block_config": [2, 2], "num_init_features": 8, "bn_size": 2}},
-                         (3, 32, 32), ["features.denseblock1.denselayer2.conv1", "features.denseblock2.denselayer1.conv2"]),
-        "vit_heads": ({"type": "module", "target": "torchvision.models.vision_transformer:VisionTransformer",
-                       "kwargs": {"image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}},
-                      (3, 16, 16), ["encoder.layers.encoder_layer_0.self_attention", "encoder.layers.encoder_layer_1.mlp.0"]),
+        "mobilenet_se": (
+            {"type": "torchvision", "name": "mobilenet_v3_small"},
+            (3, 32, 32),
+            ["features.2.block.0.0", "features.4.block.2.fc1"],
+        ),
+        "densenet_cat": (
+            {
+                "type": "module",
+                "target": "torchvision.models.densenet:DenseNet",
+                "kwargs": {"growth_rate": 4, "block_config": [2, 2], "num_init_features": 8, "bn_size": 2},
+            },
+            (3, 32, 32),
+            ["features.denseblock1.denselayer2.conv1", "features.denseblock2.denselayer1.conv2"],
+        ),
+        "vit_heads": (
+            {
+                "type": "module",
+                "target": "torchvision.models.vision_transformer:VisionTransformer",
+                "kwargs": {
+                    "image_size": 16,
+                    "patch_size": 4,
+                    "num_layers": 2,
+                    "num_heads": 2,
+                    "hidden_dim": 16,
+                    "mlp_dim": 32,
+                },
+            },
+            (3, 16, 16),
+            ["encoder.layers.encoder_layer_0.self_attention", "encoder.layers.encoder_layer_1.mlp.0"],
+        ),
         "user_file": ({"type": "module", "target": f"{user_file}:Branchy"}, (3, 12, 12), ["left", "mix"]),
     }
 
@@ -116,14 +145,20 @@ def test_every_study_on_networks_of_any_shape(name, user_file):
     conditions = [Condition("baseline", "baseline")]
     conditions += [Condition(f"each:{first}:{u}", "each", silence=((first, (u,)),)) for u in (0, 1)]
     conditions += [Condition("two", "two", silence=((first, (1,)), (second, (0,))))]
-    conditions += [Condition("rerandom", "rerandomize", replace=((second, "rerandom"),)),
-                   Condition("transplant", "transplant", base="init", replace=((first, "trained"),))]
-    shared = evaluate_conditions(conditions, ctx, x, y, budget_mb=2, device="cpu", apply=apply_condition)  # a few chunks
+    conditions += [
+        Condition("rerandom", "rerandomize", replace=((second, "rerandom"),)),
+        Condition("transplant", "transplant", base="init", replace=((first, "trained"),)),
+    ]
+    shared = evaluate_conditions(
+        conditions, ctx, x, y, budget_mb=2, device="cpu", apply=apply_condition
+    )  # a few chunks
     for c in conditions:
         with torch.no_grad():
             reference = apply_condition(c, ctx)(x)
         assert torch.equal(shared[c.name].predictions, reference.argmax(1)), (name, c.name)
-        torch.testing.assert_close(shared[c.name].losses, nn.functional.cross_entropy(reference, y, reduction="none"), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            shared[c.name].losses, nn.functional.cross_entropy(reference, y, reduction="none"), rtol=1e-4, atol=1e-4
+        )
 
     if graph_of(trained).units[first].kind != "heads":  # a silenced unit is exactly zero on every input
         copy = apply_condition(conditions[1], ctx)
@@ -132,9 +167,16 @@ def test_every_study_on_networks_of_any_shape(name, user_file):
         with torch.no_grad():
             copy(x * 5)
         unit_dim = 1 if isinstance(copy.get_submodule(first), nn.Conv2d) else -1
-        assert torch.count_nonzero(seen[0].select(unit_dim, 0)) == 0 and torch.count_nonzero(seen[0].select(unit_dim, 1)) > 0
+        assert (
+            torch.count_nonzero(seen[0].select(unit_dim, 0)) == 0
+            and torch.count_nonzero(seen[0].select(unit_dim, 1)) > 0
+        )
 
-    conv = next(layer for layer in layers if graph_of(trained).units[layer].kind == "conv") if name != "vit_heads" else "conv_proj"
+    conv = (
+        next(layer for layer in layers if graph_of(trained).units[layer].kind == "conv")
+        if name != "vit_heads"
+        else "conv_proj"
+    )
     table, arrays = top_activations(trained, x, {conv: [0, 1]}, k=3, device="cpu")
     assert len(table) == 2 * 3 and arrays[f"patches_{conv}"].shape[:2] == (3, 2)
     stats = unit_statistics(trained, x, y, 10)
@@ -165,7 +207,11 @@ def test_a_model_that_cannot_be_traced_runs_through_hooks(caplog):
         graph = graph_of(model, x)
     assert not graph.traced and "forward hooks" in caplog.text and graph.silence_point("conv") == "bn"
     ctx = Context(trained=model, rerandom=randomised(DataDependent(), 1))
-    conditions = [Condition("baseline", "baseline"), Condition("u", "u", silence=(("conv", (0, 2)),)), Condition("r", "r", replace=(("fc", "rerandom"),))]
+    conditions = [
+        Condition("baseline", "baseline"),
+        Condition("u", "u", silence=(("conv", (0, 2)),)),
+        Condition("r", "r", replace=(("fc", "rerandom"),)),
+    ]
     shared = evaluate_conditions(conditions, ctx, x, y, budget_mb=1, device="cpu", apply=apply_condition)
     for c in conditions:
         with torch.no_grad():
@@ -190,20 +236,52 @@ def config_with(model: dict, studies: dict | None = None) -> dict:
 @pytest.mark.parametrize(
     "model,message",
     [
-        ({"arch": {"type": "torchvision", "name": "resnet1000"}}, "models.m.arch: unknown torchvision classification model 'resnet1000'"),
-        ({"arch": {"type": "torchvision", "name": "resnet18", "weights": "IMAGENET9K"}}, "models.m.arch.weights: no weights 'IMAGENET9K' for resnet18"),
-        ({"arch": {"type": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}},
-         "models.m.arch.weights: resnet18 IMAGENET1K_V1 is not in torch's cache and https://download.pytorch.org/models/resnet18-f37072fd.pth cannot be reached: put resnet18-f37072fd.pth in"),
-        ({"arch": {"type": "torchvision", "name": "resnet18", "weights": "{tmp}/r18.pth"}}, "models.m.arch.weights: no such file"),
-        ({"arch": {"type": "torchvision", "name": "vgg11", "small_input": True}}, "models.m.arch: small_input needs a ResNet-like stem"),
-        ({"arch": {"type": "module", "target": "no/such/file.py:Net"}}, "models.m.arch: target 'no/such/file.py:Net': no such file"),
-        ({"arch": {"type": "module", "target": "knockout_no_such_package.models:Net"}}, "models.m.arch: target 'knockout_no_such_package.models:Net': cannot import"),
+        (
+            {"arch": {"type": "torchvision", "name": "resnet1000"}},
+            "models.m.arch: unknown torchvision classification model 'resnet1000'",
+        ),
+        (
+            {"arch": {"type": "torchvision", "name": "resnet18", "weights": "IMAGENET9K"}},
+            "models.m.arch.weights: no weights 'IMAGENET9K' for resnet18",
+        ),
+        (
+            {"arch": {"type": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}},
+            "models.m.arch.weights: resnet18 IMAGENET1K_V1 is not in torch's cache and https://download.pytorch.org/models/resnet18-f37072fd.pth cannot be reached: put resnet18-f37072fd.pth in",
+        ),
+        (
+            {"arch": {"type": "torchvision", "name": "resnet18", "weights": "{tmp}/r18.pth"}},
+            "models.m.arch.weights: no such file",
+        ),
+        (
+            {"arch": {"type": "torchvision", "name": "vgg11", "small_input": True}},
+            "models.m.arch: small_input needs a ResNet-like stem",
+        ),
+        (
+            {"arch": {"type": "module", "target": "no/such/file.py:Net"}},
+            "models.m.arch: target 'no/such/file.py:Net': no such file",
+        ),
+        (
+            {"arch": {"type": "module", "target": "knockout_no_such_package.models:Net"}},
+            "models.m.arch: target 'knockout_no_such_package.models:Net': cannot import",
+        ),
         ({"arch": {"type": "module", "target": "{user}:Missing"}}, "has no callable 'Missing'"),
         ({"arch": {"type": "module", "target": "{user}:not_a_module"}}, "returned a int, not an nn.Module"),
-        ({"arch": {"type": "module", "target": "{user}:Branchy", "kwargs": {"num_classes": 3}}}, "models.m.arch: gives outputs of shape (3,) for 10 classes"),
-        ({"arch": {"type": "module", "target": "{user}:Branchy"}, "checkpoints": "{tmp}/none_{seed}.pt"}, "models.m.checkpoints: no such file"),
-        ({"arch": {"type": "module", "target": "{user}:Branchy"}, "checkpoints": "{tmp}/other_{seed}.pt"}, "does not match the architecture: lacks stem.bias (15 differences)"),
-        ({"arch": {"type": "module", "target": "{user}:Branchy"}, "checkpoints": "{tmp}/wide_{seed}.pt"}, "does not match the architecture: stem.weight is (16, 1, 3, 3), the model's (8, 1, 3, 3)"),
+        (
+            {"arch": {"type": "module", "target": "{user}:Branchy", "kwargs": {"num_classes": 3}}},
+            "models.m.arch: gives outputs of shape (3,) for 10 classes",
+        ),
+        (
+            {"arch": {"type": "module", "target": "{user}:Branchy"}, "checkpoints": "{tmp}/none_{seed}.pt"},
+            "models.m.checkpoints: no such file",
+        ),
+        (
+            {"arch": {"type": "module", "target": "{user}:Branchy"}, "checkpoints": "{tmp}/other_{seed}.pt"},
+            "does not match the architecture: lacks stem.bias (15 differences)",
+        ),
+        (
+            {"arch": {"type": "module", "target": "{user}:Branchy"}, "checkpoints": "{tmp}/wide_{seed}.pt"},
+            "does not match the architecture: stem.weight is (16, 1, 3, 3), the model's (8, 1, 3, 3)",
+        ),
     ],
 )
 def test_bad_models_are_one_line_errors(tmp_path, user_file, model, message):
@@ -228,8 +306,18 @@ def test_studies_needing_what_only_training_gives_are_refused_for_adopted_checkp
     for seed in (0, 1, 2):
         torch.save({"state_dict": network.state_dict()}, tmp_path / f"final_{seed}.pt")
     model = {"arch": arch, "checkpoints": str(tmp_path / "final_{seed}.pt")}
-    check(validate(config_with(model, {"f": {"type": "filter_ablation", "model": "m", "layers": ["left"], "sets": {"e": {"select": "each"}}}})))
-    with pytest.raises(ConfigError, match=r"interventions.s: layer_swap needs the initial weights of model 'm', which is not trained here: give models.m.checkpoints.init"):
+    check(
+        validate(
+            config_with(
+                model,
+                {"f": {"type": "filter_ablation", "model": "m", "layers": ["left"], "sets": {"e": {"select": "each"}}}},
+            )
+        )
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"interventions.s: layer_swap needs the initial weights of model 'm', which is not trained here: give models.m.checkpoints.init",
+    ):
         check(validate(config_with(model, {"s": {"type": "layer_swap", "model": "m", "modes": ["reinit"]}})))
     with pytest.raises(ConfigError, match=r"interventions.s.modes: rewind needs epoch checkpoints"):
         check(validate(config_with(model, {"s": {"type": "layer_swap", "model": "m", "modes": ["rewind"]}})))

@@ -9,7 +9,9 @@ from knockout.config import ConfigError, load, validate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))], ids=lambda p: p.name
+)
 def test_shipped_configs_are_valid(path):
     config = load(path).config
     assert config["models"] and config["seeds"]
@@ -36,8 +38,23 @@ def test_the_schema_ships_inside_the_installed_package(tmp_path):
     import sys
     import zipfile
 
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(tmp_path.glob("knockout-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -46,6 +63,12 @@ def test_the_schema_ships_inside_the_installed_package(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)
     code = "import knockout.config as c; print(c.SCHEMA.parent.parent.name, bool(c.load_schema()['$defs']['filter_ablation']))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.split() == ["site", "True"], out.stderr[-2000:]

@@ -227,7 +227,9 @@ def test_idx_wrong_magic_is_refused(tmp_path):
     source, _ = tiny_idx_dataset(tmp_path)
     # A labels file where the images belong.
     write_idx_gz(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros(20, dtype=np.uint8))
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: malformed IDX file .*3 dimension instead of 1") as err:
+    with pytest.raises(
+        DataError, match="t10k-images-idx3-ubyte.gz: malformed IDX file .*3 dimension instead of 1"
+    ) as err:
         read_raw("mnist", tmp_path, source=_trust(source, tmp_path))
     assert_one_line(err)
 
@@ -246,7 +248,9 @@ def test_cifar_batch_with_a_wrong_label_count_is_refused(tmp_path):
     images = np.zeros((4, 3, 32, 32), dtype=np.uint8)
     write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", [(images, [0, 1, 2])], (images, [0, 1, 2, 3]), CIFAR_CLASSES)
     source = _trust(DATASETS["cifar10"], tmp_path)
-    with pytest.raises(DataError, match="cifar10: cifar-10-python.tar.gz: data_batch_\\*: 3 labels for 4 images") as err:
+    with pytest.raises(
+        DataError, match="cifar10: cifar-10-python.tar.gz: data_batch_\\*: 3 labels for 4 images"
+    ) as err:
         read_raw("cifar10", tmp_path, source=source)
     assert_one_line(err)
 
@@ -292,7 +296,9 @@ def test_fetch_downloads_from_local_server(tmp_path, http_root):
     source, _ = tiny_cifar_dataset(root / "good")
     dest = tmp_path / "raw"
     # The first base URL 404s; fetch must fall through to the second.
-    manifest = fetch("cifar10", dest, [tmp_path / "empty"], urls=[base + "missing/", base + "good/"], timeout=5, source=source)
+    manifest = fetch(
+        "cifar10", dest, [tmp_path / "empty"], urls=[base + "missing/", base + "good/"], timeout=5, source=source
+    )
 
     name = "cifar-10-python.tar.gz"
     assert (dest / name).read_bytes() == (root / "good" / name).read_bytes()
@@ -398,8 +404,9 @@ def test_prepare_writes_subsets_and_meta(tmp_path):
     subset = arrays["train_images"][train["indices"]] / 255.0
     assert meta["mean"] == pytest.approx([subset.mean()], abs=1e-9)
     assert meta["std"] == pytest.approx([subset.std()], abs=1e-9)
-    assert sorted(p.name for p in out.iterdir()) == sorted(["meta.json"] + [f"{s}_{a}.npy" for s in ("train", "test")
-                                                             for a in ("images", "labels", "indices")])  # no tmp files
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["meta.json"] + [f"{s}_{a}.npy" for s in ("train", "test") for a in ("images", "labels", "indices")]
+    )  # no tmp files
 
 
 def test_prepare_refuses_unverified_data(tmp_path):
@@ -422,7 +429,7 @@ def test_a_prepared_split_normalises_per_channel_with_the_dataset_preprocessing(
     for resident_mb in (0, 1):  # streamed from disk, and held in memory: the same inputs
         train = open_split(out, "train", preprocess, "cpu", resident_mb)
         assert isinstance(train, Split) and len(train) == 30 and len(open_split(out, "test")) == 10
-        (_, x, y), = train.chunks(30, "cpu")
+        ((_, x, y),) = train.chunks(30, "cpu")
         assert x.dtype == torch.float32 and x.shape == (30, 3, 32, 32) and y.dtype == torch.int64
         x = x.double()
         assert x.mean(dim=(0, 2, 3)).tolist() == pytest.approx([0, 0, 0], abs=1e-5)
@@ -445,9 +452,14 @@ def test_the_default_studys_fashion_mnist_is_prepared_byte_for_byte_as_before(tm
     same images, labels and indices, normalised by the same float32 mean and std."""
     fetch("fashion_mnist", tmp_path / "raw", ["/usr/share/datasets"], download=False)
     entry = resolve_dataset("fashion_mnist", {"train_subset": 10_000, "test_subset": 2_000})
-    meta = prepare("fashion_mnist", tmp_path / "raw", tmp_path / "out", train_subset=10_000, test_subset=2_000, seed=0, entry=entry)
-    digest = {f"{s}_{a}": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
-              for s in ("train", "test") for a, v in arrays_of(tmp_path / "out", s).items()}
+    meta = prepare(
+        "fashion_mnist", tmp_path / "raw", tmp_path / "out", train_subset=10_000, test_subset=2_000, seed=0, entry=entry
+    )
+    digest = {
+        f"{s}_{a}": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
+        for s in ("train", "test")
+        for a, v in arrays_of(tmp_path / "out", s).items()
+    }
     assert digest == {
         "train_images": "5ced7880ea506880ffc20558039f8cc015a8e10f11a3a28bc4c834112483636c",
         "train_labels": "a618857d4b804fe765fdc3677e9ef84f6249161369617f757ff4100edd46595d",
@@ -488,11 +500,16 @@ def _rows_in_folder_order(colours: dict[Path, tuple], folder: Path) -> list:
 
 
 def test_image_folder_of_pngs_of_different_sizes_is_resized_to_size(tmp_path):
-    sizes = {"ant": [(30, 40), (50, 20), (16, 16), (64, 48)], "bee": [(20, 20), (33, 17), (16, 40), (80, 80)],
-             "cat": [(16, 16), (21, 35), (40, 30), (17, 16)]}
+    sizes = {
+        "ant": [(30, 40), (50, 20), (16, 16), (64, 48)],
+        "bee": [(20, 20), (33, 17), (16, 40), (80, 80)],
+        "cat": [(16, 16), (21, 35), (40, 30), (17, 16)],
+    }
     colours = write_png_folder(tmp_path / "train", sizes)
     colours |= write_png_folder(tmp_path / "test", {c: s[:2] for c, s in sizes.items()})
-    entry = resolve_dataset("bugs", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 16})
+    entry = resolve_dataset(
+        "bugs", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 16}
+    )
     assert entry["channels"] == 3  # the schema's default
 
     info = inspect("bugs", entry)  # from the listing alone, before any job
@@ -504,7 +521,11 @@ def test_image_folder_of_pngs_of_different_sizes_is_resized_to_size(tmp_path):
     assert manifest["files"]["train/bee/img03.png"]["size"] == (tmp_path / "train/bee/img03.png").stat().st_size
 
     meta = prepare("bugs", tmp_path / "raw", tmp_path / "out", entry=entry)
-    assert meta["shape"] == [3, 16, 16] and meta["classes"] == ["ant", "bee", "cat"] and (meta["n_train"], meta["n_test"]) == (12, 6)
+    assert (
+        meta["shape"] == [3, 16, 16]
+        and meta["classes"] == ["ant", "bee", "cat"]
+        and (meta["n_train"], meta["n_test"]) == (12, 6)
+    )
     assert meta["source"]["source"] == "image_folder" and set(meta["checksums"]) == {"listing_sha256"}
     for split, n in (("train", 12), ("test", 6)):
         arrays = arrays_of(tmp_path / "out", split)
@@ -518,8 +539,16 @@ def test_image_folder_of_pngs_of_different_sizes_is_resized_to_size(tmp_path):
 def test_image_folder_in_grey_with_a_non_square_size(tmp_path):
     colours = write_png_folder(tmp_path / "train", {"a": [(30, 20), (12, 12)], "b": [(40, 10), (9, 25)]})
     colours |= write_png_folder(tmp_path / "test", {"a": [(8, 8)], "b": [(50, 50)]})
-    entry = resolve_dataset("g", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"),
-                                  "size": [6, 10], "channels": 1})
+    entry = resolve_dataset(
+        "g",
+        {
+            "source": "image_folder",
+            "train": str(tmp_path / "train"),
+            "test": str(tmp_path / "test"),
+            "size": [6, 10],
+            "channels": 1,
+        },
+    )
     assert inspect("g", entry).shape == (1, 6, 10)
     fetch("g", tmp_path / "raw", [], entry=entry)
     meta = prepare("g", tmp_path / "raw", tmp_path / "out", entry=entry)
@@ -548,7 +577,9 @@ def test_images_are_resized_by_their_shorter_side_then_centre_cropped():
 def test_an_image_folder_edited_after_fetching_is_not_prepared(tmp_path):
     write_png_folder(tmp_path / "train", {"a": [(8, 8)], "b": [(8, 8)]})
     write_png_folder(tmp_path / "test", {"a": [(8, 8)], "b": [(8, 8)]})
-    entry = resolve_dataset("f", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 8})
+    entry = resolve_dataset(
+        "f", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 8}
+    )
     fetch("f", tmp_path / "raw", [], entry=entry)
     write_png_folder(tmp_path / "train", {"a": [(8, 8), (9, 9)]})
     with pytest.raises(DataError, match="datasets.f: the image folders changed since they were fetched") as err:
@@ -572,7 +603,9 @@ def _tensors(n_train=40, n_test=12, k=4, seed=0):
 def test_tensors_npz_nhwc_uint8(tmp_path):
     arrays = _tensors() | {"classes": np.array(["w", "x", "y", "z"])}
     np.savez(tmp_path / "data.npz", **arrays)
-    entry = resolve_dataset("t", {"source": "tensors", "path": str(tmp_path / "data.npz"), "train_subset": 20, "subset_seed": 2})
+    entry = resolve_dataset(
+        "t", {"source": "tensors", "path": str(tmp_path / "data.npz"), "train_subset": 20, "subset_seed": 2}
+    )
     info = inspect("t", entry)
     assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 8, 8), ("w", "x", "y", "z"), 20, 12)
 
@@ -595,8 +628,16 @@ def test_tensors_npz_nhwc_uint8(tmp_path):
 def test_tensors_pt_with_float_images_nchw(tmp_path):
     rng = np.random.default_rng(1)
     x = {s: torch.from_numpy(rng.random((n, 1, 6, 6), dtype=np.float32)) for s, n in (("train", 10), ("test", 4))}
-    torch.save({"train_images": x["train"], "train_labels": torch.arange(10) % 2, "test_images": x["test"],
-                "test_labels": torch.tensor([0, 1, 1, 0]), "classes": ["even", "odd"]}, tmp_path / "data.pt")
+    torch.save(
+        {
+            "train_images": x["train"],
+            "train_labels": torch.arange(10) % 2,
+            "test_images": x["test"],
+            "test_labels": torch.tensor([0, 1, 1, 0]),
+            "classes": ["even", "odd"],
+        },
+        tmp_path / "data.pt",
+    )
     entry = resolve_dataset("p", {"source": "tensors", "path": str(tmp_path / "data.pt")})
     assert inspect("p", entry).shape == (1, 6, 6)
     fetch("p", tmp_path / "raw", [], entry=entry)
@@ -608,8 +649,12 @@ def test_tensors_pt_with_float_images_nchw(tmp_path):
 
 # --------------------------------------------------------------------------- torchvision classes
 
-FAKE = {"source": "torchvision", "class": "FakeData", "kwargs": {"image_size": [3, 10, 10], "num_classes": 4},
-        "splits": {"train": {"size": 24, "random_offset": 0}, "test": {"size": 8, "random_offset": 500}}}
+FAKE = {
+    "source": "torchvision",
+    "class": "FakeData",
+    "kwargs": {"image_size": [3, 10, 10], "num_classes": 4},
+    "splits": {"train": {"size": 24, "random_offset": 0}, "test": {"size": 8, "random_offset": 500}},
+}
 
 
 def test_torchvision_fakedata_through_the_torchvision_source(tmp_path):
@@ -625,7 +670,9 @@ def test_torchvision_fakedata_through_the_torchvision_source(tmp_path):
     assert manifest["origin"] == "generated" and (manifest["n_train"], manifest["n_test"]) == (24, 8)
     after = inspect("fake", entry, tmp_path / "raw")
     assert after.shape == (3, 10, 10) and (after.n_train, after.n_test) == (12, 8)
-    assert after.classes is None and after.deferred.endswith("FakeData lists no classes: they are known once it is prepared")
+    assert after.classes is None and after.deferred.endswith(
+        "FakeData lists no classes: they are known once it is prepared"
+    )
 
     meta = prepare("fake", tmp_path / "raw", tmp_path / "out", train_subset=12, entry=entry)
     train = arrays_of(tmp_path / "out", "train")
@@ -633,7 +680,9 @@ def test_torchvision_fakedata_through_the_torchvision_source(tmp_path):
     for image, label, index in zip(train["images"], train["labels"], train["indices"]):
         ref_image, ref_label = reference[int(index)]
         assert label == ref_label and (image == pil_to_tensor(ref_image).numpy()).all()
-    labels = [reference[i][1] for i in range(24)] + [FakeData(size=8, num_classes=4, random_offset=500)[i][1] for i in range(8)]
+    labels = [reference[i][1] for i in range(24)] + [
+        FakeData(size=8, num_classes=4, random_offset=500)[i][1] for i in range(8)
+    ]
     assert meta["classes"] == [str(k) for k in range(max(labels) + 1)] and meta["source"]["class"] == "FakeData"
 
 
@@ -645,7 +694,9 @@ def test_torchvision_class_from_a_mirror_in_its_own_layout(tmp_path):
     _, arrays = tiny_idx_dataset(tmp_path / "gz", n_train=30, n_test=10)
     raw = write_torchvision_mnist(tmp_path / "mirror" / "kana", "KMNIST", arrays)
     entry = resolve_dataset("kana", {"source": "torchvision", "class": "KMNIST"})
-    manifest = fetch("kana", tmp_path / "raw", [tmp_path / "elsewhere", tmp_path / "mirror"], download=False, entry=entry)
+    manifest = fetch(
+        "kana", tmp_path / "raw", [tmp_path / "elsewhere", tmp_path / "mirror"], download=False, entry=entry
+    )
     assert manifest["origin"] == "mirror" and manifest["root"] == str((tmp_path / "mirror" / "kana").resolve())
     assert set(manifest["files"]) == {f"KMNIST/raw/{p.name}" for p in raw.iterdir()}
     assert manifest["classes"] == KMNIST.classes and manifest["shape"] == [1, 28, 28]
@@ -659,7 +710,9 @@ def test_torchvision_class_from_a_mirror_in_its_own_layout(tmp_path):
     assert meta["classes"] == KMNIST.classes and set(meta["checksums"]) == set(manifest["files"])
 
     flip_byte(raw / "t10k-labels-idx1-ubyte")
-    with pytest.raises(DataError, match="datasets.kana: KMNIST/raw/t10k-labels-idx1-ubyte: changed since it was fetched") as err:
+    with pytest.raises(
+        DataError, match="datasets.kana: KMNIST/raw/t10k-labels-idx1-ubyte: changed since it was fetched"
+    ) as err:
         prepare("kana", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert_one_line(err)
 
@@ -676,7 +729,9 @@ def test_a_torchvision_class_in_no_mirror_and_offline_says_where_to_put_it(tmp_p
 def test_a_torchvision_split_the_class_refuses_is_one_line(tmp_path):
     (tmp_path / "mirror").mkdir()
     entry = resolve_dataset("s", {"source": "torchvision", "class": "SVHN", "splits": {"test": "validation"}})
-    with pytest.raises(DataError, match=r"datasets.s: torchvision.datasets.SVHN\(split='validation'\): Unknown value 'validation'") as err:
+    with pytest.raises(
+        DataError, match=r"datasets.s: torchvision.datasets.SVHN\(split='validation'\): Unknown value 'validation'"
+    ) as err:
         fetch("s", tmp_path / "raw", [tmp_path / "mirror"], download=False, entry=entry)
     assert_one_line(err)
 
@@ -685,8 +740,11 @@ def test_a_torchvision_split_the_class_refuses_is_one_line(tmp_path):
 
 
 def _config(entry: dict, name: str = "d", interventions: dict | None = None) -> dict:
-    return {"datasets": {name: entry}, "models": {"m": {"dataset": name, "arch": {"type": "mlp", "widths": [8]}}},
-            "interventions": interventions or {}}
+    return {
+        "datasets": {name: entry},
+        "models": {"m": {"dataset": name, "arch": {"type": "mlp", "widths": [8]}}},
+        "interventions": interventions or {},
+    }
 
 
 @pytest.fixture
@@ -699,37 +757,97 @@ def bad_files(tmp_path):
     arrays = _tensors(k=3)
     np.savez(tmp_path / "good.npz", **arrays)
     np.savez(tmp_path / "lacking.npz", **{k: v for k, v in arrays.items() if k != "test_labels"})
-    np.savez(tmp_path / "range.npz", **(arrays | {"classes": np.array(["a", "b", "c"]), "train_labels": arrays["train_labels"] + 1}))
+    np.savez(
+        tmp_path / "range.npz",
+        **(arrays | {"classes": np.array(["a", "b", "c"]), "train_labels": arrays["train_labels"] + 1}),
+    )
     np.savez(tmp_path / "negative.npz", **(arrays | {"test_labels": arrays["test_labels"] - 1}))
     return tmp_path
 
 
 REFUSED = [
-    ({"source": "torchvision", "class": "CIFAR1000"}, "datasets.d.class: torchvision.datasets has no dataset class 'CIFAR1000' (did you mean CIFAR100?)"),
-    ({"source": "torchvision", "class": "VOCSegmentation"}, "datasets.d.class: VOCSegmentation is a segmentation dataset, not an image-classification dataset"),
-    ({"source": "torchvision", "class": "Sintel"}, "datasets.d.class: Sintel is an optical-flow dataset, not an image-classification dataset"),
+    (
+        {"source": "torchvision", "class": "CIFAR1000"},
+        "datasets.d.class: torchvision.datasets has no dataset class 'CIFAR1000' (did you mean CIFAR100?)",
+    ),
+    (
+        {"source": "torchvision", "class": "VOCSegmentation"},
+        "datasets.d.class: VOCSegmentation is a segmentation dataset, not an image-classification dataset",
+    ),
+    (
+        {"source": "torchvision", "class": "Sintel"},
+        "datasets.d.class: Sintel is an optical-flow dataset, not an image-classification dataset",
+    ),
     ({"source": "torchvision", "class": "ImageFolder"}, "use source: image_folder"),
-    ({"source": "torchvision", "class": "CIFAR100", "kwargs": {"fine": True}}, "datasets.d.kwargs.fine: CIFAR100 takes no argument 'fine' (it takes: "),
-    ({"source": "torchvision", "class": "CIFAR100", "kwargs": {"root": "/data"}}, "datasets.d.kwargs.root: set by knockout"),
-    ({"source": "torchvision", "class": "SVHN", "kwargs": {"split": "extra"}}, "datasets.d.kwargs.split: SVHN takes its split as split=: give it in datasets.d.splits"),
-    ({"source": "torchvision", "class": "CIFAR100", "splits": {"test": "val"}}, "datasets.d.splits.test: CIFAR100 takes train=True/False, not a split name"),
-    ({"source": "torchvision", "class": "FakeData"}, "datasets.d.splits: FakeData takes neither train nor split: give splits.train and splits.test"),
-    ({"source": "torchvision", "class": "FakeData", "splits": {"train": {"size": 5}, "test": {"size": 5}}}, "datasets.d.splits: the train and test splits get the same arguments"),
+    (
+        {"source": "torchvision", "class": "CIFAR100", "kwargs": {"fine": True}},
+        "datasets.d.kwargs.fine: CIFAR100 takes no argument 'fine' (it takes: ",
+    ),
+    (
+        {"source": "torchvision", "class": "CIFAR100", "kwargs": {"root": "/data"}},
+        "datasets.d.kwargs.root: set by knockout",
+    ),
+    (
+        {"source": "torchvision", "class": "SVHN", "kwargs": {"split": "extra"}},
+        "datasets.d.kwargs.split: SVHN takes its split as split=: give it in datasets.d.splits",
+    ),
+    (
+        {"source": "torchvision", "class": "CIFAR100", "splits": {"test": "val"}},
+        "datasets.d.splits.test: CIFAR100 takes train=True/False, not a split name",
+    ),
+    (
+        {"source": "torchvision", "class": "FakeData"},
+        "datasets.d.splits: FakeData takes neither train nor split: give splits.train and splits.test",
+    ),
+    (
+        {"source": "torchvision", "class": "FakeData", "splits": {"train": {"size": 5}, "test": {"size": 5}}},
+        "datasets.d.splits: the train and test splits get the same arguments",
+    ),
     ({"source": "torchvision", "class": "CIFAR100", "channels": 2}, "datasets.d.channels: 2 is not one of [1, 3]"),
-    ({"source": "image_folder", "train": "{tmp}/nope", "test": "{tmp}/test", "size": 8}, "datasets.d.train: no such folder {tmp}/nope"),
-    ({"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/test", "size": 8}, "datasets.d.test: its classes are not the train folder's (only in train: b; only in test: c)"),
-    ({"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/same"}, "models.m: the images of datasets.d are not all one size: give datasets.d.size, or models.m.preprocess with a resize and crop"),
-    ({"source": "image_folder", "test": "{tmp}/same", "size": 8}, "models.m: datasets.d has no training split to train it on: give models.m.checkpoints (your trained weights, or pretrained with arch.weights)"),
+    (
+        {"source": "image_folder", "train": "{tmp}/nope", "test": "{tmp}/test", "size": 8},
+        "datasets.d.train: no such folder {tmp}/nope",
+    ),
+    (
+        {"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/test", "size": 8},
+        "datasets.d.test: its classes are not the train folder's (only in train: b; only in test: c)",
+    ),
+    (
+        {"source": "image_folder", "train": "{tmp}/train", "test": "{tmp}/same"},
+        "models.m: the images of datasets.d are not all one size: give datasets.d.size, or models.m.preprocess with a resize and crop",
+    ),
+    (
+        {"source": "image_folder", "test": "{tmp}/same", "size": 8},
+        "models.m: datasets.d has no training split to train it on: give models.m.checkpoints (your trained weights, or pretrained with arch.weights)",
+    ),
     ({"source": "image_folder", "train": "{tmp}/train"}, "datasets.d: 'test' is a required property"),
-    ({"source": "tensors", "path": "{tmp}/lacking.npz"}, "datasets.d.path: lacking.npz: no array 'test_labels' (it has: test_images, train_images, train_labels)"),
-    ({"source": "tensors", "path": "{tmp}/range.npz"}, "datasets.d.path: range.npz: train_labels outside 0..2 (3 classes): min 1, max 3"),
-    ({"source": "tensors", "path": "{tmp}/negative.npz"}, "datasets.d.path: negative.npz: test_labels outside 0..2: min -1, max 1"),
+    (
+        {"source": "tensors", "path": "{tmp}/lacking.npz"},
+        "datasets.d.path: lacking.npz: no array 'test_labels' (it has: test_images, train_images, train_labels)",
+    ),
+    (
+        {"source": "tensors", "path": "{tmp}/range.npz"},
+        "datasets.d.path: range.npz: train_labels outside 0..2 (3 classes): min 1, max 3",
+    ),
+    (
+        {"source": "tensors", "path": "{tmp}/negative.npz"},
+        "datasets.d.path: negative.npz: test_labels outside 0..2: min -1, max 1",
+    ),
     ({"source": "tensors", "path": "{tmp}/missing.npz"}, "datasets.d.path: no such file {tmp}/missing.npz"),
     ({"source": "tensors", "path": "{tmp}/good.csv"}, "datasets.d.path: '{tmp}/good.csv' does not match"),
     ({"source": "tensors", "path": "{tmp}/good.npz", "layout": "NWHC"}, "datasets.d.layout: 'NWHC' is not one of"),
-    ({"source": "tensors", "path": "{tmp}/good.npz", "sizes": 8}, "datasets.d: Additional properties are not allowed ('sizes' was unexpected)"),
-    ({"source": "webdataset"}, "datasets.d.source: 'webdataset' is not one of ['torchvision', 'image_folder', 'tensors', 'module']"),
-    ({}, "datasets.d: not a built-in dataset (mnist, fashion_mnist, cifar10): give its source (torchvision, image_folder, tensors, module)"),
+    (
+        {"source": "tensors", "path": "{tmp}/good.npz", "sizes": 8},
+        "datasets.d: Additional properties are not allowed ('sizes' was unexpected)",
+    ),
+    (
+        {"source": "webdataset"},
+        "datasets.d.source: 'webdataset' is not one of ['torchvision', 'image_folder', 'tensors', 'module']",
+    ),
+    (
+        {},
+        "datasets.d: not a built-in dataset (mnist, fashion_mnist, cifar10): give its source (torchvision, image_folder, tensors, module)",
+    ),
 ]
 
 
@@ -746,10 +864,13 @@ def test_a_dataset_known_only_once_fetched_defers_the_model_checks_to_the_jobs(t
     from knockout.models import build_model
 
     study = {"type": "filter_ablation", "model": "m", "layers": ["fc9"], "sets": {"s": {"select": "each"}}}
-    config = check(validate(_config(FAKE, interventions={"f": study})), raw_root=tmp_path).config  # no layer fc9, unknown yet
+    config = check(
+        validate(_config(FAKE, interventions={"f": study})), raw_root=tmp_path
+    ).config  # no layer fc9, unknown yet
     assert capsys.readouterr().err.strip() == (
         "knockout: datasets.d: torchvision.datasets.FakeData is known once its files are fetched; "
-        "the checks of models m and of studies f run in their jobs")
+        "the checks of models m and of studies f run in their jobs"
+    )
     # ... where the study's job checks it against the trained network and the prepared data
     network = build_model(config["models"]["m"]["arch"], (3, 10, 10), 4)
     meta = {"shape": [3, 10, 10], "classes": list("0123"), "n_train": 24, "n_test": 8}
@@ -796,7 +917,9 @@ def test_a_module_dataset_is_prepared_from_the_users_own_items(tmp_path):
     from torchvision.datasets import FakeData
 
     (tmp_path / "mine.py").write_text(USER_DATASET)
-    entry = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:make", "kwargs": {"n_test": 12}})
+    entry = resolve_dataset(
+        "mine", {"source": "module", "target": f"{tmp_path}/mine.py:make", "kwargs": {"n_test": 12}}
+    )
     info = inspect("mine", entry)  # before any job: from the dataset itself
     assert (info.shape, info.classes, info.n_train, info.n_test) == ((3, 9, 7), ("dark", "light"), 30, 12)
     manifest = fetch("mine", tmp_path / "raw", [], entry=entry)
@@ -804,17 +927,21 @@ def test_a_module_dataset_is_prepared_from_the_users_own_items(tmp_path):
     meta = prepare("mine", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert meta["classes"] == ["dark", "light"] and meta["source"] == {"source": "module", "target": entry["target"]}
     test = arrays_of(tmp_path / "out", "test")
-    reference = FakeData(size=12, image_size=(3, 9, 7), num_classes=2, random_offset=1000, transform=transforms.ToTensor())
+    reference = FakeData(
+        size=12, image_size=(3, 9, 7), num_classes=2, random_offset=1000, transform=transforms.ToTensor()
+    )
     for image, label, index in zip(test["images"], test["labels"], test["indices"]):
         pixels, target = reference[int(index)]
-        assert label == target and (image == np.rint(pixels.double().numpy() * 255)).all()  # ToTensor's x/255, back exactly
+        assert (
+            label == target and (image == np.rint(pixels.double().numpy() * 255)).all()
+        )  # ToTensor's x/255, back exactly
     (tmp_path / "mine.py").write_text(USER_DATASET + "\n# edited\n")
     with pytest.raises(DataError, match="datasets.mine: mine.py: changed since it was fetched"):
         prepare("mine", tmp_path / "raw", tmp_path / "out", entry=entry)
 
 
 def test_an_evaluation_only_module_dataset_and_images_out_of_range_are_one_line(tmp_path):
-    (tmp_path / "mine.py").write_text(USER_DATASET + '''
+    (tmp_path / "mine.py").write_text(USER_DATASET + """
 
 class Normalised(Shades):
     def __getitem__(self, i):
@@ -824,7 +951,7 @@ class Normalised(Shades):
 
 def normalised(split):
     return Normalised(4, 0)
-''')
+""")
     entry = resolve_dataset("mine", {"source": "module", "target": f"{tmp_path}/mine.py:test_only"})
     assert inspect("mine", entry).n_train == 0
     fetch("mine", tmp_path / "raw", [], entry=entry)
@@ -834,7 +961,9 @@ def normalised(split):
     entry = resolve_dataset("bad", {"source": "module", "target": f"{tmp_path}/mine.py:normalised"})
     with pytest.raises(DataError) as err:
         inspect("bad", entry)
-    assert assert_one_line(err).startswith("datasets.bad: ") and "not in [0, 1]: give the images as pixels (ToTensor, no Normalize)" in str(err.value)
+    assert assert_one_line(err).startswith(
+        "datasets.bad: "
+    ) and "not in [0, 1]: give the images as pixels (ToTensor, no Normalize)" in str(err.value)
 
 
 def test_an_evaluation_only_torchvision_class_and_a_compressed_tensors_file(tmp_path):
@@ -880,7 +1009,9 @@ def test_jpegs_are_prepared_with_pils_very_pixels(tmp_path):
                 Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.jpg", **kind)
             Image.fromarray(pixels[..., 0]).save(tmp_path / split / cls / "grey.jpg")
             Image.fromarray(pixels).convert("CMYK").save(tmp_path / split / cls / "cmyk.jpg")
-    entry = resolve_dataset("j", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 20})
+    entry = resolve_dataset(
+        "j", {"source": "image_folder", "train": str(tmp_path / "train"), "test": str(tmp_path / "test"), "size": 20}
+    )
     fetch("j", tmp_path / "raw", [], entry=entry)
     meta = prepare("j", tmp_path / "raw", tmp_path / "out", entry=entry)
     assert meta["source"]["decoder"] == "torchvision.io.decode_jpeg where it equals PIL, else PIL"

@@ -21,7 +21,9 @@ def test_concurrent_processes_claim_different_gpus(tmp_path):
         "print(claim_gpu(3, sys.argv[2]), flush=True); time.sleep(3)"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(ROOT / "src"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(ROOT / "src"), str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
         for _ in range(3)
     ]
     claimed = sorted(int(p.stdout.readline()) for p in procs)
@@ -55,7 +57,9 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_kept_memory_is_reused():  # every job calls keep_freed_memory first (jobs._start)
     def faults(mode):
-        out = subprocess.run([sys.executable, "-c", _FAULTS, str(ROOT / "src"), mode], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS, str(ROOT / "src"), mode], capture_output=True, text=True, check=True
+        )
         kept, count = out.stdout.split()
         return kept, int(count)
 

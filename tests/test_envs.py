@@ -13,13 +13,26 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "knockout"
 # import name -> conda-forge package name
 PACKAGES = {
-    "torch": "pytorch", "torchvision": "torchvision", "numpy": "numpy", "pandas": "pandas",
-    "scipy": "scipy", "yaml": "pyyaml", "jsonschema": "jsonschema", "tqdm": "tqdm",
-    "pyarrow": "pyarrow", "matplotlib": "matplotlib", "seaborn": "seaborn",
-    "papermill": "papermill", "PIL": "pillow",
+    "torch": "pytorch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "scipy": "scipy",
+    "yaml": "pyyaml",
+    "jsonschema": "jsonschema",
+    "tqdm": "tqdm",
+    "pyarrow": "pyarrow",
+    "matplotlib": "matplotlib",
+    "seaborn": "seaborn",
+    "papermill": "papermill",
+    "PIL": "pillow",
 }
 # what a package brings along in every conda-forge build
-IMPLIED = {"torchvision": {"pillow", "pytorch", "numpy"}, "seaborn": {"matplotlib", "pandas", "numpy"}, "pandas": {"numpy"}}
+IMPLIED = {
+    "torchvision": {"pillow", "pytorch", "numpy"},
+    "seaborn": {"matplotlib", "pandas", "numpy"},
+    "pandas": {"numpy"},
+}
 
 
 def rules() -> dict[str, dict]:
@@ -46,7 +59,9 @@ def imports_of(tree: ast.AST, module: str) -> tuple[set[str], set[str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                (internal if alias.name.startswith("knockout") else external).add(alias.name.split(".")[0] if not alias.name.startswith("knockout") else alias.name)
+                (internal if alias.name.startswith("knockout") else external).add(
+                    alias.name.split(".")[0] if not alias.name.startswith("knockout") else alias.name
+                )
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -105,7 +120,9 @@ def closure(verb: str) -> set[str]:
             todo |= {f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"}
         tree = ast.parse(path.read_text())
         if name in ("knockout", "knockout.jobs"):  # lazy attributes; jobs: only its module level (above)
-            tree = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+            tree = ast.Module(
+                body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[]
+            )
         e, i = imports_of(tree, name if path.name != "__init__.py" else f"{name}.__init__")
         external |= e
         todo |= i

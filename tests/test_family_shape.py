@@ -10,7 +10,15 @@ from knockout.models import build_model
 from knockout.studies import KINDS, Context, study_type, study_types
 from specs import study_spec
 
-TYPES = {"filter_ablation", "layer_swap", "ablate_then_train", "architecture", "factorize", "occlusion", "top_activations"}
+TYPES = {
+    "filter_ablation",
+    "layer_swap",
+    "ablate_then_train",
+    "architecture",
+    "factorize",
+    "occlusion",
+    "top_activations",
+}
 EXAMPLES = {
     "filter_ablation": {"layers": ["conv1"], "sets": {"a": {"select": "units", "units": {"conv1": [0]}}}},
     "layer_swap": {"layers": ["conv1"], "modes": ["reinit"]},

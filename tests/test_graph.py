@@ -14,7 +14,10 @@ def test_the_arithmetic_bound_of_a_silenced_unit_is_counted_by_hand():
     graph = graph_of(model, torch.zeros(1, 1, 28, 28))
     conv1, conv2, conv3, fc1, fc2 = 26 * 26 * 32 * 9, 11 * 11 * 64 * 32 * 9, 3 * 3 * 64 * 64 * 9, 576 * 64, 64 * 10
     full = conv1 + conv2 + conv3 + fc1 + fc2
-    assert unit_bound(graph, "conv1") == (full, conv2 // 32 + conv3 + fc1 + fc2)  # conv2 sees one of its 32 channels change
+    assert unit_bound(graph, "conv1") == (
+        full,
+        conv2 // 32 + conv3 + fc1 + fc2,
+    )  # conv2 sees one of its 32 channels change
     assert unit_bound(graph, "conv2") == (full, conv3 // 64 + fc1 + fc2)
     assert unit_bound(graph, "conv3") == (full, fc1 // 64 + fc2)  # flattened: 9 of fc1's 576 inputs
     assert unit_bound(graph, "fc1") == (full, fc2 // 64)
@@ -27,7 +30,9 @@ def test_an_occluded_window_costs_the_positions_whose_field_it_meets():
     corner, whole = torch.tensor([[0, 1, 0, 1]]), torch.tensor([[0, 28, 0, 28]])
     # pixel (0, 0) lies in the field of position (0, 0) alone of each conv: fields 3, 8, 18 pixels wide
     assert graph.window_macs(corner) == conv1 // 676 + conv2 // 121 + conv3 // 9 + fc1 + fc2
-    assert graph.window_macs(torch.cat([corner, whole])) == graph.window_macs(corner) + conv1 + conv2 + conv3 + fc1 + fc2
+    assert (
+        graph.window_macs(torch.cat([corner, whole])) == graph.window_macs(corner) + conv1 + conv2 + conv3 + fc1 + fc2
+    )
 
 
 def test_a_silenced_unit_stays_in_its_channel_through_a_residual_add():
@@ -96,8 +101,11 @@ def test_a_suffix_that_reads_a_traced_constant_evaluates():
     torch.manual_seed(0)
     model, x, y = Scaled().eval(), torch.randn(6, 3, 8, 8), torch.arange(6)
     assert any(n.op == "get_attr" for n in graph_of(model, x).nodes)
-    conditions = [Condition("baseline", "baseline"), Condition("each:conv:1", "each", silence=(("conv", (1,)),)),
-                  Condition("rerandomize:conv", "rerandomize", replace=(("conv", "rerandom"),))]
+    conditions = [
+        Condition("baseline", "baseline"),
+        Condition("each:conv:1", "each", silence=(("conv", (1,)),)),
+        Condition("rerandomize:conv", "rerandomize", replace=(("conv", "rerandom"),)),
+    ]
     context = Context(trained=model, rerandom=Scaled().eval())
     shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu", apply=apply_condition)
     for c in conditions:
@@ -125,7 +133,9 @@ def test_a_silenced_unit_whose_suffix_reads_a_size_evaluates():
 
     torch.manual_seed(0)
     model, x, y = SizedEarly().eval(), torch.randn(5, 3, 8, 8), torch.arange(5)
-    conditions = [Condition("baseline", "baseline")] + [Condition(f"each:conv1:{u}", "each", silence=(("conv1", (u,)),)) for u in range(4)]
+    conditions = [Condition("baseline", "baseline")] + [
+        Condition(f"each:conv1:{u}", "each", silence=(("conv1", (u,)),)) for u in range(4)
+    ]
     context = Context(trained=model)
     shared = evaluate_conditions(conditions, context, x, y, budget_mb=2, device="cpu", apply=apply_condition)
     for c in conditions:

@@ -53,7 +53,9 @@ def fa_spec(layers, sets, compare=()):
 def test_a_silenced_unit_outputs_zero_for_every_input(arch, shape, layer):
     ctx = context_for(arch, shape)
     units = (0, 3)
-    cond = filter_ablation.conditions(fa_spec([layer], {"s": {"select": "units", "units": {layer: list(units)}}}), ctx)[1]
+    cond = filter_ablation.conditions(fa_spec([layer], {"s": {"select": "units", "units": {layer: list(units)}}}), ctx)[
+        1
+    ]
     model = filter_ablation.apply(cond, ctx)
     point = dict(model.named_modules())[silence_point(model, layer)]
     seen = []
@@ -67,7 +69,10 @@ def test_a_silenced_unit_outputs_zero_for_every_input(arch, shape, layer):
 
 def test_reinit_restores_initial_weights_bit_for_bit_and_transplant_the_trained_ones():
     ctx = context_for(BN_CNN, (1, 12, 12))
-    conds = {c.name: c for c in layer_swap.conditions(study_spec("layer_swap", modes=["reinit", "transplant", "rerandomize"]), ctx)}
+    conds = {
+        c.name: c
+        for c in layer_swap.conditions(study_spec("layer_swap", modes=["reinit", "transplant", "rerandomize"]), ctx)
+    }
     ctx.rerandom = build_model(BN_CNN, (1, 12, 12), 10)
     reinit = layer_swap.apply(conds["reinit:conv1"], ctx)
     for key in ["conv1.weight", "conv1_bn.weight", "conv1_bn.running_var"]:
@@ -106,7 +111,13 @@ def test_conditions_are_named_and_counted_as_specified():
     names = [c.name for c in conds]
     assert names[:5] == ["baseline", "low", "rand:draw0", "rand:draw1", "rand:draw2"]
     assert names[5:11] == [f"each:conv2:{u}" for u in range(6)]
-    assert names[11:] == ["curve:conv2:f0.25:draw0", "curve:conv2:f0.5:draw0", "curve:conv2:f0.25:draw1", "curve:conv2:f0.5:draw1", "ranked:conv2:f0.5"]
+    assert names[11:] == [
+        "curve:conv2:f0.25:draw0",
+        "curve:conv2:f0.5:draw0",
+        "curve:conv2:f0.25:draw1",
+        "curve:conv2:f0.5:draw1",
+        "ranked:conv2:f0.5",
+    ]
     assert len(set(names)) == len(names)
     low = dict(conds[1].silence)["conv2"]
     expected = ctx.unit_stats.query("layer == 'conv2'").sort_values("mean", kind="stable").unit[:2]
@@ -116,7 +127,10 @@ def test_conditions_are_named_and_counted_as_specified():
 
 def test_random_sets_never_include_excluded_units_and_are_seeded():
     ctx = context_for(BN_CNN, (1, 12, 12))
-    sets = {"bad": {"select": "units", "units": {"fc1": [0, 1, 2, 3]}}, "rand": {"select": "random", "k": 4, "repeats": 50, "exclude": "bad"}}
+    sets = {
+        "bad": {"select": "units", "units": {"fc1": [0, 1, 2, 3]}},
+        "rand": {"select": "random", "k": 4, "repeats": 50, "exclude": "bad"},
+    }
     conds = filter_ablation.conditions(fa_spec(["fc1"], sets), ctx)[2:]
     drawn = [dict(c.silence)["fc1"] for c in conds]
     assert all(len(d) == 4 and not set(d) & {0, 1, 2, 3} for d in drawn)
@@ -147,12 +161,16 @@ def test_shared_prefix_evaluation_equals_applying_each_condition(arch, shape, la
         sets["each"] = {"select": "each", "layers": [layers[0]]}
     conds = filter_ablation.conditions(fa_spec(layers, sets), ctx)
     conds += layer_swap.conditions(study_spec("layer_swap", layers=layers, modes=["reinit", "transplant"]), ctx)[1:]
-    out = evaluate_conditions(conds, ctx, x, y, budget_mb=2, device="cpu", apply=apply_condition)  # a tight budget: several chunks
+    out = evaluate_conditions(
+        conds, ctx, x, y, budget_mb=2, device="cpu", apply=apply_condition
+    )  # a tight budget: several chunks
     for c in conds:
         with torch.no_grad():
             logits = apply_condition(c, ctx)(x)
         assert torch.equal(out[c.name].predictions, logits.argmax(1)), c.name
-        torch.testing.assert_close(out[c.name].losses, nn.functional.cross_entropy(logits, y, reduction="none"), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            out[c.name].losses, nn.functional.cross_entropy(logits, y, reduction="none"), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_unit_statistics_find_dead_and_selective_units():
@@ -199,21 +217,60 @@ BASE = {
 @pytest.mark.parametrize(
     "study,message",
     [
-        ({"type": "filter_ablation", "model": "cnn", "layers": ["conv9"], "sets": {"a": {"select": "each"}}},
-         "interventions.s.layers[0]: no layer 'conv9' in model 'cnn' (layers: conv1, conv2, conv3, fc1, fc2)"),
-        ({"type": "filter_ablation", "model": "cnn", "layers": ["conv1"], "sets": {"a": {"select": "random", "k": 33}}},
-         "interventions.s.sets.a.k: 33 is more than the 32 units of conv1"),
-        ({"type": "filter_ablation", "model": "cnn", "layers": ["conv1"], "sets": {"a": {"select": "units", "units": {"conv1": [32]}}}},
-         "interventions.s.sets.a.units.conv1: unit 32 out of range (conv1 has 32 units)"),
-        ({"type": "filter_ablation", "model": "cnn", "layers": ["conv1"], "sets": {"a": {"select": "random", "k": 2, "exclude": "zz"}}},
-         "interventions.s.sets.a.exclude: 'zz' is not a units or lowest_response set"),
-        ({"type": "filter_ablation", "model": "cnn", "layers": ["conv1"], "sets": {"a": {"select": "each"}}, "compare": [["a", "b"]]},
-         "interventions.s.compare[0]: no set 'b'"),
-        ({"type": "filter_ablation", "model": "cnn", "layers": ["conv1"], "sets": {"a": {"select": "random"}}},
-         "interventions.s.sets.a: 'k' is a required property"),
+        (
+            {"type": "filter_ablation", "model": "cnn", "layers": ["conv9"], "sets": {"a": {"select": "each"}}},
+            "interventions.s.layers[0]: no layer 'conv9' in model 'cnn' (layers: conv1, conv2, conv3, fc1, fc2)",
+        ),
+        (
+            {
+                "type": "filter_ablation",
+                "model": "cnn",
+                "layers": ["conv1"],
+                "sets": {"a": {"select": "random", "k": 33}},
+            },
+            "interventions.s.sets.a.k: 33 is more than the 32 units of conv1",
+        ),
+        (
+            {
+                "type": "filter_ablation",
+                "model": "cnn",
+                "layers": ["conv1"],
+                "sets": {"a": {"select": "units", "units": {"conv1": [32]}}},
+            },
+            "interventions.s.sets.a.units.conv1: unit 32 out of range (conv1 has 32 units)",
+        ),
+        (
+            {
+                "type": "filter_ablation",
+                "model": "cnn",
+                "layers": ["conv1"],
+                "sets": {"a": {"select": "random", "k": 2, "exclude": "zz"}},
+            },
+            "interventions.s.sets.a.exclude: 'zz' is not a units or lowest_response set",
+        ),
+        (
+            {
+                "type": "filter_ablation",
+                "model": "cnn",
+                "layers": ["conv1"],
+                "sets": {"a": {"select": "each"}},
+                "compare": [["a", "b"]],
+            },
+            "interventions.s.compare[0]: no set 'b'",
+        ),
+        (
+            {"type": "filter_ablation", "model": "cnn", "layers": ["conv1"], "sets": {"a": {"select": "random"}}},
+            "interventions.s.sets.a: 'k' is a required property",
+        ),
         ({"type": "layer_swap", "model": "mlp"}, "interventions.s.model: 'mlp' is not a key of models"),
-        ({"type": "layer_swap", "model": "cnn", "modes": ["rewind"]}, "interventions.s.modes: rewind needs epoch checkpoints"),
-        ({"type": "layer_swap", "model": "cnn", "modes": ["rewire"]}, "interventions.s.modes.0: 'rewire' is not one of"),
+        (
+            {"type": "layer_swap", "model": "cnn", "modes": ["rewind"]},
+            "interventions.s.modes: rewind needs epoch checkpoints",
+        ),
+        (
+            {"type": "layer_swap", "model": "cnn", "modes": ["rewire"]},
+            "interventions.s.modes.0: 'rewire' is not one of",
+        ),
         ({"type": "occlude", "model": "cnn"}, "interventions.s.type: unknown study type 'occlude'"),
     ],
 )

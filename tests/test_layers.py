@@ -67,6 +67,8 @@ def test_imports_go_down_and_read_no_private_names(path):
     if here == "knockout":
         return
     for line, module, names in imports(path):
-        assert layer_of(module) <= layer_of(here), f"{path.name}:{line}: {here} (layer {layer_of(here)}) imports {module} (layer {layer_of(module)})"
+        assert layer_of(module) <= layer_of(
+            here
+        ), f"{path.name}:{line}: {here} (layer {layer_of(here)}) imports {module} (layer {layer_of(module)})"
         private = [n for n in names if n.startswith("_") and not n.startswith("__")]
         assert not private, f"{path.name}:{line}: {here} imports private {private} from {module}"

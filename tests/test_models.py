@@ -86,7 +86,10 @@ def test_resnet_loads_user_weights(tmp_path):
 def test_cnn_spec_options():
     spec = {
         "type": "cnn",
-        "conv": [{"channels": 8, "kernel": [3, 1], "padding": 1, "batch_norm": True}, {"channels": 4, "kernel": [1, 3], "pool": 2}],
+        "conv": [
+            {"channels": 8, "kernel": [3, 1], "padding": 1, "batch_norm": True},
+            {"channels": 4, "kernel": [1, 3], "pool": 2},
+        ],
         "dense": [16],
         "activation": "exponential",
         "conv_dropout": 0.1,

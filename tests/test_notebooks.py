@@ -35,15 +35,21 @@ def run_notebook(name: str, tmp_path: Path, **parameters) -> nbformat.NotebookNo
     papermill = pytest.importorskip("papermill")
     out = tmp_path / f"{name}.out.ipynb"
     papermill.execute_notebook(
-        str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), parameters=parameters,
-        kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+        str(ROOT / "notebooks" / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(ROOT),
+        progress_bar=False,
     )
     return nbformat.read(out, as_version=4)
 
 
 def printed(nb: nbformat.NotebookNode) -> str:
     """Everything the executed notebook printed."""
-    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    return "".join(
+        o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
+    )
 
 
 def assert_clean_run(nb: nbformat.NotebookNode, out_dir: Path, figures: list[str]) -> None:
@@ -82,8 +88,14 @@ def aggregate(frames: list[pd.DataFrame], tables: Path, study: str, pairs=()) ->
 
 def write_meta(folder: Path, channels: int = 1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"dataset": "synthetic", "classes": CLASSES, "num_classes": len(CLASSES),
-            "shape": [channels, 8, 8], "mean": [0.3] * channels, "std": [0.35] * channels}
+    meta = {
+        "dataset": "synthetic",
+        "classes": CLASSES,
+        "num_classes": len(CLASSES),
+        "shape": [channels, 8, 8],
+        "mean": [0.3] * channels,
+        "std": [0.35] * channels,
+    }
     path = folder / "meta.json"
     path.write_text(json.dumps(meta))
     return path
@@ -93,7 +105,11 @@ def write_split(folder: Path, images: np.ndarray, labels: np.ndarray, indices: n
     """A prepared test split as the workflow writes it: test_images.npy, test_labels.npy,
     test_indices.npy; out: the paths of the images and the indices."""
     folder.mkdir(parents=True, exist_ok=True)
-    for array, values in (("images", images.astype(np.uint8)), ("labels", labels.astype(np.int64)), ("indices", indices.astype(np.int64))):
+    for array, values in (
+        ("images", images.astype(np.uint8)),
+        ("labels", labels.astype(np.int64)),
+        ("indices", indices.astype(np.int64)),
+    ):
         np.save(folder / f"test_{array}.npy", values)
     return {"test_images": str(folder / "test_images.npy"), "test_indices": str(folder / "test_indices.npy")}
 
@@ -108,8 +124,11 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
     conditions = [("baseline", "baseline", {}), ("low", "low", {"k": 2})]
     conditions += [(f"rand:draw{d}", "rand", {"k": 2, "draw": d}) for d in range(2)]
     conditions += [(f"each:conv2:{u}", "each", {"layer": "conv2", "unit": u}) for u in range(5)]
-    conditions += [(f"curve:conv2:f{f}:draw{d}", "curve", {"layer": "conv2", "fraction": f, "draw": d})
-                   for d in range(2) for f in (0.25, 0.5, 0.75)]
+    conditions += [
+        (f"curve:conv2:f{f}:draw{d}", "curve", {"layer": "conv2", "fraction": f, "draw": d})
+        for d in range(2)
+        for f in (0.25, 0.5, 0.75)
+    ]
     n_test = 40
     labels = np.arange(n_test) % len(CLASSES)
     examples = 1000 + 3 * np.arange(n_test)  # indices into the original test set
@@ -124,37 +143,77 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
             if name in ("low", "stale_set"):
                 pred[labels == 0] = labels[labels == 0]  # some flips the other way
             right, base_right = pred == labels, base_pred == labels
-            rows.append({**ids(study, model, seed), "condition": name, "set": set_, "accuracy": right.mean(),
-                         "loss": 1.0 - right.mean(), "baseline_accuracy": base_right.mean(),
-                         "delta": right.mean() - base_right.mean(), "n_silenced": 2, "units": "conv2:0,1",
-                         "base": "trained", **info})
+            rows.append(
+                {
+                    **ids(study, model, seed),
+                    "condition": name,
+                    "set": set_,
+                    "accuracy": right.mean(),
+                    "loss": 1.0 - right.mean(),
+                    "baseline_accuracy": base_right.mean(),
+                    "delta": right.mean() - base_right.mean(),
+                    "n_silenced": 2,
+                    "units": "conv2:0,1",
+                    "base": "trained",
+                    **info,
+                }
+            )
             for k, cls in enumerate(CLASSES):
                 m = labels == k
-                per_class.append({**ids(study, model, seed), "condition": name, "class": k, "class_name": cls,
-                                  "n": int(m.sum()), "accuracy": right[m].mean(),
-                                  "baseline_accuracy": base_right[m].mean(),
-                                  "delta": right[m].mean() - base_right[m].mean()})
+                per_class.append(
+                    {
+                        **ids(study, model, seed),
+                        "condition": name,
+                        "class": k,
+                        "class_name": cls,
+                        "n": int(m.sum()),
+                        "accuracy": right[m].mean(),
+                        "baseline_accuracy": base_right[m].mean(),
+                        "delta": right[m].mean() - base_right[m].mean(),
+                    }
+                )
             for i in np.flatnonzero(right != base_right):
-                flips.append({**ids(study, model, seed), "condition": name, "example": int(examples[i]),
-                              "label": int(labels[i]), "baseline_prediction": int(base_pred[i]),
-                              "prediction": int(pred[i]),
-                              "flip": "right_to_wrong" if base_right[i] else "wrong_to_right"})
+                flips.append(
+                    {
+                        **ids(study, model, seed),
+                        "condition": name,
+                        "example": int(examples[i]),
+                        "label": int(labels[i]),
+                        "baseline_prediction": int(base_pred[i]),
+                        "prediction": int(pred[i]),
+                        "flip": "right_to_wrong" if base_right[i] else "wrong_to_right",
+                    }
+                )
         frames[seed] = pd.DataFrame(rows)
         files["per_seed"][seed] = run_dir / f"seed{seed}.csv"
         files["per_class"][seed] = run_dir / f"seed{seed}.per_class.csv"
         files["examples"][seed] = run_dir / f"seed{seed}.examples.parquet"
         frames[seed].to_csv(files["per_seed"][seed], index=False)
         pd.DataFrame(per_class).to_csv(files["per_class"][seed], index=False)
-        columns = [*ids(study, model, seed), "condition", "example", "label", "baseline_prediction", "prediction",
-                   "flip"]
+        columns = [
+            *ids(study, model, seed),
+            "condition",
+            "example",
+            "label",
+            "baseline_prediction",
+            "prediction",
+            "flip",
+        ]
         pd.DataFrame(flips, columns=columns).to_parquet(files["examples"][seed], index=False)
     table, comps = aggregate([frames[s] for s in given], root / "tables", study, [("low", "rand")])
     data = root / "data"
     meta = write_meta(data)
     images = (rng.random((n_test, 1, 8, 8)) * 255).astype(np.uint8)
     split = write_split(data, images, labels, examples)
-    return {"study": study, "model": model, "table": str(table), "comparisons": str(comps),
-            **{kind: [str(paths[s]) for s in given] for kind, paths in files.items()}, **split, "meta": str(meta)}
+    return {
+        "study": study,
+        "model": model,
+        "table": str(table),
+        "comparisons": str(comps),
+        **{kind: [str(paths[s]) for s in given] for kind, paths in files.items()},
+        **split,
+        "meta": str(meta),
+    }
 
 
 def write_layer_swap_study(root: Path, study="toy_layers", model="toy_mlp", given=GIVEN) -> dict:
@@ -165,44 +224,96 @@ def write_layer_swap_study(root: Path, study="toy_layers", model="toy_mlp", give
     layers = ["fc1", "fc2", "fc3"]
     conditions = [("baseline", "baseline", {})]
     for layer in layers:
-        conditions += [(f"{mode}:{layer}", mode, {"layer": layer, "mode": mode})
-                       for mode in ("reinit", "rerandomize", "transplant")]
-        conditions += [(f"rewind:{layer}:epoch{e}", "rewind", {"layer": layer, "mode": "rewind", "epoch": e})
-                       for e in range(3)]
+        conditions += [
+            (f"{mode}:{layer}", mode, {"layer": layer, "mode": mode})
+            for mode in ("reinit", "rerandomize", "transplant")
+        ]
+        conditions += [
+            (f"rewind:{layer}:epoch{e}", "rewind", {"layer": layer, "mode": "rewind", "epoch": e}) for e in range(3)
+        ]
     frames, per_class_paths = {}, {}
     for seed in ON_DISK:
         base = 0.85 + 0.02 * rng.random()
         rows, per_class = [], []
         for name, set_, info in conditions:
             acc = base if name == "baseline" else float(np.clip(base - rng.random() * 0.6, 0.25, 1))
-            rows.append({**ids(study, model, seed), "condition": name, "set": set_, "accuracy": acc,
-                         "loss": 1 - acc, "baseline_accuracy": base, "delta": acc - base, **info})
+            rows.append(
+                {
+                    **ids(study, model, seed),
+                    "condition": name,
+                    "set": set_,
+                    "accuracy": acc,
+                    "loss": 1 - acc,
+                    "baseline_accuracy": base,
+                    "delta": acc - base,
+                    **info,
+                }
+            )
             for k, cls in enumerate(CLASSES):
-                per_class.append({**ids(study, model, seed), "condition": name, "class": k, "class_name": cls,
-                                  "n": 10, "accuracy": acc, "baseline_accuracy": base, "delta": acc - base})
+                per_class.append(
+                    {
+                        **ids(study, model, seed),
+                        "condition": name,
+                        "class": k,
+                        "class_name": cls,
+                        "n": 10,
+                        "accuracy": acc,
+                        "baseline_accuracy": base,
+                        "delta": acc - base,
+                    }
+                )
         frames[seed] = pd.DataFrame(rows)
         frames[seed].to_csv(run_dir / f"seed{seed}.csv", index=False)
         per_class_paths[seed] = run_dir / f"seed{seed}.per_class.csv"
         pd.DataFrame(per_class).to_csv(per_class_paths[seed], index=False)
     table, _ = aggregate([frames[s] for s in given], root / "tables", study)
     meta = write_meta(root / "data")
-    return {"study": study, "model": model, "table": str(table),
-            "per_class": [str(per_class_paths[s]) for s in given], "meta": str(meta)}
+    return {
+        "study": study,
+        "model": model,
+        "table": str(table),
+        "per_class": [str(per_class_paths[s]) for s in given],
+        "meta": str(meta),
+    }
 
 
 RETRAIN_CONDITIONS = {  # kind -> (condition, set, info, parameters)
     "ablate_then_train": [("baseline", "baseline", {}, 1000), ("low", "low", {"k": 2}, 1000)]
     + [(f"rand:draw{d}", "rand", {"k": 2, "draw": d}, 1000) for d in range(2)],
-    "architecture": [("baseline", "baseline", {}, 1000),
-                     ("one_dense_fewer", "one_dense_fewer", {"variant": '{"dense": []}'}, 700),
-                     ("exponential", "exponential", {"variant": '{"activation": "exponential"}'}, 1000)],
+    "architecture": [
+        ("baseline", "baseline", {}, 1000),
+        ("one_dense_fewer", "one_dense_fewer", {"variant": '{"dense": []}'}, 700),
+        ("exponential", "exponential", {"variant": '{"activation": "exponential"}'}, 1000),
+    ],
     "factorize": [("baseline", "baseline", {}, 1000), ("factorized", "factorized", {"layers": "conv2"}, 800)],
 }
 FACTORIZE_DETAILS = [
-    {"layer": "conv1", "n": 3, "m": 8, "c": 1, "m_over_c": 8.0, "rule": "3 > 9.0", "replace": False,
-     "P0": 80, "P1": 112, "P0_module": "conv1", "P1_module": "conv1"},
-    {"layer": "conv2", "n": 3, "m": 16, "c": 8, "m_over_c": 2.0, "rule": "3 > 3.0", "replace": True,
-     "P0": 1168, "P1": 1184, "P0_module": "conv2", "P1_module": "conv2.0, conv2.1"},
+    {
+        "layer": "conv1",
+        "n": 3,
+        "m": 8,
+        "c": 1,
+        "m_over_c": 8.0,
+        "rule": "3 > 9.0",
+        "replace": False,
+        "P0": 80,
+        "P1": 112,
+        "P0_module": "conv1",
+        "P1_module": "conv1",
+    },
+    {
+        "layer": "conv2",
+        "n": 3,
+        "m": 16,
+        "c": 8,
+        "m_over_c": 2.0,
+        "rule": "3 > 3.0",
+        "replace": True,
+        "P0": 1168,
+        "P1": 1184,
+        "P0_module": "conv2",
+        "P1_module": "conv2.0, conv2.1",
+    },
 ]
 
 
@@ -219,36 +330,92 @@ def write_retrain_study(root: Path, kind: str, study="toy_retrain", model="toy",
         for name, set_, info, parameters in RETRAIN_CONDITIONS[kind]:
             acc = base if name == "baseline" else base - 0.1 * rng.random()
             train_acc = acc + 0.05 * rng.random()
-            extra = {"semantics": "zero_once", "layer": "conv1"} if kind == "ablate_then_train" and name != "baseline" else {}
-            rows.append({**ids(study, model, seed), "condition": name, "set": set_, "accuracy": acc, "loss": 1 - acc,
-                         "baseline_accuracy": base, "delta": acc - base, **info, **extra,
-                         "parameters": parameters, "multiply_adds": 30 * parameters, "train_accuracy": train_acc,
-                         "gap": train_acc - acc, "seconds_per_epoch": 1.0 + parameters / 1000})
+            extra = (
+                {"semantics": "zero_once", "layer": "conv1"}
+                if kind == "ablate_then_train" and name != "baseline"
+                else {}
+            )
+            rows.append(
+                {
+                    **ids(study, model, seed),
+                    "condition": name,
+                    "set": set_,
+                    "accuracy": acc,
+                    "loss": 1 - acc,
+                    "baseline_accuracy": base,
+                    "delta": acc - base,
+                    **info,
+                    **extra,
+                    "parameters": parameters,
+                    "multiply_adds": 30 * parameters,
+                    "train_accuracy": train_acc,
+                    "gap": train_acc - acc,
+                    "seconds_per_epoch": 1.0 + parameters / 1000,
+                }
+            )
             folder = run_dir / "runs" / name.replace(":", "-") / f"seed{seed}"
             folder.mkdir(parents=True)
-            history = pd.DataFrame({
-                "epoch": np.arange(1, epochs + 1), "train_loss": np.linspace(1.0, 0.5, epochs) + 0.1 * rng.random(),
-                "train_acc": np.linspace(0.6, train_acc, epochs), "test_loss": np.linspace(1.1, 0.6, epochs),
-                "test_acc": np.linspace(0.55, acc, epochs), "lr": 0.001, "seconds": 1.5,
-            })
+            history = pd.DataFrame(
+                {
+                    "epoch": np.arange(1, epochs + 1),
+                    "train_loss": np.linspace(1.0, 0.5, epochs) + 0.1 * rng.random(),
+                    "train_acc": np.linspace(0.6, train_acc, epochs),
+                    "test_loss": np.linspace(1.1, 0.6, epochs),
+                    "test_acc": np.linspace(0.55, acc, epochs),
+                    "lr": 0.001,
+                    "seconds": 1.5,
+                }
+            )
             history.to_csv(folder / "history.csv", index=False)
-            record = {"name": name, "set": set_, "info": [[k, v] for k, v in info.items()], "parameters": parameters,
-                      "multiply_adds": 30 * parameters, "test_accuracy": acc}
+            record = {
+                "name": name,
+                "set": set_,
+                "info": [[k, v] for k, v in info.items()],
+                "parameters": parameters,
+                "multiply_adds": 30 * parameters,
+                "test_accuracy": acc,
+            }
             if kind == "factorize" and name == "factorized":
                 record["details"] = FACTORIZE_DETAILS
             (folder / "condition.json").write_text(json.dumps(record, indent=2))
             if seed in given:
-                runs.append({"condition": name, "seed": seed, "history": str(folder / "history.csv"),
-                             "record": str(folder / "condition.json")})
+                runs.append(
+                    {
+                        "condition": name,
+                        "seed": seed,
+                        "history": str(folder / "history.csv"),
+                        "record": str(folder / "condition.json"),
+                    }
+                )
         frames[seed] = pd.DataFrame(rows)
         frames[seed].to_csv(run_dir / f"seed{seed}.csv", index=False)
     pairs = [("low", "rand"), ("low", "baseline")] if kind == "ablate_then_train" else []
     table, comps = aggregate([frames[s] for s in given], root / "tables", study, pairs)
     baselines = root / "tables" / "baselines.csv"
-    pd.DataFrame([{"model": model, "mean": 0.83, "std": 0.01, "ci_low": 0.8, "ci_high": 0.86, "n_seeds": len(given),
-                   "parameters": 1000, "seconds_per_epoch": 2.0}]).to_csv(baselines, index=False)
-    return {"study": study, "model": model, "kind": kind, "table": str(table), "comparisons": str(comps),
-            "per_seed": [str(run_dir / f"seed{s}.csv") for s in given], "baselines": str(baselines), "runs": runs}
+    pd.DataFrame(
+        [
+            {
+                "model": model,
+                "mean": 0.83,
+                "std": 0.01,
+                "ci_low": 0.8,
+                "ci_high": 0.86,
+                "n_seeds": len(given),
+                "parameters": 1000,
+                "seconds_per_epoch": 2.0,
+            }
+        ]
+    ).to_csv(baselines, index=False)
+    return {
+        "study": study,
+        "model": model,
+        "kind": kind,
+        "table": str(table),
+        "comparisons": str(comps),
+        "per_seed": [str(run_dir / f"seed{s}.csv") for s in given],
+        "baselines": str(baselines),
+        "runs": runs,
+    }
 
 
 def write_baselines(root: Path, models=("mlp", "cnn"), given=GIVEN, epochs=3) -> dict:
@@ -260,15 +427,29 @@ def write_baselines(root: Path, models=("mlp", "cnn"), given=GIVEN, epochs=3) ->
             folder = root / "models" / model / f"seed{seed}"
             folder.mkdir(parents=True)
             acc = 0.8 + 0.1 * rng.random()
-            pd.DataFrame({
-                "epoch": np.arange(1, epochs + 1), "train_loss": np.linspace(0.9, 0.4, epochs),
-                "train_acc": np.linspace(0.6, acc + 0.03, epochs), "test_loss": np.linspace(0.95, 0.5, epochs),
-                "test_acc": np.linspace(0.6, acc, epochs), "lr": 0.01, "seconds": 2.0,
-            }).to_csv(folder / "history.csv", index=False)
+            pd.DataFrame(
+                {
+                    "epoch": np.arange(1, epochs + 1),
+                    "train_loss": np.linspace(0.9, 0.4, epochs),
+                    "train_acc": np.linspace(0.6, acc + 0.03, epochs),
+                    "test_loss": np.linspace(0.95, 0.5, epochs),
+                    "test_acc": np.linspace(0.6, acc, epochs),
+                    "lr": 0.01,
+                    "seconds": 2.0,
+                }
+            ).to_csv(folder / "history.csv", index=False)
             if seed in given:
                 histories.append({"model": model, "seed": seed, "path": str(folder / "history.csv")})
-                rows.append({"model": model, "seed": seed, "test_accuracy": acc, "test_loss": 1 - acc,
-                             "train_accuracy": acc + 0.03, "seconds_per_epoch": 2.0})
+                rows.append(
+                    {
+                        "model": model,
+                        "seed": seed,
+                        "test_accuracy": acc,
+                        "test_loss": 1 - acc,
+                        "train_accuracy": acc + 0.03,
+                        "seconds_per_epoch": 2.0,
+                    }
+                )
     tables = root / "tables"
     tables.mkdir(parents=True)
     per_seed = pd.DataFrame(rows)
@@ -276,11 +457,24 @@ def write_baselines(root: Path, models=("mlp", "cnn"), given=GIVEN, epochs=3) ->
     summary = []
     for model, g in per_seed.groupby("model", sort=False):
         mean, std, low, high, n = mean_ci(g["test_accuracy"])
-        summary.append({"model": model, "mean": mean, "std": std, "ci_low": low, "ci_high": high, "n_seeds": n,
-                        "parameters": 1000 * (len(summary) + 1), "seconds_per_epoch": 2.0})
+        summary.append(
+            {
+                "model": model,
+                "mean": mean,
+                "std": std,
+                "ci_low": low,
+                "ci_high": high,
+                "n_seeds": n,
+                "parameters": 1000 * (len(summary) + 1),
+                "seconds_per_epoch": 2.0,
+            }
+        )
     pd.DataFrame(summary).to_csv(tables / "baselines.csv", index=False)
-    return {"table": str(tables / "baselines.csv"), "per_seed": str(tables / "baselines.per_seed.csv"),
-            "histories": histories}
+    return {
+        "table": str(tables / "baselines.csv"),
+        "per_seed": str(tables / "baselines.per_seed.csv"),
+        "histories": histories,
+    }
 
 
 def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=(1, 0), n=3, windows=(3, 5)) -> dict:
@@ -314,7 +508,9 @@ def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=
             "prob_centred": prob,
             "pred_centred": pred.astype(np.int16),
             "attribution": (base_prob[:, None, None, None] - prob).astype(np.float32),
-            "seed": np.int64(seed), "model": np.str_(model), "intervention": np.str_(study),
+            "seed": np.int64(seed),
+            "model": np.str_(model),
+            "intervention": np.str_(study),
         }
         np.savez(run_dir / f"seed{seed}.npz", **maps)
         rows = []
@@ -324,10 +520,36 @@ def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=
                 changed = c != labels[i]
                 arg = int(p.argmin())
                 takeover = int(np.bincount(c[changed]).argmax()) if changed.any() else -1
-                rows.append([study, model, seed, i, int(labels[i]), w, float(base_prob[i]), float(p[arg]), arg // W,
-                             arg % W, float(changed.mean()), takeover])
-        columns = ["intervention", "model", "seed", "image", "label", "window", "baseline_prob", "min_prob",
-                   "argmin_y", "argmin_x", "changed_area", "takeover_class"]
+                rows.append(
+                    [
+                        study,
+                        model,
+                        seed,
+                        i,
+                        int(labels[i]),
+                        w,
+                        float(base_prob[i]),
+                        float(p[arg]),
+                        arg // W,
+                        arg % W,
+                        float(changed.mean()),
+                        takeover,
+                    ]
+                )
+        columns = [
+            "intervention",
+            "model",
+            "seed",
+            "image",
+            "label",
+            "window",
+            "baseline_prob",
+            "min_prob",
+            "argmin_y",
+            "argmin_x",
+            "changed_area",
+            "takeover_class",
+        ]
         summaries[seed] = pd.DataFrame(rows, columns=columns)
         summaries[seed].to_csv(run_dir / f"seed{seed}.csv", index=False)
     per_window = pd.concat([summaries[s] for s in given]).groupby(["intervention", "model", "seed", "window"])
@@ -337,10 +559,15 @@ def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=
     tables.mkdir(parents=True)
     summarize(per_window, value_cols=["min_prob", "changed_area"]).to_csv(tables / f"{study}.csv", index=False)
     meta = write_meta(root / "data")
-    return {"study": study, "model": model, "table": str(tables / f"{study}.csv"),
-            "comparisons": str(tables / f"{study}.comparisons.csv"),  # none configured: not written
-            "per_seed": [str(run_dir / f"seed{s}.csv") for s in given],
-            "arrays": [str(run_dir / f"seed{s}.npz") for s in given], "meta": str(meta)}
+    return {
+        "study": study,
+        "model": model,
+        "table": str(tables / f"{study}.csv"),
+        "comparisons": str(tables / f"{study}.comparisons.csv"),  # none configured: not written
+        "per_seed": [str(run_dir / f"seed{s}.csv") for s in given],
+        "arrays": [str(run_dir / f"seed{s}.npz") for s in given],
+        "meta": str(meta),
+    }
 
 
 def write_top_study(root: Path, study="toy_top", model="toy", given=(1, 0), k=3) -> dict:
@@ -360,23 +587,64 @@ def write_top_study(root: Path, study="toy_top", model="toy", given=(1, 0), k=3)
             for f in filters:
                 scores = np.sort(rng.random(k))[::-1] * 10
                 for r in range(k):
-                    rows.append([study, model, seed, layer, f, r + 1, 100 * seed + int(rng.integers(0, 50)),
-                                 float(scores[r]), 2, 3, 0, 1, size - 1, size + 1])
+                    rows.append(
+                        [
+                            study,
+                            model,
+                            seed,
+                            layer,
+                            f,
+                            r + 1,
+                            100 * seed + int(rng.integers(0, 50)),
+                            float(scores[r]),
+                            2,
+                            3,
+                            0,
+                            1,
+                            size - 1,
+                            size + 1,
+                        ]
+                    )
         np.savez(run_dir / f"seed{seed}.npz", **arrays)
-        columns = ["intervention", "model", "seed", "layer", "filter", "rank", "image", "score", "peak_y", "peak_x",
-                   "top", "left", "bottom", "right"]
+        columns = [
+            "intervention",
+            "model",
+            "seed",
+            "layer",
+            "filter",
+            "rank",
+            "image",
+            "score",
+            "peak_y",
+            "peak_x",
+            "top",
+            "left",
+            "bottom",
+            "right",
+        ]
         pd.DataFrame(rows, columns=columns).to_csv(run_dir / f"seed{seed}.csv", index=False)
     meta = write_meta(root / "data")
-    return {"study": study, "model": model, "per_seed": [str(run_dir / f"seed{s}.csv") for s in given],
-            "arrays": [str(run_dir / f"seed{s}.npz") for s in given], "meta": str(meta)}
+    return {
+        "study": study,
+        "model": model,
+        "per_seed": [str(run_dir / f"seed{s}.csv") for s in given],
+        "arrays": [str(run_dir / f"seed{s}.npz") for s in given],
+        "meta": str(meta),
+    }
 
 
 # --------------------------------------------------------------------------- tests
 
 
 def test_notebooks_are_stored_clean():
-    assert {p.stem for p in NOTEBOOKS} == {"baselines", "filter_ablation", "layer_swap", "occlusion", "retrain",
-                                           "top_activations"}
+    assert {p.stem for p in NOTEBOOKS} == {
+        "baselines",
+        "filter_ablation",
+        "layer_swap",
+        "occlusion",
+        "retrain",
+        "top_activations",
+    }
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
@@ -404,7 +672,9 @@ def test_analysis_readers(tmp_path):
     from knockout.analysis import Figures, read_arrays, read_split, read_tables
 
     # The seed comes from the file's own column, never from its name.
-    pd.DataFrame({"intervention": ["s"], "model": ["m"], "seed": [3], "accuracy": [0.5]}).to_csv(tmp_path / "seed7.csv", index=False)
+    pd.DataFrame({"intervention": ["s"], "model": ["m"], "seed": [3], "accuracy": [0.5]}).to_csv(
+        tmp_path / "seed7.csv", index=False
+    )
     pd.DataFrame({"intervention": ["s"], "model": ["m"], "seed": [4], "x": [1]}).to_parquet(tmp_path / "b.parquet")
     table = read_tables([tmp_path / "seed7.csv", str(tmp_path / "b.parquet")])
     assert table["seed"].tolist() == [3, 4] and read_tables([]).empty

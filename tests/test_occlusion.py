@@ -10,20 +10,30 @@ from knockout.models import build_model
 from knockout.engine.occlusion import captum_spans, centred_spans, occlusion_maps, select_images, summary
 
 SMALL_CNN = {"type": "cnn", "conv": [4, 8], "pool": 2, "dense": [16]}
-RGB_CNN = {"type": "cnn", "conv": [{"channels": 6, "padding": 1, "pool": 2}, {"channels": 8, "stride": 2}],
-           "batch_norm": True, "dense": [12]}
+RGB_CNN = {
+    "type": "cnn",
+    "conv": [{"channels": 6, "padding": 1, "pool": 2}, {"channels": 8, "stride": 2}],
+    "batch_norm": True,
+    "dense": [12],
+}
 
 
 def tiny_resnet(shape=(3, 10, 10), classes=10):
     """A ResNet in miniature: stem, a BasicBlock, a Bottleneck, a strided BasicBlock, head."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
-    down = lambda cin, cout, s: nn.Sequential(nn.Conv2d(cin, cout, 1, stride=s, bias=False), nn.BatchNorm2d(cout))  # noqa: E731
+    down = lambda cin, cout, s: nn.Sequential(
+        nn.Conv2d(cin, cout, 1, stride=s, bias=False), nn.BatchNorm2d(cout)
+    )  # noqa: E731
     return nn.Sequential(
-        nn.Conv2d(shape[0], 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        nn.Conv2d(shape[0], 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
         nn.Sequential(BasicBlock(8, 8), Bottleneck(8, 4, downsample=down(8, 16, 1))),
         BasicBlock(16, 12, stride=2, downsample=down(16, 12, 2)),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, classes),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, classes),
     )
 
 
@@ -57,8 +67,13 @@ def captum_attribution(model, images, labels, w, stride, fill):
     base = torch.as_tensor(fill, dtype=images.dtype).reshape(1, -1, 1, 1)
     with torch.no_grad():
         attr = Occlusion(lambda x: torch.softmax(model(x), 1)).attribute(
-            images, sliding_window_shapes=(C, w, w), strides=(C, stride, stride), baselines=base,
-            target=labels, perturbations_per_eval=256)
+            images,
+            sliding_window_shapes=(C, w, w),
+            strides=(C, stride, stride),
+            baselines=base,
+            target=labels,
+            perturbations_per_eval=256,
+        )
     assert torch.allclose(attr, attr[:, :1].expand_as(attr))  # the window spans every channel
     return attr[:, 0].numpy()
 
@@ -73,8 +88,12 @@ def captum_attribution(model, images, labels, w, stride, fill):
 )
 def test_attribution_matches_captum_occlusion(arch, shape, n, fill):
     model, images, labels = setup(arch, shape, n)
-    maps = occlusion_maps(model, images, labels, windows=(3, 5), stride=1, fill=torch.tensor(fill), budget_mb=256, device="cpu")
-    strided = occlusion_maps(model, images, labels, windows=(3, 5), stride=2, fill=torch.tensor(fill), budget_mb=256, device="cpu")
+    maps = occlusion_maps(
+        model, images, labels, windows=(3, 5), stride=1, fill=torch.tensor(fill), budget_mb=256, device="cpu"
+    )
+    strided = occlusion_maps(
+        model, images, labels, windows=(3, 5), stride=2, fill=torch.tensor(fill), budget_mb=256, device="cpu"
+    )
     for wi, w in enumerate((3, 5)):
         for stride, m in ((1, maps), (2, strided)):  # stride 2 with 12-5 odd: a cut-off last window
             expected = captum_attribution(model, images, labels, w, stride, fill)
@@ -87,13 +106,23 @@ def test_patchwise_forward_equals_running_every_occluded_image():
     """The reuse of the original activations (patches through convs, pools with padding,
     dilation, batch norm, residual blocks) gives what the whole network gives."""
     torch.manual_seed(0)
-    model = randomise_batch_norms(nn.Sequential(
-        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(4, 6, 3, dilation=2, padding=2), nn.Tanh(),
-        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 5 * 4, 10),
-    ))
-    cases = [(model, torch.randn(2, 3, 19, 17), torch.tensor([1, 2]), 3),  # small budget: several forwards
-             (*setup("tiny_resnet", (3, 13, 11), 2), 64)]
+    model = randomise_batch_norms(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, stride=2, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=1, padding=1),
+            nn.Conv2d(4, 6, 3, dilation=2, padding=2),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(6 * 5 * 4, 10),
+        )
+    )
+    cases = [
+        (model, torch.randn(2, 3, 19, 17), torch.tensor([1, 2]), 3),  # small budget: several forwards
+        (*setup("tiny_resnet", (3, 13, 11), 2), 64),
+    ]
     for m, x, y, budget in cases:
         fast = occlusion_maps(m, x, y, windows=(2, 5), fill=0.7, budget_mb=budget, stride=1, device="cpu")
         slow = occlusion_maps(m, x, y, windows=(2, 5), fill=0.7, reuse=False, stride=1, budget_mb=256, device="cpu")
@@ -158,8 +187,11 @@ def test_summary_of_a_constant_model_shows_no_change():
 
 def test_summary_reports_the_lowest_probability_and_the_takeover_class():
     maps = {
-        "windows": np.array([3]), "labels": np.array([1]), "baseline_prob": np.array([0.9]),
-        "baseline_pred": np.array([1]), "prob_centred": np.full((1, 1, 2, 3), 0.9, np.float32),
+        "windows": np.array([3]),
+        "labels": np.array([1]),
+        "baseline_prob": np.array([0.9]),
+        "baseline_pred": np.array([1]),
+        "prob_centred": np.full((1, 1, 2, 3), 0.9, np.float32),
         "pred_centred": np.array([[[[1, 4, 4], [2, 1, 1]]]], np.int16),
     }
     maps["prob_centred"][0, 0, 1, 2] = 0.1

@@ -31,7 +31,13 @@ def data(n=128):
 @pytest.mark.parametrize("semantics,freeze", [("mask", False), ("zero_once", False), ("zero_once", True)])
 def test_mask_keeps_units_at_zero_through_training_and_zero_once_does_not(tmp_path, semantics, freeze):
     ctx = trained_context()
-    spec = study_spec("ablate_then_train", layers=["conv1"], sets={"s": {"select": "units", "units": {"conv1": [1, 5]}}}, semantics=semantics, freeze_body=freeze)
+    spec = study_spec(
+        "ablate_then_train",
+        layers=["conv1"],
+        sets={"s": {"select": "units", "units": {"conv1": [1, 5]}}},
+        semantics=semantics,
+        freeze_body=freeze,
+    )
     condition = ablate_then_train.conditions(spec, ctx)[1]
     model = ablate_then_train.apply(condition, ctx)
     x, y = data()
@@ -53,7 +59,16 @@ def test_mask_keeps_units_at_zero_through_training_and_zero_once_does_not(tmp_pa
 @pytest.mark.parametrize(
     "kind,entry",
     [
-        ("ablate_then_train", {"layers": ["conv1"], "sets": {"u": {"select": "units", "units": {"conv1": [0]}}, "r": {"select": "random", "k": 2, "repeats": 3, "exclude": "u"}}}),
+        (
+            "ablate_then_train",
+            {
+                "layers": ["conv1"],
+                "sets": {
+                    "u": {"select": "units", "units": {"conv1": [0]}},
+                    "r": {"select": "random", "k": 2, "repeats": 3, "exclude": "u"},
+                },
+            },
+        ),
         ("architecture", {"variants": {"wide": {"dense": [32]}, "no_bn": {"batch_norm": False}}}),
         ("factorize", {}),
     ],
@@ -92,7 +107,9 @@ def test_each_architecture_variant_builds_with_the_expected_parameter_count(vari
     assert torch.equal(model.conv1.weight, again.conv1.weight)  # seeded
 
 
-@pytest.mark.parametrize("preset,shape", [("study3_cnn", (3, 32, 32)), ("study4_cnn", (3, 32, 32)), ("study5_cnn", (1, 28, 28))])
+@pytest.mark.parametrize(
+    "preset,shape", [("study3_cnn", (3, 32, 32)), ("study4_cnn", (3, 32, 32)), ("study5_cnn", (1, 28, 28))]
+)
 def test_factorisation_table_equals_the_formula_for_every_layer(preset, shape):
     table = factorize.layer_table(preset, shape)
     square = table[table["n"].apply(lambda n: isinstance(n, int))]

@@ -22,8 +22,18 @@ from knockout.stats import (
 def rows(seed: int, conditions: dict[str, tuple[str, float]], baseline: float = 0.9, **extra):
     """Per-seed rows: condition -> (set, accuracy); loss is 1 - accuracy, delta vs `baseline`."""
     return [
-        dict(intervention="ablate", model="cnn", seed=seed, condition=c, set=s, accuracy=acc,
-             loss=1 - acc, baseline_accuracy=baseline, delta=acc - baseline, **extra)
+        dict(
+            intervention="ablate",
+            model="cnn",
+            seed=seed,
+            condition=c,
+            set=s,
+            accuracy=acc,
+            loss=1 - acc,
+            baseline_accuracy=baseline,
+            delta=acc - baseline,
+            **extra,
+        )
         for c, (s, acc) in conditions.items()
     ]
 
@@ -173,9 +183,7 @@ def test_clear_difference_over_eight_seeds_is_higher():
     assert r["n_seeds"] == 8 and r["p_ttest"] < 0.05
     assert r["p_permutation"] == 2 / 256  # every seed agrees: only identity and full flip
     assert r["verdict"].endswith("a is higher")
-    assert paired_comparison(sets_table({"a": list(a), "b": list(b)}), "b", "a")[
-        "verdict"
-    ].endswith("b is lower")
+    assert paired_comparison(sets_table({"a": list(a), "b": list(b)}), "b", "a")["verdict"].endswith("b is lower")
 
 
 def test_identical_sets_give_p_one():

@@ -77,12 +77,18 @@ def test_a_streamed_study_gives_the_in_memory_tables(view):
     torch.manual_seed(0)
     model = build_model({"type": "cnn", "conv": [8, 8], "pool": 2, "dense": [16]}, (1, 12, 12), 4).eval()
     context = Context(trained=model, seed=0)
-    spec = study_spec("filter_ablation", layers=["conv2"], sets={"each": {"select": "each"}, "r": {"select": "random", "k": 3, "repeats": 2}})
+    spec = study_spec(
+        "filter_ablation",
+        layers=["conv2"],
+        sets={"each": {"select": "each"}, "r": {"select": "random", "k": 3, "repeats": 2}},
+    )
     conditions = filter_ablation.conditions(spec, context)
     tables = []
     for resident_mb in (0, 100):
         meta, (_, test) = splits(view, resident_mb)
-        out = evaluate_conditions(conditions, context, test, budget_mb=0.05, device="cpu", apply=apply_condition)  # a tight budget: many chunks
+        out = evaluate_conditions(
+            conditions, context, test, budget_mb=0.05, device="cpu", apply=apply_condition
+        )  # a tight budget: many chunks
         tables.append(condition_tables(conditions, out, test.labels, meta["classes"], test.indices))
     for name in tables[0]:
         pd.testing.assert_frame_equal(tables[0][name], tables[1][name])
@@ -102,8 +108,27 @@ def write_jpegs(folder: Path, n: int) -> None:
 
 def prepare_cli(raw: Path, out: Path, entry: dict, threads: int) -> subprocess.Popen:
     job = {"dataset": "jpegs", "entry": entry, "geometry": None}
-    cmd = [sys.executable, "-m", "knockout", "prepare", "--job", json.dumps(job), "--raw", str(raw), "--out", str(out), "--threads", str(threads)]
-    return subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "knockout",
+        "prepare",
+        "--job",
+        json.dumps(job),
+        "--raw",
+        str(raw),
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+    ]
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_killed_prepare_resumes_to_the_same_files(tmp_path):
@@ -111,8 +136,15 @@ def test_a_killed_prepare_resumes_to_the_same_files(tmp_path):
     recorded on disk, prepared again, it takes up where it stopped and ends with the files of a
     run that was never killed."""
     write_jpegs(tmp_path / "jpegs", 20_000)
-    entry = resolve("dataset_image_folder", {"source": "image_folder", "train": str(tmp_path / "jpegs/train"),
-                                             "test": str(tmp_path / "jpegs/test"), "size": 74})
+    entry = resolve(
+        "dataset_image_folder",
+        {
+            "source": "image_folder",
+            "train": str(tmp_path / "jpegs/train"),
+            "test": str(tmp_path / "jpegs/test"),
+            "size": 74,
+        },
+    )
     fetch("jpegs", tmp_path / "raw", [], entry=entry)
     assert prepare_cli(tmp_path / "raw", tmp_path / "whole", entry, 2).wait(timeout=300) == 0
 

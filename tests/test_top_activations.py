@@ -2,7 +2,6 @@
 footprint), the top-k images, peaks and patches of filters whose responses are known, and the
 filter choice and the PNG grid."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -47,9 +46,14 @@ def test_resnet_fields():
 def test_field_is_the_gradient_footprint(layer):
     """Random convs and an average pool: an output's gradient is non-zero exactly on its field."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, (5, 3), stride=2),
-                          nn.Conv2d(3, 3, 3, dilation=2, padding=1), nn.Identity(), nn.AvgPool2d(2),
-                          nn.Conv2d(3, 2, 2, stride=(1, 2), padding=1))
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.Conv2d(3, 3, (5, 3), stride=2),
+        nn.Conv2d(3, 3, 3, dilation=2, padding=1),
+        nn.Identity(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(3, 2, 2, stride=(1, 2), padding=1),
+    )
     x = torch.randn(1, 1, 40, 40, requires_grad=True)
     out = model[: int(layer) + 1](x)
     rf = receptive_field(model, layer)
@@ -150,10 +154,14 @@ def test_choose_filters_is_deterministic():
 def test_resnet_stages_and_block_layers_can_be_probed():
     model = build_model({"type": "resnet", "depth": 18, "small_input": True}, (3, 16, 16), 10).eval()
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    table, arrays = top_activations(model, images, {"layer1": [0, 3], "layer2.0.conv1": [1]}, k=2, batch_size=3, device="cpu")
+    table, arrays = top_activations(
+        model, images, {"layer1": [0, 3], "layer2.0.conv1": [1]}, k=2, batch_size=3, device="cpu"
+    )
     assert len(table) == 2 * 2 + 1 * 2 and set(table["image"]) <= {0, 1, 2, 3}
     assert arrays["patches_layer1"].shape == (2, 2, 3, 11, 11)  # layer1's field: 11 px
     assert arrays["patches_layer2.0.conv1"].shape == (2, 1, 3, 13, 13)
     row = table[table["layer"] == "layer1"].iloc[0]
     rf = receptive_field(model, "layer1")
-    assert (row["top"], row["left"], row["bottom"], row["right"]) == patch_bounds(rf, row["peak_y"], row["peak_x"], 16, 16)
+    assert (row["top"], row["left"], row["bottom"], row["right"]) == patch_bounds(
+        rf, row["peak_y"], row["peak_x"], 16, 16
+    )

@@ -35,7 +35,9 @@ def run(tmp_path, seed=0, **cfg):
     x, y = tiny_data()
     config = TrainConfig.from_dict(train_settings(**{"epochs": 3, "batch_size": 32, "lr": 0.05, **cfg}))
     epochs = tmp_path / "epochs" if config.checkpoints else None
-    metrics = train(model, (x, y), (x[:64], y[:64]), config, tmp_path, seed=seed, device="cpu", epochs_dir=epochs, progress=False)
+    metrics = train(
+        model, (x, y), (x[:64], y[:64]), config, tmp_path, seed=seed, device="cpu", epochs_dir=epochs, progress=False
+    )
     return model, metrics
 
 
@@ -104,17 +106,52 @@ def write_prepared(folder: Path, n=2048):
         images[:, :, :3, :] = (labels * 25).to(torch.uint8)[:, None, None, None]
         for array, values in (("images", images.numpy()), ("labels", labels.numpy()), ("indices", np.arange(size))):
             np.save(folder / f"{split}_{array}.npy", values)
-    meta = {"dataset": "fashion_mnist", "classes": [str(i) for i in range(10)], "num_classes": 10,
-            "shape": [1, 28, 28], "mean": [0.15], "std": [0.2], "n_train": n, "n_test": 256}
+    meta = {
+        "dataset": "fashion_mnist",
+        "classes": [str(i) for i in range(10)],
+        "num_classes": 10,
+        "shape": [1, 28, 28],
+        "mean": [0.15],
+        "std": [0.2],
+        "n_train": n,
+        "n_test": 256,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def train_cli(data: Path, out: Path, epochs: int):
-    settings = train_settings(epochs=epochs, batch_size=64, optimizer="adam", lr=0.002, schedule="onecycle", checkpoints=list(range(1, epochs + 1)))
-    job = {"model": "cnn", "arch": "study5_cnn", "train": settings, "device": "cpu", "resident_mb": 0,  # streamed from disk
-           "preprocess": resolve("cnn", {"arch": "study5_cnn"})}
-    cmd = [sys.executable, "-m", "knockout", "train", "--job", json.dumps(job), "--seed", "1", "--data", str(data),
-           "--out", str(out), "--threads", "1"]
+    settings = train_settings(
+        epochs=epochs,
+        batch_size=64,
+        optimizer="adam",
+        lr=0.002,
+        schedule="onecycle",
+        checkpoints=list(range(1, epochs + 1)),
+    )
+    job = {
+        "model": "cnn",
+        "arch": "study5_cnn",
+        "train": settings,
+        "device": "cpu",
+        "resident_mb": 0,  # streamed from disk
+        "preprocess": resolve("cnn", {"arch": "study5_cnn"}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "knockout",
+        "train",
+        "--job",
+        json.dumps(job),
+        "--seed",
+        "1",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -144,7 +181,12 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     whole, resumed = load_model(tmp_path / "whole" / "final.pt", "cpu"), load_model(out / "final.pt", "cpu")
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
-    assert torch.equal(load_model(tmp_path / "whole" / "init.pt", "cpu").conv1.weight, load_model(out / "init.pt", "cpu").conv1.weight)
+    assert torch.equal(
+        load_model(tmp_path / "whole" / "init.pt", "cpu").conv1.weight, load_model(out / "init.pt", "cpu").conv1.weight
+    )
     assert len(pd.read_csv(out / "history.csv")) == epochs
     for e in range(1, epochs + 1):  # every epoch checkpoint, those written before the kill too
-        assert torch.equal(load_model(tmp_path / "whole" / f"epochs/epoch{e}.pt", "cpu").fc2.weight, load_model(out / f"epochs/epoch{e}.pt", "cpu").fc2.weight)
+        assert torch.equal(
+            load_model(tmp_path / "whole" / f"epochs/epoch{e}.pt", "cpu").fc2.weight,
+            load_model(out / f"epochs/epoch{e}.pt", "cpu").fc2.weight,
+        )

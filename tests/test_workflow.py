@@ -32,7 +32,11 @@ TINY = {
             "arch": {"type": "mlp", "widths": [32]},
             "train": {"epochs": 2, "lr": 0.1, "momentum": 0.9, "checkpoints": "all"},
         },
-        "cnn": {"dataset": "fashion_mnist", "arch": "study5_cnn", "train": {"epochs": 1, "optimizer": "adam", "lr": 0.003}},
+        "cnn": {
+            "dataset": "fashion_mnist",
+            "arch": "study5_cnn",
+            "train": {"epochs": 1, "optimizer": "adam", "lr": 0.003},
+        },
     },
     "interventions": {
         "swap": {"type": "layer_swap", "model": "mlp", "modes": ["reinit", "transplant", "rewind"]},
@@ -47,9 +51,20 @@ TINY = {
             },
             "compare": [["low", "rand"]],
         },
-        "retrain": {"type": "ablate_then_train", "model": "cnn", "layers": ["conv1"], "sets": {"low": {"select": "lowest_response", "k": 4}},
-                    "train": {"epochs": 1}, "compare": [["low", "baseline"]]},
-        "variants": {"type": "architecture", "model": "cnn", "variants": {"one_dense_fewer": {"dense": []}}, "train": {"epochs": 1}},
+        "retrain": {
+            "type": "ablate_then_train",
+            "model": "cnn",
+            "layers": ["conv1"],
+            "sets": {"low": {"select": "lowest_response", "k": 4}},
+            "train": {"epochs": 1},
+            "compare": [["low", "baseline"]],
+        },
+        "variants": {
+            "type": "architecture",
+            "model": "cnn",
+            "variants": {"one_dense_fewer": {"dense": []}},
+            "train": {"epochs": 1},
+        },
         "factorized": {"type": "factorize", "model": "cnn", "train": {"epochs": 1}},
         "occlusion": {"type": "occlusion", "model": "cnn", "images": {"n": 2}, "windows": [3, 7]},
         "top": {"type": "top_activations", "model": "cnn", "layers": {"conv1": 3, "conv3": [0, 5]}, "k": 3},
@@ -84,7 +99,8 @@ def printed(notebook: Path) -> str:
 
 
 needs_fashion = pytest.mark.skipif(
-    not Path(MIRROR, "fashion-mnist").exists(), reason="Debian's dataset-fashion-mnist is not installed (bash setup.sh installs it)"
+    not Path(MIRROR, "fashion-mnist").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed (bash setup.sh installs it)",
 )
 
 
@@ -106,17 +122,28 @@ def test_tiny_study_runs_every_study_type_end_to_end(tiny):
     for model in ["mlp", "cnn"]:
         for seed in [0, 1, 2]:
             folder = tiny / f"results/models/{model}/seed{seed}"
-            assert {p.name for p in folder.iterdir()} == {"init.pt", "final.pt", "history.csv", "metrics.json", "epochs"}
+            assert {p.name for p in folder.iterdir()} == {
+                "init.pt",
+                "final.pt",
+                "history.csv",
+                "metrics.json",
+                "epochs",
+            }
             assert json.loads((folder / "metrics.json").read_text())["test_accuracy"] > 0.3  # well above chance
     assert sorted(p.name for p in (tiny / "results/models/mlp/seed0/epochs").glob("*.pt")) == ["epoch1.pt", "epoch2.pt"]
     assert not any((tiny / "results/models/cnn/seed0/epochs").glob("*.pt"))  # no checkpoints asked for
 
     per_seed = pd.read_csv(tiny / "results/interventions/filters/cnn/seed1.csv")
-    assert {"intervention", "model", "seed", "condition", "accuracy", "loss", "baseline_accuracy", "delta"} <= set(per_seed.columns)
+    assert {"intervention", "model", "seed", "condition", "accuracy", "loss", "baseline_accuracy", "delta"} <= set(
+        per_seed.columns
+    )
     assert len(per_seed) == 1 + 1 + 2 + 64  # baseline, low, 2 random draws, every conv3 filter
     for suffix in ["per_class.csv", "confusion.csv", "examples.parquet"]:  # with their id columns
-        table = pd.read_parquet(tiny / f"results/interventions/filters/cnn/seed0.{suffix}") if suffix.endswith("parquet") \
+        table = (
+            pd.read_parquet(tiny / f"results/interventions/filters/cnn/seed0.{suffix}")
+            if suffix.endswith("parquet")
             else pd.read_csv(tiny / f"results/interventions/filters/cnn/seed0.{suffix}")
+        )
         assert list(table.columns[:3]) == ["intervention", "model", "seed"] and set(table["seed"]) <= {0}
     table = pd.read_csv(tiny / "results/tables/filters.csv")
     assert {"mean", "std", "ci_low", "ci_high", "n_seeds"} <= set(table.columns) and (table["n_seeds"] == 3).all()
@@ -130,7 +157,9 @@ def test_tiny_study_runs_every_study_type_end_to_end(tiny):
     assert sorted(p.name for p in runs.iterdir()) == ["baseline", "low"]
     factorized = pd.read_csv(tiny / "results/tables/factorized.csv").query("level == 'set'").set_index("set")
     assert factorized.loc["factorized", "parameters"] == 81_098 and factorized.loc["baseline", "parameters"] == 93_322
-    record = json.loads((tiny / "results/interventions/factorized/cnn/runs/factorized/seed0/condition.json").read_text())
+    record = json.loads(
+        (tiny / "results/interventions/factorized/cnn/runs/factorized/seed0/condition.json").read_text()
+    )
     assert [row["layer"] for row in record["details"] if row["replace"]] == ["conv3"]
     variants = pd.read_csv(tiny / "results/tables/variants.csv")
     assert set(variants["set"]) == {"baseline", "one_dense_fewer"}
@@ -139,7 +168,11 @@ def test_tiny_study_runs_every_study_type_end_to_end(tiny):
     import numpy as np
 
     maps = np.load(tiny / "results/interventions/occlusion/cnn/seed2.npz")
-    assert maps["prob_centred"].shape == (2, 2, 28, 28) and int(maps["seed"]) == 2 and str(maps["intervention"]) == "occlusion"
+    assert (
+        maps["prob_centred"].shape == (2, 2, 28, 28)
+        and int(maps["seed"]) == 2
+        and str(maps["intervention"]) == "occlusion"
+    )
     patches = np.load(tiny / "results/interventions/top/cnn/seed0.npz")
     assert patches["patches_conv1"].shape[:2] == (3, 3) and list(patches["filters_conv3"]) == [0, 5]
     assert not (tiny / "results/tables/top.csv").exists()  # filters differ per seed: no table over seeds
@@ -237,16 +270,27 @@ def test_the_readme_example_type_runs_on_an_image_folder(tmp_path):
     config = {k: TINY[k] for k in ("device", "threads", "data")} | {
         "seeds": [0, 1],
         "datasets": {"shapes": {"source": "image_folder", "train": "shapes/train", "test": "shapes/test", "size": 16}},
-        "models": {"cnn": {"dataset": "shapes", "arch": {"type": "cnn", "conv": [8, 16], "dense": [16]},
-                           "train": {"epochs": 2, "optimizer": "adam", "lr": 0.003, "batch_size": 16}}},
+        "models": {
+            "cnn": {
+                "dataset": "shapes",
+                "arch": {"type": "cnn", "conv": [8, 16], "dense": [16]},
+                "train": {"epochs": 2, "optimizer": "adam", "lr": 0.003, "batch_size": 16},
+            }
+        },
         "interventions": {"shuffled": {"type": "shuffle_bias", "model": "cnn", "layers": ["conv2", "fc1"]}},
     }
     write_config(workdir, config)
     run = snakemake(workdir, snakefile=checkout / "Snakefile")
     assert run.returncode == 0, run.stderr[-4000:]
     meta = json.loads((workdir / "results/data/shapes/meta.json").read_text())
-    assert meta["classes"] == ["blue", "green", "red"] and meta["shape"] == [3, 16, 16] and (meta["n_train"], meta["n_test"]) == (90, 30)
-    assert json.loads((workdir / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.5  # chance: 1/3
+    assert (
+        meta["classes"] == ["blue", "green", "red"]
+        and meta["shape"] == [3, 16, 16]
+        and (meta["n_train"], meta["n_test"]) == (90, 30)
+    )
+    assert (
+        json.loads((workdir / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.5
+    )  # chance: 1/3
     table = pd.read_csv(workdir / "results/tables/shuffled.csv").query("level == 'condition'").set_index("condition")
     assert set(table.index) == {"baseline", "shuffle_bias:conv2", "shuffle_bias:fc1"} and (table["n_seeds"] == 2).all()
     assert table.loc["shuffle_bias:conv2", "loss_mean"] != table.loc["baseline", "loss_mean"]  # the biases moved
@@ -273,7 +317,9 @@ def test_the_own_model_example_runs_end_to_end(tmp_path):
         assert any((tmp_path / f"results/figures/{analysis}").glob("*.png")), analysis
 
 
-@pytest.mark.parametrize("path", [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "examples/own_model/config.yaml"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "examples/own_model/config.yaml"], ids=lambda p: p.name
+)
 def test_every_config_in_configs_plans_its_whole_study(tmp_path, path):
     """A dry run of each paper-scale config (no data needed to plan): its studies' jobs, the
     notebooks, and nothing of the default study (--configfile replaces config.yaml)."""
@@ -293,14 +339,27 @@ BAD = {k: TINY[k] for k in ("seeds", "device", "threads", "data", "datasets", "m
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda c: c["models"]["mlp"].update(dataset="fashion"), "models.mlp.dataset: 'fashion' is not a key of datasets"),
+        (
+            lambda c: c["models"]["mlp"].update(dataset="fashion"),
+            "models.mlp.dataset: 'fashion' is not a key of datasets",
+        ),
         (lambda c: c["datasets"].update(imagenet={}), "datasets.imagenet: not a built-in dataset"),
         (lambda c: c["models"]["cnn"].update(arch="study9_cnn"), "models.cnn.arch: unknown preset 'study9_cnn'"),
-        (lambda c: c["models"]["cnn"].update(optimiser="adam"), "models.cnn: Additional properties are not allowed ('optimiser'"),
-        (lambda c: c["models"]["cnn"]["train"].update(optimizer="rmsprop"), "models.cnn.train.optimizer: 'rmsprop' is not one of"),
+        (
+            lambda c: c["models"]["cnn"].update(optimiser="adam"),
+            "models.cnn: Additional properties are not allowed ('optimiser'",
+        ),
+        (
+            lambda c: c["models"]["cnn"]["train"].update(optimizer="rmsprop"),
+            "models.cnn.train.optimizer: 'rmsprop' is not one of",
+        ),
         (lambda c: c.update(seeds=[1, 1]), "seeds: [1, 1] has non-unique elements"),
-        (lambda c: c["interventions"].update(t={"type": "top_activations", "model": "cnn", "layers": {"conv1": 2}, "k": 201}),
-         "interventions.t.k: 201 top images per filter, but the test set of model 'cnn' has 200"),
+        (
+            lambda c: c["interventions"].update(
+                t={"type": "top_activations", "model": "cnn", "layers": {"conv1": 2}, "k": 201}
+            ),
+            "interventions.t.k: 201 top images per filter, but the test set of model 'cnn' has 200",
+        ),
     ],
 )
 def test_bad_config_stops_with_one_line_before_any_job(tmp_path, change, message):
@@ -310,7 +369,11 @@ def test_bad_config_stops_with_one_line_before_any_job(tmp_path, change, message
     run = snakemake(tmp_path, "-n")
     assert run.returncode != 0
     # Snakemake's own note that it read profiles/default is not part of the error.
-    lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
+    lines = [
+        line
+        for line in run.stderr.splitlines()
+        if line.strip() and not line.startswith("Using workflow specific profile")
+    ]
     assert len(lines) == 1, run.stderr
     assert message in lines[0]
     assert not (tmp_path / "results").exists()

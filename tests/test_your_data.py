@@ -95,7 +95,11 @@ def users_own_training(root: Path) -> dict:
         with torch.no_grad():
             predictions = torch.cat([net(x).argmax(1) for x, _ in DataLoader(test, batch_size=5)])
         labels = torch.tensor(test.targets)
-        out[seed] = {"predictions": predictions, "accuracy": (predictions == labels).float().mean().item(), "labels": labels}
+        out[seed] = {
+            "predictions": predictions,
+            "accuracy": (predictions == labels).float().mean().item(),
+            "labels": labels,
+        }
     return out
 
 
@@ -112,8 +116,14 @@ def write_pretrained(torch_home: Path) -> None:
 
 
 def snakemake(workdir: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args], cwd=workdir,
-                          capture_output=True, text=True, timeout=1200, env=env)
+    return subprocess.run(
+        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+    )
 
 
 @pytest.mark.slow
@@ -134,23 +144,51 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
     write_pretrained(tmp_path / "torch")
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
     config = {
-        "seeds": [0, 1], "device": "cpu", "threads": 1, "data": {"mirrors": [], "download": False},
+        "seeds": [0, 1],
+        "device": "cpu",
+        "threads": 1,
+        "data": {"mirrors": [], "download": False},
         "datasets": {"shapes": {"source": "image_folder", "test": "shapes/test", "size": 16}},  # evaluation only
         "models": {
-            "mine": {"dataset": "shapes", "arch": {"type": "module", "target": "user/net.py:Net"}, "preprocess": "none",
-                     "checkpoints": {"final": "user/ckpt/seed{seed}.pt", "accuracy": {s: own[s]["accuracy"] for s in own}}},
-            "r18": {"dataset": "shapes", "arch": {"type": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"},
-                    "checkpoints": "pretrained", "allow_chance": True},  # weights' transforms: the default
+            "mine": {
+                "dataset": "shapes",
+                "arch": {"type": "module", "target": "user/net.py:Net"},
+                "preprocess": "none",
+                "checkpoints": {"final": "user/ckpt/seed{seed}.pt", "accuracy": {s: own[s]["accuracy"] for s in own}},
+            },
+            "r18": {
+                "dataset": "shapes",
+                "arch": {"type": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"},
+                "checkpoints": "pretrained",
+                "allow_chance": True,
+            },  # weights' transforms: the default
         },
         "interventions": {
-            "mine_sweep": {"type": "filter_ablation", "model": "mine", "layers": ["a"], "sets": {"each": {"select": "each"}}},
-            "r18_sweep": {"type": "filter_ablation", "model": "r18", "layers": ["layer4.1.conv2"],
-                          "sets": {"rand": {"select": "random", "k": 16, "repeats": 2}}},
-            "r18_layers": {"type": "layer_swap", "model": "r18", "layers": ["layer4.1.conv2", "fc"], "modes": ["rerandomize"]},
+            "mine_sweep": {
+                "type": "filter_ablation",
+                "model": "mine",
+                "layers": ["a"],
+                "sets": {"each": {"select": "each"}},
+            },
+            "r18_sweep": {
+                "type": "filter_ablation",
+                "model": "r18",
+                "layers": ["layer4.1.conv2"],
+                "sets": {"rand": {"select": "random", "k": 16, "repeats": 2}},
+            },
+            "r18_layers": {
+                "type": "layer_swap",
+                "model": "r18",
+                "layers": ["layer4.1.conv2", "fc"],
+                "modes": ["rerandomize"],
+            },
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    targets = [f"results/tables/{t}.csv" for t in config["interventions"]] + ["results/tables/baselines.csv", "results/provenance.json"]
+    targets = [f"results/tables/{t}.csv" for t in config["interventions"]] + [
+        "results/tables/baselines.csv",
+        "results/provenance.json",
+    ]
     run = snakemake(tmp_path, *targets, env=env)
     assert run.returncode == 0, run.stderr[-4000:]
 
@@ -160,9 +198,13 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
         metrics = json.loads((tmp_path / f"results/models/mine/seed{seed}/metrics.json").read_text())
         assert metrics["test_accuracy"] == own[seed]["accuracy"]
         assert metrics["preprocess"]["name"] == "none" and metrics["preprocess"]["mean"] == [0.0]
-        confusion = pd.read_csv(tmp_path / f"results/interventions/mine_sweep/mine/seed{seed}.confusion.csv").query("condition == 'baseline'")
+        confusion = pd.read_csv(tmp_path / f"results/interventions/mine_sweep/mine/seed{seed}.confusion.csv").query(
+            "condition == 'baseline'"
+        )
         theirs = pd.crosstab(test_labels.numpy(), own[seed]["predictions"].numpy())
-        assert {(r.true, r.predicted): r.count for r in confusion.itertuples()} == {(t, p): c for (t, p), c in theirs.stack().items() if c}
+        assert {(r.true, r.predicted): r.count for r in confusion.itertuples()} == {
+            (t, p): c for (t, p), c in theirs.stack().items() if c
+        }
     meta = read_meta(tmp_path / "results/data/shapes/meta.json")
     assert meta["n_train"] == 0 and meta["n_test"] == 36 and meta["stats_split"] == "test"
     sweep = pd.read_csv(tmp_path / "results/tables/mine_sweep.csv").query("level == 'condition'")
@@ -190,12 +232,19 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
     assert set(layers["condition"]) == {"baseline", "rerandomize:layer4.1.conv2", "rerandomize:fc"}
     assert len(pd.read_csv(tmp_path / "results/tables/r18_sweep.csv").query("level == 'condition'")) == 3
 
-    summary = subprocess.run([sys.executable, "-m", "knockout", "summary", "--config", "config.yaml", "--model", "r18"], cwd=tmp_path,
-                             capture_output=True, text=True, env=env | {"PYTHONPATH": str(ROOT / "src")})
+    summary = subprocess.run(
+        [sys.executable, "-m", "knockout", "summary", "--config", "config.yaml", "--model", "r18"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env | {"PYTHONPATH": str(ROOT / "src")},
+    )
     assert summary.returncode == 0, summary.stderr
     assert "(prepared view shapes@r256-c224-bilinear), input (3, 224, 224)" in summary.stdout
-    assert "Preprocess: weights: mean 0.485, 0.456, 0.406, std 0.229, 0.224, 0.225, resize 256, crop [224, 224], bilinear " \
-           "(torchvision ResNet18_Weights.IMAGENET1K_V1.transforms())" in summary.stdout
+    assert (
+        "Preprocess: weights: mean 0.485, 0.456, 0.406, std 0.229, 0.224, 0.225, resize 256, crop [224, 224], bilinear "
+        "(torchvision ResNet18_Weights.IMAGENET1K_V1.transforms())" in summary.stdout
+    )
 
     # The wrong preprocessing (the dataset's mean and std, knockout's default for its own networks):
     # the adopt job stops with one line, and no table is made of it.
@@ -204,7 +253,9 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
     run = snakemake(tmp_path, "results/tables/mine_sweep.csv", env=env)
     assert run.returncode != 0
     lines = (tmp_path / "results/logs/adopt/mine/seed0.log").read_text().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("knockout adopt: error: models.mine.checkpoints.accuracy.0: you measured "), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        "knockout adopt: error: models.mine.checkpoints.accuracy.0: you measured "
+    ), lines
     assert "models.mine.preprocess is dataset: mean" in lines[0]
     assert not (tmp_path / "results/models/mine/seed0/final.pt").exists()
 
@@ -229,32 +280,78 @@ def test_a_network_at_chance_stops_unless_meant(tmp_path):
     arch = {"type": "mlp", "widths": [16]}
     torch.manual_seed(0)
     torch.save(build_model(arch, (1, 8, 8), 10).state_dict(), tmp_path / "random.pt")
-    job = {"model": "m", "arch": arch, "epochs": [], "eval_batch_size": 64, "pretrained": False, "accuracy": {}, "allow_chance": False,
-           "preprocess": resolve_preprocess("m", {"arch": arch}), "resident_mb": 0, "device": "cpu"}
+    job = {
+        "model": "m",
+        "arch": arch,
+        "epochs": [],
+        "eval_batch_size": 64,
+        "pretrained": False,
+        "accuracy": {},
+        "allow_chance": False,
+        "preprocess": resolve_preprocess("m", {"arch": arch}),
+        "resident_mb": 0,
+        "device": "cpu",
+    }
     with pytest.raises(ConfigError) as err:
-        adopt(job, 0, str(tmp_path / "data"), str(tmp_path / "final.pt"), [str(tmp_path / "random.pt")], str(tmp_path / "metrics.json"))
+        adopt(
+            job,
+            0,
+            str(tmp_path / "data"),
+            str(tmp_path / "final.pt"),
+            [str(tmp_path / "random.pt")],
+            str(tmp_path / "metrics.json"),
+        )
     message = str(err.value)
     assert "\n" not in message and message.startswith("models.m: seed 0: test accuracy ")
     assert "on 300 test images of d is not above chance (0.1000; + 3 SE: 0.1520)" in message
     assert "models.m.preprocess is dataset: mean" in message and "models.m.allow_chance: true" in message
     assert not (tmp_path / "final.pt").exists() and not (tmp_path / "metrics.json").exists()
-    adopt(job | {"allow_chance": True}, 0, str(tmp_path / "data"), str(tmp_path / "final.pt"), [str(tmp_path / "random.pt")],
-          str(tmp_path / "metrics.json"))
+    adopt(
+        job | {"allow_chance": True},
+        0,
+        str(tmp_path / "data"),
+        str(tmp_path / "final.pt"),
+        [str(tmp_path / "random.pt")],
+        str(tmp_path / "metrics.json"),
+    )
     assert json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] < 0.2
 
 
-@pytest.mark.parametrize("model,expected", [
-    ({"arch": "study5_cnn"}, {"name": "dataset", "mean": None, "geometry": None}),
-    ({"arch": {"type": "torchvision", "name": "resnet50", "weights": "IMAGENET1K_V2"}},
-     {"name": "weights", "mean": [0.485, 0.456, 0.406], "geometry": {"resize": 232, "crop": [224, 224], "interpolation": "bilinear"}}),
-    ({"arch": {"type": "torchvision", "name": "resnet50", "weights": "/my/resnet50.pth"}}, {"name": "dataset", "geometry": None}),
-    ({"arch": "study1_resnet50", "preprocess": {"weights": "ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1"}},
-     {"name": "weights", "geometry": {"resize": 518, "crop": [518, 518], "interpolation": "bicubic"}}),
-    ({"arch": "study1_resnet50", "preprocess": "imagenet"}, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "geometry": None}),
-    ({"arch": "study5_cnn", "preprocess": "none"}, {"mean": [0.0], "std": [1.0], "geometry": None}),
-    ({"arch": "study5_cnn", "preprocess": {"mean": [0.5], "std": [0.25], "resize": 36, "crop": 32}},
-     {"name": "config", "mean": [0.5], "geometry": {"resize": 36, "crop": [32, 32], "interpolation": "bilinear"}}),
-])
+@pytest.mark.parametrize(
+    "model,expected",
+    [
+        ({"arch": "study5_cnn"}, {"name": "dataset", "mean": None, "geometry": None}),
+        (
+            {"arch": {"type": "torchvision", "name": "resnet50", "weights": "IMAGENET1K_V2"}},
+            {
+                "name": "weights",
+                "mean": [0.485, 0.456, 0.406],
+                "geometry": {"resize": 232, "crop": [224, 224], "interpolation": "bilinear"},
+            },
+        ),
+        (
+            {"arch": {"type": "torchvision", "name": "resnet50", "weights": "/my/resnet50.pth"}},
+            {"name": "dataset", "geometry": None},
+        ),
+        (
+            {"arch": "study1_resnet50", "preprocess": {"weights": "ViT_H_14_Weights.IMAGENET1K_SWAG_E2E_V1"}},
+            {"name": "weights", "geometry": {"resize": 518, "crop": [518, 518], "interpolation": "bicubic"}},
+        ),
+        (
+            {"arch": "study1_resnet50", "preprocess": "imagenet"},
+            {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "geometry": None},
+        ),
+        ({"arch": "study5_cnn", "preprocess": "none"}, {"mean": [0.0], "std": [1.0], "geometry": None}),
+        (
+            {"arch": "study5_cnn", "preprocess": {"mean": [0.5], "std": [0.25], "resize": 36, "crop": 32}},
+            {
+                "name": "config",
+                "mean": [0.5],
+                "geometry": {"resize": 36, "crop": [32, 32], "interpolation": "bilinear"},
+            },
+        ),
+    ],
+)
 def test_one_place_decides_a_models_preprocessing(model, expected):
     """Read from torchvision's weights metadata (there offline) or from the config; the
     geometry names the prepared view the model reads."""
@@ -274,15 +371,30 @@ def test_the_imagenet_example_plans_its_whole_study(tmp_path):
 
     for wnid in ("n01440764", "n01443537"):
         (tmp_path / "data/imagenet/val" / wnid).mkdir(parents=True)
-        Image.new("RGB", (300, 250), (120, 30, 60)).save(tmp_path / "data/imagenet/val" / wnid / "ILSVRC2012_val_0.JPEG")
+        Image.new("RGB", (300, 250), (120, 30, 60)).save(
+            tmp_path / "data/imagenet/val" / wnid / "ILSVRC2012_val_0.JPEG"
+        )
     import torchvision
 
     folder = tmp_path / "torch/hub/checkpoints"
     folder.mkdir(parents=True)
     (folder / Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name).write_bytes(b"stand-in")
-    run = subprocess.run([str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-n", "--configfile", str(ROOT / "examples/imagenet_eval/config.yaml"),
-                          "--directory", str(tmp_path)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    run = subprocess.run(
+        [
+            str(SNAKEMAKE),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-n",
+            "--configfile",
+            str(ROOT / "examples/imagenet_eval/config.yaml"),
+            "--directory",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "results/data/imagenet_val@r232-c224-bilinear/meta.json" in run.stdout
     stats = run.stdout.split("Job stats:")[1].split("Reasons:")[0]

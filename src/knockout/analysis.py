@@ -145,7 +145,12 @@ def read_arrays(paths: Iterable[str | Path]) -> list[dict[str, np.ndarray]]:
 def read_split(images: str | Path, indices: str | Path) -> dict[str, np.ndarray]:
     """A prepared split's images (`{split}_images.npy`, memory-mapped: uint8 (N, C, H, W)) and
     indices (`{split}_indices.npy`: int64 (N,), the examples' indices in the original split)."""
-    split = {"images": np.load(images, mmap_mode="r", allow_pickle=False), "indices": np.load(indices, allow_pickle=False)}
+    split = {
+        "images": np.load(images, mmap_mode="r", allow_pickle=False),
+        "indices": np.load(indices, allow_pickle=False),
+    }
     if split["images"].ndim != 4 or len(split["images"]) != len(split["indices"]):
-        raise ValueError(f"{images}: images {split['images'].shape}, indices {split['indices'].shape}; expected (N, C, H, W), (N,)")
+        raise ValueError(
+            f"{images}: images {split['images'].shape}, indices {split['indices'].shape}; expected (N, C, H, W), (N,)"
+        )
     return split

@@ -72,6 +72,7 @@ def split_files(folder: str, split: str) -> dict[str, str]:
 def geometry_tag(geometry: dict) -> str:
     """A resolved geometry as a folder-name tag: {resize: 256, crop: [224, 224], interpolation:
     bilinear} -> `r256-c224-bilinear` (a non-square size as `HxW`)."""
+
     def size(value) -> str:
         if isinstance(value, int):
             return str(value)

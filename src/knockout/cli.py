@@ -18,13 +18,17 @@ COMMANDS = ("summary", "check-config", "check-data")  # for people, in knockout.
 def _parents() -> dict[str, argparse.ArgumentParser]:
     """Options shared by several verbs."""
     job = argparse.ArgumentParser(add_help=False)
-    job.add_argument("--job", type=json.loads, required=True, help="the job's resolved settings (JSON, from the workflow's plan)")
+    job.add_argument(
+        "--job", type=json.loads, required=True, help="the job's resolved settings (JSON, from the workflow's plan)"
+    )
     threads = argparse.ArgumentParser(add_help=False)
     threads.add_argument("--threads", type=int, help="torch threads (Snakemake's {threads})")
     seed = argparse.ArgumentParser(add_help=False)
     seed.add_argument("--seed", type=int, required=True, help="the training seed")
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data", required=True, help="the prepared view's folder (results/data/{view}: its splits and meta.json)")
+    data.add_argument(
+        "--data", required=True, help="the prepared view's folder (results/data/{view}: its splits and meta.json)"
+    )
     final = argparse.ArgumentParser(add_help=False)
     final.add_argument("--final", required=True, help="the trained network (final.pt)")
     out = argparse.ArgumentParser(add_help=False)
@@ -42,30 +46,67 @@ def parser() -> argparse.ArgumentParser:
     def verb(name: str, help: str, *parents: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, parents=[shared[k] for k in parents])
 
-    verb("download", "a dataset's raw data, verified, from a mirror or the web; its manifest.json in --out", "job", "out")
-    verb("prepare", "raw data -> a prepared view ({split}_images.npy, ..., meta.json) in --out", "job", "threads", "out").add_argument(
-        "--raw", required=True, help="the folder download wrote (its manifest.json)")
+    verb(
+        "download", "a dataset's raw data, verified, from a mirror or the web; its manifest.json in --out", "job", "out"
+    )
+    verb(
+        "prepare", "raw data -> a prepared view ({split}_images.npy, ..., meta.json) in --out", "job", "threads", "out"
+    ).add_argument("--raw", required=True, help="the folder download wrote (its manifest.json)")
 
     verb("train", "train one model for one seed into the folder --out", "job", "threads", "seed", "data", "out")
 
-    s = verb("adopt", "weights you have (or pretrained ones), as a model folder's files", "job", "threads", "seed", "data", "out")
-    s.add_argument("--sources", nargs="*", default=[], help="your checkpoint files (one per epoch for a folder --out; none: pretrained)")
+    s = verb(
+        "adopt",
+        "weights you have (or pretrained ones), as a model folder's files",
+        "job",
+        "threads",
+        "seed",
+        "data",
+        "out",
+    )
+    s.add_argument(
+        "--sources",
+        nargs="*",
+        default=[],
+        help="your checkpoint files (one per epoch for a folder --out; none: pretrained)",
+    )
     s.add_argument("--metrics", help="metrics.json to write (the final weights evaluated on the test split)")
     verb("unit-stats", "per-unit statistics of a trained network", "job", "threads", "final", "data", "out")
 
-    s = verb("intervene", "evaluate every condition of one study for one seed", "job", "threads", "seed", "final", "data", "out")
+    s = verb(
+        "intervene",
+        "evaluate every condition of one study for one seed",
+        "job",
+        "threads",
+        "seed",
+        "final",
+        "data",
+        "out",
+    )
     s.add_argument("--init", help="the initial weights (init.pt), when the study needs them")
     s.add_argument("--epochs", help="the epoch checkpoints' folder, when the study rewinds")
     s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
 
-    verb("probe", "a probing study's table and arrays for one seed", "job", "threads", "seed", "final", "data", "out").add_argument(
-        "--arrays", required=True, help="the .npz to write")
+    verb(
+        "probe", "a probing study's table and arrays for one seed", "job", "threads", "seed", "final", "data", "out"
+    ).add_argument("--arrays", required=True, help="the .npz to write")
 
-    s = verb("retrain", "train one condition of a retraining study for one seed", "job", "threads", "seed", "final", "data", "out")
+    s = verb(
+        "retrain",
+        "train one condition of a retraining study for one seed",
+        "job",
+        "threads",
+        "seed",
+        "final",
+        "data",
+        "out",
+    )
     s.add_argument("--condition", required=True, help="the condition's folder name, e.g. rand-draw1")
     s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
 
-    s = verb("collect", "a retraining study's trained conditions for one seed -> its tables", "job", "seed", "data", "out")
+    s = verb(
+        "collect", "a retraining study's trained conditions for one seed -> its tables", "job", "seed", "data", "out"
+    )
     s.add_argument("--runs", nargs="+", required=True, help="the conditions' folders")
 
     s = verb("aggregate", "per-seed tables -> mean, std, 95%% CI per condition and set; paired comparisons", "out")
@@ -85,7 +126,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=json.loads, required=True, help="the resolved config (JSON)")
     s.add_argument("--manifests", nargs="*", default=[], help="the datasets' manifest.json files")
     s.add_argument("--metas", nargs="*", default=[], help="the prepared views' meta.json files")
-    s.add_argument("--preprocess", type=json.loads, default={}, help="each model's resolved preprocessing and view (JSON)")
+    s.add_argument(
+        "--preprocess", type=json.loads, default={}, help="each model's resolved preprocessing and view (JSON)"
+    )
     s.add_argument("--repo", required=True, help="the workflow's folder (for its git commit)")
 
     verb("summary", "a Keras-like table of a configured model", "config").add_argument("--model", required=True)

@@ -76,7 +76,9 @@ def resolve_dataset(name: str, entry: dict, schema: dict | None = None) -> dict:
     (`$defs.dataset_builtin` for a built-in given without `source`), its defaults filled."""
     source = entry.get("source")
     if source is None and name not in BUILTIN:
-        raise ConfigError(f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source ({', '.join(SOURCES)})")
+        raise ConfigError(
+            f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source ({', '.join(SOURCES)})"
+        )
     return resolve(f"dataset_{source or 'builtin'}", entry, schema, f"datasets.{name}")
 
 
@@ -128,8 +130,10 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
         if not info.complete:
             _weights(config, name)
             if info.deferred is None:  # known, but not one size: nothing says what size to prepare them at
-                raise ConfigError(f"models.{name}: the images of datasets.{model['dataset']} are not all one size: give "
-                                  f"datasets.{model['dataset']}.size, or models.{name}.preprocess with a resize and crop")
+                raise ConfigError(
+                    f"models.{name}: the images of datasets.{model['dataset']} are not all one size: give "
+                    f"datasets.{model['dataset']}.size, or models.{name}.preprocess with a resize and crop"
+                )
             deferred.setdefault(model["dataset"], []).append(name)
             continue
         network = _build(config, name, info)
@@ -143,7 +147,9 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
     for name, study in config["interventions"].items():
         key = f"interventions.{name}"
         if study["model"] not in config["models"]:
-            raise ConfigError(f"{key}.model: {study['model']!r} is not a key of models ({', '.join(sorted(config['models']))})")
+            raise ConfigError(
+                f"{key}.model: {study['model']!r} is not a key of models ({', '.join(sorted(config['models']))})"
+            )
         _check_study_data(config, plan, name, infos[plan.view(study["model"])])
         if study["model"] not in targets:
             continue  # checked by its jobs
@@ -164,14 +170,20 @@ def _check_given_weights(config: dict, plan, name: str, info) -> None:
     model = config["models"][name]
     given = plan.adopted(name)
     if given is None and info.n_train == 0:
-        raise ConfigError(f"models.{name}: datasets.{model['dataset']} has no training split to train it on: give "
-                          f"models.{name}.checkpoints (your trained weights, or pretrained with arch.weights)")
+        raise ConfigError(
+            f"models.{name}: datasets.{model['dataset']} has no training split to train it on: give "
+            f"models.{name}.checkpoints (your trained weights, or pretrained with arch.weights)"
+        )
     if given and given.get("pretrained") and not _weights(config, name):
-        raise ConfigError(f"models.{name}.checkpoints: pretrained takes the weights of models.{name}.arch, which names none "
-                          "(give arch.weights: a torchvision weights name or a state_dict file)")
+        raise ConfigError(
+            f"models.{name}.checkpoints: pretrained takes the weights of models.{name}.arch, which names none "
+            "(give arch.weights: a torchvision weights name or a state_dict file)"
+        )
     for seed in (given or {}).get("accuracy", {}):
         if int(seed) not in plan.seeds:
-            raise ConfigError(f"models.{name}.checkpoints.accuracy.{seed}: not one of the seeds ({', '.join(map(str, plan.seeds))})")
+            raise ConfigError(
+                f"models.{name}.checkpoints.accuracy.{seed}: not one of the seeds ({', '.join(map(str, plan.seeds))})"
+            )
 
 
 def _check_study_data(config: dict, plan, name: str, info) -> None:
@@ -182,8 +194,10 @@ def _check_study_data(config: dict, plan, name: str, info) -> None:
     if study.kind == "retrain" and info.n_train == 0:
         raise ConfigError(f"interventions.{name}: {study.type} trains, and datasets.{dataset} has no training split")
     if "unit_stats" in study.needs and config["unit_stats"]["split"] == "train" and info.n_train == 0:
-        raise ConfigError(f"interventions.{name}: ranks units by statistics over the training split, which datasets.{dataset} "
-                          "does not have: set unit_stats.split: test (they then see the evaluated images)")
+        raise ConfigError(
+            f"interventions.{name}: ranks units by statistics over the training split, which datasets.{dataset} "
+            "does not have: set unit_stats.split: test (they then see the evaluated images)"
+        )
 
 
 def _check_checkpoints(plan, name: str, network) -> None:
@@ -192,7 +206,9 @@ def _check_checkpoints(plan, name: str, network) -> None:
 
     for which, paths in plan.checkpoint_files(name).items():
         for path in paths:
-            key = f"models.{name}.checkpoints" + ("" if which == "final" and isinstance(plan.config["models"][name]["checkpoints"], str) else f".{which}")
+            key = f"models.{name}.checkpoints" + (
+                "" if which == "final" and isinstance(plan.config["models"][name]["checkpoints"], str) else f".{which}"
+            )
             if not Path(path).is_file():
                 raise ConfigError(f"{key}: no such file {path}")
             try:
@@ -227,7 +243,9 @@ def _build(config: dict, name: str, info=None):
     arch = without_weights(config["models"][name]["arch"])
     info = info or data_info(config, config["models"][name]["dataset"])
     if not info.complete:
-        raise ConfigError(f"models.{name}: {info.deferred}: fetch it first (snakemake results/raw/{config['models'][name]['dataset']}/manifest.json)")
+        raise ConfigError(
+            f"models.{name}: {info.deferred}: fetch it first (snakemake results/raw/{config['models'][name]['dataset']}/manifest.json)"
+        )
     try:
         network = build_model(arch, info.shape, len(info.classes))
         check_output(network, info.shape, len(info.classes))
@@ -250,7 +268,9 @@ def data_views(config: dict, dataset: str, raw_root: str | Path | None, geometri
     from .errors import DataError
 
     try:
-        return inspect_views(dataset, config["datasets"][dataset], Path(raw_root) / dataset if raw_root is not None else None, geometries)
+        return inspect_views(
+            dataset, config["datasets"][dataset], Path(raw_root) / dataset if raw_root is not None else None, geometries
+        )
     except DataError as e:
         raise ConfigError(str(e)) from None
 

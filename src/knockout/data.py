@@ -43,7 +43,18 @@ from .errors import DataError
 from .io import atomic_write, write_json
 from .sources.common import mode_of, one_line, output_size, to_pixels
 
-__all__ = ["DataError", "Split", "as_split", "fetch", "inspect", "open_split", "open_view", "prepare", "read_meta", "stratified_subset"]
+__all__ = [
+    "DataError",
+    "Split",
+    "as_split",
+    "fetch",
+    "inspect",
+    "open_split",
+    "open_view",
+    "prepare",
+    "read_meta",
+    "stratified_subset",
+]
 
 _CHUNK_BYTES = 16 << 20  # images converted and written per step of prepare
 _SYNC_SECONDS = 2.0  # how often prepare records the chunks it wrote (what a killed run keeps)
@@ -82,13 +93,15 @@ def inspect_views(name: str, entry: dict | None, raw_dir: Path | None, geometrie
         if geometry is not None:
             size = output_size(geometry, native[1:] if native else None)
             shape = (channels, *size) if channels is not None and size is not None else None
-        return DataInfo.from_meta({
-            "shape": shape,
-            "classes": found.get("classes"),
-            "n_test": kept(entry.get("test_subset"), found.get("n_test")),
-            "n_train": kept(entry.get("train_subset"), found.get("n_train")),
-            "deferred": found.get("deferred"),
-        })
+        return DataInfo.from_meta(
+            {
+                "shape": shape,
+                "classes": found.get("classes"),
+                "n_test": kept(entry.get("test_subset"), found.get("n_test")),
+                "n_train": kept(entry.get("train_subset"), found.get("n_train")),
+                "deferred": found.get("deferred"),
+            }
+        )
 
     return [at(g) for g in geometries]
 
@@ -168,8 +181,14 @@ def stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.T
 
 def _npy_header(f, shape: tuple[int, ...], dtype=np.uint8) -> int:
     """Write an .npy header for a C-order array of `shape`; out: where its data starts."""
-    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                                              "shape": tuple(int(d) for d in shape)})
+    np.lib.format.write_array_header_1_0(
+        f,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": tuple(int(d) for d in shape),
+        },
+    )
     return f.tell()
 
 
@@ -177,7 +196,9 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, where the data starts) of a C-order .npy file, from its header."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+        shape, fortran, dtype = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )(f)
         if fortran:
             raise DataError(f"{path}: a Fortran-order array, not a prepared split")
         return tuple(shape), dtype, f.tell()
@@ -256,8 +277,17 @@ class _Converted(torch.utils.data.Dataset):
     (position, pixels), or for an item that cannot be converted (position, the one-line
     problem), so that the problem reaches the main process as the same one line."""
 
-    def __init__(self, where: str, split, indices: np.ndarray, mode: str, geometry: dict | None, shape: tuple[int, ...]):
-        self.where, self.split, self.indices, self.mode, self.geometry, self.shape = where, split, indices, mode, geometry, shape
+    def __init__(
+        self, where: str, split, indices: np.ndarray, mode: str, geometry: dict | None, shape: tuple[int, ...]
+    ):
+        self.where, self.split, self.indices, self.mode, self.geometry, self.shape = (
+            where,
+            split,
+            indices,
+            mode,
+            geometry,
+            shape,
+        )
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -272,8 +302,10 @@ class _Converted(torch.utils.data.Dataset):
             return position, f"{self.where}: item {i}: {type(err).__name__}: {one_line(err)}"
         if pixels.shape != self.shape:
             c, h, w = self.shape
-            return position, (f"{self.where}: item {i}: image of {'x'.join(map(str, pixels.shape))}, the first one {c}x{h}x{w}: "
-                              "give a size to resize them all")
+            return position, (
+                f"{self.where}: item {i}: image of {'x'.join(map(str, pixels.shape))}, the first one {c}x{h}x{w}: "
+                "give a size to resize them all"
+            )
         return position, pixels
 
 
@@ -323,8 +355,17 @@ def _channel_stats(sums: list, channels: int, count: int) -> tuple[list[float], 
     return mean, std
 
 
-def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, geometry: dict | None,
-                  partial: _Partial, workers: int, progress: bool) -> tuple[int, ...]:
+def _write_images(
+    where: str,
+    split: str,
+    raw,
+    indices: np.ndarray,
+    mode: str,
+    geometry: dict | None,
+    partial: _Partial,
+    workers: int,
+    progress: bool,
+) -> tuple[int, ...]:
     """The chosen images of one split converted and written (in `workers` processes) into the
     partial images file, chunk by chunk (the chunks a killed run recorded are kept). Out: the
     image shape (C, H, W)."""
@@ -337,18 +378,33 @@ def _write_images(where: str, split: str, raw, indices: np.ndarray, mode: str, g
     fd, offset = partial.images(split, (len(indices), *shape))
     todo = [c for c in range(len(chunks)) if c not in partial.done.get(split, set())]
     if len(todo) < len(chunks):
-        print(f"prepare: resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks of the {split} split already prepared", file=sys.stderr)
-    bar = tqdm(total=len(indices), initial=sum(len(chunks[c]) for c in range(len(chunks)) if c not in todo),
-               desc=f"prepare {where} {split}", unit="img", disable=not progress, mininterval=5)
+        print(
+            f"prepare: resuming: {len(chunks) - len(todo)} of {len(chunks)} chunks of the {split} split already prepared",
+            file=sys.stderr,
+        )
+    bar = tqdm(
+        total=len(indices),
+        initial=sum(len(chunks[c]) for c in range(len(chunks)) if c not in todo),
+        desc=f"prepare {where} {split}",
+        unit="img",
+        disable=not progress,
+        mininterval=5,
+    )
     writer = _Writer(partial.folder / f"{split}_images.npy", offset, first.nbytes)
     try:
         # Arrays a source already holds as uint8 at this mode and size need no conversion.
         if raw.arrays is not None and geometry is None and tuple(raw.arrays(indices[:1]).shape[1:]) == shape:
-            done = ((c * per_chunk, writer.write(c * per_chunk, _checked(where, split, raw.arrays(chunks[c]), shape))) for c in todo)
+            done = (
+                (c * per_chunk, writer.write(c * per_chunk, _checked(where, split, raw.arrays(chunks[c]), shape)))
+                for c in todo
+            )
         else:
-            done = torch.utils.data.DataLoader(_Converted(where, raw, indices, mode, geometry, shape), collate_fn=writer,
-                                               batch_sampler=[list(range(c * per_chunk, c * per_chunk + len(chunks[c]))) for c in todo],
-                                               num_workers=workers if len(todo) > 1 else 0)
+            done = torch.utils.data.DataLoader(
+                _Converted(where, raw, indices, mode, geometry, shape),
+                collate_fn=writer,
+                batch_sampler=[list(range(c * per_chunk, c * per_chunk + len(chunks[c]))) for c in todo],
+                num_workers=workers if len(todo) > 1 else 0,
+            )
         for n, (position, sums) in enumerate(done, start=1):
             if isinstance(sums, str):
                 raise DataError(sums)
@@ -421,20 +477,50 @@ def prepare(
     (out_dir / "meta.json").unlink(missing_ok=True)
     kind = sources.kind_of(name, entry)
     manifest = _read_manifest(name, entry, raw_dir, required=kind != "builtin")
-    raw = sources.source(kind).read(name, raw_entry(entry), manifest, Path(raw_dir), **({"source": source} if source else {}))
+    raw = sources.source(kind).read(
+        name, raw_entry(entry), manifest, Path(raw_dir), **({"source": source} if source else {})
+    )
     geometry = geometry or ({"size": entry["size"]} if entry and entry.get("size") is not None else None)
     subsets = {"train": train_subset, "test": test_subset}
     chosen = {split: stratified_subset(s.labels, subsets[split], seed) for split, s in raw.splits.items()}
     first = next(iter(raw.splits.values()))
     mode = {1: "L", 3: "RGB"}.get(raw.channels) or mode_of(first.item(0), None)
-    key = hashlib.sha256(json.dumps([name, raw_entry(entry), subsets, seed, geometry, mode, manifest.get("files"),
-                                     manifest.get("listing_sha256")], sort_keys=True, default=str).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                name,
+                raw_entry(entry),
+                subsets,
+                seed,
+                geometry,
+                mode,
+                manifest.get("files"),
+                manifest.get("listing_sha256"),
+            ],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
     partial = _Partial(out_dir / ".partial", key)
-    shapes = {split: _write_images(f"datasets.{name}", split, raw.splits[split], chosen[split].numpy(), mode, geometry, partial,
-                                   workers, progress)
-              for split in SPLITS if split in raw.splits}
+    shapes = {
+        split: _write_images(
+            f"datasets.{name}",
+            split,
+            raw.splits[split],
+            chosen[split].numpy(),
+            mode,
+            geometry,
+            partial,
+            workers,
+            progress,
+        )
+        for split in SPLITS
+        if split in raw.splits
+    }
     if len(set(shapes.values())) > 1:
-        raise DataError(f"datasets.{name}: train images are {shapes['train']}, test images {shapes['test']}: they must match")
+        raise DataError(
+            f"datasets.{name}: train images are {shapes['train']}, test images {shapes['test']}: they must match"
+        )
     shape = shapes["test"]
     for split in SPLITS:
         if split not in raw.splits:  # an evaluation-only dataset: an empty training split
@@ -489,7 +575,9 @@ class _InMemory:
         self.shape = tuple(images.shape)
 
     def read(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.images.device.type == "cpu":  # numpy's gather: one thread, not a second team of torch's beside the job's
+        if (
+            self.images.device.type == "cpu"
+        ):  # numpy's gather: one thread, not a second team of torch's beside the job's
             return torch.from_numpy(self.images.detach().numpy()[rows.numpy()])
         return self.images[rows.to(self.images.device)]
 
@@ -557,8 +645,14 @@ class Split:
     preprocess: stored batch (B, C, H, W) on the device -> model inputs (float32).
     """
 
-    def __init__(self, store, labels: torch.Tensor, indices: torch.Tensor | None = None,
-                 preprocess: Callable[[torch.Tensor], torch.Tensor] = _identity, rows: torch.Tensor | None = None):
+    def __init__(
+        self,
+        store,
+        labels: torch.Tensor,
+        indices: torch.Tensor | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] = _identity,
+        rows: torch.Tensor | None = None,
+    ):
         self._store = store
         self._rows = rows  # a subset: these rows of the store, in this order
         self.labels = labels
@@ -680,7 +774,9 @@ def open_split(folder: Path, split: str, preprocess=None, device="cpu", resident
     except (OSError, ValueError) as err:
         raise DataError(f"{folder.name}: {split}: unreadable prepared split ({one_line(err)})") from None
     if store.shape[0] != len(labels) or len(indices) != len(labels):
-        raise DataError(f"{folder.name}: {split}: {store.shape[0]} images, {len(labels)} labels, {len(indices)} indices")
+        raise DataError(
+            f"{folder.name}: {split}: {store.shape[0]} images, {len(labels)} labels, {len(indices)} indices"
+        )
     if store.shape[0] * store.row <= resident_mb * 2**20:
         store = _InMemory(store.read_range(0, store.shape[0]).to(device))
     return Split(store, labels.to(torch.int64), indices.to(torch.int64), preprocess or _identity)
@@ -698,7 +794,9 @@ def as_split(images, labels=None) -> Split:
     return Split(_InMemory(images), torch.as_tensor(labels))
 
 
-def open_view(folder: Path, preprocess: dict | None = None, device="cpu", resident_mb: float = float("inf")) -> tuple[Split, Split, dict]:
+def open_view(
+    folder: Path, preprocess: dict | None = None, device="cpu", resident_mb: float = float("inf")
+) -> tuple[Split, Split, dict]:
     """Both splits of a prepared view and its meta, as a script or a notebook wants them: (train,
     test, meta), with `preprocess` (a resolved preprocessing, `knockout.preprocess.resolve`;
     None: the dataset's mean and std), held in memory unless larger than `resident_mb`."""

@@ -35,32 +35,106 @@ NORMS = (nn.modules.batchnorm._BatchNorm,)  # per-channel affine in eval mode: p
 # Elementwise functions that map 0 to 0 (so a silenced channel stays silenced through them) and
 # per-channel pooling: a 0/1 channel mask commutes with both.
 ZERO_PRESERVING_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
-    nn.Hardswish, nn.Hardtanh, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Identity,
-    nn.modules.dropout._DropoutNd, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
-    nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Softshrink,
+    nn.Hardshrink,
+    nn.Tanhshrink,
+    nn.Identity,
+    nn.modules.dropout._DropoutNd,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
 ZERO_PRESERVING_FUNCTIONS = {
-    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.celu, F.selu, F.gelu, F.silu, F.mish, torch.tanh,
-    F.hardswish, F.hardtanh, F.dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
-    F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
+    F.relu,
+    torch.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.celu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    torch.tanh,
+    F.hardswish,
+    F.hardtanh,
+    F.dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool2d,
 }
 ZERO_PRESERVING_METHODS = {"relu", "tanh"}
-INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                     operator.itruediv: operator.truediv}
+INPLACE_FUNCTIONS = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
 
 
 # Modules that act on each position separately (batch norm and dropout as in eval mode): they
 # leave a receptive field, and a local perturbation's footprint, unchanged.
 ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
-    nn.Identity, nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Identity,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.dropout._DropoutNd,
 )
 ELEMENTWISE_FUNCTIONS = {
-    operator.add, operator.mul, operator.sub, operator.truediv, torch.add, torch.mul, torch.sigmoid, F.sigmoid,
-    F.hardsigmoid, F.dropout, *(f for f in ZERO_PRESERVING_FUNCTIONS if "pool" not in f.__name__),
+    operator.add,
+    operator.mul,
+    operator.sub,
+    operator.truediv,
+    torch.add,
+    torch.mul,
+    torch.sigmoid,
+    F.sigmoid,
+    F.hardsigmoid,
+    F.dropout,
+    *(f for f in ZERO_PRESERVING_FUNCTIONS if "pool" not in f.__name__),
 }
 ELEMENTWISE_METHODS = {"relu", "sigmoid", "add", "mul", "sub", "div", "contiguous", "clone", "tanh"}
 
@@ -84,8 +158,7 @@ def spatial_params(module: nn.Module):
             p = tuple((ki - 1) * di // 2 for ki, di in zip(k, d))
         return k, s, _pair(p), d
     if isinstance(module, nn.MaxPool2d):
-        return (_pair(module.kernel_size), _pair(module.stride), _pair(module.padding),
-                _pair(module.dilation))
+        return (_pair(module.kernel_size), _pair(module.stride), _pair(module.padding), _pair(module.dilation))
     if isinstance(module, nn.AvgPool2d):
         return _pair(module.kernel_size), _pair(module.stride), _pair(module.padding), (1, 1)
     return None
@@ -260,7 +333,9 @@ class Graph:
                 return spatial[0].grow(params) if spatial and spatial[0] else None
             elementwise = isinstance(module, ELEMENTWISE)
         elif node.op == "call_function":
-            elementwise = node.target in ELEMENTWISE_FUNCTIONS or (node.target is torch.cat and node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) == 1)
+            elementwise = node.target in ELEMENTWISE_FUNCTIONS or (
+                node.target is torch.cat and node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) == 1
+            )
         else:
             elementwise = node.op == "call_method" and node.target in ELEMENTWISE_METHODS
         if not elementwise or not spatial or None in spatial:
@@ -282,7 +357,11 @@ class Graph:
         point = layer
         for node in self.module_nodes(layer):
             users = list(node.users)
-            if len(users) == 1 and users[0].op == "call_module" and isinstance(self.module.get_submodule(users[0].target), NORMS):
+            if (
+                len(users) == 1
+                and users[0].op == "call_module"
+                and isinstance(self.module.get_submodule(users[0].target), NORMS)
+            ):
                 point = users[0].target
         return point
 
@@ -311,7 +390,9 @@ class Graph:
             return isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        is_flatten = (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method" and node.target == "flatten")
+        is_flatten = (node.op == "call_function" and node.target is torch.flatten) or (
+            node.op == "call_method" and node.target == "flatten"
+        )
         return is_flatten and start == 1 and end == -1
 
     def response_node(self, layer: str) -> fx.Node:
@@ -321,8 +402,16 @@ class Graph:
         if len(node.users) == 1:
             user = next(iter(node.users))
             module = self.module.get_submodule(user.target) if user.op == "call_module" else None
-            activation = (module is not None and isinstance(module, ELEMENTWISE) and not isinstance(module, (*NORMS, nn.Identity, nn.modules.dropout._DropoutNd))) or (
-                user.op == "call_function" and user.target in ELEMENTWISE_FUNCTIONS and user.target not in (operator.add, operator.mul, operator.sub, operator.truediv, torch.add, torch.mul, F.dropout))
+            activation = (
+                module is not None
+                and isinstance(module, ELEMENTWISE)
+                and not isinstance(module, (*NORMS, nn.Identity, nn.modules.dropout._DropoutNd))
+            ) or (
+                user.op == "call_function"
+                and user.target in ELEMENTWISE_FUNCTIONS
+                and user.target
+                not in (operator.add, operator.mul, operator.sub, operator.truediv, torch.add, torch.mul, F.dropout)
+            )
             if activation and user.args and user.args[0] is node:
                 return user
         return node
@@ -500,8 +589,12 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
         if not norm.track_running_stats or norm.running_mean is None:
             continue
         with torch.no_grad():
-            scale = (norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)) / torch.sqrt(norm.running_var + norm.eps)
-            shift = (norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)) - norm.running_mean * scale
+            scale = (norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)) / torch.sqrt(
+                norm.running_var + norm.eps
+            )
+            shift = (
+                norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
+            ) - norm.running_mean * scale
             bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
             conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
             conv.bias = nn.Parameter(bias * scale + shift)
@@ -540,7 +633,11 @@ def _trace(model: nn.Module) -> Graph:
         return Graph(module, units=units)
     except Exception as e:  # any failure to trace: hooks it is
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        log.warning("%s cannot be traced (%s); its studies run through forward hooks, without sharing", type(model).__name__, reason)
+        log.warning(
+            "%s cannot be traced (%s); its studies run through forward hooks, without sharing",
+            type(model).__name__,
+            reason,
+        )
         return Graph(None, reason=reason, units=units)
     finally:
         model.train(was_training)
@@ -622,7 +719,11 @@ def _norms_by_hooks(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
 
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, (*CONVS, nn.Linear, *NORMS))]
+    handles = [
+        m.register_forward_hook(record(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (*CONVS, nn.Linear, *NORMS))
+    ]
     was_training = model.training
     try:
         with torch.no_grad():

@@ -23,6 +23,7 @@ from .errors import ConfigError, DataError
 from .io import atomic_write, read_arrays, read_json, write_arrays, write_json, write_table
 from .tables import TABLES, condition_tables, value_columns
 
+
 def _start(job: dict, threads: int | None):
     """Torch's threads (Snakemake's {threads}), the allocator and the job's device, decided here
     and only here."""
@@ -96,9 +97,18 @@ def prepare(job: dict, raw: str, out: str, threads: int | None = None) -> None:
     from .data import prepare as prepare_view
 
     entry = job.get("entry") or {}
-    prepare_view(job["dataset"], Path(raw), Path(out), train_subset=entry.get("train_subset"), test_subset=entry.get("test_subset"),
-                 seed=entry.get("subset_seed", 0), entry=entry, geometry=job.get("geometry"), workers=threads if threads and threads > 1 else 0,
-                 progress=True)
+    prepare_view(
+        job["dataset"],
+        Path(raw),
+        Path(out),
+        train_subset=entry.get("train_subset"),
+        test_subset=entry.get("test_subset"),
+        seed=entry.get("subset_seed", 0),
+        entry=entry,
+        geometry=job.get("geometry"),
+        workers=threads if threads and threads > 1 else 0,
+        progress=True,
+    )
 
 
 def _open(job: dict, data: str, device, *splits: str):
@@ -109,7 +119,11 @@ def _open(job: dict, data: str, device, *splits: str):
 
     meta = read_meta(Path(data) / "meta.json")
     preprocess = Preprocess.of(job["preprocess"], meta)
-    return meta, preprocess, [open_split(data, split, preprocess, device, job.get("resident_mb", 0)) for split in splits]
+    return (
+        meta,
+        preprocess,
+        [open_split(data, split, preprocess, device, job.get("resident_mb", 0)) for split in splits],
+    )
 
 
 def _check_study(job: dict, kind, spec, network, info: dict) -> None:
@@ -140,7 +154,9 @@ def _network(job: dict, meta: dict, key: str, weights: bool = False):
         return build_model(arch, tuple(meta["shape"]), meta["num_classes"])
     except (ValueError, KeyError, RuntimeError) as e:
         shape = "x".join(map(str, meta["shape"]))
-        raise ConfigError(f"{key}: {str(e).splitlines()[0]} (on {meta['dataset']}: {shape} images, {meta['num_classes']} classes)") from None
+        raise ConfigError(
+            f"{key}: {str(e).splitlines()[0]} (on {meta['dataset']}: {shape} images, {meta['num_classes']} classes)"
+        ) from None
 
 
 def train(job: dict, seed: int, data: str, out: str, threads: int | None = None) -> dict:
@@ -155,8 +171,17 @@ def train(job: dict, seed: int, data: str, out: str, threads: int | None = None)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     network = _network(job, meta, f"models.{job['model']}.arch", weights=True)
     out = Path(out)
-    return fit(network, train_split, test_split, TrainConfig.from_dict(job["train"]), out, seed=seed, device=device,
-               epochs_dir=out / "epochs", record={"preprocess": preprocess.record})
+    return fit(
+        network,
+        train_split,
+        test_split,
+        TrainConfig.from_dict(job["train"]),
+        out,
+        seed=seed,
+        device=device,
+        epochs_dir=out / "epochs",
+        record={"preprocess": preprocess.record},
+    )
 
 
 def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, preprocess) -> None:
@@ -173,16 +198,27 @@ def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, p
     where = f"on {n} test images of {meta['dataset']}"
     measured = job.get("accuracy", {}).get(str(seed))
     if measured is not None and abs(accuracy - measured) > 0.005:
-        raise ConfigError(f"models.{model}.checkpoints.accuracy.{seed}: you measured {measured:.4f}, knockout measures {accuracy:.4f} "
-                          f"{where}: is that the same test set and preprocessing? ({how})")
+        raise ConfigError(
+            f"models.{model}.checkpoints.accuracy.{seed}: you measured {measured:.4f}, knockout measures {accuracy:.4f} "
+            f"{where}: is that the same test set and preprocessing? ({how})"
+        )
     if accuracy <= bound and not job.get("allow_chance"):
-        raise ConfigError(f"models.{model}: seed {seed}: test accuracy {accuracy:.4f} {where} is not above chance ({chance:.4f}; "
-                          f"+ 3 SE: {bound:.4f}): are the inputs preprocessed as the network was trained? {how} "
-                          f"(models.{model}.allow_chance: true goes on with a network at chance on purpose)")
+        raise ConfigError(
+            f"models.{model}: seed {seed}: test accuracy {accuracy:.4f} {where} is not above chance ({chance:.4f}; "
+            f"+ 3 SE: {bound:.4f}): are the inputs preprocessed as the network was trained? {how} "
+            f"(models.{model}.allow_chance: true goes on with a network at chance on purpose)"
+        )
 
 
-def adopt(job: dict, seed: int, data: str, out: str, sources: list[str] = (), metrics: str | None = None,
-          threads: int | None = None) -> None:
+def adopt(
+    job: dict,
+    seed: int,
+    data: str,
+    out: str,
+    sources: list[str] = (),
+    metrics: str | None = None,
+    threads: int | None = None,
+) -> None:
     """Weights the user has, as knockout checkpoints: `out` a file (final or initial weights; with
     `metrics`, evaluated on the test split first: a network that is not above chance, or not at
     the accuracy the user measured, stops here) or a folder (`epoch{e}.pt` for the job's epochs,
@@ -210,8 +246,19 @@ def adopt(job: dict, seed: int, data: str, out: str, sources: list[str] = (), me
         _check_baseline(job, seed, result.accuracy, len(splits[0]), meta, preprocess)
     save_model(network, out, seed=seed, source=source)
     if metrics:
-        write_json({"seed": seed, "parameters": count_parameters(network), "test_loss": result.loss, "test_accuracy": result.accuracy,
-                    "seconds_per_epoch": None, "source": source, "device": str(device), "preprocess": preprocess.record}, metrics)
+        write_json(
+            {
+                "seed": seed,
+                "parameters": count_parameters(network),
+                "test_loss": result.loss,
+                "test_accuracy": result.accuracy,
+                "seconds_per_epoch": None,
+                "source": source,
+                "device": str(device),
+                "preprocess": preprocess.record,
+            },
+            metrics,
+        )
 
 
 def unit_stats(job: dict, final: str, data: str, out: str, threads: int | None = None) -> None:
@@ -230,8 +277,17 @@ def unit_stats(job: dict, final: str, data: str, out: str, threads: int | None =
 # --- studies ---------------------------------------------------------------------------------------
 
 
-def intervene(job: dict, seed: int, final: str, data: str, out: str, init: str | None = None,
-              epochs: str | None = None, unit_stats: str | None = None, threads: int | None = None) -> pd.DataFrame:
+def intervene(
+    job: dict,
+    seed: int,
+    final: str,
+    data: str,
+    out: str,
+    init: str | None = None,
+    epochs: str | None = None,
+    unit_stats: str | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
     """An evaluated study, one seed: every condition on the test split -> the four tables."""
     from .engine.evaluate import evaluate_conditions
 
@@ -241,12 +297,16 @@ def intervene(job: dict, seed: int, final: str, data: str, out: str, init: str |
     info, _, (split,) = _open(job, data, device, "test")
     _check_study(job, kind, spec, context.trained, info)
     conditions = kind.conditions(spec, context)
-    outputs = evaluate_conditions(conditions, context, split, budget_mb=job["budget_mb"], device=device, apply=kind.apply)
+    outputs = evaluate_conditions(
+        conditions, context, split, budget_mb=job["budget_mb"], device=device, apply=kind.apply
+    )
     tables = condition_tables(conditions, outputs, split.labels.cpu(), info["classes"], split.indices)
     return _write_tables(tables, _ids(job, seed), out)
 
 
-def probe(job: dict, seed: int, final: str, data: str, out: str, arrays: str, threads: int | None = None) -> pd.DataFrame:
+def probe(
+    job: dict, seed: int, final: str, data: str, out: str, arrays: str, threads: int | None = None
+) -> pd.DataFrame:
     """A probing study, one seed: its table and its arrays (with their id arrays)."""
     device = _start(job, threads)
     kind, spec = _study(job)
@@ -260,8 +320,16 @@ def probe(job: dict, seed: int, final: str, data: str, out: str, arrays: str, th
     return table
 
 
-def retrain(job: dict, seed: int, condition: str, final: str, data: str, out: str,
-            unit_stats: str | None = None, threads: int | None = None) -> dict:
+def retrain(
+    job: dict,
+    seed: int,
+    condition: str,
+    final: str,
+    data: str,
+    out: str,
+    unit_stats: str | None = None,
+    threads: int | None = None,
+) -> dict:
     """One condition of a retraining study, one seed, trained into the folder `out`: the model
     folder's files plus `predictions.npz` (per test example) and `condition.json` (its record)."""
     import torch
@@ -283,11 +351,25 @@ def retrain(job: dict, seed: int, condition: str, final: str, data: str, out: st
     torch.manual_seed(seed)  # dropout draws, as in the baseline's training
     network = kind.apply(chosen, context)
     out = Path(out)
-    metrics = fit(network, train_split, test_split, TrainConfig.from_dict(job["train"]), out, seed=seed, device=device,
-                  record={"preprocess": preprocess.record})
+    metrics = fit(
+        network,
+        train_split,
+        test_split,
+        TrainConfig.from_dict(job["train"]),
+        out,
+        seed=seed,
+        device=device,
+        record={"preprocess": preprocess.record},
+    )
     plain = Context(trained=network.eval())
-    result = evaluate_conditions([Condition("baseline", "baseline")], plain, test_split, budget_mb=job["budget_mb"], device=device)["baseline"]
-    write_arrays({"predictions": result.predictions.numpy(), "losses": result.losses.numpy()}, out / "predictions.npz", compress=False)
+    result = evaluate_conditions(
+        [Condition("baseline", "baseline")], plain, test_split, budget_mb=job["budget_mb"], device=device
+    )["baseline"]
+    write_arrays(
+        {"predictions": result.predictions.numpy(), "losses": result.losses.numpy()},
+        out / "predictions.npz",
+        compress=False,
+    )
     record = {
         "name": chosen.name,
         "set": chosen.set,
@@ -319,7 +401,9 @@ def collect(job: dict, seed: int, runs: list[str], data: str, out: str) -> pd.Da
         saved = read_arrays(folder / "predictions.npz")
         condition = Condition(record["name"], record["set"], info=tuple(tuple(kv) for kv in record["info"]))
         conditions.append(condition)
-        outputs[condition.name] = ConditionOutput(torch.from_numpy(saved["predictions"]), torch.from_numpy(saved["losses"]))
+        outputs[condition.name] = ConditionOutput(
+            torch.from_numpy(saved["predictions"]), torch.from_numpy(saved["losses"])
+        )
         extra[condition.name] = {
             "parameters": record["parameters"],
             "multiply_adds": record["multiply_adds"],
@@ -362,12 +446,27 @@ def baselines(inputs: list[str], out: str, per_seed: str) -> None:
     over seeds per model."""
     from .stats import mean_ci
 
-    rows = pd.DataFrame([{"model": Path(p).parent.parent.name, **{k: v for k, v in read_json(p).items() if k != "config"}} for p in inputs])
+    rows = pd.DataFrame(
+        [
+            {"model": Path(p).parent.parent.name, **{k: v for k, v in read_json(p).items() if k != "config"}}
+            for p in inputs
+        ]
+    )
     table = []
     for model, group in rows.groupby("model", sort=True):
         mean, std, lo, hi, n = mean_ci(group["test_accuracy"])
-        table.append({"model": model, "mean": mean, "std": std, "ci_low": lo, "ci_high": hi, "n_seeds": n,
-                      "parameters": int(group["parameters"].iloc[0]), "seconds_per_epoch": group["seconds_per_epoch"].mean()})
+        table.append(
+            {
+                "model": model,
+                "mean": mean,
+                "std": std,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_seeds": n,
+                "parameters": int(group["parameters"].iloc[0]),
+                "seconds_per_epoch": group["seconds_per_epoch"].mean(),
+            }
+        )
     write_table(pd.DataFrame(table), out)
     write_table(rows, per_seed)
 
@@ -382,10 +481,17 @@ def notebook(notebook: str, out: str, parameters: dict) -> None:
     declared = papermill.inspect_notebook(notebook)
     given = {k: v for k, v in parameters.items() if k in declared}
     Path(given["out_dir"]).mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: papermill.execute_notebook(notebook, str(tmp), parameters=given, kernel_name="python3", progress_bar=False))
+    atomic_write(
+        out,
+        lambda tmp: papermill.execute_notebook(
+            notebook, str(tmp), parameters=given, kernel_name="python3", progress_bar=False
+        ),
+    )
 
 
-def provenance(config: dict, manifests: list[str], repo: str, out: str, metas: list[str] = (), preprocess: dict | None = None) -> None:
+def provenance(
+    config: dict, manifests: list[str], repo: str, out: str, metas: list[str] = (), preprocess: dict | None = None
+) -> None:
     from .provenance import record
 
     write_json(record(config, manifests, Path(repo), metas, preprocess or {}), out)

@@ -22,7 +22,6 @@ from torch import nn
 from .archs import PRESETS, is_weights_file, resolve_arch, without_weights  # noqa: F401  (re-exported)
 from .io import atomic_write
 
-
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -158,7 +157,9 @@ def build_torchvision(arch: dict, input_shape: tuple[int, ...], num_classes: int
     name = arch.get("name")
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
-        raise ValueError(f"unknown torchvision classification model {name!r} (e.g. resnet18, vgg11_bn, mobilenet_v3_small, vit_b_16; {len(known)} in all)")
+        raise ValueError(
+            f"unknown torchvision classification model {name!r} (e.g. resnet18, vgg11_bn, mobilenet_v3_small, vit_b_16; {len(known)} in all)"
+        )
     kwargs = {k: v for k, v in arch.items() if k not in ("type", "name", "weights", "small_input")}
     weights = arch.get("weights")
     if weights is None:
@@ -180,7 +181,9 @@ def _weights_member(name: str, weights: str):
 
     enum = torchvision.models.get_model_weights(name)
     if weights not in enum.__members__:
-        raise ValueError(f"no weights {weights!r} for {name} (have {', '.join(enum.__members__)}, or a state_dict file)")
+        raise ValueError(
+            f"no weights {weights!r} for {name} (have {', '.join(enum.__members__)}, or a state_dict file)"
+        )
     return enum[weights]
 
 
@@ -199,7 +202,9 @@ def pretrained_available(name: str, weights: str) -> None:
     try:
         urllib.request.urlopen(urllib.request.Request(member.url, method="HEAD"), timeout=5).close()
     except Exception:
-        raise ValueError(f"{name} {weights} is not in torch's cache and {member.url} cannot be reached: put {Path(member.url).name} in {_cached(member).parent}") from None
+        raise ValueError(
+            f"{name} {weights} is not in torch's cache and {member.url} cannot be reached: put {Path(member.url).name} in {_cached(member).parent}"
+        ) from None
 
 
 def _pretrained(name: str, weights: str):
@@ -212,7 +217,9 @@ def _pretrained(name: str, weights: str):
             torch.hub.load_state_dict_from_url(member.url, progress=False, check_hash=True)
         except Exception as e:  # offline, proxy, disk: say where the file goes
             reason = " ".join(str(e).split())[:120]
-            raise ValueError(f"{name} weights {weights} are not in torch's cache and could not be downloaded ({reason}): put {Path(member.url).name} from {member.url} in {cached.parent}") from None
+            raise ValueError(
+                f"{name} weights {weights} are not in torch's cache and could not be downloaded ({reason}): put {Path(member.url).name} from {member.url} in {cached.parent}"
+            ) from None
     return member
 
 
@@ -230,7 +237,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ValueError(f"{path}: not a state_dict (a mapping of names to tensors)")
     if loaded and all(k.startswith("module.") for k in loaded):
-        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+        loaded = {k[len("module.") :]: v for k, v in loaded.items()}
     return loaded
 
 
@@ -247,10 +254,19 @@ def match_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) ->
     extra = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or extra or wrong:
-        first = (f"lacks {missing[0]}" if missing else f"has {extra[0]}, which the model does not" if extra
-                 else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, the model's {tuple(own[wrong[0]].shape)}")
+        first = (
+            f"lacks {missing[0]}"
+            if missing
+            else (
+                f"has {extra[0]}, which the model does not"
+                if extra
+                else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, the model's {tuple(own[wrong[0]].shape)}"
+            )
+        )
         count = len(missing) + len(extra) + len(wrong)
-        raise ValueError(f"{where} does not match the architecture: {first}" + (f" ({count} differences)" if count > 1 else ""))
+        raise ValueError(
+            f"{where} does not match the architecture: {first}" + (f" ({count} differences)" if count > 1 else "")
+        )
 
 
 def head_name(model: nn.Module) -> str:
@@ -281,7 +297,9 @@ def _resize_head(model: nn.Module, num_classes: int) -> None:
     if isinstance(head, nn.Linear):
         new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
     else:
-        new = nn.Conv2d(head.in_channels, num_classes, head.kernel_size, head.stride, head.padding, bias=head.bias is not None)
+        new = nn.Conv2d(
+            head.in_channels, num_classes, head.kernel_size, head.stride, head.padding, bias=head.bias is not None
+        )
     _set_module(model, name, new)
 
 
@@ -300,16 +318,28 @@ def _adapt_input(model: nn.Module, channels: int, small_input: bool, name: str) 
     first = model.get_submodule(first_name)
     if small_input:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
-            raise ValueError(f"small_input needs a ResNet-like stem (conv1, maxpool); {name} has none: resize the images instead")
+            raise ValueError(
+                f"small_input needs a ResNet-like stem (conv1, maxpool); {name} has none: resize the images instead"
+            )
         first_name, first = "conv1", model.conv1
     if first.in_channels == channels and not small_input:
         return
     kernel, stride, padding = (3, 1, 1) if small_input else (first.kernel_size, first.stride, first.padding)
-    new = nn.Conv2d(channels, first.out_channels, kernel, stride, padding, dilation=first.dilation if not small_input else 1,
-                    groups=1, bias=first.bias is not None)
+    new = nn.Conv2d(
+        channels,
+        first.out_channels,
+        kernel,
+        stride,
+        padding,
+        dilation=first.dilation if not small_input else 1,
+        groups=1,
+        bias=first.bias is not None,
+    )
     if not small_input and first.groups == 1:
         with torch.no_grad():
-            new.weight.copy_(first.weight.mean(1, keepdim=True).repeat(1, channels, 1, 1) * (first.in_channels / channels))
+            new.weight.copy_(
+                first.weight.mean(1, keepdim=True).repeat(1, channels, 1, 1) * (first.in_channels / channels)
+            )
             if first.bias is not None:
                 new.bias.copy_(first.bias)
     _set_module(model, first_name, new)
@@ -327,7 +357,11 @@ def build_module(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> 
     factory = load_target(target)
     kwargs = dict(arch.get("kwargs") or {})
     takes = accepted(factory)
-    for key, value in (("num_classes", num_classes), ("in_channels", input_shape[0]), ("input_shape", tuple(input_shape))):
+    for key, value in (
+        ("num_classes", num_classes),
+        ("in_channels", input_shape[0]),
+        ("input_shape", tuple(input_shape)),
+    ):
         if key in takes and key not in kwargs:
             kwargs[key] = value
     network = factory(**kwargs)
@@ -336,7 +370,13 @@ def build_module(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> 
     return network
 
 
-BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "torchvision": build_torchvision, "module": build_module}
+BUILDERS = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+    "resnet": build_resnet,
+    "torchvision": build_torchvision,
+    "module": build_module,
+}
 
 
 def build_model(arch: str | dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -361,7 +401,9 @@ def check_output(model: nn.Module, input_shape: tuple[int, ...], num_classes: in
         with torch.no_grad():
             out = logits_of(model(torch.zeros(2, *input_shape)))
     except Exception as e:
-        raise ValueError(f"a {'x'.join(map(str, input_shape))} input fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise ValueError(
+            f"a {'x'.join(map(str, input_shape))} input fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     finally:
         model.train(was_training)
     if out.dim() != 2 or out.shape[1] < num_classes:  # more is allowed (study 2's MLP has 128 for 10)
@@ -453,12 +495,25 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     for name, unit in graph.units.items():
         shape = "(None, " + ", ".join(str(d) for d in shapes.get(name, ())) + ")"
         point = graph.silence_point(name) if unit.kind != "heads" else f"{name} (values)"
-        rows.append((f"{name} ({type(unit.module).__name__})", shape, f"{unit.count} {unit.kind if unit.kind == 'heads' else 'units'}",
-                     point, f"{count_parameters(unit.module):,}"))
+        rows.append(
+            (
+                f"{name} ({type(unit.module).__name__})",
+                shape,
+                f"{unit.count} {unit.kind if unit.kind == 'heads' else 'units'}",
+                point,
+                f"{count_parameters(unit.module):,}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     line = "=" * (sum(widths) + 8)
-    fmt = lambda r: "  ".join(f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    traced = "traced: shared-prefix evaluation" if graph.traced else f"not traceable ({graph.reason}): forward hooks, no sharing"
+    fmt = lambda r: "  ".join(
+        f"{c:<{w}}" if i < 4 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths))
+    )  # noqa: E731
+    traced = (
+        "traced: shared-prefix evaluation"
+        if graph.traced
+        else f"not traceable ({graph.reason}): forward hooks, no sharing"
+    )
     out = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
     out.append(f"Total params: {count_parameters(model):,}  ({len(graph.units)} addressable layers; {traced})")
     return "\n".join(out)

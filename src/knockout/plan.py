@@ -99,8 +99,12 @@ class Plan:
         """The settings a `download` job gets: the dataset's entry without its subsets (a new
         subset re-prepares the data, it does not fetch it again), the mirrors, whether to download."""
         data = self.config["data"]
-        return {"dataset": dataset, "entry": raw_entry(self.config["datasets"][dataset]), "mirrors": data["mirrors"],
-                "download": data["download"]}
+        return {
+            "dataset": dataset,
+            "entry": raw_entry(self.config["datasets"][dataset]),
+            "mirrors": data["mirrors"],
+            "download": data["download"],
+        }
 
     def prepare_job(self, view: str) -> dict:
         """The settings a `prepare` job of a view gets: its dataset's entry (its subsets too) and
@@ -117,7 +121,9 @@ class Plan:
         if entry.get("source") == "tensors":
             return {"tensors": os.path.expanduser(entry["path"])}
         where = str(entry.get("target", "")).rpartition(":")[0]
-        return {"module": os.path.expanduser(where)} if entry.get("source") == "module" and where.endswith(".py") else {}
+        return (
+            {"module": os.path.expanduser(where)} if entry.get("source") == "module" and where.endswith(".py") else {}
+        )
 
     def raw_dir(self, view: str) -> str:
         return f"results/raw/{self.views[view][0]}"
@@ -162,8 +168,12 @@ class Plan:
 
     def adopted_models(self, part: str = "final") -> list[str]:
         """Models whose `part` (final, init, epochs) the user gives (`final` includes pretrained)."""
-        return [m for m in self.models if self.adopted(m) is not None and (part in self.adopted(m) or
-                                                                            part == "final" and "pretrained" in self.adopted(m))]
+        return [
+            m
+            for m in self.models
+            if self.adopted(m) is not None
+            and (part in self.adopted(m) or part == "final" and "pretrained" in self.adopted(m))
+        ]
 
     def provides(self, model: str) -> set[str]:
         """What the runs of `model` have besides their final weights: `init` (initial weights)
@@ -185,7 +195,9 @@ class Plan:
         given = self.adopted(model) or {}
         files = {part: [given[part].format(seed=s) for s in self.seeds] for part in ("final", "init") if part in given}
         if "epochs" in given:
-            files["epochs"] = [given["epochs"]["pattern"].format(seed=s, epoch=e) for s in self.seeds for e in given["epochs"]["list"]]
+            files["epochs"] = [
+                given["epochs"]["pattern"].format(seed=s, epoch=e) for s in self.seeds for e in given["epochs"]["list"]
+            ]
         return files
 
     def adopt_inputs(self, model: str, seed: int | str, part: str) -> list[str]:
@@ -216,12 +228,19 @@ class Plan:
     def _data_settings(self, model: str) -> dict:
         """What every job that reads `model`'s data gets: its preprocessing, how much of a split
         may stay in memory, the device."""
-        return {"model": model, "preprocess": self._preprocess[model], "resident_mb": self.config["data"]["resident_mb"],
-                "device": self.config["device"]}
+        return {
+            "model": model,
+            "preprocess": self._preprocess[model],
+            "resident_mb": self.config["data"]["resident_mb"],
+            "device": self.config["device"],
+        }
 
     def train_job(self, model: str) -> dict:
         """The settings a `train` job of `model` gets (the same for every seed)."""
-        return {"arch": self.config["models"][model]["arch"], "train": self.train_settings(model)} | self._data_settings(model)
+        return {
+            "arch": self.config["models"][model]["arch"],
+            "train": self.train_settings(model),
+        } | self._data_settings(model)
 
     def adopt_job(self, model: str) -> dict:
         """The settings an `adopt` job of `model` gets: the architecture the weights fit (with its
@@ -229,9 +248,14 @@ class Plan:
         with, the accuracies the user measured and whether chance level is meant."""
         entry = self.config["models"][model]
         given = self.adopted(model)
-        return {"arch": entry["arch"], "epochs": self.epochs(model), "eval_batch_size": entry["train"]["eval_batch_size"],
-                "pretrained": bool(given.get("pretrained")), "accuracy": {str(k): v for k, v in given.get("accuracy", {}).items()},
-                "allow_chance": entry["allow_chance"]} | self._data_settings(model)
+        return {
+            "arch": entry["arch"],
+            "epochs": self.epochs(model),
+            "eval_batch_size": entry["train"]["eval_batch_size"],
+            "pretrained": bool(given.get("pretrained")),
+            "accuracy": {str(k): v for k, v in given.get("accuracy", {}).items()},
+            "allow_chance": entry["allow_chance"],
+        } | self._data_settings(model)
 
     def unit_stats_job(self, model: str) -> dict:
         settings = self.config["unit_stats"]
@@ -242,7 +266,11 @@ class Plan:
 
     def histories(self) -> list[dict]:
         """The training histories (models trained here)."""
-        return [{"model": m, "seed": s, "path": f"{self.model_dir(m, s)}/history.csv"} for m in self.trained_models() for s in self.seeds]
+        return [
+            {"model": m, "seed": s, "path": f"{self.model_dir(m, s)}/history.csv"}
+            for m in self.trained_models()
+            for s in self.seeds
+        ]
 
     # --- studies ----------------------------------------------------------------------------------
 
@@ -250,7 +278,9 @@ class Plan:
         """The resolved settings one job of study `name` gets (the same for every seed): its config
         entry, the device, the epochs it rewinds to and, for retraining, the training settings."""
         study = self.studies[name]
-        job = {"name": name, "study": study.entry, "budget_mb": self.config["budget_mb"]} | self._data_settings(study.model)
+        job = {"name": name, "study": study.entry, "budget_mb": self.config["budget_mb"]} | self._data_settings(
+            study.model
+        )
         if "checkpoints" in study.needs:
             job["epochs"] = self.epochs(study.model)
         if study.kind == "retrain":
@@ -286,7 +316,9 @@ class Plan:
 
     def run_files(self, name: str, seed: int | str) -> list[str]:
         """What `collect` reads of each trained condition."""
-        return [f"{run}/{f}" for run in self.runs(name, seed) for f in ("condition.json", "metrics.json", "predictions.npz")]
+        return [
+            f"{run}/{f}" for run in self.runs(name, seed) for f in ("condition.json", "metrics.json", "predictions.npz")
+        ]
 
     def tables(self, name: str) -> dict[str, str]:
         return {"table": f"results/tables/{name}.csv", "comparisons": f"results/tables/{name}.comparisons.csv"}
@@ -307,8 +339,11 @@ class Plan:
         out = {"out_dir": f"results/figures/{analysis}"}
         if analysis == "baselines":
             histories = self.histories()
-            files = {"table": "results/tables/baselines.csv", "per_seed": "results/tables/baselines.per_seed.csv",
-                     "histories": [h["path"] for h in histories]}
+            files = {
+                "table": "results/tables/baselines.csv",
+                "per_seed": "results/tables/baselines.per_seed.csv",
+                "histories": [h["path"] for h in histories],
+            }
             return files, out | {k: v for k, v in files.items() if k != "histories"} | {"histories": histories}
         study = self.studies[analysis]
         data = self.data(study.model, train=False)
@@ -318,13 +353,23 @@ class Plan:
         if study.kind == "probe":
             files["arrays"] = self.per_seed(analysis, PER_SEED["probe"]["arrays"])
         else:
-            files |= {"per_class": self.per_seed(analysis, TABLES["per_class"]), "examples": self.per_seed(analysis, TABLES["examples"]),
-                      "test_images": data["test_images"], "test_indices": data["test_indices"]}
+            files |= {
+                "per_class": self.per_seed(analysis, TABLES["per_class"]),
+                "examples": self.per_seed(analysis, TABLES["examples"]),
+                "test_images": data["test_images"],
+                "test_indices": data["test_indices"],
+            }
         parameters = out | {"study": analysis, "model": study.model, "kind": study.type} | files
         if study.kind == "retrain":
-            runs = [{"condition": c, "seed": s, "history": f"{run}/history.csv", "record": f"{run}/condition.json"}
-                    for s in self.seeds for c, run in zip(study.conditions, self.runs(analysis, s))]
-            files |= {"baselines": "results/tables/baselines.csv", "runs": [r[k] for r in runs for k in ("history", "record")]}
+            runs = [
+                {"condition": c, "seed": s, "history": f"{run}/history.csv", "record": f"{run}/condition.json"}
+                for s in self.seeds
+                for c, run in zip(study.conditions, self.runs(analysis, s))
+            ]
+            files |= {
+                "baselines": "results/tables/baselines.csv",
+                "runs": [r[k] for r in runs for k in ("history", "record")],
+            }
             parameters |= {"baselines": files["baselines"], "runs": runs}
         return files, parameters
 

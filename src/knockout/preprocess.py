@@ -34,9 +34,16 @@ def _weights_transforms(key: str, member) -> dict:
         raise ConfigError(f"{key}: {member} has no image-classification transforms (resize, crop, mean, std)")
     resize = [int(v) for v in transforms.resize_size]
     crop = [int(v) for v in transforms.crop_size]
-    geometry = {"resize": resize[0] if len(resize) == 1 else resize, "crop": crop * 2 if len(crop) == 1 else crop,
-                "interpolation": transforms.interpolation.value}
-    return {"mean": [float(v) for v in transforms.mean], "std": [float(v) for v in transforms.std], "geometry": geometry}
+    geometry = {
+        "resize": resize[0] if len(resize) == 1 else resize,
+        "crop": crop * 2 if len(crop) == 1 else crop,
+        "interpolation": transforms.interpolation.value,
+    }
+    return {
+        "mean": [float(v) for v in transforms.mean],
+        "std": [float(v) for v in transforms.std],
+        "geometry": geometry,
+    }
 
 
 def _named_weights(key: str, arch: dict):
@@ -76,23 +83,32 @@ def resolve(name: str, model: dict) -> dict:
     if given == "weights":
         member = _named_weights(key, arch)
         if member is None:
-            raise ConfigError(f"{key}: weights takes the transforms of the model's torchvision weights, and models.{name}.arch "
-                              "names none (for a state_dict file, give {weights: ResNet50_Weights.IMAGENET1K_V2} or mean and std)")
+            raise ConfigError(
+                f"{key}: weights takes the transforms of the model's torchvision weights, and models.{name}.arch "
+                "names none (for a state_dict file, give {weights: ResNet50_Weights.IMAGENET1K_V2} or mean and std)"
+            )
         return {"name": "weights", **_weights_transforms(key, member), "from": f"torchvision {member}.transforms()"}
     if given == "dataset":
         return {"name": "dataset", "mean": None, "std": None, "geometry": None, "from": "the dataset's training split"}
     if given == "none":
         return {"name": "none", "mean": [0.0], "std": [1.0], "geometry": None, "from": "x / 255 (ToTensor)"}
     if given == "imagenet":
-        return {"name": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "geometry": None,
-                "from": "ImageNet's mean and std"}
+        return {
+            "name": "imagenet",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "geometry": None,
+            "from": "ImageNet's mean and std",
+        }
     if "weights" in given:
         import torchvision
 
         try:
             member = torchvision.models.get_weight(given["weights"])
         except (KeyError, ValueError, AttributeError):
-            raise ConfigError(f"{key}.weights: no torchvision weights {given['weights']!r} (e.g. ResNet50_Weights.IMAGENET1K_V2)") from None
+            raise ConfigError(
+                f"{key}.weights: no torchvision weights {given['weights']!r} (e.g. ResNet50_Weights.IMAGENET1K_V2)"
+            ) from None
         return {"name": "weights", **_weights_transforms(key, member), "from": f"torchvision {member}.transforms()"}
     if ("mean" in given) != ("std" in given):
         raise ConfigError(f"{key}: give mean and std together (or neither: the dataset's)")
@@ -103,9 +119,18 @@ def resolve(name: str, model: dict) -> dict:
     crop = given.get("crop")
     geometry = None
     if given.get("resize") is not None or crop is not None:
-        geometry = {"resize": given.get("resize"), "crop": [crop, crop] if isinstance(crop, int) else crop,
-                    "interpolation": given.get("interpolation", "bilinear")}
-    return {"name": "config", "mean": given.get("mean"), "std": given.get("std"), "geometry": geometry, "from": "config"}
+        geometry = {
+            "resize": given.get("resize"),
+            "crop": [crop, crop] if isinstance(crop, int) else crop,
+            "interpolation": given.get("interpolation", "bilinear"),
+        }
+    return {
+        "name": "config",
+        "mean": given.get("mean"),
+        "std": given.get("std"),
+        "geometry": geometry,
+        "from": "config",
+    }
 
 
 def describe(preprocess: dict) -> str:
@@ -135,7 +160,10 @@ class Preprocess:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: just centre it
-        self.record = record | {"mean": [float(v) for v in self.mean.flatten()], "std": [float(v) for v in self.std.flatten()]}
+        self.record = record | {
+            "mean": [float(v) for v in self.mean.flatten()],
+            "std": [float(v) for v in self.std.flatten()],
+        }
         self._on = {}
 
     @classmethod

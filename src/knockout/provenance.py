@@ -10,7 +10,19 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "numpy", "pandas", "scipy", "seaborn", "matplotlib", "snakemake", "papermill", "jsonschema", "pyyaml")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "scipy",
+    "seaborn",
+    "matplotlib",
+    "snakemake",
+    "papermill",
+    "jsonschema",
+    "pyyaml",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -27,7 +39,12 @@ def git_commit(repo: Path) -> dict:
     """The commit of `repo` and whether the work tree had uncommitted changes (None without git)."""
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
     if head.returncode != 0:
@@ -45,7 +62,9 @@ def device_info() -> dict:
     return info
 
 
-def record(config: dict, manifests: list[Path], repo: Path, metas: list[Path] = (), preprocess: dict | None = None) -> dict:
+def record(
+    config: dict, manifests: list[Path], repo: Path, metas: list[Path] = (), preprocess: dict | None = None
+) -> dict:
     """Everything above as one dict; `manifests` are the datasets' verified-download manifests,
     `metas` the prepared views' meta.json, `preprocess` each model's resolved preprocessing and
     view (its mean and std filled from the view's statistics where they are the dataset's)."""
@@ -53,12 +72,18 @@ def record(config: dict, manifests: list[Path], repo: Path, metas: list[Path] = 
     models = {}
     for model, resolved in (preprocess or {}).items():
         meta = stats.get(resolved["view"], {})
-        models[model] = resolved | {k: resolved[k] if resolved.get(k) is not None else meta.get(k) for k in ("mean", "std")}
+        models[model] = resolved | {
+            k: resolved[k] if resolved.get(k) is not None else meta.get(k) for k in ("mean", "std")
+        }
     data = {}
     for path in map(Path, manifests):
         manifest = json.loads(path.read_text())
         # An image folder's manifest lists every image: its digest stands for the listing here.
-        listing = {"files": len(manifest["files"]), "listing_sha256": manifest["listing_sha256"]} if "listing_sha256" in manifest else None
+        listing = (
+            {"files": len(manifest["files"]), "listing_sha256": manifest["listing_sha256"]}
+            if "listing_sha256" in manifest
+            else None
+        )
         data[manifest["dataset"]] = listing or manifest["files"]
     return {
         "config": config,

@@ -108,11 +108,7 @@ def _descriptive_columns(per_seed: pd.DataFrame, value_cols: Sequence[str]) -> l
     """
     skip = {*CONDITION_KEYS, "seed", *value_cols, *MEASURED_COLS}
     grouped = per_seed.groupby(list(CONDITION_KEYS), dropna=False, sort=False)
-    return [
-        c
-        for c in per_seed.columns
-        if c not in skip and (grouped[c].nunique(dropna=False) <= 1).all()
-    ]
+    return [c for c in per_seed.columns if c not in skip and (grouped[c].nunique(dropna=False) <= 1).all()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,9 +148,7 @@ def _set_constants(per_seed: pd.DataFrame, columns: list[str]) -> dict[tuple, di
     """Per (intervention, model, set): each column's value if the whole set shares it, else NaN."""
     out = {}
     for keys, g in per_seed.groupby(list(SET_KEYS), dropna=False, sort=False):
-        out[keys] = {
-            c: g[c].iloc[0] if g[c].nunique(dropna=False) <= 1 else np.nan for c in columns
-        }
+        out[keys] = {c: g[c].iloc[0] if g[c].nunique(dropna=False) <= 1 else np.nan for c in columns}
     return out
 
 
@@ -179,9 +173,7 @@ def _set_level(per_seed, value_cols, descriptive, confidence) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize(
-    per_seed: pd.DataFrame, value_cols=VALUE_COLS, confidence: float = 0.95
-) -> pd.DataFrame:
+def summarize(per_seed: pd.DataFrame, value_cols=VALUE_COLS, confidence: float = 0.95) -> pd.DataFrame:
     """Across-seed mean, std and t confidence interval, per condition and per set.
 
     In: the per-seed table (one row per intervention, model, seed, condition). Out: one tidy
@@ -204,9 +196,7 @@ def summarize(
     descriptive = _descriptive_columns(per_seed, value_cols)
     cond = _condition_level(per_seed, value_cols, descriptive, confidence)
     sets = _set_level(per_seed, value_cols, descriptive, confidence)
-    out = pd.concat(
-        [cond.assign(level="condition"), sets.assign(level="set")], ignore_index=True
-    )
+    out = pd.concat([cond.assign(level="condition"), sets.assign(level="set")], ignore_index=True)
     if "accuracy" in value_cols:
         for s in STAT_SUFFIXES:
             out[s] = out[f"accuracy_{s}"]
@@ -293,9 +283,7 @@ def _single_group(per_seed: pd.DataFrame) -> None:
     """Raise ValueError if `per_seed` mixes interventions or models (seeds would be mispaired)."""
     present = [k for k in GROUP_KEYS if k in per_seed.columns]
     if present and len(per_seed[present].drop_duplicates()) > 1:
-        raise ValueError(
-            "paired_comparison needs one intervention and model; use comparisons() for several"
-        )
+        raise ValueError("paired_comparison needs one intervention and model; use comparisons() for several")
 
 
 def paired_comparison(
@@ -366,6 +354,20 @@ def comparisons(
         for a, b in pairs:
             result = paired_comparison(g, a, b, value, **kwargs)
             rows.append({**dict(zip(GROUP_KEYS, keys)), **result})
-    columns = [*GROUP_KEYS, "a", "b", "n_seeds", "mean_a", "mean_b", "diff_mean", "diff_std",
-               "diff_ci_low", "diff_ci_high", "t_stat", "p_ttest", "p_permutation", "verdict"]
+    columns = [
+        *GROUP_KEYS,
+        "a",
+        "b",
+        "n_seeds",
+        "mean_a",
+        "mean_b",
+        "diff_mean",
+        "diff_std",
+        "diff_ci_low",
+        "diff_ci_high",
+        "t_stat",
+        "p_ttest",
+        "p_permutation",
+        "verdict",
+    ]
     return pd.DataFrame(rows, columns=columns)

@@ -12,10 +12,25 @@ import pandas as pd
 
 # The tables an evaluated study writes per seed, by name: the suffix of each beside `seed{seed}`
 # (the outputs of the rules intervene and collect: `knockout.plan.PER_SEED`).
-TABLES = {"table": ".csv", "per_class": ".per_class.csv", "confusion": ".confusion.csv", "examples": ".examples.parquet"}
+TABLES = {
+    "table": ".csv",
+    "per_class": ".per_class.csv",
+    "confusion": ".confusion.csv",
+    "examples": ".examples.parquet",
+}
 
 # Per-seed columns summarised over seeds when a table has them (retraining studies add some).
-VALUE_COLUMNS = ("accuracy", "delta", "loss", "gap", "train_accuracy", "seconds_per_epoch", "baseline_prob", "min_prob", "changed_area")
+VALUE_COLUMNS = (
+    "accuracy",
+    "delta",
+    "loss",
+    "gap",
+    "train_accuracy",
+    "seconds_per_epoch",
+    "baseline_prob",
+    "min_prob",
+    "changed_area",
+)
 
 
 def value_columns(per_seed: pd.DataFrame) -> list[str]:
@@ -38,32 +53,54 @@ def condition_tables(conditions, outputs, labels, classes: list[str], indices) -
     for c in conditions:
         out = outputs[c.name]
         correct = out.predictions == labels
-        rows.append({
-            "condition": c.name,
-            "set": c.set,
-            "accuracy": correct.float().mean().item(),
-            "loss": out.losses.mean().item(),
-            "baseline_accuracy": base_correct.float().mean().item(),
-            "delta": (correct.float().mean() - base_correct.float().mean()).item(),
-            "n_silenced": sum(len(u) for _, u in c.silence),
-            "units": ";".join(f"{layer}:{','.join(map(str, units))}" for layer, units in c.silence),
-            "base": c.base,
-            **dict(c.info),
-        })
+        rows.append(
+            {
+                "condition": c.name,
+                "set": c.set,
+                "accuracy": correct.float().mean().item(),
+                "loss": out.losses.mean().item(),
+                "baseline_accuracy": base_correct.float().mean().item(),
+                "delta": (correct.float().mean() - base_correct.float().mean()).item(),
+                "n_silenced": sum(len(u) for _, u in c.silence),
+                "units": ";".join(f"{layer}:{','.join(map(str, units))}" for layer, units in c.silence),
+                "base": c.base,
+                **dict(c.info),
+            }
+        )
         acc = labels[correct].bincount(minlength=n_classes) / counts
         for k in range(n_classes):
-            per_class.append({
-                "condition": c.name, "class": k, "class_name": classes[k], "n": int((labels == k).sum()),
-                "accuracy": acc[k].item(), "baseline_accuracy": base_per_class[k].item(), "delta": (acc[k] - base_per_class[k]).item(),
-            })
+            per_class.append(
+                {
+                    "condition": c.name,
+                    "class": k,
+                    "class_name": classes[k],
+                    "n": int((labels == k).sum()),
+                    "accuracy": acc[k].item(),
+                    "baseline_accuracy": base_per_class[k].item(),
+                    "delta": (acc[k] - base_per_class[k]).item(),
+                }
+            )
         cells = (labels * n_classes + out.predictions).bincount(minlength=n_classes**2)
         for cell in cells.nonzero().flatten().tolist():
-            confusion.append({"condition": c.name, "true": cell // n_classes, "predicted": cell % n_classes, "count": int(cells[cell])})
+            confusion.append(
+                {
+                    "condition": c.name,
+                    "true": cell // n_classes,
+                    "predicted": cell % n_classes,
+                    "count": int(cells[cell]),
+                }
+            )
         for i in (correct != base_correct).nonzero().flatten().tolist():
-            flips.append({
-                "condition": c.name, "example": int(indices[i]), "label": int(labels[i]), "baseline_prediction": int(base.predictions[i]),
-                "prediction": int(out.predictions[i]), "flip": "right_to_wrong" if base_correct[i] else "wrong_to_right",
-            })
+            flips.append(
+                {
+                    "condition": c.name,
+                    "example": int(indices[i]),
+                    "label": int(labels[i]),
+                    "baseline_prediction": int(base.predictions[i]),
+                    "prediction": int(out.predictions[i]),
+                    "flip": "right_to_wrong" if base_correct[i] else "wrong_to_right",
+                }
+            )
     flip_columns = ["condition", "example", "label", "baseline_prediction", "prediction", "flip"]
     return {
         "table": pd.DataFrame(rows),

@@ -32,12 +32,16 @@ def load_target(target: str):
         try:
             loader.loader.exec_module(module)
         except Exception as e:
-            raise ValueError(f"target {target!r}: importing {path} failed ({type(e).__name__}: {_first_line(e)})") from None
+            raise ValueError(
+                f"target {target!r}: importing {path} failed ({type(e).__name__}: {_first_line(e)})"
+            ) from None
     else:
         try:
             module = importlib.import_module(where)
         except Exception as e:
-            raise ValueError(f"target {target!r}: cannot import {where} ({type(e).__name__}: {_first_line(e)})") from None
+            raise ValueError(
+                f"target {target!r}: cannot import {where} ({type(e).__name__}: {_first_line(e)})"
+            ) from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ValueError(f"target {target!r}: {where} has no callable {attr!r}")

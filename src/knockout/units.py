@@ -27,7 +27,12 @@ def _responses(model: nn.Module, graph, layers: list[str]):
 
     def run(x):
         seen = {}
-        handles = [modules[graph.silence_point(layer)].register_forward_hook(lambda m, i, o, layer=layer: seen.__setitem__(layer, o)) for layer in layers]
+        handles = [
+            modules[graph.silence_point(layer)].register_forward_hook(
+                lambda m, i, o, layer=layer: seen.__setitem__(layer, o)
+            )
+            for layer in layers
+        ]
         try:
             model(x)
         finally:

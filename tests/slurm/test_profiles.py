@@ -25,7 +25,10 @@ def load(path: Path) -> dict:
 def workflow_rules() -> set[str]:
     run = subprocess.run(
         [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--list-rules"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     return set(run.stdout.split())
@@ -69,8 +72,19 @@ def test_training_and_intervention_rules_ask_for_one_gpu():
 def test_default_profile_is_portable_and_does_not_shadow_the_slurm_profile():
     default, slurm = load(DEFAULT), load(SLURM)
     assert not set(default) & set(slurm), "profiles/default would override these keys of profiles/slurm"
-    machine = {"executor", "jobs", "cores", "resources", "default-resources", "set-resources",
-               "set-threads", "groups", "group-components", "latency-wait", "retries"}
+    machine = {
+        "executor",
+        "jobs",
+        "cores",
+        "resources",
+        "default-resources",
+        "set-resources",
+        "set-threads",
+        "groups",
+        "group-components",
+        "latency-wait",
+        "retries",
+    }
     assert not set(default) & machine
     assert not any(key.startswith("slurm-") for key in default)
 
@@ -86,9 +100,20 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
     # the profile parses, its resource expressions (cpus_per_gpu: threads) evaluate, groups form;
     # in an empty folder, so that every job of the default study is planned
     run = subprocess.run(
-        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config.yaml"),
-         "--profile", str(ROOT / "profiles/slurm"), "-n"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            str(SNAKEMAKE),
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            "--profile",
+            str(ROOT / "profiles/slurm"),
+            "-n",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cpus_per_gpu=" in run.stdout and "slurm_partition=CHANGE_ME" in run.stdout

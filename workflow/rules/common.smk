@@ -68,7 +68,4 @@ def gpus_per_job():
     if n != "auto":
         return n
     device = config["device"]
-    return int(
-        device.startswith("cuda")
-        or (device == "auto" and shutil.which("nvidia-smi") is not None)
-    )
+    return int(device.startswith("cuda") or (device == "auto" and shutil.which("nvidia-smi") is not None))

@@ -25,9 +25,7 @@ rule intervene:
     input:
         unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
     output:
-        multiext(
-            "results/interventions/{name}/{model}/seed{seed}", **PER_SEED["evaluate"]
-        ),
+        multiext("results/interventions/{name}/{model}/seed{seed}", **PER_SEED["evaluate"]),
     log:
         "results/logs/interventions/{name}/{model}/seed{seed}.log",
     benchmark:
@@ -107,9 +105,7 @@ rule collect:
         unpack(lambda w: PLAN.data(w.model, train=False)),
         runs=lambda w: PLAN.run_files(w.name, w.seed),
     output:
-        multiext(
-            "results/interventions/{name}/{model}/seed{seed}", **PER_SEED["retrain"]
-        ),
+        multiext("results/interventions/{name}/{model}/seed{seed}", **PER_SEED["retrain"]),
     log:
         "results/logs/collect/{name}/{model}/seed{seed}.log",
     wildcard_constraints:

@@ -45,9 +45,7 @@ rule adopt:
     params:
         job=lambda w: as_json(PLAN.adopt_job(w.model)),
         data=subpath(input.meta, parent=True),
-        sources=lambda w, input: (
-            shlex.join(["--sources", *input.source]) if input.source else ""
-        ),
+        sources=lambda w, input: (shlex.join(["--sources", *input.source]) if input.source else ""),
     shell:
         "knockout adopt --job {params.job:q} --seed {wildcards.seed} {params.sources} --data {params.data:q}"
         " --out {output.final:q} --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
@@ -119,9 +117,7 @@ rule provenance:
         "../../envs/torch.yaml"
     params:
         config=lambda w: as_json(config),
-        preprocess=lambda w: as_json(
-            {m: PLAN.preprocess(m) | {"view": PLAN.view(m)} for m in PLAN.models}
-        ),
+        preprocess=lambda w: as_json({m: PLAN.preprocess(m) | {"view": PLAN.view(m)} for m in PLAN.models}),
         repo=workflow.basedir,
     shell:
         "knockout provenance --config {params.config:q} --manifests {input.manifests:q} --metas {input.metas:q}"

@@ -26,7 +26,11 @@ def predict_logits(model: nn.Module, images, *, batch_size: int, amp: bool) -> t
     """A split, or images (N, C, H, W) or (N, D) -> logits (N, classes) in float32, in eval mode."""
     from ..data import as_split
 
-    data = as_split(images, torch.zeros(len(images), dtype=torch.long)) if isinstance(images, torch.Tensor) else as_split(images)
+    data = (
+        as_split(images, torch.zeros(len(images), dtype=torch.long))
+        if isinstance(images, torch.Tensor)
+        else as_split(images)
+    )
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -136,7 +140,7 @@ def evaluate_conditions(
 def _route(condition, graph, base: nn.Module, context, apply) -> Route:
     silenced = dict(condition.silence)
     if graph.traced and not condition.replace and len(silenced) == 1:
-        (layer, units), = silenced.items()
+        ((layer, units),) = silenced.items()
         if graph.units[layer].kind != "heads" and spread(graph, layer) is not None:
             return Route(condition, -1, spread=(layer, tuple(units)))
     if not condition.replace and all(graph.units[layer].kind != "heads" for layer in silenced):
@@ -147,7 +151,9 @@ def _route(condition, graph, base: nn.Module, context, apply) -> Route:
             last = len(graph.nodes) - 1  # the output node: nothing silenced, only the logits are live
             return Route(condition, min((graph.position[node] + 1 for node in masks), default=last), masks=masks)
     if apply is None:
-        raise ValueError(f"condition {condition.name!r} changes weights: evaluate_conditions needs its study type's `apply`")
+        raise ValueError(
+            f"condition {condition.name!r} changes weights: evaluate_conditions needs its study type's `apply`"
+        )
     changed = apply(condition, context).eval()
     base_state = base.state_dict()
     state = changed.state_dict()
@@ -168,6 +174,7 @@ def _mask_nodes(graph, silenced: dict) -> dict | None:
     zero-preserving operations that follow its silence point (its value is live at the cut), the
     others on their silence points (applied by hooks); None when a silence point is called more
     than once (then the condition changes weights instead)."""
+
     def entry(layer):
         unit = graph.units[layer]
         return unit.count, 1 if unit.kind == "conv" else -1, tuple(silenced[layer])
@@ -202,12 +209,17 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
     needed = [node for layer in spreads for node in spread(graph, layer).needs()]
     live_nodes = list(dict.fromkeys([*(node for index in sorted(cuts) for node in graph.cut(index).live), *needed]))
     live_bytes = sum(graph.info(node).nbytes for node in live_nodes)
-    widest = max([graph.bytes_per_example(index) for index in cuts] + [spread_bytes(graph, spread(graph, layer)) for layer in spreads])
+    widest = max(
+        [graph.bytes_per_example(index) for index in cuts]
+        + [spread_bytes(graph, spread(graph, layer)) for layer in spreads]
+    )
     chunk = max(1, min(len(data), int(budget / 2 // max(1, live_bytes + widest))))
     prefix = graph.values(live_nodes)
     params = dict(base.named_parameters()) | dict(base.named_buffers())
     # the model's own tensors (a condition's weights replace them by name), else the trace's constants
-    suffix_params = {index: {k: params.get(k, v) for k, v in graph.cut(index).suffix.state_dict().items()} for index in cuts}
+    suffix_params = {
+        index: {k: params.get(k, v) for k, v in graph.cut(index).suffix.state_dict().items()} for index in cuts
+    }
     for start, x, y in data.chunks(chunk, device):
         x = fast_layout(x)
         live = {node: fast_layout(value) for node, value in zip(live_nodes, prefix(x))}
@@ -232,10 +244,21 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
         plain: dict = {}  # the confined maps in channels-first memory, where a channel is one block
         for layer, group in spreads.items():
             found = spread(graph, layer)
-            k_max = max(1, int(budget / 2 // max(1, spread_bytes(graph, found) * len(x)))) if spread_stackable(graph, found) else 1
+            k_max = (
+                max(1, int(budget / 2 // max(1, spread_bytes(graph, found) * len(x))))
+                if spread_stackable(graph, found)
+                else 1
+            )
             for i in range(0, len(group), k_max):
                 batch = group[i : i + k_max]
-                _store(preds, losses, batch, spread_forward([r.spread[1] for r in batch], graph, found, live, plain), y, start)
+                _store(
+                    preds,
+                    losses,
+                    batch,
+                    spread_forward([r.spread[1] for r in batch], graph, found, live, plain),
+                    y,
+                    start,
+                )
 
 
 def _masked_forward(batch: list[Route], graph, cut, inputs: list[torch.Tensor], b: int) -> torch.Tensor:
@@ -256,7 +279,11 @@ def _masked_forward(batch: list[Route], graph, cut, inputs: list[torch.Tensor], 
     handles = []
     for node, (mask, dim) in masks.items():  # later silence points: hooks on their modules
         module = graph.module.get_submodule(node.target)
-        handles.append(module.register_forward_hook(lambda m, i, o, mask=mask, dim=dim: _apply_mask(o.view(k, b, *o.shape[1:]), mask, dim, 1).flatten(0, 1)))
+        handles.append(
+            module.register_forward_hook(
+                lambda m, i, o, mask=mask, dim=dim: _apply_mask(o.view(k, b, *o.shape[1:]), mask, dim, 1).flatten(0, 1)
+            )
+        )
     try:
         return logits_of(cut.suffix(*inputs_k))
     finally:
@@ -304,7 +331,11 @@ def _unshared(routes, graph, base, context, apply, data, budget, device, preds, 
             batch = with_masks[i : i + k_max]
             k = len(batch)
             handles = [
-                modules[point].register_forward_hook(lambda m, a, o, mask=mask, dim=dim: _apply_mask(o.view(k, len(x), *o.shape[1:]), mask, dim, 1).flatten(0, 1))
+                modules[point].register_forward_hook(
+                    lambda m, a, o, mask=mask, dim=dim: _apply_mask(
+                        o.view(k, len(x), *o.shape[1:]), mask, dim, 1
+                    ).flatten(0, 1)
+                )
                 for point, (mask, dim) in _stacked_masks(batch, device).items()
             ]
             try:

@@ -37,8 +37,17 @@ from torch import nn
 from ..graph import fold_batch_norms, graph_of, logits_of
 from .shared import footprint_forward, footprints, footprint_stores, row_bytes, store_bytes
 
-SUMMARY_COLUMNS = ["image", "label", "window", "baseline_prob", "min_prob", "argmin_y", "argmin_x",
-                   "changed_area", "takeover_class"]
+SUMMARY_COLUMNS = [
+    "image",
+    "label",
+    "window",
+    "baseline_prob",
+    "min_prob",
+    "argmin_y",
+    "argmin_x",
+    "changed_area",
+    "takeover_class",
+]
 
 
 # --------------------------------------------------------------------------- window positions
@@ -156,8 +165,17 @@ def occlusion_maps(
     was_training = model.training
     model.eval()
     try:
-        return _occlusion_maps(model, images, labels, tuple(int(w) for w in windows), int(stride), fill,
-                               budget_mb * 2**20, torch.device(device), reuse)
+        return _occlusion_maps(
+            model,
+            images,
+            labels,
+            tuple(int(w) for w in windows),
+            int(stride),
+            fill,
+            budget_mb * 2**20,
+            torch.device(device),
+            reuse,
+        )
     finally:
         model.train(was_training)
 
@@ -181,7 +199,9 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
         plans = [footprints(graph, r) for r in rects]
         found = [f for groups in plans for _, f in groups]
         group = max(1, int(budget / 2 // max(1, store_bytes(graph, found))))  # images whose maps are kept at once
-        rows = {id(f): max(1, int(budget / 2 // max(1, row_bytes(graph, f)))) for f in found}  # occluded images per forward
+        rows = {
+            id(f): max(1, int(budget / 2 // max(1, row_bytes(graph, f)))) for f in found
+        }  # occluded images per forward
     else:  # every occluded image whole: 4 copies of the input per row, and 64x for its activations
         plans = [[(torch.arange(len(r), device=device), None)] for r in rects]
         group, rows = N, {id(None): max(1, int(budget / 2 // (4 * 64 * x[0].numel() * x.element_size())))}
@@ -235,7 +255,9 @@ def _whole_forward(model: nn.Module, images: torch.Tensor, rects: torch.Tensor, 
     rows = torch.arange(x.shape[2], device=x.device)
     cols = torch.arange(x.shape[3], device=x.device)
     rect = rects[sel]
-    inside = ((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None] & ((cols >= rect[:, 2:3]) & (cols < rect[:, 3:4]))[:, None, :]
+    inside = ((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None] & (
+        (cols >= rect[:, 2:3]) & (cols < rect[:, 3:4])
+    )[:, None, :]
     x = torch.where(inside[:, None], fill.view(1, -1, 1, 1), x)
     return logits_of(model(x))
 
@@ -254,8 +276,19 @@ def summary(maps: dict[str, np.ndarray]) -> pd.DataFrame:
             changed = c != maps["baseline_pred"][n]
             arg = int(p.argmin())
             takeover = int(np.bincount(c[changed]).argmax()) if changed.any() else -1
-            rows.append([n, int(maps["labels"][n]), int(w), float(maps["baseline_prob"][n]), float(p[arg]),
-                         arg // W, arg % W, float(changed.mean()), takeover])
+            rows.append(
+                [
+                    n,
+                    int(maps["labels"][n]),
+                    int(w),
+                    float(maps["baseline_prob"][n]),
+                    float(p[arg]),
+                    arg // W,
+                    arg % W,
+                    float(changed.mean()),
+                    takeover,
+                ]
+            )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 

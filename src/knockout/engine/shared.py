@@ -40,7 +40,6 @@ from ..graph import (
     spatial_params,
 )
 
-
 # --- memory layout and stacking -----------------------------------------------------------------
 
 
@@ -57,8 +56,14 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def empty_stacked(value: torch.Tensor, k: int) -> torch.Tensor:
     """An empty (K * B, ...) tensor in `value`'s memory layout (channels-last maps stay so)."""
-    layout = torch.channels_last if value.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return torch.empty((k * value.shape[0], *value.shape[1:]), dtype=value.dtype, device=value.device, memory_format=layout)
+    layout = (
+        torch.channels_last
+        if value.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
+    return torch.empty(
+        (k * value.shape[0], *value.shape[1:]), dtype=value.dtype, device=value.device, memory_format=layout
+    )
 
 
 def stacked(value: torch.Tensor, k: int) -> torch.Tensor:
@@ -170,13 +175,19 @@ def _confinable(graph: Graph, node: fx.Node, source: fx.Node, confined: dict):
         return None
     if node.op == "call_function" and node.target is torch.cat and width == 1:
         tensors, cat_dim = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if cat_dim not in (dim, dim % 4 if dim < 0 else dim) or cat_dim != 1 or [t is source for t in tensors].count(True) != 1:
+        if (
+            cat_dim not in (dim, dim % 4 if dim < 0 else dim)
+            or cat_dim != 1
+            or [t is source for t in tensors].count(True) != 1
+        ):
             return None
         before = tensors[: [t is source for t in tensors].index(True)]
         shift = sum(graph.info(t).shape[0] for t in before)
         return ("cat", dim, offset + shift, width)
     functions = (ELEMENTWISE_FUNCTIONS | ZERO_PRESERVING_FUNCTIONS) - {torch.cat}
-    if (node.op == "call_function" and node.target in functions) or (node.op == "call_method" and node.target in ELEMENTWISE_METHODS):
+    if (node.op == "call_function" and node.target in functions) or (
+        node.op == "call_method" and node.target in ELEMENTWISE_METHODS
+    ):
         if width == 1 and args.count(source) == 1 and all(a is source or a not in confined for a in args):
             return ("function", dim, offset, width)
     return None
@@ -188,7 +199,13 @@ def _linear_reader(graph: Graph, node: fx.Node, source: fx.Node, confined: dict)
         return None
     module = graph.module.get_submodule(node.target)
     op, dim, _, width = confined[source]
-    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and dim == 1 and width == 1:
+    if (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and dim == 1
+        and width == 1
+    ):
         return ("conv", module.in_channels)
     if isinstance(module, nn.Linear) and op == "flatten":
         return ("flat", graph.info(source).shape[0] // max(1, _flat_width(graph, source)))
@@ -244,7 +261,9 @@ def spread_stackable(graph: Graph, found: Spread) -> bool:
     return all(graph.info(n).batch_dim == 0 for n in found.inputs)
 
 
-def spread_forward(units: list[tuple[int, ...]], graph: Graph, found: Spread, intact: dict, plain: dict) -> torch.Tensor:
+def spread_forward(
+    units: list[tuple[int, ...]], graph: Graph, found: Spread, intact: dict, plain: dict
+) -> torch.Tensor:
     """Logits of K conditions that each silence `units[k]` of the spread's layer: along the
     spread, the new values of the units' channels alone (zero at the silence point, then each
     per-channel operation on that slice), each linear operation's intact output plus its
@@ -329,14 +348,23 @@ def _zeros_slice(value: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return value.new_zeros(()).expand(_slice_shape(value, dim, size))
 
 
-def _on_slice(graph: Graph, node, op: str, source, part: torch.Tensor, index: torch.Tensor, dim: int, intact: dict, plain: dict):
+def _on_slice(
+    graph: Graph, node, op: str, source, part: torch.Tensor, index: torch.Tensor, dim: int, intact: dict, plain: dict
+):
     """`node`'s operation on the channels `index` alone: `part` in place of its source, every
     other tensor it reads sliced the same way where it has those channels."""
     if op == "norm":
         norm = graph.module.get_submodule(node.target)
-        return F.batch_norm(part, norm.running_mean[index], norm.running_var[index],
-                            None if norm.weight is None else norm.weight[index], None if norm.bias is None else norm.bias[index],
-                            False, 0.0, norm.eps)
+        return F.batch_norm(
+            part,
+            norm.running_mean[index],
+            norm.running_var[index],
+            None if norm.weight is None else norm.weight[index],
+            None if norm.bias is None else norm.bias[index],
+            False,
+            0.0,
+            norm.eps,
+        )
     if op == "module":
         return graph.module.get_submodule(node.target)(part)
     full = intact[source].shape[dim % intact[source].dim()]
@@ -385,10 +413,15 @@ class Region:
         return self.h == self.H and self.w == self.W
 
     def same(self, other: Region) -> bool:
-        return all(torch.equal(a, b) for a, b in zip((self.y0, self.y1, self.x0, self.x1), (other.y0, other.y1, other.x0, other.x1)))
+        return all(
+            torch.equal(a, b)
+            for a, b in zip((self.y0, self.y1, self.x0, self.x1), (other.y0, other.y1, other.x0, other.x1))
+        )
 
 
-def _affected(lo: torch.Tensor, hi: torch.Tensor, k: int, s: int, p: int, d: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _affected(
+    lo: torch.Tensor, hi: torch.Tensor, k: int, s: int, p: int, d: int, n_out: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Output rows first..last-1 of a k/s/p/d conv or pool that read input rows lo..hi-1."""
     first = (-torch.div(-(lo + p - (k - 1) * d), s, rounding_mode="floor")).clamp(min=0)  # ceil division
     last = torch.div(hi - 1 + p, s, rounding_mode="floor").clamp(max=n_out - 1) + 1
@@ -550,7 +583,8 @@ def _local_step(graph: Graph, node: fx.Node, reads: list, regions: dict) -> Step
         local = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) in (1, -3)
     else:
         local = (node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS) or (
-            node.op == "call_method" and node.target in ELEMENTWISE_METHODS)
+            node.op == "call_method" and node.target in ELEMENTWISE_METHODS
+        )
     for arg in node.all_input_nodes:  # a constant must act the same at every position
         if arg not in graph.dependent:
             shape = graph.info(arg).shape if graph.info(arg).tensor else ()
@@ -618,7 +652,9 @@ def _paste(crop: torch.Tensor, top, left, patch: torch.Tensor, y, x) -> torch.Te
     return crop
 
 
-def footprint_forward(graph: Graph, found: Footprint, stores: dict, rects: torch.Tensor, sel, img, fill) -> torch.Tensor:
+def footprint_forward(
+    graph: Graph, found: Footprint, stores: dict, rects: torch.Tensor, sel, img, fill
+) -> torch.Tensor:
     """Logits (B, classes) of the stored images `img` (B,) with rectangles `rects[sel]` filled
     with `fill` (C,): the steps on patches, then the rest on whole maps."""
     patches = {}
@@ -631,7 +667,9 @@ def footprint_forward(graph: Graph, found: Footprint, stores: dict, rects: torch
             rect = rects[sel]
             rows = y[:, None] + torch.arange(r.h, device=y.device)
             cols = x[:, None] + torch.arange(r.w, device=y.device)
-            inside = ((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None] & ((cols >= rect[:, 2:3]) & (cols < rect[:, 3:4]))[:, None, :]
+            inside = ((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None] & (
+                (cols >= rect[:, 2:3]) & (cols < rect[:, 3:4])
+            )[:, None, :]
             patches[step.node] = torch.where(inside[..., None], fill, crop).permute(0, 3, 1, 2)
         elif step.kind == "spatial":
             source = step.reads[0]

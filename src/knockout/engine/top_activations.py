@@ -83,7 +83,10 @@ def _capture(model: nn.Module, graph, x: torch.Tensor, filters: dict[str, list[i
         outputs = dict(zip(filters, graph.values(nodes)(x)))
     else:
         outputs = {}
-        hooks = [model.get_submodule(layer).register_forward_hook(lambda m, i, o, layer=layer: outputs.__setitem__(layer, o)) for layer in filters]
+        hooks = [
+            model.get_submodule(layer).register_forward_hook(lambda m, i, o, layer=layer: outputs.__setitem__(layer, o))
+            for layer in filters
+        ]
         try:
             model(x)
         finally:

@@ -36,7 +36,9 @@ def kind_of(name: str, entry: dict | None) -> str:
         return entry["source"]
     if name in BUILTIN:
         return "builtin"
-    raise DataError(f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source ({', '.join(SOURCES)})")
+    raise DataError(
+        f"datasets.{name}: not a built-in dataset ({', '.join(BUILTIN)}): give its source ({', '.join(SOURCES)})"
+    )
 
 
 def source(kind: str) -> ModuleType:

@@ -141,9 +141,7 @@ DATASETS: dict[str, DatasetSource] = {
     "fashion_mnist": DatasetSource(
         name="fashion_mnist",
         kind="idx",
-        files=tuple(
-            DataFile(n, m, s) for n, m, s in zip(_IDX_NAMES, _FASHION_MD5, _FASHION_CONTENT_SHA256)
-        ),
+        files=tuple(DataFile(n, m, s) for n, m, s in zip(_IDX_NAMES, _FASHION_MD5, _FASHION_CONTENT_SHA256)),
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         classes=(
             "T-shirt/top",
@@ -244,9 +242,7 @@ def _candidate_dirs(source: DatasetSource, root: Path) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def locate(
-    name: str, mirrors: list[str | Path], source: DatasetSource | None = None
-) -> dict[str, Path] | None:
+def locate(name: str, mirrors: list[str | Path], source: DatasetSource | None = None) -> dict[str, Path] | None:
     """Find a verified local copy of a dataset.
 
     In: dataset name, mirror roots (~ and $VARS expanded; missing ones skipped).
@@ -289,9 +285,7 @@ def _download(url: str, part: Path, timeout: float) -> None:
         raise
 
 
-def _download_file(
-    src: DatasetSource, filename: str, dest: Path, bases: list[str], timeout: float
-) -> str:
+def _download_file(src: DatasetSource, filename: str, dest: Path, bases: list[str], timeout: float) -> str:
     """Download one file into dest via dest/<file>.part, trying each base URL in turn.
 
     Out: the URL it came from. DataError if its checksum is wrong (the .part is
@@ -401,8 +395,7 @@ def acquire(
                 sources[filename] = _download_file(src, filename, dest, bases, timeout)
         except _DownloadFailed as err:
             raise DataError(
-                f"{src.name}: not in any mirror ({searched}) and download failed ({err}); "
-                f"{_how_to_get(src, roots)}"
+                f"{src.name}: not in any mirror ({searched}) and download failed ({err}); " f"{_how_to_get(src, roots)}"
             ) from None
     files = {}
     for filename in src.filenames:
@@ -542,11 +535,15 @@ def _read_cifar(src: DatasetSource, path: Path, work: Path) -> tuple[tuple, tupl
 
     # CIFAR10 checks each extracted file against its list of md5s; the archive they came from was
     # verified, so the list is theirs (and a smaller archive, as in the tests, reads too).
-    reader = type("CIFAR10", (CIFAR10,), {
-        "train_list": [listed(f"data_batch_{i}") for i in range(1, n_batches + 1)],
-        "test_list": [listed("test_batch")],
-        "meta": {**CIFAR10.meta, "md5": listed(CIFAR10.meta["filename"])[1]},
-    })
+    reader = type(
+        "CIFAR10",
+        (CIFAR10,),
+        {
+            "train_list": [listed(f"data_batch_{i}") for i in range(1, n_batches + 1)],
+            "test_list": [listed("test_batch")],
+            "meta": {**CIFAR10.meta, "md5": listed(CIFAR10.meta["filename"])[1]},
+        },
+    )
     try:
         train = reader(str(work), train=True)
         test = reader(str(work), train=False)
@@ -613,4 +610,6 @@ def read(name: str, entry: dict, manifest: dict, raw_dir: Path, source: DatasetS
         return RawSplit(labels, lambda i: images[i], lambda idx: images[torch.from_numpy(idx)].numpy())
 
     origin = {f: file.get("source") for f, file in manifest.get("files", {}).items()} or None
-    return Raw({"train": split(train_x, train_y), "test": split(test_x, test_y)}, classes, src.shape[0], origin, checksums)
+    return Raw(
+        {"train": split(train_x, train_y), "test": split(test_x, test_y)}, classes, src.shape[0], origin, checksums
+    )

@@ -118,13 +118,21 @@ def fit(image, geometry: dict):
         if (h, w) == (height, width):
             return image
         scale = max(height / h, width / w)
-        resized = F.resize(image, [max(height, round(h * scale)), max(width, round(w * scale))],
-                           interpolation=InterpolationMode.BILINEAR, antialias=True)
+        resized = F.resize(
+            image,
+            [max(height, round(h * scale)), max(width, round(w * scale))],
+            interpolation=InterpolationMode.BILINEAR,
+            antialias=True,
+        )
         return F.center_crop(resized, [height, width])
     if geometry.get("resize") is not None:
         resize = geometry["resize"]
-        image = F.resize(image, resize if isinstance(resize, list) else [resize],
-                         interpolation=InterpolationMode(geometry.get("interpolation") or "bilinear"), antialias=True)
+        image = F.resize(
+            image,
+            resize if isinstance(resize, list) else [resize],
+            interpolation=InterpolationMode(geometry.get("interpolation") or "bilinear"),
+            antialias=True,
+        )
     if geometry.get("crop") is not None:
         image = F.center_crop(image, list(size_pair(geometry["crop"])))
     return image
@@ -151,15 +159,19 @@ def _tensor_pixels(where: str, item: int, image: torch.Tensor) -> np.ndarray:
     if x.dim() == 2:
         x = x[None]
     if x.dim() != 3 or x.shape[0] not in (1, 3):
-        raise DataError(f"{where}: item {item}: a tensor image of shape {tuple(image.shape)}; expected (C, H, W) with 1 or 3 channels")
+        raise DataError(
+            f"{where}: item {item}: a tensor image of shape {tuple(image.shape)}; expected (C, H, W) with 1 or 3 channels"
+        )
     if x.dtype == torch.uint8:
         return x.numpy()
     if not x.is_floating_point():
         raise DataError(f"{where}: item {item}: a {x.dtype} tensor image; expected uint8 or floats in [0, 1]")
     low, high = float(x.min()), float(x.max())
     if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 1):
-        raise DataError(f"{where}: item {item}: tensor pixels from {low:g} to {high:g}, not in [0, 1]: give the images as "
-                        "pixels (ToTensor, no Normalize) and the normalisation as models.<name>.preprocess")
+        raise DataError(
+            f"{where}: item {item}: tensor pixels from {low:g} to {high:g}, not in [0, 1]: give the images as "
+            "pixels (ToTensor, no Normalize) and the normalisation as models.<name>.preprocess"
+        )
     return np.rint(x.double().numpy() * 255).astype(np.uint8)  # ToTensor's x/255, back to its byte exactly
 
 
@@ -169,16 +181,22 @@ def to_pixels(where: str, item: int, image, mode: str, geometry: dict | None) ->
 
     if isinstance(image, torch.Tensor):
         pixels = _tensor_pixels(where, item, image)
-        fits = geometry is None or "size" in geometry and size_pair(geometry["size"]) == pixels.shape[1:]  # fit() would keep it
+        fits = (
+            geometry is None or "size" in geometry and size_pair(geometry["size"]) == pixels.shape[1:]
+        )  # fit() would keep it
         if fits and pixels.shape[0] == (1 if mode == "L" else 3):
             return pixels
         image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
-            raise DataError(f"{where}: item {item}: a {image.dtype} array image; expected uint8 in PIL's layout (H, W[, C])")
+            raise DataError(
+                f"{where}: item {item}: a {image.dtype} array image; expected uint8 in PIL's layout (H, W[, C])"
+            )
         image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
     if not isinstance(image, Image.Image):
-        raise DataError(f"{where}: item {item}: its image is a {type(image).__name__}: not an image-classification dataset")
+        raise DataError(
+            f"{where}: item {item}: its image is a {type(image).__name__}: not an image-classification dataset"
+        )
     if image.mode != mode:
         image = image.convert(mode)
     if geometry is not None:
@@ -191,11 +209,18 @@ def label_of(where: str, item: int, target) -> int:
     """A dataset item's target as a class index; DataError for anything else."""
     if isinstance(target, (int, np.integer)) and not isinstance(target, (bool, np.bool_)):
         return int(target)
-    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point() and target.dtype != torch.bool:
+    if (
+        isinstance(target, torch.Tensor)
+        and target.numel() == 1
+        and not target.is_floating_point()
+        and target.dtype != torch.bool
+    ):
         return int(target)
     text = " ".join(repr(target).split())[:60]
-    raise DataError(f"{where}: item {item}: its target is {type(target).__name__} {text}, not a class index: "
-                    "not an image-classification dataset")
+    raise DataError(
+        f"{where}: item {item}: its target is {type(target).__name__} {text}, not a class index: "
+        "not an image-classification dataset"
+    )
 
 
 def labels_attribute(dataset) -> torch.Tensor | None:
@@ -228,7 +253,9 @@ def dataset_split(where: str, dataset) -> RawSplit:
     def item(i: int):
         image, target = dataset[i]
         if label_of(where, i, target) != int(labels[i]):
-            raise DataError(f"{where}: item {i}: its target is {label_of(where, i, target)}, its label in the dataset's list {int(labels[i])}")
+            raise DataError(
+                f"{where}: item {i}: its target is {label_of(where, i, target)}, its label in the dataset's list {int(labels[i])}"
+            )
         return image
 
     return RawSplit(labels, item)

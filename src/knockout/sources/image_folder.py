@@ -56,8 +56,10 @@ def _folders(name: str, entry: dict) -> _Folders:
     if "train" in classes and classes["test"] != classes["train"]:
         only_train = sorted(set(classes["train"]) - set(classes["test"]))
         only_test = sorted(set(classes["test"]) - set(classes["train"]))
-        raise DataError(f"datasets.{name}.test: its classes are not the train folder's (only in train: "
-                        f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'})")
+        raise DataError(
+            f"datasets.{name}.test: its classes are not the train folder's (only in train: "
+            f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'})"
+        )
     return _Folders(paths, classes["test"], datasets, entry.get("channels", 3))
 
 
@@ -82,20 +84,30 @@ def _shape(folders: _Folders, entry: dict) -> list | None:
 
 def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
     folders = _folders(name, entry)
-    return {"shape": _shape(folders, entry), "channels": folders.channels, "classes": folders.classes,
-            **{f"n_{s}": len(folders.samples.get(s, ())) for s in SPLITS}}
+    return {
+        "shape": _shape(folders, entry),
+        "channels": folders.channels,
+        "classes": folders.classes,
+        **{f"n_{s}": len(folders.samples.get(s, ())) for s in SPLITS},
+    }
 
 
 def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     folders = _folders(name, entry)
     files = _listing(folders)
-    return {**{split: str(path.resolve()) for split, path in folders.paths.items()},
-            **{f"n_{s}": len(folders.samples.get(s, ())) for s in SPLITS},
-            "shape": _shape(folders, entry), "classes": folders.classes, "listing_sha256": _listing_sha256(files), "files": files}
+    return {
+        **{split: str(path.resolve()) for split, path in folders.paths.items()},
+        **{f"n_{s}": len(folders.samples.get(s, ())) for s in SPLITS},
+        "shape": _shape(folders, entry),
+        "classes": folders.classes,
+        "listing_sha256": _listing_sha256(files),
+        "files": files,
+    }
 
 
 def _pil_loader(name: str, mode: str):
     """ImageFolder's own loader: PIL, converted to `mode` (L or RGB)."""
+
     def load(path: str):
         from PIL import Image
 
@@ -126,7 +138,9 @@ def _jpeg_loader(name: str, mode: str):
     except ImportError:  # a torchvision without its decoders: PIL's
         return pil
     # torchvision 0.29 says its decoders will move to torchcodec, on every call; it is pinned here.
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+    )
     channels = 3 if mode == "RGB" else 1
 
     def load(path: str):
@@ -158,7 +172,10 @@ def _decoder(name: str, folders: _Folders, mode: str, sample: int = 32):
             pixels = np.asarray(pil(path))
             pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
             if not np.array_equal(decoded.numpy(), pixels):
-                print(f"datasets.{name}: torchvision's JPEG decoder differs from PIL's on {path}: PIL decodes them all", file=sys.stderr)
+                print(
+                    f"datasets.{name}: torchvision's JPEG decoder differs from PIL's on {path}: PIL decodes them all",
+                    file=sys.stderr,
+                )
                 return pil, "PIL"
     return (fast, "torchvision.io.decode_jpeg where it equals PIL, else PIL") if jpegs else (pil, "PIL")
 
@@ -166,8 +183,10 @@ def _decoder(name: str, folders: _Folders, mode: str, sample: int = 32):
 def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
     folders = _folders(name, entry)
     if _listing_sha256(_listing(folders)) != manifest.get("listing_sha256"):
-        raise DataError(f"datasets.{name}: the image folders changed since they were fetched (images added, removed or "
-                        "rewritten); fetch them again (snakemake --forcerun download)")
+        raise DataError(
+            f"datasets.{name}: the image folders changed since they were fetched (images added, removed or "
+            "rewritten); fetch them again (snakemake --forcerun download)"
+        )
     loader, decoder = _decoder(name, folders, "L" if folders.channels == 1 else "RGB")
     for dataset in folders.datasets.values():
         dataset.loader = loader

@@ -19,7 +19,18 @@ from pathlib import Path
 
 from ..catalog import SPLITS
 from ..errors import DataError
-from .common import Raw, class_names, dataset_split, file_entry, labels_attribute, manifest_checksums, mode_of, one_line, to_pixels, verify_manifest
+from .common import (
+    Raw,
+    class_names,
+    dataset_split,
+    file_entry,
+    labels_attribute,
+    manifest_checksums,
+    mode_of,
+    one_line,
+    to_pixels,
+    verify_manifest,
+)
 
 
 def _datasets(name: str, entry: dict) -> dict:
@@ -36,12 +47,16 @@ def _datasets(name: str, entry: dict) -> dict:
         try:
             dataset = factory(split=split, **dict(entry.get("kwargs") or {}))
         except Exception as e:
-            raise DataError(f"{key}: {entry['target']}(split={split!r}) failed ({type(e).__name__}: {one_line(e)})") from None
+            raise DataError(
+                f"{key}: {entry['target']}(split={split!r}) failed ({type(e).__name__}: {one_line(e)})"
+            ) from None
         if dataset is None:
             continue
         if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise DataError(f"{key}: {entry['target']}(split={split!r}) returned a {type(dataset).__name__}, "
-                            "not a map-style Dataset (with __getitem__ and __len__)")
+            raise DataError(
+                f"{key}: {entry['target']}(split={split!r}) returned a {type(dataset).__name__}, "
+                "not a map-style Dataset (with __getitem__ and __len__)"
+            )
         out[split] = dataset
     if "test" not in out:
         raise DataError(f"{key}: {entry['target']}(split='test') returned None: a dataset needs its test split")
@@ -58,15 +73,24 @@ def _describe(name: str, entry: dict, datasets: dict) -> dict:
     shape = list(to_pixels(where, 0, first, mode_of(first, entry.get("channels")), geometry).shape)
     labels = [labels_attribute(d) for d in datasets.values()]
     names = getattr(test, "classes", None)
-    classes = class_names(where, names, labels) if all(l is not None for l in labels) else names and [str(c) for c in names]
-    return {"shape": shape, "channels": shape[0], "classes": classes, "n_train": len(datasets["train"]) if "train" in datasets else 0,
-            "n_test": len(test)}
+    classes = (
+        class_names(where, names, labels) if all(l is not None for l in labels) else names and [str(c) for c in names]
+    )
+    return {
+        "shape": shape,
+        "channels": shape[0],
+        "classes": classes,
+        "n_train": len(datasets["train"]) if "train" in datasets else 0,
+        "n_test": len(test),
+    }
 
 
 def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
     found = _describe(name, entry, _datasets(name, entry))
     if found["classes"] is None:
-        found["deferred"] = f"datasets.{name}: {entry['target']} keeps no list of classes or labels: they are known once it is prepared"
+        found["deferred"] = (
+            f"datasets.{name}: {entry['target']} keeps no list of classes or labels: they are known once it is prepared"
+        )
     return found
 
 
@@ -81,10 +105,21 @@ def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: b
 def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
     verify_manifest(name, manifest)
     datasets = _datasets(name, entry)
-    splits = {split: dataset_split(f"datasets.{name}: {entry['target']}(split={split!r})", d) for split, d in datasets.items()}
-    classes = class_names(f"datasets.{name}: {entry['target']}", getattr(datasets["test"], "classes", None),
-                          [s.labels for s in splits.values()])
-    return Raw(splits, classes, entry.get("channels"), {"source": "module", "target": entry["target"]}, manifest_checksums(manifest))
+    splits = {
+        split: dataset_split(f"datasets.{name}: {entry['target']}(split={split!r})", d) for split, d in datasets.items()
+    }
+    classes = class_names(
+        f"datasets.{name}: {entry['target']}",
+        getattr(datasets["test"], "classes", None),
+        [s.labels for s in splits.values()],
+    )
+    return Raw(
+        splits,
+        classes,
+        entry.get("channels"),
+        {"source": "module", "target": entry["target"]},
+        manifest_checksums(manifest),
+    )
 
 
 def available(name: str, entry: dict, mirrors: list, download: bool) -> tuple[bool, str]:

@@ -37,7 +37,12 @@ class _NpzMember:
         with open(path, "rb") as raw:  # where the member's bytes start: after its local header
             raw.seek(info.header_offset)
             local = raw.read(30)
-            self._data = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            self._data = (
+                info.header_offset
+                + 30
+                + int.from_bytes(local[26:28], "little")
+                + int.from_bytes(local[28:30], "little")
+            )
         with zipfile.ZipFile(path) as archive, archive.open(info) as f:
             version = np.lib.format.read_magic(f)
             np.lib.format.read_array_header_1_0(f) if version == (1, 0) else np.lib.format.read_array_header_2_0(f)
@@ -66,7 +71,11 @@ class _NpzMember:
         archive = zipfile.ZipFile(self.path)
         self._stream = archive.open(self.info)
         version = np.lib.format.read_magic(self._stream)
-        np.lib.format.read_array_header_1_0(self._stream) if version == (1, 0) else np.lib.format.read_array_header_2_0(self._stream)
+        (
+            np.lib.format.read_array_header_1_0(self._stream)
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0(self._stream)
+        )
         self._next = 0
 
 
@@ -99,7 +108,10 @@ class _TensorsFile:
                         continue
                     with archive.open(info) as f:
                         version = np.lib.format.read_magic(f)
-                        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                        read = {
+                            (1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0,
+                        }.get(version)
                         header = read(f) if read else None
                     self._members[info.filename[: -len(".npy")]] = (info, header)
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -113,9 +125,13 @@ class _TensorsFile:
             except RuntimeError:  # an old (non-zip) file cannot be memory-mapped
                 data = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # weights_only refuses pickles of anything but tensors and containers
-            raise self.problem(f"not a file torch.load(weights_only=True) reads ({type(err).__name__}: {one_line(err)})") from None
+            raise self.problem(
+                f"not a file torch.load(weights_only=True) reads ({type(err).__name__}: {one_line(err)})"
+            ) from None
         if not isinstance(data, dict):
-            raise self.problem(f"holds a {type(data).__name__}, expected a dict of tensors ({', '.join(ARRAYS)}, classes)")
+            raise self.problem(
+                f"holds a {type(data).__name__}, expected a dict of tensors ({', '.join(ARRAYS)}, classes)"
+            )
         self._pt = data
         self.keys = {str(k) for k in data}
 
@@ -129,7 +145,11 @@ class _TensorsFile:
         """(shape, dtype) of an array, from its header where the file has one."""
         if hasattr(self, "_pt"):
             value = self._tensor(array)
-            dtype = np.dtype("float32") if value.dtype == torch.bfloat16 else torch.empty(0, dtype=value.dtype).numpy().dtype
+            dtype = (
+                np.dtype("float32")
+                if value.dtype == torch.bfloat16
+                else torch.empty(0, dtype=value.dtype).numpy().dtype
+            )
             return tuple(value.shape), dtype
         info, header = self._members[array]
         if header is None:
@@ -169,7 +189,9 @@ class _TensorsFile:
             raise self.problem(f"{array}: unreadable ({one_line(err)})") from None
 
 
-def _layout(file: _TensorsFile, array: str, shape: tuple[int, ...], layout: str, name: str) -> tuple[tuple[int, int, int], str]:
+def _layout(
+    file: _TensorsFile, array: str, shape: tuple[int, ...], layout: str, name: str
+) -> tuple[tuple[int, int, int], str]:
     """(C, H, W) and the layout (NHW, NCHW or NHWC) of an images array. `auto`: 3-d arrays are one
     channel; 4-d arrays are NHWC when the last axis has 1 or 3 entries and the second does not,
     NCHW when the second has and the last does not, and must be told otherwise."""
@@ -180,7 +202,9 @@ def _layout(file: _TensorsFile, array: str, shape: tuple[int, ...], layout: str,
     if layout == "auto":
         first, last = shape[1] in (1, 3), shape[3] in (1, 3)
         if first == last:
-            raise file.problem(f"cannot tell the channel axis of {array} {shape}: set datasets.{name}.layout to NCHW or NHWC")
+            raise file.problem(
+                f"cannot tell the channel axis of {array} {shape}: set datasets.{name}.layout to NCHW or NHWC"
+            )
         layout = "NCHW" if first else "NHWC"
     return ((shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])), layout
 
@@ -209,7 +233,9 @@ def _arrays(name: str, entry: dict) -> tuple[_TensorsFile, dict]:
             raise file.problem(f"{len(y)} {split}_labels for {shape[0]} {split}_images")
         labels[split] = y.astype(np.int64)
     if len(set(shapes.values())) > 1:
-        raise file.problem(f"train images are {'x'.join(map(str, shapes['train']))}, test images {'x'.join(map(str, shapes['test']))}")
+        raise file.problem(
+            f"train images are {'x'.join(map(str, shapes['train']))}, test images {'x'.join(map(str, shapes['test']))}"
+        )
     classes = None
     if "classes" in file.keys:
         names = file.load("classes")
@@ -222,8 +248,15 @@ def _arrays(name: str, entry: dict) -> tuple[_TensorsFile, dict]:
         if y.size and (y.min() < 0 or y.max() >= k):
             named = f" ({k} classes)" if classes is not None else ""
             raise file.problem(f"{split}_labels outside 0..{k - 1}{named}: min {y.min()}, max {y.max()}")
-    return file, {"shape": list(shapes["test"]), "classes": classes if classes is not None else [str(c) for c in range(k)],
-                  "n_train": counts["train"], "n_test": counts["test"], "layouts": layouts, "labels": labels, "splits": splits}
+    return file, {
+        "shape": list(shapes["test"]),
+        "classes": classes if classes is not None else [str(c) for c in range(k)],
+        "n_train": counts["train"],
+        "n_test": counts["test"],
+        "layouts": layouts,
+        "labels": labels,
+        "splits": splits,
+    }
 
 
 def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
@@ -233,8 +266,11 @@ def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
 
 def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
     file, found = _arrays(name, entry)
-    return {"path": str(file.path.resolve()), **{k: found[k] for k in ("n_train", "n_test", "shape", "classes")},
-            "files": {file.file: file_entry(file.path)}}
+    return {
+        "path": str(file.path.resolve()),
+        **{k: found[k] for k in ("n_train", "n_test", "shape", "classes")},
+        "files": {file.file: file_entry(file.path)},
+    }
 
 
 def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
@@ -249,14 +285,23 @@ def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
             x = x[:, None] if layout == "NHW" else x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
             if x.dtype != np.uint8:
                 if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
-                    raise file.problem(f"{split}_images are floats outside [0, 1] (min {np.nanmin(x):g}, max {np.nanmax(x):g})")
+                    raise file.problem(
+                        f"{split}_images are floats outside [0, 1] (min {np.nanmin(x):g}, max {np.nanmax(x):g})"
+                    )
                 x = np.rint(x.astype(np.float64) * 255).astype(np.uint8)
             return np.ascontiguousarray(x)
 
-        return RawSplit(torch.from_numpy(found["labels"][split]), lambda i: torch.from_numpy(arrays(np.array([i]))[0]), arrays)
+        return RawSplit(
+            torch.from_numpy(found["labels"][split]), lambda i: torch.from_numpy(arrays(np.array([i]))[0]), arrays
+        )
 
-    return Raw({s: split_of(s) for s in found["splits"]}, found["classes"], found["shape"][0],
-               {"source": "tensors", "path": manifest["path"]}, manifest_checksums(manifest))
+    return Raw(
+        {s: split_of(s) for s in found["splits"]},
+        found["classes"],
+        found["shape"][0],
+        {"source": "tensors", "path": manifest["path"]},
+        manifest_checksums(manifest),
+    )
 
 
 def available(name: str, entry: dict, mirrors: list, download: bool) -> tuple[bool, str]:

@@ -19,24 +19,51 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from .common import Raw, class_names, dataset_split, expand, file_entry, labels_attribute, manifest_checksums, mode_of, one_line, size_pair, to_pixels, verify_manifest
+from .common import (
+    Raw,
+    class_names,
+    dataset_split,
+    expand,
+    file_entry,
+    labels_attribute,
+    manifest_checksums,
+    mode_of,
+    one_line,
+    size_pair,
+    to_pixels,
+    verify_manifest,
+)
 
 # Classes of torchvision.datasets whose items are not (image, class index), by what they are.
 NOT_CLASSIFICATION = {
-    "CocoCaptions": "an image-captioning dataset", "Flickr8k": "an image-captioning dataset",
-    "Flickr30k": "an image-captioning dataset", "SBU": "an image-captioning dataset",
-    "CocoDetection": "an object-detection dataset", "VOCDetection": "an object-detection dataset",
-    "WIDERFace": "a face-detection dataset", "Kitti": "an object-detection dataset",
-    "VOCSegmentation": "a segmentation dataset", "Cityscapes": "a segmentation dataset", "SBDataset": "a segmentation dataset",
-    "CelebA": "a face-attribute dataset", "LFWPairs": "a face-pair dataset", "PhotoTour": "a patch-matching dataset",
-    "Kinetics": "a video dataset", "HMDB51": "a video dataset", "UCF101": "a video dataset", "MovingMNIST": "a video dataset",
+    "CocoCaptions": "an image-captioning dataset",
+    "Flickr8k": "an image-captioning dataset",
+    "Flickr30k": "an image-captioning dataset",
+    "SBU": "an image-captioning dataset",
+    "CocoDetection": "an object-detection dataset",
+    "VOCDetection": "an object-detection dataset",
+    "WIDERFace": "a face-detection dataset",
+    "Kitti": "an object-detection dataset",
+    "VOCSegmentation": "a segmentation dataset",
+    "Cityscapes": "a segmentation dataset",
+    "SBDataset": "a segmentation dataset",
+    "CelebA": "a face-attribute dataset",
+    "LFWPairs": "a face-pair dataset",
+    "PhotoTour": "a patch-matching dataset",
+    "Kinetics": "a video dataset",
+    "HMDB51": "a video dataset",
+    "UCF101": "a video dataset",
+    "MovingMNIST": "a video dataset",
     "LSUNClass": "one LSUN category without labels (LSUN is the classification dataset)",
     "VisionDataset": "the base class of torchvision's datasets",
     "DatasetFolder": "a generic folder reader (for a folder of images per class, use source: image_folder)",
     "ImageFolder": "a generic folder reader (for a folder of images per class, use source: image_folder)",
 }
 # ... and whole families of them, by base class.
-NOT_CLASSIFICATION_BASES = {"FlowDataset": "an optical-flow dataset", "StereoMatchingDataset": "a stereo-matching dataset"}
+NOT_CLASSIFICATION_BASES = {
+    "FlowDataset": "an optical-flow dataset",
+    "StereoMatchingDataset": "a stereo-matching dataset",
+}
 # Set by knockout, not by `kwargs`: where the files are, whether to download, and no transforms
 # (the images are converted once, by prepare).
 RESERVED = ("root", "download", "transform", "target_transform", "transforms", "loader", "is_valid_file")
@@ -87,7 +114,8 @@ def torchvision_class(name: str, class_name: str) -> type:
         raise DataError(f"datasets.{name}.class: torchvision.datasets has no dataset class {class_name!r}{hint}")
     cls = getattr(tvd, class_name)
     what = NOT_CLASSIFICATION.get(class_name) or next(
-        (kind for base, kind in NOT_CLASSIFICATION_BASES.items() if base in {k.__name__ for k in cls.__mro__}), None)
+        (kind for base, kind in NOT_CLASSIFICATION_BASES.items() if base in {k.__name__ for k in cls.__mro__}), None
+    )
     if what:
         raise DataError(f"datasets.{name}.class: {class_name} is {what}, not an image-classification dataset")
     return cls
@@ -108,11 +136,17 @@ def class_call(name: str, entry: dict) -> ClassCall:
     def check_arguments(key: str, arguments: dict) -> None:
         for arg in arguments:
             if arg in RESERVED:
-                raise DataError(f"datasets.{name}.{key}.{arg}: set by knockout (the mirrors, data.download; no transforms)")
+                raise DataError(
+                    f"datasets.{name}.{key}.{arg}: set by knockout (the mirrors, data.download; no transforms)"
+                )
             if arg == convention and key == "kwargs":
-                raise DataError(f"datasets.{name}.kwargs.{arg}: {cls.__name__} takes its split as {arg}=: give it in datasets.{name}.splits")
+                raise DataError(
+                    f"datasets.{name}.kwargs.{arg}: {cls.__name__} takes its split as {arg}=: give it in datasets.{name}.splits"
+                )
             if not open_kwargs and arg not in params:
-                raise DataError(f"datasets.{name}.{key}.{arg}: {cls.__name__} takes no argument {arg!r} (it takes: {takes})")
+                raise DataError(
+                    f"datasets.{name}.{key}.{arg}: {cls.__name__} takes no argument {arg!r} (it takes: {takes})"
+                )
 
     kwargs = dict(entry.get("kwargs") or {})
     check_arguments("kwargs", kwargs)
@@ -126,19 +160,25 @@ def class_call(name: str, entry: dict) -> ClassCall:
         if isinstance(given, str):
             if convention != "split":
                 how = "train=True/False" if convention == "train" else "no split argument"
-                raise DataError(f"datasets.{name}.splits.{split}: {cls.__name__} takes {how}, not a split name: "
-                                "give this split's keyword arguments (a mapping) or nothing")
+                raise DataError(
+                    f"datasets.{name}.splits.{split}: {cls.__name__} takes {how}, not a split name: "
+                    "give this split's keyword arguments (a mapping) or nothing"
+                )
             own = {"split": given}
         elif isinstance(given, dict):
             check_arguments(f"splits.{split}", {k: v for k, v in given.items() if k != convention})
             own = (own or {}) | given
         elif own is None:
-            raise DataError(f"datasets.{name}.splits: {cls.__name__} takes neither train nor split: give splits.train and "
-                            "splits.test as its keyword arguments for each split (e.g. {size: 1000, random_offset: 0})")
+            raise DataError(
+                f"datasets.{name}.splits: {cls.__name__} takes neither train nor split: give splits.train and "
+                "splits.test as its keyword arguments for each split (e.g. {size: 1000, random_offset: 0})"
+            )
         arguments[split] = kwargs | own
     if "train" in arguments and arguments["train"] == arguments["test"]:
-        raise DataError(f"datasets.{name}.splits: the train and test splits get the same arguments ({arguments['train']}): "
-                        "they would be the same images")
+        raise DataError(
+            f"datasets.{name}.splits: the train and test splits get the same arguments ({arguments['train']}): "
+            "they would be the same images"
+        )
     return ClassCall(cls, "root" in params, "download" in params, arguments)
 
 
@@ -193,7 +233,9 @@ def _audit(event: str, args: tuple) -> None:
     path, mode, flags = args
     if isinstance(path, int) or path is None:
         return
-    reading = (not any(c in mode for c in "wax+")) if isinstance(mode, str) else not (flags or 0) & (os.O_WRONLY | os.O_RDWR)
+    reading = (
+        (not any(c in mode for c in "wax+")) if isinstance(mode, str) else not (flags or 0) & (os.O_WRONLY | os.O_RDWR)
+    )
     if reading:
         for files in _RECORDERS:
             files.add(os.fsdecode(path))
@@ -242,8 +284,12 @@ def _describe(name: str, call: ClassCall, entry: dict, datasets: dict) -> dict:
         classes = class_names(where, names, labels)
     elif names is not None:
         classes = [str(c) for c in names]
-    return {"n_train": len(datasets["train"]) if "train" in datasets else 0, "n_test": len(datasets["test"]), "shape": shape,
-            "classes": classes}
+    return {
+        "n_train": len(datasets["train"]) if "train" in datasets else 0,
+        "n_test": len(datasets["test"]),
+        "shape": shape,
+        "classes": classes,
+    }
 
 
 def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
@@ -255,7 +301,13 @@ def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: b
     mirrors = [expand(m) for m in mirrors]
     if not call.takes_root:  # generated (FakeData): nothing to find, nothing to verify
         datasets = _construct_splits(name, call, None, False)
-        return {"class": call.cls.__name__, "origin": "generated", "root": None, **_describe(name, call, entry, datasets), "files": {}}
+        return {
+            "class": call.cls.__name__,
+            "origin": "generated",
+            "root": None,
+            **_describe(name, call, entry, datasets),
+            "files": {},
+        }
 
     def manifest(origin: str, root: Path) -> dict:
         """torchvision's classes over `root` (downloading there for origin 'download'), described
@@ -263,8 +315,13 @@ def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: b
         with _opened_files() as opened:
             datasets = _construct_splits(name, call, root, download=origin == "download")
             described = _describe(name, call, entry, datasets)
-        return {"class": call.cls.__name__, "origin": origin, "root": str(root.resolve()), **described,
-                "files": _files_under(root, opened)}
+        return {
+            "class": call.cls.__name__,
+            "origin": origin,
+            "root": str(root.resolve()),
+            **described,
+            "files": _files_under(root, opened),
+        }
 
     for root in _candidates(name, mirrors):
         try:
@@ -282,8 +339,10 @@ def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: b
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"{where} and its download failed ({type(err).__name__}: {one_line(err)}); "
-                        f"{_where_to_put(name, call, mirrors)}") from None
+        raise DataError(
+            f"{where} and its download failed ({type(err).__name__}: {one_line(err)}); "
+            f"{_where_to_put(name, call, mirrors)}"
+        ) from None
 
 
 def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
@@ -294,13 +353,20 @@ def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
     if manifest and manifest.get("dataset") == name and manifest.get("entry") == entry:
         found = {k: manifest.get(k) for k in ("shape", "classes", "n_train", "n_test")}
         if found["classes"] is None:  # it keeps no list of labels or classes: prepare reads every label
-            found["deferred"] = f"datasets.{name}: torchvision.datasets.{call.cls.__name__} lists no classes: they are known once it is prepared"
+            found["deferred"] = (
+                f"datasets.{name}: torchvision.datasets.{call.cls.__name__} lists no classes: they are known once it is prepared"
+            )
         return found
     shape = None
     if entry.get("size") is not None and entry.get("channels") is not None:
         shape = (entry["channels"], *size_pair(entry["size"]))
-    return {"shape": shape, "classes": None, "n_train": None if "train" in call.splits else 0, "n_test": None,
-            "deferred": f"datasets.{name}: torchvision.datasets.{call.cls.__name__} is known once its files are fetched"}
+    return {
+        "shape": shape,
+        "classes": None,
+        "n_train": None if "train" in call.splits else 0,
+        "n_test": None,
+        "deferred": f"datasets.{name}: torchvision.datasets.{call.cls.__name__} is known once its files are fetched",
+    }
 
 
 def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
@@ -312,14 +378,20 @@ def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"datasets.{name}: {call.call(call.splits[0])} at {root}: {type(err).__name__}: {one_line(err)}; "
-                        "fetch it again (the download rule)") from None
+        raise DataError(
+            f"datasets.{name}: {call.call(call.splits[0])} at {root}: {type(err).__name__}: {one_line(err)}; "
+            "fetch it again (the download rule)"
+        ) from None
     splits = {split: dataset_split(f"datasets.{name}: {call.call(split)}", datasets[split]) for split in call.splits}
     first = datasets[call.splits[0]]
-    classes = class_names(f"datasets.{name}: {call.call(call.splits[0])}", getattr(first, "classes", None),
-                          [s.labels for s in splits.values()])
+    classes = class_names(
+        f"datasets.{name}: {call.call(call.splits[0])}",
+        getattr(first, "classes", None),
+        [s.labels for s in splits.values()],
+    )
     origin = {k: manifest[k] for k in ("source", "class", "origin", "root") if k in manifest} | {
-        k: manifest["entry"].get(k) for k in ("kwargs", "splits")}
+        k: manifest["entry"].get(k) for k in ("kwargs", "splits")
+    }
     return Raw(splits, classes, entry.get("channels"), origin, manifest_checksums(manifest))
 
 

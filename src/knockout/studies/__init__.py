@@ -157,7 +157,11 @@ def check_layer(key: str, target: Target, layer: str) -> int:
     units = units_of(target.network)
     if layer not in units:
         valid = list(units)
-        shown = ", ".join(valid) if len(valid) <= 12 else ", ".join(valid[:6] + ["..."] + valid[-3:]) + f"; {len(valid)} in all, see `knockout summary`"
+        shown = (
+            ", ".join(valid)
+            if len(valid) <= 12
+            else ", ".join(valid[:6] + ["..."] + valid[-3:]) + f"; {len(valid)} in all, see `knockout summary`"
+        )
         raise ConfigError(f"{key}: no layer {layer!r} in model {target.name!r} (layers: {shown})")
     return units[layer].count
 
@@ -207,7 +211,11 @@ def silence_units(model: nn.Module, layer: str, units, point: str | None = None)
             attention = modules[layer]
             size = attention.head_dim
             rows = (idx[:, None] * size + torch.arange(size)).flatten()
-            weight, offset = (attention.in_proj_weight, 2 * attention.embed_dim) if attention._qkv_same_embed_dim else (attention.v_proj_weight, 0)
+            weight, offset = (
+                (attention.in_proj_weight, 2 * attention.embed_dim)
+                if attention._qkv_same_embed_dim
+                else (attention.v_proj_weight, 0)
+            )
             weight[offset + rows] = 0
             if attention.in_proj_bias is not None:
                 attention.in_proj_bias[2 * attention.embed_dim + rows] = 0

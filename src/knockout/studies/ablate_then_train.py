@@ -15,7 +15,17 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs, filter_ablation, silence_point
+from . import (
+    Condition,
+    Context,
+    Target,
+    apply_condition,
+    check_compare,
+    check_layer,
+    compare_pairs,
+    filter_ablation,
+    silence_point,
+)
 
 KIND = "retrain"
 NOTEBOOK = "retrain"
@@ -32,7 +42,9 @@ class Spec:
 
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
-        sets = filter_ablation.Spec.from_dict({"model": d["model"], "layers": d["layers"], "sets": d["sets"], "compare": []})
+        sets = filter_ablation.Spec.from_dict(
+            {"model": d["model"], "layers": d["layers"], "sets": d["sets"], "compare": []}
+        )
         return cls(d["model"], sets, d["semantics"], bool(d["freeze_body"]), compare_pairs(d))
 
 

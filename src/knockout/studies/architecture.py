@@ -40,7 +40,9 @@ def check(spec: Spec, target: Target) -> None:
     base = target.network.spec
     for name, overrides in spec.variants:
         try:
-            build_model(variant_spec(base["arch"], json.loads(overrides)), tuple(base["input_shape"]), base["num_classes"])
+            build_model(
+                variant_spec(base["arch"], json.loads(overrides)), tuple(base["input_shape"]), base["num_classes"]
+            )
         except (ValueError, KeyError, RuntimeError) as e:
             raise ConfigError(f"variants.{name}: {str(e).splitlines()[0]}") from None
     check_compare(spec.compare, {"baseline", *(name for name, _ in spec.variants)})
@@ -72,4 +74,6 @@ def apply(condition: Condition, context: Context):
 
     spec = context.trained.spec
     torch.manual_seed(context.seed)
-    return build_model(variant_spec(spec["arch"], json.loads(condition.arch)), tuple(spec["input_shape"]), spec["num_classes"])
+    return build_model(
+        variant_spec(spec["arch"], json.loads(condition.arch)), tuple(spec["input_shape"]), spec["num_classes"]
+    )

@@ -81,7 +81,10 @@ def layer_table(arch: dict | str, input_shape: tuple[int, ...], layers="auto"):
         replace = (rule if layers == "auto" else name in layers) and n is not None and n > 1
         p1_module = None
         if n is not None and n > 1:
-            pair = [torch.nn.Conv2d(c, m, (n, 1), bias=conv.bias is not None), torch.nn.Conv2d(m, m, (1, n), bias=conv.bias is not None)]
+            pair = [
+                torch.nn.Conv2d(c, m, (n, 1), bias=conv.bias is not None),
+                torch.nn.Conv2d(m, m, (1, n), bias=conv.bias is not None),
+            ]
             p1_module = sum(count_parameters(p) for p in pair)
         rows.append(
             {
@@ -136,7 +139,13 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
     layers = replaced_layers(spec, context)
     return [
         Condition("baseline", "baseline", base="init", arch="{}"),
-        Condition("factorized", "factorized", base="init", arch=json.dumps({"factorize": layers}), info=(("layers", ",".join(layers)),)),
+        Condition(
+            "factorized",
+            "factorized",
+            base="init",
+            arch=json.dumps({"factorize": layers}),
+            info=(("layers", ",".join(layers)),),
+        ),
     ]
 
 

@@ -106,7 +106,9 @@ def check_sets(sets: tuple[FilterSet, ...], target: Target) -> None:
         if fset.exclude is not None:
             other = by_name.get(fset.exclude)
             if other is None or other.select not in ("units", "lowest_response"):
-                raise ConfigError(f"{key}.exclude: {fset.exclude!r} is not a units or lowest_response set of this study")
+                raise ConfigError(
+                    f"{key}.exclude: {fset.exclude!r} is not a units or lowest_response set of this study"
+                )
 
 
 def _rng(seed: int, *keys: object):
@@ -154,7 +156,11 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
         if fset.select in ("units", "lowest_response"):
             units = _fixed_units(fset, context)
             k = fset.k if fset.k is not None else sum(len(u) for u in units.values())
-            out.append(_condition(fset.name, fset, units, k=k, statistic=fset.statistic if fset.select == "lowest_response" else None))
+            out.append(
+                _condition(
+                    fset.name, fset, units, k=k, statistic=fset.statistic if fset.select == "lowest_response" else None
+                )
+            )
         elif fset.select == "random":
             excluded = _fixed_units(by_name[fset.exclude], context) if fset.exclude else {}
             for draw in range(fset.repeats):
@@ -167,7 +173,9 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
         elif fset.select == "each":
             for layer, n in sizes.items():
                 for unit in range(n):
-                    out.append(_condition(f"{fset.name}:{layer}:{unit}", fset, {layer: [unit]}, layer=layer, unit=unit, k=1))
+                    out.append(
+                        _condition(f"{fset.name}:{layer}:{unit}", fset, {layer: [unit]}, layer=layer, unit=unit, k=1)
+                    )
         elif fset.select == "cumulative":
             draws = fset.repeats if fset.order == "random" else 1
             for layer, n in sizes.items():
@@ -179,7 +187,9 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
                     for fraction in fset.fractions:
                         k = round(fraction * n)
                         name = f"{fset.name}:{layer}:f{fraction:g}" + (f":draw{draw}" if fset.order == "random" else "")
-                        out.append(_condition(name, fset, {layer: order[:k]}, layer=layer, fraction=fraction, k=k, draw=draw))
+                        out.append(
+                            _condition(name, fset, {layer: order[:k]}, layer=layer, fraction=fraction, k=k, draw=draw)
+                        )
         else:
             raise ValueError(f"set {fset.name!r}: unknown select {fset.select!r}; choose from {SELECTS}")
     return out

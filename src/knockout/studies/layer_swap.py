@@ -50,7 +50,9 @@ def check(spec: Spec, target: Target) -> None:
         for i, layer in enumerate(spec.layers):
             check_layer(f"layers[{i}]", target, layer)
     if "rewind" in spec.modes and "checkpoints" not in target.provides:
-        raise ConfigError(f"modes: rewind needs epoch checkpoints: set models.{target.name}.train.checkpoints (e.g. all), or give models.{target.name}.checkpoints.epochs")
+        raise ConfigError(
+            f"modes: rewind needs epoch checkpoints: set models.{target.name}.train.checkpoints (e.g. all), or give models.{target.name}.checkpoints.epochs"
+        )
     check_compare(spec.compare, {"baseline", *spec.modes})
 
 
@@ -71,11 +73,22 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
             elif mode == "rerandomize":
                 out.append(Condition(f"rerandomize:{layer}", "rerandomize", replace=((layer, "rerandom"),), info=info))
             elif mode == "transplant":
-                out.append(Condition(f"transplant:{layer}", "transplant", base="init", replace=((layer, "trained"),), info=info))
+                out.append(
+                    Condition(
+                        f"transplant:{layer}", "transplant", base="init", replace=((layer, "trained"),), info=info
+                    )
+                )
             else:
                 for epoch in [0, *epochs]:
                     source = "init" if epoch == 0 else f"epoch{epoch}"
-                    out.append(Condition(f"rewind:{layer}:epoch{epoch}", "rewind", replace=((layer, source),), info=(*info, ("epoch", epoch))))
+                    out.append(
+                        Condition(
+                            f"rewind:{layer}:epoch{epoch}",
+                            "rewind",
+                            replace=((layer, source),),
+                            info=(*info, ("epoch", epoch)),
+                        )
+                    )
     return out
 
 

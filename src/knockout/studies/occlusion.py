@@ -28,7 +28,9 @@ class Spec:
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
         images = d["images"]
-        return cls(d["model"], images["n"], images["per_class"], images["seed"], tuple(d["windows"]), d["stride"], d["fill"])
+        return cls(
+            d["model"], images["n"], images["per_class"], images["seed"], tuple(d["windows"]), d["stride"], d["fill"]
+        )
 
 
 def needs(spec: Spec) -> set[str]:
@@ -47,7 +49,11 @@ def fill_value(fill: str | float, dataset_mean: list[float], preprocess):
     the per-channel value (C,) in the space the model sees (its `preprocess`)."""
     import torch
 
-    pixel = torch.tensor(dataset_mean) if fill == "mean" else torch.full((len(dataset_mean),), 0.0 if fill == "zero" else float(fill))
+    pixel = (
+        torch.tensor(dataset_mean)
+        if fill == "mean"
+        else torch.full((len(dataset_mean),), 0.0 if fill == "zero" else float(fill))
+    )
     return preprocess.normalise(pixel)
 
 
@@ -59,8 +65,14 @@ def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
     idx = select_images(test.labels.cpu(), spec.n_images, spec.per_class, spec.image_seed)
     device = next(context.trained.parameters()).device
     maps = occlusion_maps(
-        context.trained, test.inputs(idx, device), test.labels[idx.to(test.labels.device)], windows=spec.windows, stride=spec.stride,
-        fill=fill_value(spec.fill, meta["mean"], test.preprocess), budget_mb=budget_mb, device=device,
+        context.trained,
+        test.inputs(idx, device),
+        test.labels[idx.to(test.labels.device)],
+        windows=spec.windows,
+        stride=spec.stride,
+        fill=fill_value(spec.fill, meta["mean"], test.preprocess),
+        budget_mb=budget_mb,
+        device=device,
     )
     maps["inputs"] = test.pixels(idx).numpy()
     maps["examples"] = idx.numpy()  # indices into the prepared test split

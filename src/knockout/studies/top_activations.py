@@ -42,7 +42,9 @@ def check(spec: Spec, target: Target) -> None:
             asked = str(filters) if isinstance(filters, int) else f"filter {max(filters)}"
             raise ConfigError(f"layers.{layer}: {layer} has {n} filters, asked for {asked}")
     if target.data.n_test is not None and spec.k > target.data.n_test:
-        raise ConfigError(f"k: {spec.k} top images per filter, but the test set of model {target.name!r} has {target.data.n_test}")
+        raise ConfigError(
+            f"k: {spec.k} top images per filter, but the test set of model {target.name!r} has {target.data.n_test}"
+        )
 
 
 def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
@@ -50,5 +52,7 @@ def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
     from ..engine.top_activations import choose_filters, top_activations
 
     model = context.trained
-    filters = choose_filters(model, {layer: f if isinstance(f, int) else list(f) for layer, f in spec.layers}, seed=spec.filter_seed)
+    filters = choose_filters(
+        model, {layer: f if isinstance(f, int) else list(f) for layer, f in spec.layers}, seed=spec.filter_seed
+    )
     return top_activations(model, test, filters, k=spec.k, score=spec.score, device=next(model.parameters()).device)
