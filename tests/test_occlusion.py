@@ -131,6 +131,48 @@ def test_patchwise_forward_equals_running_every_occluded_image():
         assert (fast["pred_centred"] == slow["pred_centred"]).mean() > 0.99
 
 
+class Branchy(nn.Module):
+    """A user's own network, not a Sequential: two branches concatenated, a residual add with a
+    layer-scale constant, a grouped dilated conv, then global pooling and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.left = nn.Conv2d(8, 4, 3, padding=1)
+        self.right = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(8, 4, 1))
+        self.grouped = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.scale = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([self.left(x), self.right(x)], 1)
+        y = x + self.scale * self.grouped(y)
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_a_users_network_shares_the_intact_activations_on_its_graph():
+    """Occlusion on any traced network, by its graph (not by module names): the patched ops are
+    the convs, pools, the concatenation and the add, and the maps equal running each occluded
+    image whole."""
+    from knockout.engine.occlusion import window_positions
+    from knockout.engine.shared import footprints
+    from knockout.graph import fold_batch_norms, graph_of
+
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([3, 7])
+    graph = graph_of(fold_batch_norms(model), x[:1])
+    groups = footprints(graph, window_positions(16, 16, 3, 1).rects)
+    patched = {step.node.name for _, found in groups for step in found.steps}
+    assert {"stem", "left", "right_0", "right_1", "cat", "grouped", "mul", "add"} <= patched
+    fast = occlusion_maps(model, x, y, windows=(3, 5), fill=0.2, stride=1, budget_mb=1, device="cpu")
+    slow = occlusion_maps(model, x, y, windows=(3, 5), fill=0.2, stride=1, budget_mb=256, device="cpu", reuse=False)
+    np.testing.assert_allclose(fast["prob_centred"], slow["prob_centred"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fast["attribution"], slow["attribution"], atol=1e-6, rtol=0)
+    assert np.abs(fast["attribution"]).max() > 1e-4
+
+
 def test_centred_map_is_the_probability_of_the_hand_occluded_image():
     model, images, labels = setup(SMALL_CNN, (1, 12, 12), 2)
     fill = 0.25
