@@ -480,6 +480,8 @@ def write_baselines(root: Path, models=("mlp", "cnn"), given=GIVEN, epochs=3) ->
 def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=(1, 0), n=3, windows=(3, 5)) -> dict:
     """seed{N}.npz and .csv in the format of knockout.occlusion (maps and summary, with the id
     columns and scalars) for ON_DISK seeds, and a table over the `given` seeds (in that order)."""
+    from knockout.engine.occlusion import SUMMARY_COLUMNS
+
     rng = np.random.default_rng(1)
     H = W = 8
     C = 1
@@ -536,21 +538,7 @@ def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=
                         takeover,
                     ]
                 )
-        columns = [
-            "intervention",
-            "model",
-            "seed",
-            "image",
-            "label",
-            "window",
-            "baseline_prob",
-            "min_prob",
-            "argmin_y",
-            "argmin_x",
-            "changed_area",
-            "takeover_class",
-        ]
-        summaries[seed] = pd.DataFrame(rows, columns=columns)
+        summaries[seed] = pd.DataFrame(rows, columns=["intervention", "model", "seed", *SUMMARY_COLUMNS])
         summaries[seed].to_csv(run_dir / f"seed{seed}.csv", index=False)
     per_window = pd.concat([summaries[s] for s in given]).groupby(["intervention", "model", "seed", "window"])
     per_window = per_window[["min_prob", "changed_area"]].mean().reset_index()
