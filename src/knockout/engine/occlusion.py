@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..graph import fold_batch_norms, graph_of, logits_of
-from .shared import footprint_forward, footprints, footprint_stores, row_bytes, store_bytes
+from .shared import footprint_forward, footprint_stores, footprints, inside, row_bytes, store_bytes
 
 SUMMARY_COLUMNS = [
     "image",
@@ -195,25 +195,27 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
         model = fold_batch_norms(model)
         graph = graph_of(model, x[:1])
         graph = graph if graph.traced else None
-    if graph is not None:  # per window: the positions in groups, each with its footprint
-        plans = [footprints(graph, r) for r in rects]
-        found = [f for groups in plans for _, f in groups]
+    # per window: the positions in groups, each with its footprint and the occluded images per forward
+    if graph is not None:
+        plans = [
+            [(i, f, max(1, int(budget / 2 // max(1, row_bytes(graph, f))))) for i, f in footprints(graph, r)]
+            for r in rects
+        ]
+        found = [f for groups in plans for _, f, _ in groups]
         group = max(1, int(budget / 2 // max(1, store_bytes(graph, found))))  # images whose maps are kept at once
-        rows = {
-            id(f): max(1, int(budget / 2 // max(1, row_bytes(graph, f)))) for f in found
-        }  # occluded images per forward
     else:  # every occluded image whole: 4 copies of the input per row, and 64x for its activations
-        plans = [[(torch.arange(len(r), device=device), None)] for r in rects]
-        group, rows = N, {id(None): max(1, int(budget / 2 // (4 * 64 * x[0].numel() * x.element_size())))}
-    base_p, base_pred = _baseline(model, x, y, max(rows.values()))
+        per_forward = max(1, int(budget / 2 // (4 * 64 * x[0].numel() * x.element_size())))
+        plans = [[(torch.arange(len(r), device=device), None, per_forward)] for r in rects]
+        group = N
+    base_p, base_pred = _baseline(model, x, y, max(step for groups in plans for _, _, step in groups))
     probs = [torch.empty(N, len(r), dtype=dtype) for r in rects]
     preds = [torch.empty(N, len(r), dtype=torch.long) for r in rects]
     for g0 in range(0, N, group):
         xg, yg = x[g0 : g0 + group], y[g0 : g0 + group]
         stores = footprint_stores(graph, found, xg) if graph is not None else None
         for wi, r in enumerate(rects):
-            for index, found_here in plans[wi]:
-                sub, step = r[index], rows[id(found_here)]
+            for index, found_here, step in plans[wi]:
+                sub = r[index]
                 pairs = len(xg) * len(index)
                 for s in range(0, pairs, step):
                     k = torch.arange(s, min(s + step, pairs), device=device)
@@ -251,15 +253,9 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
 
 def _whole_forward(model: nn.Module, images: torch.Tensor, rects: torch.Tensor, sel, img, fill) -> torch.Tensor:
     """Logits of images[img] with rects[sel] filled, each occluded image through the whole network."""
-    x = images[img].clone()
-    rows = torch.arange(x.shape[2], device=x.device)
-    cols = torch.arange(x.shape[3], device=x.device)
-    rect = rects[sel]
-    inside = ((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None] & (
-        (cols >= rect[:, 2:3]) & (cols < rect[:, 3:4])
-    )[:, None, :]
-    x = torch.where(inside[:, None], fill.view(1, -1, 1, 1), x)
-    return logits_of(model(x))
+    x = images[img]
+    filled = inside(rects[sel], torch.arange(x.shape[2], device=x.device), torch.arange(x.shape[3], device=x.device))
+    return logits_of(model(torch.where(filled[:, None], fill.view(1, -1, 1, 1), x)))
 
 
 def summary(maps: dict[str, np.ndarray]) -> pd.DataFrame:

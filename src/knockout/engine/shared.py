@@ -380,11 +380,7 @@ def _on_slice(
             return arg.index_select(dim % arg.dim(), index)
         return arg
 
-    args = fx.node.map_aggregate(node.args, value)
-    kwargs = fx.node.map_aggregate(node.kwargs, value)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    return node.target(*args, **kwargs)
+    return run_node(graph, node, value)
 
 
 # --- a rectangle of the input changed: the footprint -------------------------------------------
@@ -601,7 +597,10 @@ def footprint_stores(graph: Graph, found: list[Footprint], images: torch.Tensor)
     (N, H + 2p, W + 2p, C), by (node, padding, padding value)."""
     keys = sorted(set().union(*(f.stores for f in found)), key=lambda k: (graph.position[k[0]], k[1], k[2]))
     nodes = list(dict.fromkeys(k[0] for k in keys))
-    values = dict(zip(nodes, graph.values(nodes)(images)))
+    key = ("values", tuple(nodes))
+    if key not in graph.memo:  # built once per graph, not per group of images
+        graph.memo[key] = graph.values(nodes)
+    values = dict(zip(nodes, graph.memo[key](images)))
     out = {}
     for node, (ph, pw), fill in keys:
         out[(node, (ph, pw), fill)] = F.pad(values[node], (pw, pw, ph, ph), value=fill).permute(0, 2, 3, 1).contiguous()
@@ -664,13 +663,10 @@ def footprint_forward(
         y, x = r.y[sel], r.x[sel]
         if step.kind == "input":
             crop = _crop(stores[(step.node, (0, 0), 0.0)], img, y, x, r.h, r.w)
-            rect = rects[sel]
             rows = y[:, None] + torch.arange(r.h, device=y.device)
             cols = x[:, None] + torch.arange(r.w, device=y.device)
-            inside = ((rows >= rect[:, 0:1]) & (rows < rect[:, 1:2]))[:, :, None] & (
-                (cols >= rect[:, 2:3]) & (cols < rect[:, 3:4])
-            )[:, None, :]
-            patches[step.node] = torch.where(inside[..., None], fill, crop).permute(0, 3, 1, 2)
+            filled = inside(rects[sel], rows, cols)
+            patches[step.node] = torch.where(filled[..., None], fill, crop).permute(0, 3, 1, 2)
         elif step.kind == "spatial":
             source = step.reads[0]
             fn, (k, s, p, d), value = step.spatial
@@ -689,7 +685,7 @@ def footprint_forward(
                     crop = _crop(stores[(arg, (0, 0), 0.0)], img, y, x, r.h, r.w)
                     patch = _paste(crop, y, x, patch, rin.y[sel], rin.x[sel]).permute(0, 3, 1, 2)
                 widened[arg] = patch
-            patches[step.node] = _run_node(graph, step.node, widened)
+            patches[step.node] = run_node(graph, step.node, lambda arg: _patch_or_constant(graph, arg, widened))
     inputs = []
     for node in found.live:
         r = found.regions[node]
@@ -698,14 +694,8 @@ def footprint_forward(
     return logits_of(found.suffix(*inputs))
 
 
-def _run_node(graph: Graph, node: fx.Node, values: dict):
-    """`node`'s own operation on `values` (by node) in place of its inputs' values."""
-
-    def value(arg):
-        if isinstance(arg, fx.Node):
-            return values[arg] if arg in values else _constant(graph, arg)
-        return arg
-
+def run_node(graph: Graph, node: fx.Node, value) -> object:
+    """`node`'s own operation with `value(arg)` in place of each argument (a node or a constant)."""
     args = fx.node.map_aggregate(node.args, value)
     kwargs = fx.node.map_aggregate(node.kwargs, value)
     if node.op == "call_module":
@@ -713,3 +703,18 @@ def _run_node(graph: Graph, node: fx.Node, values: dict):
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
     return node.target(*args, **kwargs)
+
+
+def _patch_or_constant(graph: Graph, arg, patches: dict):
+    if isinstance(arg, fx.Node):
+        return patches[arg] if arg in patches else _constant(graph, arg)
+    return arg
+
+
+def inside(rects: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) bool: whether pixel (rows[b, i], cols[b, j]) lies in rectangle rects[b] (rows
+    r0..r1-1, cols c0..c1-1); rows (B, h) and cols (B, w), or (h,) and (w,) for every b."""
+    rows, cols = rows.expand(len(rects), -1), cols.expand(len(rects), -1)
+    in_rows = (rows >= rects[:, 0:1]) & (rows < rects[:, 1:2])
+    in_cols = (cols >= rects[:, 2:3]) & (cols < rects[:, 3:4])
+    return in_rows[:, :, None] & in_cols[:, None, :]
