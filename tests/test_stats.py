@@ -232,3 +232,96 @@ def test_constant_nonzero_differences_have_no_t_test():
     assert r["diff_mean"] == pytest.approx(0.1) and r["diff_std"] == pytest.approx(0, abs=1e-12)
     assert math.isnan(r["p_ttest"]) and r["p_permutation"] == 2 / 8
     assert r["verdict"].endswith("no evidence of a difference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-unit significance: McNemar within a seed, Benjamini-Hochberg over a layer's units
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("b,c", [(0, 0), (3, 0), (0, 7), (10, 2), (5, 5), (40, 22), (1, 30)])
+def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_pairs(b, c):
+    from knockout.stats import mcnemar_pvalue
+
+    expected = sps.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
+    assert mcnemar_pvalue(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+def test_benjamini_hochberg_by_its_definition():
+    from knockout.stats import benjamini_hochberg
+
+    p = np.array([0.001, 0.04, 0.03, 0.2, 0.012, 0.5])
+    m = len(p)
+    # q_i = min over j with p_j >= p_i of p_j * m / rank_j, capped at 1
+    ranks = p.argsort().argsort() + 1
+    expected = [min(1.0, min(p[j] * m / ranks[j] for j in range(m) if p[j] >= p[i])) for i in range(m)]
+    assert benjamini_hochberg(p) == pytest.approx(expected, rel=1e-12)
+
+
+def _sweep_outputs(flips_per_unit: list[int], n: int = 200):
+    """A baseline right on 80% of `n` examples and one condition per unit that turns the first
+    `flips_per_unit[u]` right examples wrong (and one wrong example right, for unit 0)."""
+    import torch
+
+    from knockout.engine.evaluate import ConditionOutput
+    from knockout.studies import Condition
+
+    labels = torch.zeros(n, dtype=torch.long)
+    base = torch.zeros(n, dtype=torch.long)
+    base[int(0.8 * n) :] = 1
+    outputs = {"baseline": ConditionOutput(base, torch.zeros(n))}
+    conditions = [Condition("baseline", "baseline")]
+    for unit, k in enumerate(flips_per_unit):
+        pred = base.clone()
+        pred[:k] = 1
+        if unit == 0:
+            pred[-1] = 0
+        name = f"each:conv2:{unit}"
+        outputs[name] = ConditionOutput(pred, torch.zeros(n))
+        info = (("layer", "conv2"), ("unit", unit), ("k", 1))
+        conditions.append(Condition(name, "each", silence=(("conv2", (unit,)),), info=info))
+    return conditions, outputs, labels
+
+
+def test_each_sweep_tables_carry_flips_mcnemar_and_fdr_over_the_layer():
+    import torch
+
+    from knockout.stats import benjamini_hochberg, mcnemar_pvalue
+    from knockout.tables import condition_tables
+
+    flips = [0, 1, 3, 12, 30, 2]
+    conditions, outputs, labels = _sweep_outputs(flips)
+    n = len(labels)
+    table = condition_tables(conditions, outputs, labels, ["a", "b"], torch.arange(n))["table"].set_index("condition")
+    units = table.loc[[f"each:conv2:{u}" for u in range(len(flips))]]
+    assert list(units.right_to_wrong) == flips and list(units.wrong_to_right) == [1, 0, 0, 0, 0, 0]
+    p = [sps.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0 for b, c in zip(flips, [1, 0, 0, 0, 0, 0])]
+    assert list(units.p_mcnemar) == pytest.approx(p, rel=1e-12)
+    assert list(units.q_bh) == pytest.approx(list(benjamini_hochberg(mcnemar_pvalue(flips, [1, 0, 0, 0, 0, 0]))))
+    assert list(units.significant) == [float(q < 0.05) for q in units.q_bh]
+    assert list(units.significant) == [0, 0, 0, 1, 1, 0]  # 12 and 30 flips one way: far from chance
+    assert math.isnan(table.loc["baseline", "q_bh"]) and table.loc["baseline", "p_mcnemar"] == 1.0
+
+
+def test_significant_units_per_layer_are_counted_per_seed_with_a_ci_over_seeds():
+    import torch
+
+    from knockout.tables import condition_tables
+
+    per_seed = []
+    for seed, flips in enumerate([[0, 12, 30, 1], [20, 15, 0, 0], [25, 40, 18, 0]]):
+        conditions, outputs, labels = _sweep_outputs(flips)
+        table = condition_tables(conditions, outputs, labels, ["a", "b"], torch.arange(len(labels)))["table"]
+        per_seed.append(table.assign(intervention="sweep", model="cnn", seed=seed))
+    per_seed = pd.concat(per_seed, ignore_index=True)
+    counts = per_seed.groupby("seed")["significant"].sum().to_numpy()
+    assert list(counts) == [2, 2, 3]
+    summary = summarize(per_seed, value_cols=["accuracy", "delta", "loss", "significant"])
+    layer = summary[summary.level == "layer"].set_index("condition").loc["each:conv2"]
+    mean, std, low, high, _ = mean_ci(counts)
+    assert (layer.set, layer.layer, layer.n_units, layer.n_seeds) == ("each", "conv2", 4, 3)
+    assert [layer.n_significant_mean, layer.n_significant_std] == pytest.approx([mean, std])
+    assert [layer.n_significant_ci_low, layer.n_significant_ci_high] == pytest.approx([low, high])
+    unit1 = summary[summary.level == "condition"].set_index("condition").loc["each:conv2:1"]
+    assert unit1.significant_mean == pytest.approx(1.0)  # significant in every seed
+    assert set(summary.level) == {"condition", "set", "layer"}

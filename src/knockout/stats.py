@@ -7,7 +7,11 @@ such as layer, unit, k, draw, fraction, epoch, mode). This module turns those ro
 - `summarize`: mean, std and Student-t confidence interval over seeds, per condition and per
   set (a set's conditions, e.g. the random draws, are averaged within each seed first);
 - `paired_comparison` / `comparisons`: one set against another, paired by seed, with a paired
-  t-test, an exact (or sampled) sign-flip permutation test and a one-line verdict.
+  t-test, an exact (or sampled) sign-flip permutation test and a one-line verdict;
+- `unit_significance`: within one seed, each single-unit condition against the baseline over the
+  test examples (exact McNemar test on its flips), with Benjamini-Hochberg's false discovery rate
+  over the units of its layer; `summarize` then counts the significant units per layer and seed
+  and gives that count's CI over seeds.
 
 Pure pandas / numpy / scipy: no torch.
 """
@@ -29,7 +33,9 @@ REQUIRED = (*GROUP_KEYS, "seed", "condition", "set")
 VALUE_COLS = ("accuracy", "delta", "loss")
 STAT_SUFFIXES = ("mean", "std", "ci_low", "ci_high")
 # Per-seed measurements, never descriptive (the baseline condition's row summarizes them).
-MEASURED_COLS = ("baseline_accuracy",)
+MEASURED_COLS = ("baseline_accuracy", "right_to_wrong", "wrong_to_right", "p_mcnemar", "q_bh")
+# The false discovery rate at which a unit's effect is called significant (`unit_significance`).
+FDR = 0.05
 # Up to this many seeds the sign-flip test enumerates all 2**n flips (65536 at most).
 EXACT_PERMUTATION_MAX_N = 16
 
@@ -188,6 +194,11 @@ def summarize(per_seed: pd.DataFrame, value_cols=VALUE_COLS, confidence: float =
       `n_conditions` the conditions averaged per seed; descriptive columns are kept where
       constant over the set, NaN otherwise.
 
+    - `layer` (only where the table has single-unit conditions with `significant`, see
+      `unit_significance`): one row per (intervention, model, set, layer), `condition` is
+      `{set}:{layer}`; `n_significant_{mean,std,ci_low,ci_high}` is the count of the layer's units
+      significant at FDR 5% in a seed, over seeds, and `n_units` the units tested per seed.
+
     `mean, std, ci_low, ci_high` repeat the accuracy statistics (the file contract's names).
     """
     value_cols = list(value_cols)
@@ -196,20 +207,84 @@ def summarize(per_seed: pd.DataFrame, value_cols=VALUE_COLS, confidence: float =
     descriptive = _descriptive_columns(per_seed, value_cols)
     cond = _condition_level(per_seed, value_cols, descriptive, confidence)
     sets = _set_level(per_seed, value_cols, descriptive, confidence)
-    out = pd.concat([cond.assign(level="condition"), sets.assign(level="set")], ignore_index=True)
+    layers = _layer_level(per_seed, confidence)
+    levels = [cond.assign(level="condition"), sets.assign(level="set")]
+    out = pd.concat(levels + ([layers.assign(level="layer")] if len(layers) else []), ignore_index=True)
     if "accuracy" in value_cols:
         for s in STAT_SUFFIXES:
             out[s] = out[f"accuracy_{s}"]
     return _order_columns(out, value_cols, descriptive)
 
 
+def _layer_level(per_seed: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Per (intervention, model, set, layer) of single-unit conditions: the count of significant
+    units per seed, over seeds (empty when the table has no such conditions)."""
+    if "significant" not in per_seed or "layer" not in per_seed:
+        return pd.DataFrame()
+    tested = per_seed[per_seed["significant"].notna()]
+    rows = []
+    for keys, g in tested.groupby([*SET_KEYS, "layer"], dropna=False, sort=False):
+        per = g.groupby("seed")["significant"].agg(["sum", "count"])
+        row = dict(zip((*SET_KEYS, "layer"), keys))
+        row["condition"] = f"{row['set']}:{row['layer']}"
+        row["n_seeds"] = len(per)
+        row["n_conditions"] = int(per["count"].min())
+        row["n_units"] = int(per["count"].min())
+        row.update(_stat_columns(per["sum"].to_numpy(float), "n_significant", confidence))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _order_columns(out: pd.DataFrame, value_cols, descriptive) -> pd.DataFrame:
-    """Keys first, then counts, the accuracy aliases, per-value stats, descriptive columns."""
+    """Keys first, then counts, the accuracy aliases, per-value stats, descriptive columns, and
+    the layer level's significance counts where there is one."""
     head = ["level", *CONDITION_KEYS, "set", "n_seeds", "n_conditions"]
     aliases = [s for s in STAT_SUFFIXES if s in out.columns]
     value_stats = [f"{v}_{s}" for v in value_cols for s in STAT_SUFFIXES]
     tail = [c for c in descriptive if c not in head]
-    return out[head + aliases + value_stats + tail]
+    counts = [c for c in ("n_units", *(f"n_significant_{s}" for s in STAT_SUFFIXES)) if c in out.columns]
+    if "layer" in out.columns and "layer" not in tail:
+        tail.append("layer")
+    return out[head + aliases + value_stats + tail + counts]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-unit significance within a seed
+# ---------------------------------------------------------------------------------------------
+
+
+def mcnemar_pvalue(right_to_wrong, wrong_to_right) -> np.ndarray:
+    """Exact two-sided McNemar p-values of paired right/wrong outcomes (arrays of flip counts):
+    under no effect each of the b + c discordant examples flips either way with probability 1/2,
+    so p = min(1, 2 P(Binomial(b + c, 1/2) <= min(b, c))); 1 when nothing flips."""
+    b = np.asarray(right_to_wrong, dtype=float)
+    c = np.asarray(wrong_to_right, dtype=float)
+    return np.minimum(1.0, 2 * sps.binom.cdf(np.minimum(b, c), b + c, 0.5))
+
+
+def benjamini_hochberg(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) of one family of tests."""
+    p = np.asarray(pvalues, dtype=float)
+    return sps.false_discovery_control(p, method="bh") if p.size else p
+
+
+def unit_significance(table: pd.DataFrame, fdr: float = FDR) -> pd.DataFrame:
+    """One seed's condition table (with `right_to_wrong` and `wrong_to_right` flip counts
+    against the baseline) with `p_mcnemar` for every condition, and, for single-unit conditions
+    (those with a `unit`: an `each` sweep), `q_bh` (Benjamini-Hochberg over the units of the same
+    set and layer) and `significant` (q_bh < fdr)."""
+    out = table.copy()
+    out["p_mcnemar"] = mcnemar_pvalue(out["right_to_wrong"], out["wrong_to_right"])
+    if "unit" not in out or "layer" not in out:
+        return out
+    out["q_bh"] = np.nan
+    out["significant"] = np.nan
+    per_unit = out[out["unit"].notna()]
+    for _, family in per_unit.groupby(["set", "layer"], sort=False):
+        q = benjamini_hochberg(family["p_mcnemar"])
+        out.loc[family.index, "q_bh"] = q
+        out.loc[family.index, "significant"] = (q < fdr).astype(float)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .stats import unit_significance
+
 # The tables an evaluated study writes per seed, by name: the suffix of each beside `seed{seed}`
 # (the outputs of the rules intervene and collect: `knockout.plan.PER_SEED`).
 TABLES = {
@@ -30,6 +32,7 @@ VALUE_COLUMNS = (
     "baseline_prob",
     "min_prob",
     "changed_area",
+    "significant",
 )
 
 
@@ -40,7 +43,9 @@ def value_columns(per_seed: pd.DataFrame) -> list[str]:
 
 def condition_tables(conditions, outputs, labels, classes: list[str], indices) -> dict[str, pd.DataFrame]:
     """Per-condition outputs (`ConditionOutput` by name) on a split -> the four tidy tables, by
-    name (TABLES): `table` (one row per condition), `per_class`, `confusion` (non-zero cells)
+    name (TABLES): `table` (one row per condition, with its flips against the baseline and
+    their exact McNemar test; single-unit conditions also with their significance over their
+    layer's units: `knockout.stats.unit_significance`), `per_class`, `confusion` (non-zero cells)
     and `examples` (the flips: examples right at baseline and wrong after, or the reverse;
     `example` indexes the original split through `indices`). `labels` and each output's
     `predictions` are integer tensors of one length."""
@@ -61,6 +66,8 @@ def condition_tables(conditions, outputs, labels, classes: list[str], indices) -
                 "loss": out.losses.mean().item(),
                 "baseline_accuracy": base_correct.float().mean().item(),
                 "delta": (correct.float().mean() - base_correct.float().mean()).item(),
+                "right_to_wrong": int((base_correct & ~correct).sum()),
+                "wrong_to_right": int((correct & ~base_correct).sum()),
                 "n_silenced": sum(len(u) for _, u in c.silence),
                 "units": ";".join(f"{layer}:{','.join(map(str, units))}" for layer, units in c.silence),
                 "base": c.base,
@@ -103,7 +110,7 @@ def condition_tables(conditions, outputs, labels, classes: list[str], indices) -
             )
     flip_columns = ["condition", "example", "label", "baseline_prediction", "prediction", "flip"]
     return {
-        "table": pd.DataFrame(rows),
+        "table": unit_significance(pd.DataFrame(rows)),
         "per_class": pd.DataFrame(per_class),
         "confusion": pd.DataFrame(confusion, columns=["condition", "true", "predicted", "count"]),
         "examples": pd.DataFrame(flips, columns=flip_columns),
