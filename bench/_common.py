@@ -10,6 +10,9 @@
     to apply them (by default the whole process, peer included, keeps freed memory as knockout's
     jobs do: the comparison is of the code, not of the allocator);
   * ``cnn_setup`` / ``resnet_setup``: the models and images of the Captum comparisons;
+    ``reference_images``: the images ablation values are taken from (never the evaluated ones),
+    and ``value_context`` / ``captum_baselines``: one ablation value (zero, mean, resample) as
+    knockout's Context and as Captum's matching ``layer_baselines``;
   * ``print_table``, ``write_csv`` and ``finish``, which prints the table and the notes, writes
     ``--out`` and ends the run with the line ``min ratio: N.NNx``: the smallest knockout-vs-peer
     ratio over the rows (how many times faster ours is; below 1: slower). Every speed bench ends
@@ -269,6 +272,68 @@ def resnet_setup(n: int, seed: int, notes: list[str], calibrate_min: int = 0):
         f"(classes {torch.bincount(labels, minlength=10).tolist()})"
     )
     return model, images, labels
+
+
+def reference_images(name: str, n: int, seed: int, notes: list[str]) -> torch.Tensor:
+    """n images the mean and resample values are taken from, never the evaluated ones: for the
+    cnn the first n prepared Fashion-MNIST training images when present, else (and for the
+    ResNet) seeded N(0, 1) images of another seed than the evaluated ones."""
+    from knockout.data import open_view
+
+    if name == "cnn" and (DATA_DIR / "meta.json").exists():
+        train, _, _ = open_view(DATA_DIR)
+        notes.append(f"{name}: values from the first {min(n, len(train))} Fashion-MNIST training images")
+        return train.inputs(range(min(n, len(train))), "cpu")
+    shape = (1, 28, 28) if name == "cnn" else (3, 32, 32)
+    notes.append(f"{name}: values from {n} random N(0,1) images (seed {seed + 3})")
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed + 3))
+
+
+def value_context(model: nn.Module, value: str, layers: list[str], reference: torch.Tensor):
+    """knockout's Context for one ablation value: the unit statistics over `reference` (as the
+    unit_values rule computes them, once per model: outside any timing) and the donor split."""
+    from knockout.data import as_split
+    from knockout.studies import Context
+    from knockout.units import unit_values
+
+    labels = torch.zeros(len(reference), dtype=torch.long)
+    stats = unit_values(model, as_split(reference, labels), layers) if value != "zero" else None
+    donors = as_split(reference, labels) if value == "resample" else None
+    return Context(trained=model, unit_values=stats, donors=donors, seed=0)
+
+
+class captum_baselines:
+    """Captum's `layer_baselines` matching a knockout value, per batch of evaluated images
+    (`first`: the batch's position in the evaluated images): 0; the unit means (1, C, 1, 1) or
+    (1, C); or, for resample, the silence point's output on each example's donor (the very
+    donors knockout draws: `engine.values.donor_indices`), computed by a forward of the donor
+    images with a hook on `point` (part of the peer's timed work, as a researcher would do it)."""
+
+    def __init__(self, model: nn.Module, point: nn.Module, layer: str, context, value: str, n: int):
+        from knockout.engine.values import donor_indices
+
+        self.model, self.point, self.value = model, point, value
+        if value == "mean":
+            mean = context.unit_values[layer]["mean_channel"].float()
+            conv = isinstance(model.get_submodule(layer), nn.Conv2d)
+            self.mean = mean.view(1, -1, 1, 1) if conv else mean.view(1, -1)
+        if value == "resample":
+            self.donors = context.donors
+            self.index = donor_indices(context.seed, 0, n, len(context.donors))
+
+    def __call__(self, first: int, size: int, device):
+        if self.value == "zero":
+            return 0
+        if self.value == "mean":
+            return self.mean.to(device)
+        seen = []
+        handle = self.point.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+        try:
+            with torch.no_grad():
+                self.model(self.donors.inputs(self.index[first : first + size].tolist(), device))
+        finally:
+            handle.remove()
+        return seen[0]
 
 
 # --------------------------------------------------------------------------- report

@@ -3,7 +3,15 @@
 What it measures
 ----------------
 For every filter (output channel) of one conv layer, the accuracy of the network with that one
-filter silenced (its output zeroed), on the same model and images, computed two ways in one run:
+filter silenced, on the same model and images, computed two ways in one run, under each ablation
+value of ``--values`` (one row per layer and value): ``zero`` (its output zeroed), ``mean`` (its
+output replaced by its per-channel mean over reference images: ``reference_images`` in
+_common.py, never the evaluated ones; computed once per model as the ``unit_values`` rule does,
+outside the timing, and given to both sides) and ``resample`` (its output replaced by its output
+on another image, each evaluated image's donor drawn from the reference images by
+``knockout.engine.values.donor_indices``; Captum gets those very donors' activations as its
+per-example ``layer_baselines``, computed inside its timing by a forward of the donor images with
+a hook on the silence point, as a researcher would):
 
   * ours: ``knockout.studies.filter_ablation.conditions`` of the study entry
     ``{type: filter_ablation, layers: [LAYER], sets: {each: {select: each}}}`` (resolved against
@@ -18,7 +26,8 @@ filter silenced (its output zeroed), on the same model and images, computed two 
     region covers building the spec and the conditions and evaluating all of them, *including*
     the baseline (intact) condition.
   * Captum: ``captum.attr.LayerFeatureAblation(forward_func, module).attribute(x,
-    additional_forward_args=(y,), layer_mask=M, layer_baselines=0, perturbations_per_eval=1)``
+    additional_forward_args=(y,), layer_mask=M, layer_baselines=B, perturbations_per_eval=1)``
+    (B: 0, the means, or the donors' activations: ``captum_baselines`` in _common.py)
     per batch of ``--captum-batch`` images, where ``module`` is the module whose output must be
     zero for the filter to be silent (``knockout.studies.silence_point``: the conv itself in the
     study-5 CNN, the batch norm after it in a ResNet), ``M = arange(C).view(1, C, 1, 1)`` makes
@@ -60,7 +69,7 @@ Models, weights and images
     follows the layer. Few images by default (``--resnet-images`` 32): Captum's side is a full
     ResNet18 forward per unit, 900 of them.
 
-Output: a table with model, layer, units, images, captum_s, ours_s, speedup (captum_s / ours_s),
+Output: a table with model, layer, value, units, images, captum_s, ours_s, speedup (captum_s / ours_s),
 the row's arithmetic bound (the multiply-adds of a full forward divided by those a silenced unit
 cannot avoid, ``engine.shared.unit_bound``), its goal (>= 3x, or >= 10x where the bound is >= 12x) and
 whether it is met, the largest per-unit accuracy difference, the number of units
@@ -88,12 +97,15 @@ import sys
 
 from _common import (
     Timed,
+    captum_baselines,
     cnn_setup,
     environment,
     finish,
     options,
+    reference_images,
     resnet_setup,
     start,
+    value_context,
     wait_for_idle,
 )  # first: src/ on the path
 import torch
@@ -103,8 +115,7 @@ from knockout.config import resolve
 from knockout.engine.evaluate import evaluate_conditions
 from knockout.engine.shared import unit_bound
 from knockout.graph import graph_of
-from knockout.studies import apply_condition, silence_point
-from knockout.studies import Context, filter_ablation, layer_units
+from knockout.studies import Value, apply_condition, filter_ablation, layer_units, silence_point
 
 GOAL = 3.0  # every row; and HIGH_GOAL where the arithmetic bound allows HIGH_BOUND or more
 HIGH_GOAL, HIGH_BOUND = 10.0, 12.0
@@ -112,6 +123,7 @@ HIGH_GOAL, HIGH_BOUND = 10.0, 12.0
 COLUMNS = [
     "model",
     "layer",
+    "value",
     "units",
     "images",
     "captum_s",
@@ -141,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=None, help="images for every model (overrides the two below)")
     p.add_argument("--cnn-images", type=int, default=1000, help="default 1000 (--quick: 256)")
     p.add_argument("--resnet-images", type=int, default=32, help="default 32 (--quick: 8)")
+    p.add_argument("--values", default="zero,mean,resample", help="ablation values, comma list (default all three)")
+    p.add_argument("--reference-images", type=int, default=1000, help="images the values come from (default 1000)")
     p.add_argument("--captum-batch", type=int, default=256, help="images per Captum attribute() call (default 256)")
     p.add_argument("--budget-mb", type=float, default=512, help="evaluate_conditions' budget_mb (default 512)")
     p.add_argument("--seed", type=int, default=0, help="random weights and images (default 0)")
@@ -149,6 +163,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.models) - {"cnn", "resnet18"}
     if unknown:
         p.error(f"unknown model(s) {sorted(unknown)}; choose from cnn, resnet18")
+    args.values = [v.strip() for v in args.values.split(",") if v.strip()]
+    if set(args.values) - {"zero", "mean", "resample"}:
+        p.error(
+            f"unknown value(s) {sorted(set(args.values) - {'zero', 'mean', 'resample'})}; choose from zero, mean, resample"
+        )
     explicit = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
     if args.quick:
         if "--cnn-images" not in explicit:
@@ -163,20 +182,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- the two ways
 
 
-def each_entry(layer: str) -> dict:
-    """The study entry {layers: [layer], sets: {each: {select: each}}}, checked against the
-    schema and with its defaults filled (once, outside the timing, as the pipeline does)."""
+def each_entry(layer: str, value: str = "zero") -> dict:
+    """The study entry {layers: [layer], sets: {each: {select: each, value: value}}}, checked
+    against the schema and with its defaults filled (once, outside the timing, as the pipeline
+    does)."""
+    each = {"select": "each", "value": value}
     return resolve(
-        "filter_ablation",
-        {"type": "filter_ablation", "model": "m", "layers": [layer], "sets": {"each": {"select": "each"}}},
+        "filter_ablation", {"type": "filter_ablation", "model": "m", "layers": [layer], "sets": {"each": each}}
     )
 
 
-def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: float, device, warmup: bool = False):
+def unit_name(layer: str, value: str, unit: int) -> str:
+    """The name of the condition silencing `unit` under `value` (`each:conv2:3`, `each@mean:conv2:3`)."""
+    return f"each{'' if value == 'zero' else '@' + Value(value).label}:{layer}:{unit}"
+
+
+def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: float, device, context, warmup=False):
     """Per-unit correct counts (units,) and the intact count, via evaluate_conditions on the
-    conditions of the study `entry` (each_entry(layer)) (warmup: only the baseline and two
-    units, result not used)."""
-    context = Context(trained=model)
+    conditions of the study `entry` (each_entry(layer, value)) in `context` (value_context)
+    (warmup: only the baseline and two units, result not used)."""
     spec = filter_ablation.Spec.from_dict(entry)
     conds = filter_ablation.conditions(spec, context)
     if warmup:
@@ -186,8 +210,10 @@ def ours(model: nn.Module, entry: dict, layer: str, images, labels, budget_mb: f
         return None
     out = evaluate_conditions(conds, context, images, labels, budget_mb=budget_mb, device=device, apply=apply_condition)
     labels = labels.cpu()
+    value = entry["sets"]["each"]["value"]
+    value = value if isinstance(value, str) else value["kind"]
     counts = torch.tensor(
-        [int((out[f"each:{layer}:{u}"].predictions == labels).sum()) for u in range(layer_units(model, layer))]
+        [int((out[unit_name(layer, value, u)].predictions == labels).sum()) for u in range(layer_units(model, layer))]
     )
     return counts, int((out["baseline"].predictions == labels).sum())
 
@@ -220,10 +246,11 @@ def captum_model(model: nn.Module, layer: str) -> tuple[nn.Module, nn.Module]:
     return model, point
 
 
-def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch: int, device, warmup: bool = False):
+def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch: int, device, baselines, warmup=False):
     """Per-unit lost counts (units,): examples correct intact and wrong with the unit silenced,
     minus the reverse, via LayerFeatureAblation on `point` (see captum_model), one full forward
-    per unit (warmup: two groups, result not used)."""
+    per unit, the silenced unit set to `baselines(first, size, device)` (captum_baselines)
+    (warmup: two groups, result not used)."""
     from captum.attr import LayerFeatureAblation
 
     ablator = LayerFeatureAblation(lambda x, y: (model(x).argmax(1) == y).float(), point)
@@ -236,7 +263,11 @@ def captum(model: nn.Module, point: nn.Module, units: int, images, labels, batch
             x = images[first : first + batch].to(device)
             y = labels[first : first + batch].to(device)
             attr = ablator.attribute(
-                x, additional_forward_args=(y,), layer_mask=mask, layer_baselines=0, perturbations_per_eval=1
+                x,
+                additional_forward_args=(y,),
+                layer_mask=mask,
+                layer_baselines=baselines(first, len(x), device),
+                perturbations_per_eval=1,
             )
             if warmup:
                 return None
@@ -253,21 +284,23 @@ def intact_correct(model: nn.Module, images, labels, batch: int, device) -> int:
         )
 
 
-def run_row(name: str, model: nn.Module, layer: str, images, labels, args, device) -> dict:
+def run_row(name: str, model: nn.Module, layer: str, value: str, images, labels, reference, args, device) -> dict:
     units = layer_units(model, layer)
     n = len(images)
+    context = value_context(model, value, [layer], reference.to(device))
     # warm-up: a tiny call of each (allocator, kernels, thread pool), untimed
-    entry = each_entry(layer)
-    ours(model, entry, layer, images[:2], labels[:2], args.budget_mb, device, warmup=True)
+    entry = each_entry(layer, value)
+    ours(model, entry, layer, images[:2], labels[:2], args.budget_mb, device, context, warmup=True)
     cmodel, point = captum_model(model, layer)
-    captum(cmodel, point, units, images[:2], labels[:2], 2, device, warmup=True)
+    baselines = captum_baselines(cmodel, point, layer, context, value, n)
+    captum(cmodel, point, units, images[:2], labels[:2], 2, device, baselines, warmup=True)
 
     wait_for_idle(args.wait_idle)
     with Timed(device) as t_c:
-        lost = captum(cmodel, point, units, images, labels, args.captum_batch, device)
+        lost = captum(cmodel, point, units, images, labels, args.captum_batch, device, baselines)
     wait_for_idle(args.wait_idle)
     with Timed(device) as t_o:
-        ours_counts, ours_intact = ours(model, entry, layer, images, labels, args.budget_mb, device)
+        ours_counts, ours_intact = ours(model, entry, layer, images, labels, args.budget_mb, device, context)
     captum_s, ours_s = t_c.seconds, t_o.seconds
 
     intact = intact_correct(model, images, labels, args.captum_batch, device)
@@ -281,6 +314,7 @@ def run_row(name: str, model: nn.Module, layer: str, images, labels, args, devic
     return {
         "model": name,
         "layer": layer,
+        "value": value,
         "units": units,
         "images": n,
         "captum_s": round(captum_s, 3),
@@ -321,10 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     notes: list[str] = []
     setups = []
+    reference = {}
     if "cnn" in args.models:
         setups.append(("cnn", *cnn_setup(args.cnn_images, args.seed, notes), args.cnn_layers))
     if "resnet18" in args.models:
         setups.append(("resnet18", *resnet_setup(args.resnet_images, args.seed, notes), args.resnet_layers))
+    if set(args.values) - {"zero"}:
+        for name, *_ in setups:
+            reference[name] = reference_images(name, args.reference_images, args.seed, notes)
     for note in notes:
         print(note)
     print(flush=True)
@@ -333,25 +371,26 @@ def main(argv: list[str] | None = None) -> int:
     for name, model, images, labels, layers in setups:
         model = model.to(device).eval()
         for layer in [s.strip() for s in layers.split(",") if s.strip()]:
-            row = run_row(name, model, layer, images, labels, args, device)
-            rows.append(row)
-            print(
-                f"  {name} {layer}: captum {row['captum_s']:.2f} s, ours {row['ours_s']:.2f} s "
-                f"({row['speedup']:.1f}x)",
-                file=sys.stderr,
-                flush=True,
-            )
+            for value in args.values:
+                row = run_row(name, model, layer, value, images, labels, reference.get(name), args, device)
+                rows.append(row)
+                print(
+                    f"  {name} {layer} {value}: captum {row['captum_s']:.2f} s, ours {row['ours_s']:.2f} s "
+                    f"({row['speedup']:.1f}x)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     failed = [r for r in rows if not r["_ok"]]
     for r in failed:
-        print(f"MISMATCH {r['model']} {r['layer']}: {r['_why']}", file=sys.stderr, flush=True)
+        print(f"MISMATCH {r['model']} {r['layer']} {r['value']}: {r['_why']}", file=sys.stderr, flush=True)
     busy = [r for r in rows if r["_busy"]]
     finish(
         rows,
         COLUMNS,
         ratio="speedup",
         out=args.out,
-        left=(0, 1),
+        left=(0, 1, 2),
         notes=[
             f"goal: speedup (captum_s / ours_s) >= {GOAL:g}x on every row, >= {HIGH_GOAL:g}x where the bound is "
             f">= {HIGH_BOUND:g}x; met in {sum(r['goal_met'] == 'yes' for r in rows)} of {len(rows)} rows",

@@ -147,7 +147,7 @@ CASES = [
     ),
     (
         setting(["interventions", "z", "model"], "mlp"),
-        "interventions.z.model: factorize needs a cnn model, 'mlp' is not one",
+        "interventions.z.model: factorize splits nn.Conv2d layers, and model 'mlp' has none",
     ),
     (setting(["interventions", "z", "layers"], ["fc1"]), "interventions.z.layers[0]: 'fc1' is not a conv layer"),
     (

@@ -12,10 +12,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "knockout"
 LAYERS = [
     {"errors", "io", "catalog", "archs", "devices", "provenance", "targets"},  # facts and files
     {"graph", "preprocess", "stats", "tables", "analysis"},  # the traced network; pure computations
-    {"sources", "models", "data"},  # datasets and models
+    {"sources", "models", "data", "factorization"},  # datasets and models (and rewrites of a built one)
     {"engine", "units", "train"},  # evaluating, probing, training
     {"studies"},  # one module per study type
-    {"plan", "config"},  # what the workflow runs
+    {"plan", "config", "shards"},  # what the workflow runs (and how a study splits into shards)
     {"jobs", "commands"},  # what one rule's job, or one person's command, does
     {"cli", "__main__"},  # argument parsing
 ]

@@ -118,7 +118,7 @@ def test_factorisation_table_equals_the_formula_for_every_layer(preset, shape):
     assert (square.loc[has_pair, "P1"] == square.loc[has_pair, "P1_module"]).all()
     assert (table["rule"] == table.apply(lambda r: r["n"] > 1 + r["m"] / r["c"], axis=1)).all()
     for layer in square.loc[has_pair, "layer"]:  # the built pair has P1 parameters more or less
-        model = build_model(factorize.factorized_spec(preset, [layer]), shape, 10)
+        model = build_model(factorize.factorized_arch(preset, [layer]), shape, 10)
         row = square.set_index("layer").loc[layer]
         assert count_parameters(model) == count_parameters(build_model(preset, shape, 10)) - row["P0"] + row["P1"]
         assert model(torch.zeros(1, *shape)).shape == (1, 10)
@@ -137,6 +137,6 @@ def test_study5_factorisation_reproduces_the_notebook():
 def test_padded_factorisation_keeps_the_output_shape():
     spec = {"type": "cnn", "conv": [{"channels": 16, "kernel": 5, "padding": 2}], "dense": []}
     plain = build_model(spec, (4, 9, 9), 3)
-    fact = build_model(factorize.factorized_spec(spec, ["conv1"]), (4, 9, 9), 3)
-    assert fact.conv1.kernel_size == (5, 1) and fact.conv2.kernel_size == (1, 5)
-    assert plain[:2](torch.zeros(1, 4, 9, 9)).shape == fact[:4](torch.zeros(1, 4, 9, 9)).shape
+    fact = build_model(factorize.factorized_arch(spec, ["conv1"]), (4, 9, 9), 3)
+    assert fact.conv1.first.kernel_size == (5, 1) and fact.conv1.second.kernel_size == (1, 5)
+    assert plain[:2](torch.zeros(1, 4, 9, 9)).shape == fact[:2](torch.zeros(1, 4, 9, 9)).shape

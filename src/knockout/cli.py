@@ -72,6 +72,15 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--metrics", help="metrics.json to write (the final weights evaluated on the test split)")
     verb("unit-stats", "per-unit statistics of a trained network", "job", "threads", "final", "data", "out")
+    verb(
+        "unit-values",
+        "each layer's silence point statistics over the reference split (mean and noise ablation values)",
+        "job",
+        "threads",
+        "final",
+        "data",
+        "out",
+    )
 
     s = verb(
         "intervene",
@@ -86,10 +95,45 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--init", help="the initial weights (init.pt), when the study needs them")
     s.add_argument("--epochs", help="the epoch checkpoints' folder, when the study rewinds")
     s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
+    s.add_argument("--unit-values", help="the units' values (.pt), when a set ablates with mean, resample or noise")
 
     verb(
         "probe", "a probing study's table and arrays for one seed", "job", "threads", "seed", "final", "data", "out"
     ).add_argument("--arrays", required=True, help="the .npz to write")
+
+    # sharded studies (knockout.shards): N jobs per seed, then one gather
+    total = argparse.ArgumentParser(add_help=False)
+    total.add_argument("--shard", type=int, required=True, help="this shard's number, from 0")
+    count = total.add_mutually_exclusive_group(required=True)
+    count.add_argument("--shards", type=int, help="how many shards (shards: N)")
+    count.add_argument("--plan", help="the plan.json that says how many (shards: auto)")
+    studied = ("job", "threads", "seed", "final", "data", "out")
+    s = sub.add_parser(
+        "intervene-shard",
+        help="one shard of an evaluated study's conditions for one seed -> its .pt",
+        parents=[shared[k] for k in studied] + [total],
+    )
+    s.add_argument("--init", help="the initial weights (init.pt), when the study needs them")
+    s.add_argument("--epochs", help="the epoch checkpoints' folder, when the study rewinds")
+    s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
+    s.add_argument("--unit-values", help="the units' values (.pt), when a set ablates with mean, resample or noise")
+    sub.add_parser(
+        "probe-shard",
+        help="one shard of a probing study's images for one seed -> its .npz",
+        parents=[shared[k] for k in studied] + [total],
+    )
+    s = verb("shard-plan", "shards: auto: the count of shards of a study for one seed -> plan.json", *studied)
+    s.add_argument("--init", help="the initial weights (init.pt), when the study needs them")
+    s.add_argument("--epochs", help="the epoch checkpoints' folder, when the study rewinds")
+    s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
+    s.add_argument("--unit-values", help="the units' values (.pt), when a set ablates with mean, resample or noise")
+    s = verb("gather", "an evaluated study's shards for one seed -> its four tables", "job", "seed", "data", "out")
+    s.add_argument("--shards", nargs="+", required=True, help="the shards' .pt files, in shard order")
+    s = verb(
+        "gather-probe", "a probing study's shards for one seed -> its table and arrays", "job", "seed", "data", "out"
+    )
+    s.add_argument("--shards", nargs="+", required=True, help="the shards' .npz files, in shard order")
+    s.add_argument("--arrays", required=True, help="the .npz to write")
 
     s = verb(
         "retrain",
@@ -103,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--condition", required=True, help="the condition's folder name, e.g. rand-draw1")
     s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
+    s.add_argument("--unit-values", help="the units' values (.pt), when a set ablates with mean, resample or noise")
 
     s = verb(
         "collect", "a retraining study's trained conditions for one seed -> its tables", "job", "seed", "data", "out"

@@ -158,7 +158,7 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
             planned.module.check(planned.spec, targets[study["model"]])
         except ConfigError as e:
             raise ConfigError(f"{key}.{e}") from None
-        missing = sorted(planned.needs - targets[study["model"]].provides - {"unit_stats"})
+        missing = sorted(planned.needs - targets[study["model"]].provides - {"unit_stats", "unit_values", "donors"})
         if missing:
             raise ConfigError(f"{key}: {study['type']} needs {plan.missing(study['model'], missing[0])}")
     return plan
@@ -197,6 +197,16 @@ def _check_study_data(config: dict, plan, name: str, info) -> None:
         raise ConfigError(
             f"interventions.{name}: ranks units by statistics over the training split, which datasets.{dataset} "
             "does not have: set unit_stats.split: test (they then see the evaluated images)"
+        )
+    if "unit_values" in study.needs and (config["unit_stats"]["split"] == "test" or info.n_train == 0):
+        why = (
+            "unit_stats.split is test"
+            if config["unit_stats"]["split"] == "test"
+            else f"datasets.{dataset} has no train split"
+        )
+        raise ConfigError(
+            f"interventions.{name}: unit_stats.split: mean, resample and noise ablation must not be computed on the "
+            f"evaluated images, and {why}: ablate with value: zero, or give the dataset a training split"
         )
 
 

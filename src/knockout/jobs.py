@@ -44,13 +44,15 @@ def _study(job: dict):
     return parse_study(job["study"])
 
 
-def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_stats=None):
+def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_stats=None, unit_values=None, data=None):
     """The networks and statistics a study's conditions are built from (studies.Context):
-    exactly the files given, and for `epochs` exactly the job's epochs (one missing is an error)."""
+    exactly the files given, and for `epochs` exactly the job's epochs (one missing is an error);
+    for a study that resamples (`job["donors"]`), the reference split of the prepared view `data`."""
     import torch
 
     from .models import build_model, load_model, without_weights
     from .studies import Context
+    from .units import load_unit_values
 
     trained = load_model(final, map_location=device)
     checkpoints = {}
@@ -71,7 +73,18 @@ def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_s
         rerandom=rerandom,
         unit_stats=pd.read_csv(unit_stats) if unit_stats else None,
         seed=seed,
+        unit_values=load_unit_values(unit_values) if unit_values else None,
+        donors=_reference(job, data, device, job["donors"]) if job.get("donors") else None,
     )
+
+
+def _reference(job: dict, data: str, device, settings: dict):
+    """The reference split the unit values are computed over (`unit_stats.split`, its
+    class-stratified subset of `unit_stats.examples`), with the model's preprocessing."""
+    from .data import stratified_subset
+
+    _, _, (split,) = _open(job, data, device, settings["split"])
+    return split.subset(stratified_subset(split.labels, settings["examples"], seed=0))
 
 
 def _ids(job: dict, seed: int) -> dict:
@@ -274,6 +287,17 @@ def unit_stats(job: dict, final: str, data: str, out: str, threads: int | None =
     write_table(unit_statistics(network, split, None, meta["num_classes"]), out)
 
 
+def unit_values(job: dict, final: str, data: str, out: str, threads: int | None = None) -> None:
+    """The statistics of each layer's silence point output (the mean and noise ablation values)
+    over the unit statistics' split and subset, never the evaluated images (.pt)."""
+    from .models import load_model
+    from .units import save_unit_values, unit_values as statistics
+
+    device = _start(job, threads)
+    split = _reference(job, data, device, job)
+    save_unit_values(statistics(load_model(final, map_location=device), split), out)
+
+
 # --- studies ---------------------------------------------------------------------------------------
 
 
@@ -286,6 +310,7 @@ def intervene(
     init: str | None = None,
     epochs: str | None = None,
     unit_stats: str | None = None,
+    unit_values: str | None = None,
     threads: int | None = None,
 ) -> pd.DataFrame:
     """An evaluated study, one seed: every condition on the test split -> the four tables."""
@@ -293,7 +318,7 @@ def intervene(
 
     device = _start(job, threads)
     kind, spec = _study(job)
-    context = _context(job, seed, final, device, init, epochs, unit_stats)
+    context = _context(job, seed, final, device, init, epochs, unit_stats, unit_values, data)
     info, _, (split,) = _open(job, data, device, "test")
     _check_study(job, kind, spec, context.trained, info)
     conditions = kind.conditions(spec, context)
@@ -328,6 +353,7 @@ def retrain(
     data: str,
     out: str,
     unit_stats: str | None = None,
+    unit_values: str | None = None,
     threads: int | None = None,
 ) -> dict:
     """One condition of a retraining study, one seed, trained into the folder `out`: the model
@@ -341,7 +367,7 @@ def retrain(
 
     device = _start(job, threads)
     kind, spec = _study(job)
-    context = _context(job, seed, final, device, unit_stats=unit_stats)
+    context = _context(job, seed, final, device, unit_stats=unit_stats, unit_values=unit_values)
     info, preprocess, (train_split, test_split) = _open(job, data, device, "train", "test")
     _check_study(job, kind, spec, context.trained, info)
     by_slug = {c.slug: c for c in kind.conditions(spec, context)}
@@ -415,6 +441,173 @@ def collect(job: dict, seed: int, runs: list[str], data: str, out: str) -> pd.Da
     main = tables["table"]
     tables["table"] = pd.concat([main, pd.DataFrame([extra[c] for c in main["condition"]])], axis=1)
     return _write_tables(tables, _ids(job, seed), out)
+
+
+# --- sharded studies (`knockout.shards`): N jobs per seed, gathered into the same tables ----------
+
+
+def _shard_total(shards: int | None, plan: str | None) -> int:
+    """A shard job's count of shards: given (`shards: N`) or in its plan file (`shards: auto`)."""
+    return int(read_json(plan)["shards"]) if plan else int(shards)
+
+
+def _evaluated(job: dict, seed: int, final: str, data: str, threads: int | None, inputs: dict):
+    """An evaluated study's job, set up as `intervene` sets it up: (device, study module, context,
+    meta, test split, conditions)."""
+    device = _start(job, threads)
+    kind, spec = _study(job)
+    context = _context(job, seed, final, device, data=data, **inputs)
+    info, _, (split,) = _open(job, data, device, "test")
+    _check_study(job, kind, spec, context.trained, info)
+    return device, kind, spec, context, info, split
+
+
+def intervene_shard(
+    job: dict,
+    seed: int,
+    shard: int,
+    final: str,
+    data: str,
+    out: str,
+    shards: int | None = None,
+    plan: str | None = None,
+    threads: int | None = None,
+    **inputs,
+) -> None:
+    """Shard `shard` of an evaluated study, one seed: its block of the conditions
+    (`knockout.shards.shard_range`) evaluated as the unsharded run evaluates them
+    (`evaluate_conditions(only=...)`), written to `out` (.pt): the conditions (JSON, every
+    field), their positions among all, and their predictions and per-example losses (K, N)."""
+    import torch
+
+    from .engine.evaluate import evaluate_conditions
+    from .shards import decode_condition, encode_condition, shard_range
+    from .studies import Condition
+
+    device, kind, spec, context, info, split = _evaluated(job, seed, final, data, threads, inputs)
+    conditions = kind.conditions(spec, context)
+    block = shard_range(len(conditions), shard, _shard_total(shards, plan))
+    mine = [conditions[i] for i in block]
+    encoded = [encode_condition(c) for c in mine]
+    for text, condition in zip(encoded, mine):
+        if decode_condition(text, Condition) != condition:  # a field that does not survive JSON
+            raise ValueError(f"{job['name']}: condition {condition.name!r} does not round-trip through JSON")
+    outputs = evaluate_conditions(
+        conditions,
+        context,
+        split,
+        budget_mb=job["budget_mb"],
+        device=device,
+        apply=kind.apply,
+        only={c.name for c in mine},
+    )
+    shape = (len(mine), len(split))
+    record = {
+        "conditions": encoded,
+        "positions": list(block),
+        "total": len(conditions),
+        "names": [c.name for c in conditions],  # all of them: every shard must agree
+        "predictions": torch.stack([outputs[c.name].predictions for c in mine]) if mine else torch.zeros(shape).long(),
+        "losses": torch.stack([outputs[c.name].losses for c in mine]) if mine else torch.zeros(shape),
+    }
+    atomic_write(out, lambda tmp: torch.save(record, tmp))
+
+
+def gather(job: dict, seed: int, shards: list[str], data: str, out: str) -> pd.DataFrame:
+    """The shards of an evaluated study, one seed (in shard order) -> the four tables, as
+    `intervene` writes them; every condition exactly once, else an error naming what is missing."""
+    import torch
+
+    from .data import open_split, read_meta
+    from .engine.evaluate import ConditionOutput
+    from .shards import decode_condition
+    from .studies import Condition
+
+    info = read_meta(Path(data) / "meta.json")
+    split = open_split(data, "test")  # its labels and indices
+    by_position, outputs, names = {}, {}, None
+    for path in shards:
+        record = torch.load(path, weights_only=True)
+        if names is None:
+            names = record["names"]
+        elif record["names"] != names:
+            raise DataError(f"{path}: its study's conditions differ from the other shards' (a stale shard?)")
+        for row, (position, text) in enumerate(zip(record["positions"], record["conditions"])):
+            condition = decode_condition(text, Condition)
+            if position in by_position or names[position] != condition.name:
+                raise DataError(f"{path}: condition {condition.name!r} at position {position} is not its own")
+            by_position[position] = condition
+            outputs[condition.name] = ConditionOutput(record["predictions"][row], record["losses"][row])
+    missing = [names[i] for i in range(len(names or [])) if i not in by_position]
+    if missing:
+        raise DataError(f"{job['name']} seed {seed}: no shard evaluated {', '.join(missing[:5])}")
+    conditions = [by_position[i] for i in range(len(names))]
+    tables = condition_tables(conditions, outputs, split.labels, info["classes"], split.indices)
+    return _write_tables(tables, _ids(job, seed), out)
+
+
+def probe_shard(
+    job: dict,
+    seed: int,
+    shard: int,
+    final: str,
+    data: str,
+    out: str,
+    shards: int | None = None,
+    plan: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """Shard `shard` of a probing study that splits its work (occlusion: its occluded forwards),
+    one seed: its partial arrays, to `out` (.npz)."""
+    device = _start(job, threads)
+    kind, spec = _study(job)
+    context = _context(job, seed, final, device)
+    info, _, (split,) = _open(job, data, device, "test")
+    _check_study(job, kind, spec, context.trained, info)
+    _, values = kind.compute(spec, context, split, info, job["budget_mb"], shard=(shard, _shard_total(shards, plan)))
+    write_arrays(values, out)
+
+
+def gather_probe(job: dict, seed: int, shards: list[str], data: str, out: str, arrays: str) -> pd.DataFrame:
+    """The shards of a probing study, one seed (in shard order) -> its table and arrays, as
+    `probe` writes them."""
+    from .data import read_meta
+    from .plan import parse_study
+
+    kind, _ = parse_study(job["study"])
+    table, values = kind.merge([read_arrays(p) for p in shards], read_meta(Path(data) / "meta.json"))
+    ids = _ids(job, seed)
+    write_arrays(values, arrays, ids=ids)
+    write_table(table, out, ids=ids)  # the table last: a complete pair
+    return table
+
+
+def shard_plan(job: dict, seed: int, final: str, data: str, out: str, threads: int | None = None, **inputs) -> dict:
+    """`shards: auto`, one seed: the study's estimated seconds on this device (its multiply-adds
+    over the rate measured here: `knockout.shards.estimated_seconds`) -> the count of shards
+    (`knockout.shards.shard_count`), written to `out` (JSON) with what it is based on."""
+    from .graph import graph_of
+    from .shards import estimated_seconds, shard_count
+
+    if _study(job)[0].KIND == "probe":
+        device = _start(job, threads)
+        kind, spec = _study(job)
+        context = _context(job, seed, final, device)
+        info, _, (split,) = _open(job, data, device, "test")
+        network = context.trained.eval()
+        graph = graph_of(network, split.example(device))
+        items = kind.image_count(spec, split)
+        rate = estimated_seconds(network, [], split, device)["macs_per_second"]
+        cost = {"items": items, "macs_per_item": kind.image_macs(spec, graph, tuple(info["shape"]))}
+        cost |= {"macs_per_second": rate, "seconds": items * cost["macs_per_item"] / rate}
+    else:
+        device, kind, spec, context, info, split = _evaluated(job, seed, final, data, threads, inputs)
+        conditions = kind.conditions(spec, context)
+        cost = {"items": len(conditions)} | estimated_seconds(context.trained, conditions, split, device)
+    n = shard_count(cost["seconds"], job["shard_seconds"], job["max_shards"], cost["items"])
+    record = {"shards": n, "shard_seconds": job["shard_seconds"], "max_shards": job["max_shards"]} | cost
+    write_json(record | {"device": str(device)}, out)
+    return record
 
 
 def _write_tables(tables: dict[str, pd.DataFrame], ids: dict, out: str) -> pd.DataFrame:

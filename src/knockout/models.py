@@ -381,12 +381,20 @@ BUILDERS = {
 
 def build_model(arch: str | dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """An arch (a preset name, or a dict) + input shape (C, H, W) + class count -> a freshly
-    initialised model, carrying `.spec`: its arch resolved (`resolve_arch`), input shape, classes."""
+    initialised model, carrying `.spec`: its arch resolved (`resolve_arch`), input shape, classes.
+    An arch's `factorized: {layers, between}` (any type) splits those n x n convs of the built
+    network (`knockout.factorization`), so a factorised network's checkpoint rebuilds."""
     arch = resolve_arch(arch)
+    factorized = arch.pop("factorized", None)
     kind = arch.get("type")
     if kind not in BUILDERS:
         raise ValueError(f"unknown model type {kind!r}; choose from {sorted(BUILDERS)}")
     model = BUILDERS[kind](arch, tuple(input_shape), num_classes)
+    if factorized:
+        from .factorization import factorize_convs
+
+        factorize_convs(model, factorized["layers"], factorized.get("between", "relu"), tuple(input_shape))
+        arch["factorized"] = factorized
     model.spec = {"arch": arch, "input_shape": list(input_shape), "num_classes": num_classes}
     return model
 

@@ -25,6 +25,8 @@ from .tables import TABLES
 PER_SEED = {"evaluate": TABLES, "retrain": TABLES, "probe": {"table": TABLES["table"], "arrays": ".npz"}}
 MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # what `train` writes, + the epochs/ folder
 RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # what `retrain` writes: one retrained condition
+# What one shard of a sharded study writes per seed (`shards/seed{seed}/shard{i}`), by job kind.
+SHARD_FILE = {"evaluate": ".pt", "probe": ".npz"}
 
 
 def parse_study(entry: dict) -> tuple[ModuleType, Any]:
@@ -32,6 +34,20 @@ def parse_study(entry: dict) -> tuple[ModuleType, Any]:
     study's entry is parsed (once per process: by the `Plan`, or by a study's job)."""
     module = study_type(entry["type"])
     return module, module.Spec.from_dict(entry)
+
+
+def shardable(module: ModuleType) -> str:
+    """What a study type's shards split (`conditions`, `images`), or `no: why` (one line)."""
+    if module.KIND == "evaluate":
+        return "conditions"
+    if module.KIND == "retrain":
+        return (
+            "no: a retraining study runs one job per condition already; shards is for evaluated studies and occlusion"
+        )
+    return getattr(module, "SHARDS", None) or (
+        f"no: {module.__name__.rpartition('.')[2]} cannot be split (a probe over all images at once); "
+        "shards is for evaluated studies and occlusion"
+    )
 
 
 @dataclass(frozen=True)
@@ -44,10 +60,11 @@ class Study:
     kind: str  # evaluate | retrain | probe
     notebook: str  # notebooks/{notebook}.ipynb
     aggregate: bool  # a table over seeds
-    needs: frozenset[str]  # init, checkpoints, unit_stats
+    needs: frozenset[str]  # init, checkpoints, unit_stats, unit_values
     conditions: tuple[str, ...]  # retrain: the trained conditions' names
     entry: dict  # the validated config entry (what its jobs get)
     spec: Any  # the entry parsed: its study type's `Spec`
+    shards: int | str = 1  # jobs per seed (`knockout.shards`): 1 (one job), N, or auto
 
     @property
     def module(self) -> ModuleType:
@@ -70,8 +87,11 @@ class Plan:
 
     @staticmethod
     def _study(name: str, entry: dict) -> Study:
+        from .shards import check_shards
+
         module, spec = parse_study(entry)
         conditions = tuple(module.condition_names(spec)) if module.KIND == "retrain" else ()
+        check_shards(f"interventions.{name}.shards", entry.get("shards", 1), shardable(module))
         return Study(
             name=name,
             type=entry["type"],
@@ -83,11 +103,16 @@ class Plan:
             conditions=conditions,
             entry=entry,
             spec=spec,
+            shards=entry.get("shards", 1),
         )
 
-    def names(self, kind: str | None = None) -> list[str]:
-        """Study names, of one job kind or all."""
-        return [n for n, s in self.studies.items() if kind is None or s.kind == kind]
+    def names(self, kind: str | None = None, sharded: bool | None = None) -> list[str]:
+        """Study names, of one job kind or all; `sharded`: only those split into shards (or not)."""
+        return [
+            n
+            for n, s in self.studies.items()
+            if (kind is None or s.kind == kind) and (sharded is None or (s.shards != 1) == sharded)
+        ]
 
     def aggregated(self) -> list[str]:
         """The studies with a table over seeds."""
@@ -278,11 +303,12 @@ class Plan:
         """The resolved settings one job of study `name` gets (the same for every seed): its config
         entry, the device, the epochs it rewinds to and, for retraining, the training settings."""
         study = self.studies[name]
-        job = {"name": name, "study": study.entry, "budget_mb": self.config["budget_mb"]} | self._data_settings(
-            study.model
-        )
+        entry = {k: v for k, v in study.entry.items() if k != "shards"}  # how many jobs: not what each computes
+        job = {"name": name, "study": entry, "budget_mb": self.config["budget_mb"]} | self._data_settings(study.model)
         if "checkpoints" in study.needs:
             job["epochs"] = self.epochs(study.model)
+        if "donors" in study.needs:  # resample draws from the unit values' split and subset
+            job["donors"] = {k: v for k, v in self.unit_values_job(study.model).items() if k in ("split", "examples")}
         if study.kind == "retrain":
             job["train"] = self.train_settings(study.model, study.entry.get("train"), checkpoints=False)
         return job
@@ -299,7 +325,13 @@ class Plan:
             inputs["epochs"] = f"{folder}/epochs"
         if "unit_stats" in study.needs:
             inputs["unit_stats"] = f"results/units/{study.model}/seed{seed}.csv"
-        return inputs | self.data(study.model, train=study.kind == "retrain")
+        if "unit_values" in study.needs:
+            inputs["unit_values"] = f"results/units/{study.model}/seed{seed}.values.pt"
+        return inputs | self.data(study.model, train=study.kind == "retrain" or "donors" in study.needs)
+
+    def unit_values_job(self, model: str) -> dict:
+        """The unit values' job: the unit statistics' split and subset (never the evaluated images)."""
+        return self.unit_stats_job(model)
 
     def unit_stats_inputs(self, model: str) -> dict[str, str]:
         return self.data(model, split=self.config["unit_stats"]["split"])
@@ -308,6 +340,32 @@ class Plan:
         """One of the files a study's jobs write per seed (`suffix`, of PER_SEED), for every seed."""
         model = self.studies[name].model
         return [f"results/interventions/{name}/{model}/seed{seed}{suffix}" for seed in self.seeds]
+
+    # --- sharded studies (`knockout.shards`) -----------------------------------------------------
+
+    def shard_dir(self, name: str, seed: int | str) -> str:
+        return f"results/interventions/{name}/{self.studies[name].model}/shards/seed{seed}"
+
+    def shard_files(self, name: str, seed: int | str, shards: int | None = None) -> list[str]:
+        """The files the shards of a study write for one seed: `shards` of them (a study's
+        `shards: N` when not given; `auto`: the count its plan.json says)."""
+        study = self.studies[name]
+        n = study.shards if shards is None else shards
+        if not isinstance(n, int):
+            raise ValueError(f"{name}: shards: {n}: the count is in its plan ({self.shard_plan(name, seed)})")
+        return [f"{self.shard_dir(name, seed)}/shard{i}{SHARD_FILE[study.kind]}" for i in range(n)]
+
+    def shard_plan(self, name: str, seed: int | str) -> str:
+        """`shards: auto`: the plan job's file (the chosen count and the cost it is based on)."""
+        return f"{self.shard_dir(name, seed)}/plan.json"
+
+    def shard_plan_job(self, name: str) -> dict:
+        """The settings of a study's `shard_plan` job: its study job's, with how long a shard
+        should take and how many there may be."""
+        return self.study_job(name) | {
+            "shard_seconds": self.config["shard_seconds"],
+            "max_shards": self.config["max_shards"],
+        }
 
     def runs(self, name: str, seed: int | str) -> list[str]:
         """The folders of a retraining study's trained conditions for one seed."""

@@ -110,3 +110,104 @@ def unit_statistics(
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def silence_outputs(model: nn.Module, graph, layers: list[str]):
+    """A function batch -> {layer: its silence point's output (B, ...)}: traced, those nodes
+    only; untraced, forward hooks on the silence points (a copy: an in-place op may follow)."""
+    if graph.traced:
+        nodes = []
+        for layer in layers:
+            calls = graph.module_nodes(graph.silence_point(layer))
+            if len(calls) != 1:
+                raise ValueError(f"{layer}: its silence point is called {len(calls)} times, it has no single output")
+            nodes.append(calls[0])
+        values = graph.values(nodes)
+        return lambda x: dict(zip(layers, values(x)))
+    modules = dict(model.named_modules())
+
+    def run(x):
+        seen = {}
+        handles = [
+            modules[graph.silence_point(layer)].register_forward_hook(
+                lambda m, i, o, layer=layer: seen.__setitem__(layer, o.clone())
+            )
+            for layer in layers
+        ]
+        try:
+            model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
+    return run
+
+
+def _merge(total: tuple | None, count: int, mean: torch.Tensor, m2: torch.Tensor) -> tuple:
+    """Chan et al.'s pairwise update of (count, mean, sum of squared deviations), float64."""
+    if total is None:
+        return count, mean, m2
+    n, mu, s = total
+    delta = mean - mu
+    both = n + count
+    return both, mu + delta * (count / both), s + m2 + delta.square() * (n * count / both)
+
+
+@torch.no_grad()
+def unit_values(model: nn.Module, split, layers: list[str] | None = None, batch_size: int = 512) -> dict:
+    """The statistics of each layer's silence point output over a split (the reference for the
+    mean and noise ablation values), streamed chunk by chunk in float64:
+    {layer: {"mean_channel": (C,), "std_channel": (C,), "mean_position": (C, H, W),
+    "std_position": (C, H, W), "count": examples}} (population std; a linear layer's
+    position statistics are per feature, and per token where it has tokens). `layers`:
+    default every conv and linear layer whose silence point is called once."""
+    from .data import as_split
+
+    data = as_split(split)
+    model.eval()
+    device = next(model.parameters()).device
+    graph = graph_of(model, data.example(device))
+    if layers is None:
+        layers = [
+            name
+            for name, unit in graph.units.items()
+            if unit.kind != "heads" and (not graph.traced or len(graph.module_nodes(graph.silence_point(name))) == 1)
+        ]
+    outputs = silence_outputs(model, graph, layers)
+    position: dict = {}  # layer -> (count, mean, m2) over examples, per element of one example's output
+    channel: dict = {}  # layer -> (count, mean, m2) over examples and positions, per unit
+    for _, x, _ in data.chunks(batch_size, device):
+        captured = outputs(x)
+        for layer in layers:
+            out = captured[layer].detach().to(torch.float64)
+            mean = out.mean(0)
+            position[layer] = _merge(position.get(layer), len(out), mean, (out - mean).square().sum(0))
+            per_unit = out.movedim(1, -1) if graph.units[layer].kind == "conv" else out
+            per_unit = per_unit.reshape(-1, per_unit.shape[-1])  # (examples x positions, units)
+            mean = per_unit.mean(0)
+            channel[layer] = _merge(channel.get(layer), len(per_unit), mean, (per_unit - mean).square().sum(0))
+    out = {}
+    for layer in layers:
+        n, mean_p, m2_p = position[layer]
+        count, mean_c, m2_c = channel[layer]
+        out[layer] = {
+            "mean_channel": mean_c.cpu(),
+            "std_channel": (m2_c / count).sqrt().cpu(),
+            "mean_position": mean_p.cpu(),
+            "std_position": (m2_p / n).sqrt().cpu(),
+            "count": int(n),
+        }
+    return out
+
+
+def save_unit_values(values: dict, path) -> None:
+    """Write `unit_values`' statistics (CPU tensors) with torch.save, atomically."""
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save({layer: dict(stats) for layer, stats in values.items()}, tmp))
+
+
+def load_unit_values(path) -> dict:
+    """The statistics `save_unit_values` wrote, on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)

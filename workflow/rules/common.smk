@@ -51,9 +51,9 @@ def as_json(value):
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def names(kind):
-    """The studies of one job kind, as a wildcard constraint."""
-    return "|".join(PLAN.names(kind)) or "^$"
+def names(kind, sharded=None):
+    """The studies of one job kind (split into shards or not: `sharded`), as a wildcard constraint."""
+    return "|".join(PLAN.names(kind, sharded)) or "^$"
 
 
 def option_args(input, *names):

@@ -21,6 +21,27 @@ rule unit_stats:
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
+rule unit_values:
+    input:
+        unpack(lambda w: PLAN.unit_stats_inputs(w.model)),
+        final="results/models/{model}/seed{seed}/final.pt",
+    output:
+        "results/units/{model}/seed{seed}.values.pt",
+    log:
+        "results/logs/units/{model}/seed{seed}.values.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    params:
+        job=lambda w: as_json(PLAN.unit_values_job(w.model)),
+        data=subpath(input.meta, parent=True),
+    shell:
+        "knockout unit-values --job {params.job:q} --final {input.final:q} --data {params.data:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
 rule intervene:
     input:
         unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
@@ -31,7 +52,7 @@ rule intervene:
     benchmark:
         "results/benchmarks/interventions/{name}/{model}/seed{seed}.tsv"
     wildcard_constraints:
-        name=names("evaluate"),
+        name=names("evaluate", sharded=False),
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]
@@ -39,7 +60,7 @@ rule intervene:
         gpu=gpus_per_job(),
     params:
         job=lambda w: as_json(PLAN.study_job(w.name)),
-        optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats"),
+        optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats", "unit_values"),
         data=subpath(input.meta, parent=True),
     shell:
         "knockout intervene --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} {params.optional}"
@@ -56,7 +77,7 @@ rule probe:
     benchmark:
         "results/benchmarks/probe/{name}/{model}/seed{seed}.tsv"
     wildcard_constraints:
-        name=names("probe"),
+        name=names("probe", sharded=False),
     conda:
         "../../envs/torch.yaml"
     threads: config["threads"]
@@ -68,6 +89,150 @@ rule probe:
     shell:
         "knockout probe --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} --data {params.data:q}"
         " --out {output.table:q} --arrays {output.arrays:q} --threads {threads} > {log:q} 2>&1"
+
+
+# --- Sharded studies (`shards: N` or `auto`): each shard its own job (own sbatch job under
+# profiles/slurm), then one gather writes the same per-seed files as intervene or probe would.
+
+
+def shard_count_args(w, input):
+    """`--shards=N`, or `--plan=<plan.json>` for shards: auto."""
+    return f"--plan={input.plan}" if "plan" in input.keys() else f"--shards={PLAN.studies[w.name].shards}"
+
+
+def shard_inputs(w):
+    """A shard's inputs: its study's, and for shards: auto the plan that says how many."""
+    inputs = PLAN.study_inputs(w.name, w.seed)
+    if PLAN.studies[w.name].shards == "auto":
+        inputs["plan"] = PLAN.shard_plan(w.name, w.seed)
+    return inputs
+
+
+def shard_outputs(w):
+    """The shards' files of one study x seed: `shards: N` of them, or as many as its plan says."""
+    if PLAN.studies[w.name].shards != "auto":
+        return PLAN.shard_files(w.name, w.seed)
+    plan = checkpoints.shard_plan.get(name=w.name, model=w.model, seed=w.seed).output[0]
+    with open(plan) as f:
+        return PLAN.shard_files(w.name, w.seed, json.load(f)["shards"])
+
+
+checkpoint shard_plan:
+    input:
+        unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
+    output:
+        "results/interventions/{name}/{model}/shards/seed{seed}/plan.json",
+    log:
+        "results/logs/shards/{name}/{model}/seed{seed}.plan.log",
+    wildcard_constraints:
+        name="|".join(n for n, s in PLAN.studies.items() if s.shards == "auto") or "^$",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    params:
+        job=lambda w: as_json(PLAN.shard_plan_job(w.name)),
+        optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats", "unit_values"),
+        data=subpath(input.meta, parent=True),
+    shell:
+        "knockout shard-plan --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} {params.optional}"
+        " --data {params.data:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule intervene_shard:
+    input:
+        unpack(shard_inputs),
+    output:
+        "results/interventions/{name}/{model}/shards/seed{seed}/shard{shard}.pt",
+    log:
+        "results/logs/shards/{name}/{model}/seed{seed}.shard{shard}.log",
+    benchmark:
+        "results/benchmarks/shards/{name}/{model}/seed{seed}.shard{shard}.tsv"
+    wildcard_constraints:
+        name=names("evaluate", sharded=True),
+        shard=r"\d+",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    params:
+        job=lambda w: as_json(PLAN.study_job(w.name)),
+        total=shard_count_args,
+        optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats", "unit_values"),
+        data=subpath(input.meta, parent=True),
+    shell:
+        "knockout intervene-shard --job {params.job:q} --seed {wildcards.seed} --shard {wildcards.shard}"
+        " {params.total} --final {input.final:q} {params.optional} --data {params.data:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule probe_shard:
+    input:
+        unpack(shard_inputs),
+    output:
+        "results/interventions/{name}/{model}/shards/seed{seed}/shard{shard}.npz",
+    log:
+        "results/logs/shards/{name}/{model}/seed{seed}.shard{shard}.log",
+    benchmark:
+        "results/benchmarks/shards/{name}/{model}/seed{seed}.shard{shard}.tsv"
+    wildcard_constraints:
+        name=names("probe", sharded=True),
+        shard=r"\d+",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    resources:
+        gpu=gpus_per_job(),
+    params:
+        job=lambda w: as_json(PLAN.study_job(w.name)),
+        total=shard_count_args,
+        data=subpath(input.meta, parent=True),
+    shell:
+        "knockout probe-shard --job {params.job:q} --seed {wildcards.seed} --shard {wildcards.shard}"
+        " {params.total} --final {input.final:q} --data {params.data:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule gather:
+    input:
+        unpack(lambda w: PLAN.data(w.model, train=False)),
+        shards=shard_outputs,
+    output:
+        multiext("results/interventions/{name}/{model}/seed{seed}", **PER_SEED["evaluate"]),
+    log:
+        "results/logs/shards/{name}/{model}/seed{seed}.gather.log",
+    wildcard_constraints:
+        name=names("evaluate", sharded=True),
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        job=lambda w: as_json(PLAN.study_job(w.name)),
+        data=subpath(input.meta, parent=True),
+    shell:
+        "knockout gather --job {params.job:q} --seed {wildcards.seed} --shards {input.shards:q}"
+        " --data {params.data:q} --out {output.table:q} > {log:q} 2>&1"
+
+
+rule gather_probe:
+    input:
+        unpack(lambda w: PLAN.data(w.model, train=False)),
+        shards=shard_outputs,
+    output:
+        multiext("results/interventions/{name}/{model}/seed{seed}", **PER_SEED["probe"]),
+    log:
+        "results/logs/shards/{name}/{model}/seed{seed}.gather.log",
+    wildcard_constraints:
+        name=names("probe", sharded=True),
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        job=lambda w: as_json(PLAN.study_job(w.name)),
+        data=subpath(input.meta, parent=True),
+    shell:
+        "knockout gather-probe --job {params.job:q} --seed {wildcards.seed} --shards {input.shards:q}"
+        " --data {params.data:q} --out {output.table:q} --arrays {output.arrays:q} > {log:q} 2>&1"
 
 
 rule retrain:
@@ -91,7 +256,7 @@ rule retrain:
         gpu=gpus_per_job(),
     params:
         job=lambda w: as_json(PLAN.study_job(w.name)),
-        optional=lambda w, input: option_args(input, "unit_stats"),
+        optional=lambda w, input: option_args(input, "unit_stats", "unit_values"),
         data=subpath(input.meta, parent=True),
         out=subpath(output[0], parent=True),
     shell:

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from ..graph import graph_of, logits_of
 from .shared import empty_stacked, fast_layout, spread, spread_bytes, spread_forward, spread_stackable, stacked
+from .values import Replacements, check_values, value_of
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Route:
     weights: dict | None = None
     rebuilt: bool = False  # apply() changed the architecture: the whole network runs
     spread: tuple | None = None  # (layer, units): one layer's units silenced, evaluated along `shared.spread`
+    wanted: bool = True  # its output is asked for (`evaluate_conditions(only=...)`): else it runs only beside one
 
 
 @torch.no_grad()
@@ -93,6 +95,7 @@ def evaluate_conditions(
     budget_mb: float,
     device: str | torch.device,
     apply=None,
+    only=None,
 ) -> dict[str, ConditionOutput]:
     """Predictions and per-example losses of every condition on a split (a `knockout.data.Split`,
     or images (N, ...) and their labels (N,)), streamed chunk by chunk.
@@ -114,12 +117,24 @@ def evaluate_conditions(
     Conditions that silence units run K at a time, stacked along the batch, in channels-last
     memory. `budget_mb` bounds the activations held at once. A network that cannot be traced
     runs every condition whole (masks through hooks), without sharing.
+
+    A condition's `value` (`knockout.studies.Value`, `engine.values`) is what its silenced units
+    put out instead of zero, on every route: the spread starts from it at the silence point (a
+    linear op then adds its response to value - intact), masks become x * mask + value * (1 - mask)
+    (the cut at the silence point itself: a non-zero value does not commute with what follows).
+    Mean and noise need `context.unit_values`, resample `context.donors`; donors go by the
+    evaluated example's position, noise by its index in the split (`data.indices`).
+
+    `only` (names): the conditions whose outputs are wanted (one shard of a study): chunks and
+    stacks are those of all `conditions`, and only the stacks holding a wanted one run, so each
+    output is bit-identical to the unsharded run's.
     """
     from ..data import as_split
 
     data = as_split(images, labels)
     device = torch.device(device)
     budget = budget_mb * 2**20
+    check_values(conditions, context)
     n = len(data)
     preds = {c.name: torch.empty(n, dtype=torch.long) for c in conditions}
     losses = {c.name: torch.empty(n) for c in conditions}
@@ -127,29 +142,41 @@ def evaluate_conditions(
     for condition in conditions:
         by_base.setdefault(condition.base, []).append(condition)
     for base_name, group in by_base.items():
+        if only is not None and not any(c.name in only for c in group):
+            continue
         base = context.network(base_name).eval().to(device)
         graph = graph_of(base, data.example(device))
         routes = [_route(c, graph, base, context, apply) for c in group]
+        values = Replacements(group, context, base, graph, data, device) if any(value_of(c) for c in group) else None
+        for route in routes:
+            route.wanted = only is None or route.condition.name in only
         if graph.traced:
-            _shared(routes, graph, base, context, apply, data, budget, device, preds, losses)
+            _shared(routes, graph, base, context, apply, data, budget, device, preds, losses, values)
         else:
-            _unshared(routes, graph, base, context, apply, data, budget, device, preds, losses)
-    return {c.name: ConditionOutput(preds[c.name], losses[c.name]) for c in conditions}
+            _unshared(routes, graph, base, context, apply, data, budget, device, preds, losses, values)
+    return {
+        c.name: ConditionOutput(preds[c.name], losses[c.name]) for c in conditions if only is None or c.name in only
+    }
 
 
 def _route(condition, graph, base: nn.Module, context, apply) -> Route:
     silenced = dict(condition.silence)
+    value = value_of(condition)
+    if value is not None and any(graph.units[layer].kind == "heads" for layer in silenced):
+        raise ValueError(f"condition {condition.name!r}: value {value.label} on attention heads is not supported")
     if graph.traced and not condition.replace and len(silenced) == 1:
         ((layer, units),) = silenced.items()
         if graph.units[layer].kind != "heads" and spread(graph, layer) is not None:
             return Route(condition, -1, spread=(layer, tuple(units)))
     if not condition.replace and all(graph.units[layer].kind != "heads" for layer in silenced):
-        masks = _mask_nodes(graph, silenced)
+        masks = _mask_nodes(graph, silenced, carry=value is None)
         if masks is not None:
             if not graph.traced:
                 return Route(condition, 0, masks=masks)
             last = len(graph.nodes) - 1  # the output node: nothing silenced, only the logits are live
             return Route(condition, min((graph.position[node] + 1 for node in masks), default=last), masks=masks)
+    if value is not None:
+        raise ValueError(f"condition {condition.name!r}: value {value.label} needs silence points called once")
     if apply is None:
         raise ValueError(
             f"condition {condition.name!r} changes weights: evaluate_conditions needs its study type's `apply`"
@@ -169,15 +196,16 @@ def _route(condition, graph, base: nn.Module, context, apply) -> Route:
     return Route(condition, min(nodes, default=len(graph.nodes) - 1), weights=weights)
 
 
-def _mask_nodes(graph, silenced: dict) -> dict | None:
-    """Per mask node, (units, unit dim, silenced units): the earliest layer's mask goes after the
-    zero-preserving operations that follow its silence point (its value is live at the cut), the
-    others on their silence points (applied by hooks); None when a silence point is called more
-    than once (then the condition changes weights instead)."""
+def _mask_nodes(graph, silenced: dict, carry: bool = True) -> dict | None:
+    """Per mask node, (units, unit dim, silenced units, layer): the earliest layer's mask goes
+    after the zero-preserving operations that follow its silence point (its value is live at the
+    cut; `carry` False: on the silence point itself, for a non-zero value), the others on their
+    silence points (applied by hooks); None when a silence point is called more than once (then
+    the condition changes weights instead)."""
 
     def entry(layer):
         unit = graph.units[layer]
-        return unit.count, 1 if unit.kind == "conv" else -1, tuple(silenced[layer])
+        return unit.count, 1 if unit.kind == "conv" else -1, tuple(silenced[layer]), layer
 
     if not graph.traced:
         return {graph.silence_point(layer): entry(layer) for layer in silenced}
@@ -190,13 +218,13 @@ def _mask_nodes(graph, silenced: dict) -> dict | None:
     if not points:
         return {}
     order = sorted(points, key=lambda layer: graph.position[points[layer]])
-    first = graph.mask_node(order[0])
+    first = graph.mask_node(order[0]) if carry else points[order[0]]
     if any(graph.position[points[layer]] <= graph.position[first] for layer in order[1:]):
         first = points[order[0]]  # another silence point lies within: no carrying on
     return {first: entry(order[0])} | {points[layer]: entry(layer) for layer in order[1:]}
 
 
-def _shared(routes, graph, base, context, apply, data, budget, device, preds, losses) -> None:
+def _shared(routes, graph, base, context, apply, data, budget, device, preds, losses, values=None) -> None:
     """Traced: one pass per image chunk computes every cut's live tensors; each cut's conditions
     then run the suffix, masked (K per forward) or with their own weights."""
     cuts: dict[int, list[Route]] = {}
@@ -213,7 +241,8 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
         [graph.bytes_per_example(index) for index in cuts]
         + [spread_bytes(graph, spread(graph, layer)) for layer in spreads]
     )
-    chunk = max(1, min(len(data), int(budget / 2 // max(1, live_bytes + widest))))
+    extra = values.bytes_per_example() if values is not None else 0  # donor outputs, noise fields
+    chunk = max(1, min(len(data), int(budget / 2 // max(1, live_bytes + widest + extra))))
     prefix = graph.values(live_nodes)
     params = dict(base.named_parameters()) | dict(base.named_buffers())
     # the model's own tensors (a condition's weights replace them by name), else the trace's constants
@@ -223,6 +252,8 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
     for start, x, y in data.chunks(chunk, device):
         x = fast_layout(x)
         live = {node: fast_layout(value) for node, value in zip(live_nodes, prefix(x))}
+        if values is not None:
+            values.begin(start, len(x))
         for index, group in sorted(cuts.items()):
             cut = graph.cut(index)
             inputs = [live[node] for node in cut.live]
@@ -231,9 +262,11 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
             k_max = max(1, int(budget / 2 // max(1, per_condition))) if cut.stackable else 1
             for i in range(0, len(masked), k_max):
                 batch = masked[i : i + k_max]
-                _store(preds, losses, batch, _masked_forward(batch, graph, cut, inputs, len(x)), y, start)
+                if not any(r.wanted for r in batch):
+                    continue
+                _store(preds, losses, batch, _masked_forward(batch, graph, cut, inputs, len(x), values), y, start)
             for route in group:
-                if route.masks is not None:
+                if route.masks is not None or not route.wanted:
                     continue
                 if route.rebuilt:
                     logits = route.weights["network"].to(device)(x)
@@ -251,28 +284,40 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
             )
             for i in range(0, len(group), k_max):
                 batch = group[i : i + k_max]
+                if not any(r.wanted for r in batch):
+                    continue
                 _store(
                     preds,
                     losses,
                     batch,
-                    spread_forward([r.spread[1] for r in batch], graph, found, live, plain),
+                    spread_forward(
+                        [r.spread[1] for r in batch],
+                        graph,
+                        found,
+                        live,
+                        plain,
+                        _spread_parts(batch, found, live, values),
+                    ),
                     y,
                     start,
                 )
 
 
-def _masked_forward(batch: list[Route], graph, cut, inputs: list[torch.Tensor], b: int) -> torch.Tensor:
+def _masked_forward(batch: list[Route], graph, cut, inputs: list[torch.Tensor], b: int, values=None) -> torch.Tensor:
     """K silencing conditions at once on the cut's live tensors (B examples each): the live
-    tensors stacked K times, a masked node's value multiplied by its (K, units) 0/1 mask, the
-    masks of nodes after the cut applied by forward hooks on their modules."""
+    tensors stacked K times, a masked node's value multiplied by its (K, units) 0/1 mask (and a
+    non-zero value put in its units' place), the masks of nodes after the cut applied by
+    forward hooks on their modules."""
     k = len(batch)
     masks = _stacked_masks(batch, inputs[0].device)
+    replaced = _replacements(batch, values)
     inputs_k = []
     for node, value in zip(cut.live, inputs):
         if node in masks:
             mask, dim = masks.pop(node)
             out = empty_stacked(value, k)
             torch.mul(value.unsqueeze(0), _mask_shape(mask, dim, value), out=out.view(k, *value.shape))
+            _put(out.view(k, *value.shape), replaced.get(node, ()))
             inputs_k.append(out)
         else:
             inputs_k.append(stacked(value, k))
@@ -281,7 +326,9 @@ def _masked_forward(batch: list[Route], graph, cut, inputs: list[torch.Tensor], 
         module = graph.module.get_submodule(node.target)
         handles.append(
             module.register_forward_hook(
-                lambda m, i, o, mask=mask, dim=dim: _apply_mask(o.view(k, b, *o.shape[1:]), mask, dim, 1).flatten(0, 1)
+                lambda m, i, o, mask=mask, dim=dim, put=replaced.get(node, ()): _put(
+                    _apply_mask(o.view(k, b, *o.shape[1:]), mask, dim, 1), put
+                ).flatten(0, 1)
             )
         )
     try:
@@ -295,11 +342,45 @@ def _stacked_masks(batch: list[Route], device) -> dict:
     """Per mask node, a (K, units) 0/1 mask over the K conditions of `batch`, and its unit dim."""
     out = {}
     for k, route in enumerate(batch):
-        for node, (count, dim, units) in route.masks.items():
+        for node, (count, dim, units, _) in route.masks.items():
             if node not in out:
                 out[node] = (torch.ones(len(batch), count, device=device), dim)
             out[node][0][k, list(units)] = 0
     return out
+
+
+def _replacements(batch: list[Route], values) -> dict:
+    """Per mask node, [(k, unit dim, units, replacement (1 or B, ...))] of the stack's conditions
+    with a non-zero value; computed before any hook is set (donors run through the same modules)."""
+    out: dict = {}
+    if values is None:
+        return out
+    for k, route in enumerate(batch):
+        if value_of(route.condition) is None:
+            continue
+        for node, (_, dim, units, layer) in route.masks.items():
+            new = values.of(route.condition, layer, units)
+            out.setdefault(node, []).append((k, dim, torch.as_tensor(units, device=new.device), new))
+    return out
+
+
+def _put(x: torch.Tensor, entries) -> torch.Tensor:
+    """x (K, B, ...) with, for each entry (k, unit dim, units, replacement), stack k's units set
+    to the replacement, in place: x * mask + value * (1 - mask), the masked units being 0."""
+    for k, dim, index, new in entries:
+        target = x[k]
+        dim = dim % target.dim()
+        shape = list(target.shape)
+        shape[dim] = len(index)
+        target.index_copy_(dim, index, new.to(target.dtype).expand(shape))
+    return x
+
+
+def _spread_parts(batch: list[Route], found, live: dict, values) -> list | None:
+    """The source's new values per condition of a spread stack (None: zero, as today)."""
+    if values is None or all(value_of(r.condition) is None for r in batch):
+        return None
+    return [values.of(r.condition, found.layer, r.spread[1]) for r in batch]
 
 
 def _mask_shape(mask: torch.Tensor, dim: int, value: torch.Tensor) -> torch.Tensor:
@@ -318,7 +399,7 @@ def _apply_mask(x: torch.Tensor, mask: torch.Tensor, dim: int, batch_dims: int) 
     return x * mask.to(x.dtype).view(shape)
 
 
-def _unshared(routes, graph, base, context, apply, data, budget, device, preds, losses) -> None:
+def _unshared(routes, graph, base, context, apply, data, budget, device, preds, losses, values=None) -> None:
     """Untraced: every condition runs the whole network; silencing through forward hooks on the
     silence points (K conditions stacked along the batch), weights through their own copy."""
     modules = dict(base.named_modules())
@@ -326,14 +407,19 @@ def _unshared(routes, graph, base, context, apply, data, budget, device, preds, 
     sample = 4 * data.example(device).numel() * 64  # no graph to measure activations: assume 64x the input
     chunk = max(1, min(len(data), int(budget / 2 // sample)))
     for start, x, y in data.chunks(chunk, device):
+        if values is not None:
+            values.begin(start, len(x))
         k_max = max(1, int(budget / 2 // (sample * len(x))))
         for i in range(0, len(with_masks), k_max):
             batch = with_masks[i : i + k_max]
+            if not any(r.wanted for r in batch):
+                continue
             k = len(batch)
+            replaced = _replacements(batch, values)
             handles = [
                 modules[point].register_forward_hook(
-                    lambda m, a, o, mask=mask, dim=dim: _apply_mask(
-                        o.view(k, len(x), *o.shape[1:]), mask, dim, 1
+                    lambda m, a, o, mask=mask, dim=dim, put=replaced.get(point, ()): _put(
+                        _apply_mask(o.view(k, len(x), *o.shape[1:]), mask, dim, 1), put
                     ).flatten(0, 1)
                 )
                 for point, (mask, dim) in _stacked_masks(batch, device).items()
@@ -345,7 +431,7 @@ def _unshared(routes, graph, base, context, apply, data, budget, device, preds, 
                     h.remove()
             _store(preds, losses, batch, logits, y, start)
         for route in routes:
-            if route.masks is None:
+            if route.masks is None and route.wanted:
                 network = route.weights["network"] if route.rebuilt else None
                 if network is None:
                     state = base.state_dict() | route.weights

@@ -148,6 +148,7 @@ def occlusion_maps(
     budget_mb: float,
     device: str | torch.device,
     reuse: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Occlusion maps of `images` (N, C, H, W, normalised) with true `labels` (N,) (see the
     module docstring for the two maps and the window conventions).
@@ -157,6 +158,8 @@ def occlusion_maps(
     forward = half the budget / (4 copies of a row's largest activation), and images whose
     original activations are cached at once = half the budget / their size.
     reuse=False runs every occluded image through the whole network (for checking the reuse).
+    shard=(i, n): only the i-th of n contiguous blocks of the forwards (each as in the whole run,
+    so every number is bit-identical), as partial arrays that `merge_shards` joins.
 
     Returns numpy arrays: inputs (N, C, H, W) float32, labels (N,), windows (nW,), stride,
     fill (C,), baseline_prob (N,), baseline_pred (N,), prob_centred (N, nW, H, W) float32,
@@ -175,12 +178,13 @@ def occlusion_maps(
             budget_mb * 2**20,
             torch.device(device),
             reuse,
+            shard,
         )
     finally:
         model.train(was_training)
 
 
-def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device, reuse):
+def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device, reuse, shard):
     if stride < 1 or not windows or any(w < 1 for w in windows):
         raise ValueError("windows and stride must be positive")
     dtype = next(model.parameters()).dtype
@@ -210,25 +214,88 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
     base_p, base_pred = _baseline(model, x, y, max(step for groups in plans for _, _, step in groups))
     probs = [torch.empty(N, len(r), dtype=dtype) for r in rects]
     preds = [torch.empty(N, len(r), dtype=torch.long) for r in rects]
-    for g0 in range(0, N, group):
+    done = [torch.zeros(N, len(r), dtype=torch.bool) for r in rects]
+    # every forward, in order: (first image of its group, window, position group, first row)
+    work = [
+        (g0, wi, gi, s)
+        for g0 in range(0, N, group)
+        for wi in range(len(rects))
+        for gi, (index, _, step) in enumerate(plans[wi])
+        for s in range(0, min(group, N - g0) * len(index), step)
+    ]
+    i, n = shard or (0, 1)
+    stores_of = None  # the group whose stores are held
+    for g0, wi, gi, s in work[i * len(work) // n : (i + 1) * len(work) // n]:
         xg, yg = x[g0 : g0 + group], y[g0 : g0 + group]
-        stores = footprint_stores(graph, found, xg) if graph is not None else None
-        for wi, r in enumerate(rects):
-            for index, found_here, step in plans[wi]:
-                sub = r[index]
-                pairs = len(xg) * len(index)
-                for s in range(0, pairs, step):
-                    k = torch.arange(s, min(s + step, pairs), device=device)
-                    img, sel = k // len(index), k % len(index)  # image-major: several images per forward
-                    if found_here is not None:
-                        logits = footprint_forward(graph, found_here, stores, sub, sel, img, fill_v)
-                    else:
-                        logits = _whole_forward(model, xg, sub, sel, img, fill_v)
-                    p = torch.softmax(logits, 1)
-                    at = (g0 + img.cpu(), index[sel].cpu())
-                    probs[wi][at] = p.gather(1, yg[img][:, None])[:, 0].cpu()
-                    preds[wi][at] = p.argmax(1).cpu()
+        if graph is not None and stores_of != g0:
+            stores, stores_of = footprint_stores(graph, found, xg), g0
+        index, found_here, step = plans[wi][gi]
+        sub = rects[wi][index]
+        pairs = len(xg) * len(index)
+        k = torch.arange(s, min(s + step, pairs), device=device)
+        img, sel = k // len(index), k % len(index)  # image-major: several images per forward
+        if found_here is not None:
+            logits = footprint_forward(graph, found_here, stores, sub, sel, img, fill_v)
+        else:
+            logits = _whole_forward(model, xg, sub, sel, img, fill_v)
+        p = torch.softmax(logits, 1)
+        at = (g0 + img.cpu(), index[sel].cpu())
+        probs[wi][at] = p.gather(1, yg[img][:, None])[:, 0].cpu()
+        preds[wi][at] = p.argmax(1).cpu()
+        done[wi][at] = True
+    if shard is not None:
+        part = {"labels": labels.detach().cpu().numpy(), "windows": np.asarray(windows, dtype=np.int64)}
+        part |= {"stride": np.int64(stride), "fill": fill_v.cpu().float().numpy(), "shape": np.asarray([H, W])}
+        part |= {"baseline_prob": base_p.cpu().numpy(), "baseline_pred": base_pred.cpu().numpy()}
+        for wi in range(len(rects)):
+            part |= {
+                f"prob_w{wi}": probs[wi].numpy(),
+                f"pred_w{wi}": preds[wi].numpy(),
+                f"done_w{wi}": done[wi].numpy(),
+            }
+        return part
+    return _finish(
+        images.detach().cpu().float().numpy(),
+        labels.detach().cpu().numpy(),
+        windows,
+        stride,
+        fill_v,
+        base_p,
+        base_pred,
+        probs,
+        preds,
+        positions,
+    )
 
+
+def merge_shards(parts: list[dict], inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The partial arrays of the shards of one `occlusion_maps` call (`shard=(i, n)`, all n) ->
+    its arrays, `inputs` among them; each forward's results from the one shard that ran it."""
+    first = parts[0]
+    H, W = (int(v) for v in first["shape"])
+    windows = tuple(int(w) for w in first["windows"])
+    probs, preds = [], []
+    for wi in range(len(windows)):
+        done = np.stack([p[f"done_w{wi}"] for p in parts])
+        if not (done.sum(0) == 1).all():
+            raise ValueError(f"occlusion shards: window {windows[wi]}: not every position computed exactly once")
+        prob, pred = parts[0][f"prob_w{wi}"].copy(), parts[0][f"pred_w{wi}"].copy()
+        for part, ran in zip(parts, done):
+            prob[ran], pred[ran] = part[f"prob_w{wi}"][ran], part[f"pred_w{wi}"][ran]
+        probs.append(torch.from_numpy(prob))
+        preds.append(torch.from_numpy(pred))
+    positions = [window_positions(H, W, w, int(first["stride"])) for w in windows]
+    base_p, base_pred = torch.from_numpy(first["baseline_prob"]), torch.from_numpy(first["baseline_pred"])
+    fill = torch.from_numpy(first["fill"])
+    return _finish(
+        inputs, first["labels"], windows, int(first["stride"]), fill, base_p, base_pred, probs, preds, positions
+    )
+
+
+def _finish(inputs, labels, windows, stride, fill_v, base_p, base_pred, probs, preds, positions) -> dict:
+    """The maps' arrays (see `occlusion_maps`) from the occluded probabilities and predictions
+    per window position (N, P) and the baseline's."""
+    N, (H, W) = len(labels), inputs.shape[-2:]
     out_shape = (N, len(windows), H, W)
     prob_c, pred_c = np.empty(out_shape, np.float32), np.empty(out_shape, np.int16)
     attr = np.empty(out_shape, np.float32)
@@ -238,8 +305,8 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
         pred_c[:, wi] = preds[wi][:, pos.centred].numpy().astype(np.int16)
         attr[:, wi] = _attribution(bp, probs[wi], pos, H, W).numpy()
     return {
-        "inputs": images.detach().cpu().float().numpy(),
-        "labels": labels.detach().cpu().numpy(),
+        "inputs": inputs,
+        "labels": labels,
         "windows": np.asarray(windows, dtype=np.int64),
         "stride": np.int64(stride),
         "fill": fill_v.cpu().float().numpy(),

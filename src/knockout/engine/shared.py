@@ -262,19 +262,23 @@ def spread_stackable(graph: Graph, found: Spread) -> bool:
 
 
 def spread_forward(
-    units: list[tuple[int, ...]], graph: Graph, found: Spread, intact: dict, plain: dict
+    units: list[tuple[int, ...]], graph: Graph, found: Spread, intact: dict, plain: dict, parts: list | None = None
 ) -> torch.Tensor:
     """Logits of K conditions that each silence `units[k]` of the spread's layer: along the
     spread, the new values of the units' channels alone (zero at the silence point, then each
     per-channel operation on that slice), each linear operation's intact output plus its
     response to the slice's change (one input channel's work per unit), then the nodes that
     change everywhere, for the K conditions at once (stacked along the batch). `intact`: the
-    intact values of `found.needs()`; `plain`: a cache of them in channels-first memory."""
+    intact values of `found.needs()`; `plain`: a cache of them in channels-first memory.
+    `parts`: per condition, its units' new values at the silence point (1 or B, u, ...) in place
+    of zero (`engine.values`), or None (zero); each linear op then adds its response to
+    value - intact."""
     k = len(units)
     for node in found.confined:
         if node not in plain:
             plain[node] = intact[node].contiguous()
-    new = [_spread_values(graph, found, intact, plain, list(u)) for u in units]
+    parts = parts or [None] * k
+    new = [_spread_values(graph, found, intact, plain, list(u), part) for u, part in zip(units, parts)]
     inputs = []
     for node in found.inputs:
         value = intact[node]
@@ -300,13 +304,14 @@ def spread_forward(
     return logits_of(found.suffix(*inputs))
 
 
-def _spread_values(graph: Graph, found: Spread, intact: dict, plain: dict, units: list[int]) -> dict:
+def _spread_values(graph: Graph, found: Spread, intact: dict, plain: dict, units: list[int], source_part=None) -> dict:
     """For one condition: per confined node, (channel index, new values of those channels), and
-    per linear operation, its response to the change."""
+    per linear operation, its response to the change. `source_part`: the units' new values at
+    the silence point (None: zero)."""
     values = {}  # node -> (channel index, new values; None: all zero, as long as the silence lasts)
     for node, (op, dim, offset, width) in found.confined.items():
         if op == "source":
-            values[node] = (torch.as_tensor(units, device=intact[node].device), None)
+            values[node] = (torch.as_tensor(units, device=intact[node].device), source_part)
             continue
         source = next(a for a in node.all_input_nodes if a in found.confined and a in values)
         index, part = values[source]

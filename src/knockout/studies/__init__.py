@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 KINDS = ("evaluate", "retrain", "probe")
-NEEDS = ("init", "checkpoints", "unit_stats")  # what a study's jobs may read besides final.pt
+NEEDS = ("init", "checkpoints", "unit_stats", "unit_values", "donors")  # what a study's jobs may read besides final.pt
 PROTOCOL = {
     "evaluate": ("Spec", "needs", "check", "conditions", "apply"),
     "retrain": ("Spec", "needs", "check", "conditions", "apply", "condition_names"),
@@ -74,6 +74,27 @@ def study_types() -> list[str]:
 
 
 @dataclass(frozen=True)
+class Value:
+    """What silenced units output instead of their activation (at the silence point).
+
+    kind: zero | mean (the unit's mean on a reference split) | resample (its activation on a
+    drawn reference input) | noise (a Gaussian of the unit's mean and std);
+    per: mean and noise statistics per `channel` (C,) or per `position` (C, H, W);
+    draw: resample and noise: which seeded draw (0..repeats-1)."""
+
+    kind: str = "zero"
+    per: str = "channel"
+    draw: int = 0
+
+    @property
+    def label(self) -> str:
+        """The value as the tables name it: zero, mean, mean-position, resample, noise, noise-position."""
+        if self.kind in ("mean", "noise") and self.per == "position":
+            return f"{self.kind}-position"
+        return self.kind
+
+
+@dataclass(frozen=True)
 class Condition:
     """One named variant of a trained network.
 
@@ -86,6 +107,7 @@ class Condition:
     info: descriptive columns for the tables (layer, unit, k, draw, fraction, epoch, mode).
     arch: for types that build a new network (architecture variants, factorisation), the
         overrides of the model's spec, as JSON.
+    value: what the silenced units output (`Value`; zero by default).
     """
 
     name: str
@@ -95,6 +117,7 @@ class Condition:
     replace: tuple[tuple[str, str], ...] = ()
     info: tuple[tuple[str, Any], ...] = field(default=())
     arch: str = ""
+    value: Value = Value()
 
     @property
     def slug(self) -> str:
@@ -129,7 +152,10 @@ class Context:
     trained / init: the final and step-0 networks; checkpoints: `epoch{e}` -> network;
     rerandom: the network a fresh seed would have started from (for `rerandomize`);
     unit_stats: per-unit statistics (a DataFrame, `knockout.units`), when a set needs them;
-    seed: the training seed (draws of random sets are seeded from it).
+    seed: the training seed (draws of random sets are seeded from it);
+    unit_values: per layer, the silence points' statistics (`knockout.units.unit_values`), for
+    the mean and noise values; donors: the reference split (`knockout.data.Split`, with the
+    model's preprocessing) that resample draws its inputs from.
     """
 
     trained: nn.Module
@@ -138,6 +164,8 @@ class Context:
     rerandom: nn.Module | None = None
     unit_stats: Any = None
     seed: int = 0
+    unit_values: dict | None = None
+    donors: Any = None
 
     def network(self, source: str) -> nn.Module:
         sources = {"trained": self.trained, "init": self.init, "rerandom": self.rerandom}

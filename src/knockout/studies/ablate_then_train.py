@@ -8,6 +8,9 @@ Sets are `filter_ablation`'s `units`, `lowest_response` and `random` (with `repe
   mask       the units stay silent through training: a persistent `torch.nn.utils.prune` mask
              on the layer's weight and bias (and a following batch norm's scale and shift)
 `freeze_body` trains only the last layer, as fastai does for a pretrained body.
+`value: mean` (per channel, zero_once only) starts the silenced units at their mean instead of 0:
+their weights 0 and their bias (or, behind a batch norm, the norm's bias, with its scale 0) the
+unit's mean over the reference split, so the next layer starts on its training distribution.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from . import (
     Condition,
     Context,
@@ -56,14 +60,35 @@ def check(spec: Spec, target: Target) -> None:
     for i, layer in enumerate(spec.sets.layers):
         check_layer(f"layers[{i}]", target, layer)
     filter_ablation.check_sets(spec.sets.sets, target)
-    check_compare(spec.compare, {"baseline", *(s.name for s in spec.sets.sets)})
+    for fset in spec.sets.sets:
+        for value in fset.values:
+            if value.kind not in ("zero", "mean") or value.per != "channel":
+                raise ConfigError(
+                    f"sets.{fset.name}.value: a retrained set starts from zero or its per-channel mean, "
+                    f"not {value.label} (a draw or a per-position value is not a starting point for training)"
+                )
+            if value.kind == "mean" and spec.semantics == "mask":
+                raise ConfigError(
+                    f"semantics: mask keeps the units at 0 through training; sets.{fset.name}.value: mean "
+                    "needs semantics: zero_once"
+                )
+            if value.kind == "mean":
+                modules = dict(target.network.named_modules())
+                for layer in fset.layers:
+                    if silence_point(target.network, layer) == layer and getattr(modules[layer], "bias", None) is None:
+                        raise ConfigError(
+                            f"sets.{fset.name}.value: {layer} has no bias and no batch norm after it, so its units "
+                            "cannot start at their mean"
+                        )
+    check_compare(spec.compare, {"baseline", *(n for s in spec.sets.sets for n in s.set_names)})
 
 
 def condition_names(spec: Spec) -> list[str]:
-    """baseline, then one per set (one per draw of a random set)."""
+    """baseline, then one per set and value (one per draw of a random set), as `conditions`."""
     names = ["baseline"]
     for fset in spec.sets.sets:
-        names += [f"{fset.name}:draw{d}" for d in range(fset.repeats)] if fset.select == "random" else [fset.name]
+        for name in fset.set_names:
+            names += [f"{name}:draw{d}" for d in range(fset.repeats)] if fset.select == "random" else [name]
     return names
 
 
@@ -71,7 +96,7 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
     """filter_ablation's conditions for the sets, with the semantics in each condition."""
     extra = (("semantics", spec.semantics), ("freeze_body", spec.freeze_body))
     return [
-        Condition(c.name, c.set, base="trained", silence=c.silence, info=c.info + extra)
+        Condition(c.name, c.set, base="trained", silence=c.silence, info=c.info + extra, value=c.value)
         for c in filter_ablation.conditions(spec.sets, context)
     ]
 
@@ -95,6 +120,8 @@ def apply(condition: Condition, context: Context):
                 modules[layer].weight[list(units)] = 0
                 if modules[layer].bias is not None:
                     modules[layer].bias[list(units)] = 0
+                if condition.value.kind == "mean":
+                    start_at_mean(modules, layer, silence_point(context.trained, layer), units, context)
     if info.get("semantics") == "mask":
         modules = dict(model.named_modules())
         for layer, units in condition.silence:
@@ -110,3 +137,21 @@ def apply(condition: Condition, context: Context):
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(head + "."))
     return model
+
+
+def start_at_mean(modules: dict, layer: str, point: str, units, context: Context) -> None:
+    """Make `units` of `layer` output their per-channel mean (`context.unit_values`) at its
+    silence point for every input: the weights feeding them 0, and the constant their output
+    then is (the layer's bias, or a batch norm's shift with its scale 0) the mean."""
+    import torch
+
+    if context.unit_values is None or layer not in context.unit_values:
+        raise ValueError(f"{layer}: value: mean needs the units' values of this layer")
+    mean = context.unit_values[layer]["mean_channel"]
+    idx = list(units)
+    last = modules[point]
+    if point != layer:  # a batch norm reads the layer: it alone sets the output
+        last.weight[idx] = 0
+    elif last.bias is None:
+        raise ValueError(f"{layer} has no bias and no batch norm: its units cannot start at their mean")
+    last.bias[idx] = torch.as_tensor(mean, dtype=last.bias.dtype, device=last.bias.device)[idx]

@@ -1,19 +1,21 @@
-"""`factorize` (study 5): replace an n x n convolution of m filters on c channels by an n x 1
-then a 1 x n convolution (m filters each), where that saves parameters.
+"""`factorize` (study 5): replace n x n convolutions of m filters on c channels by an n x 1 then a
+1 x n convolution (m filters each), where that saves parameters, on any model's module tree.
 
-P0 = m(n^2 c + 1) parameters become P1 = m(nc + nm + 2); the rule of thumb replaces a layer when
-n > 1 + m/c, or the layers are listed. The factorised network is trained from scratch per seed
-and compared with the original (`baseline`), trained the same way.
+With groups g, P0 = m(n^2 c/g + 1) parameters become P1 = m(nc/g) + m(nm/g) + 2m (without the
+bias terms when the conv has none); the rule of thumb replaces a layer when n > 1 + m/c, or the
+layers are listed (`knockout.factorization` does the rewrite). The factorised network is built
+from the model's arch and trained from scratch per seed (no pretrained weights), and compared with
+the original (`baseline`), trained the same way.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import sys
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from . import Condition, Context, Target, check_compare, check_layer, compare_pairs
+from . import Condition, Context, Target, check_compare, compare_pairs
 
 KIND = "retrain"
 NOTEBOOK = "retrain"
@@ -23,116 +25,121 @@ NOTEBOOK = "retrain"
 class Spec:
     model: str
     layers: tuple[str, ...] | str  # "auto": the n > 1 + m/c rule
+    between: str  # the activation between the two halves, or "none"
     compare: tuple[tuple[str, str], ...]
 
     @classmethod
     def from_dict(cls, d: dict) -> Spec:
         layers = d["layers"]
-        return cls(d["model"], layers if layers == "auto" else tuple(layers), compare_pairs(d))
+        return cls(d["model"], layers if layers == "auto" else tuple(layers), d["between"], compare_pairs(d))
 
 
 def needs(spec: Spec) -> set[str]:
     return set()
 
 
-def check(spec: Spec, target: Target) -> None:
-    """A `cnn` model, and conv layers of it when they are listed."""
-    from ..models import resolve_arch
+def _shown(names: list[str]) -> str:
+    if len(names) <= 12:
+        return ", ".join(names)
+    return ", ".join(names[:6] + ["..."] + names[-3:]) + f"; {len(names)} in all, see `knockout summary`"
 
-    if resolve_arch(target.network.spec["arch"]).get("type") != "cnn":
-        raise ConfigError(f"model: factorize needs a cnn model, {target.name!r} is not one")
-    if spec.layers != "auto":
+
+def check(spec: Spec, target: Target) -> None:
+    """The model has n x n `nn.Conv2d` layers; each listed layer is one whose pair keeps its output
+    shape (auto: the rule picks at least one); the factorised network builds and runs."""
+    from ..factorization import functional_convs
+    from ..models import build_model, check_output
+
+    network = target.network
+    input_shape = tuple(network.spec["input_shape"])
+    rows = layer_rows(network, input_shape, spec.between, spec.layers)
+    functional = functional_convs(network)
+    calls = (
+        f" (it calls conv2d as a function at {', '.join(functional)}: give it nn.Conv2d modules)" if functional else ""
+    )
+    if not rows:
+        raise ConfigError(f"model: factorize splits nn.Conv2d layers, and model {target.name!r} has none{calls}")
+    if functional:
+        print(
+            f"knockout: note: model {target.name!r} calls conv2d as a function ({', '.join(functional)}); factorize"
+            " splits its nn.Conv2d modules only, those stay as they are",
+            file=sys.stderr,
+        )
+    by_name = {r["layer"]: r for r in rows}
+    if spec.layers == "auto":
+        if not any(r["replace"] for r in rows):
+            raise ConfigError(
+                f"layers: auto picks no layer of model {target.name!r} (no n x n conv with n > 1 + m/c whose pair keeps its shape); list them"
+            )
+    else:
+        modules = dict(network.named_modules())
         for i, layer in enumerate(spec.layers):
-            if not layer.startswith("conv"):
-                raise ConfigError(f"layers[{i}]: {layer!r} is not a conv layer")
-            check_layer(f"layers[{i}]", target, layer)
+            if layer not in modules:
+                raise ConfigError(
+                    f"layers[{i}]: no layer {layer!r} in model {target.name!r} (conv layers: {_shown(list(by_name))})"
+                )
+            if layer not in by_name:
+                raise ConfigError(f"layers[{i}]: {layer!r} is not a conv layer (a {type(modules[layer]).__name__})")
+            if by_name[layer]["note"]:
+                raise ConfigError(f"layers[{i}]: {layer!r}: {by_name[layer]['note']}")
     check_compare(spec.compare, {"baseline", "factorized"})
+    try:
+        arch = factorized_arch(network.spec["arch"], chosen_layers(rows), spec.between)
+        check_output(
+            build_model(arch, input_shape, network.spec["num_classes"]), input_shape, network.spec["num_classes"]
+        )
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ConfigError(f"layers: the factorised network fails: {str(e).splitlines()[0]}") from None
 
 
 def condition_names(spec: Spec) -> list[str]:
     return ["baseline", "factorized"]
 
 
-def _conv_entries(spec: dict) -> list[dict]:
-    return [{"channels": c} if isinstance(c, int) else dict(c) for c in spec["conv"]]
+def layer_rows(network, input_shape: tuple[int, ...], between: str = "relu", layers="auto") -> list[dict]:
+    """`factorization.conv_rows` of the built network, with `replace`: whether the layer is split
+    (auto: the rule, where the pair keeps the shape; else listed)."""
+    from ..factorization import chosen, conv_rows
+
+    rows = conv_rows(network, input_shape, between)
+    replaced = set(chosen(rows, layers))
+    out = []
+    for row in rows:  # `replace` beside `rule` and `keeps_shape`, what decides it
+        items = list(row.items())
+        at = [k for k, _ in items].index("keeps_shape") + 1
+        out.append(dict(items[:at] + [("replace", row["layer"] in replaced)] + items[at:]))
+    return out
 
 
-def layer_table(arch: dict | str, input_shape: tuple[int, ...], layers="auto"):
-    """One row per conv layer of a `cnn` spec (a DataFrame): layer, n, m, c, rule (n > 1 + m/c),
-    replace, P0 and P1 by the formulas, and the parameters the built modules really have."""
+def chosen_layers(rows: list[dict]) -> list[str]:
+    return [r["layer"] for r in rows if r["replace"]]
+
+
+def layer_table(arch, input_shape: tuple[int, ...], layers="auto", between: str = "relu", num_classes: int = 10):
+    """One row per conv layer (a DataFrame) of a built network, or of an arch (a preset name or
+    dict, built here): layer, n, m, c, m_over_c, groups, dilation, stride, rule (n > 1 + m/c),
+    keeps_shape, replace, P0 and P1 by the formulas, and the parameters the built modules have."""
     import pandas as pd
-    import torch
+    from torch import nn
 
-    from ..models import build_model, count_parameters, resolve_arch
+    from ..models import build_model, without_weights
 
-    spec = resolve_arch(arch)
-    if spec.get("type") != "cnn":
-        raise ValueError(f"factorize needs a cnn spec, not {spec.get('type')!r}")
-    model = build_model(spec, input_shape, 10)
-    rows = []
-    c = input_shape[0]
-    for i, entry in enumerate(_conv_entries(spec), start=1):
-        name = f"conv{i}"
-        conv = getattr(model, name)
-        kh, kw = conv.kernel_size
-        m = conv.out_channels
-        n = kh if kh == kw else None
-        rule = n is not None and n > 1 + m / c
-        replace = (rule if layers == "auto" else name in layers) and n is not None and n > 1
-        p1_module = None
-        if n is not None and n > 1:
-            pair = [
-                torch.nn.Conv2d(c, m, (n, 1), bias=conv.bias is not None),
-                torch.nn.Conv2d(m, m, (1, n), bias=conv.bias is not None),
-            ]
-            p1_module = sum(count_parameters(p) for p in pair)
-        rows.append(
-            {
-                "layer": name,
-                "n": n if n is not None else f"{kh}x{kw}",
-                "m": m,
-                "c": c,
-                "m_over_c": m / c,
-                "rule": rule,
-                "replace": replace,
-                "P0": m * (n * n * c + 1) if n else None,
-                "P1": m * (n * c + n * m + 2) if n else None,
-                "P0_module": count_parameters(conv),
-                "P1_module": p1_module,
-            }
-        )
-        c = m
-    return pd.DataFrame(rows)
+    network = arch if isinstance(arch, nn.Module) else build_model(without_weights(arch), input_shape, num_classes)
+    return pd.DataFrame(layer_rows(network, tuple(input_shape), between, layers))
 
 
-def factorized_spec(arch: dict | str, layers: list[str]) -> dict:
-    """The spec with each listed conv replaced by (n x 1, then 1 x n); the pooling, dropout and
-    batch norm of the original follow the second."""
-    from ..models import resolve_arch
+def factorized_arch(arch: dict | str, layers: list[str], between: str = "relu") -> dict:
+    """The arch without pretrained weights, with its `layers` split (`models.build_model` reads
+    `factorized`), so the factorised network is built, and its checkpoint rebuilt, from it."""
+    from ..models import resolve_arch, without_weights
 
-    spec = copy.deepcopy(resolve_arch(arch))
-    convs = []
-    for i, entry in enumerate(_conv_entries(spec), start=1):
-        if f"conv{i}" not in layers:
-            convs.append(entry)
-            continue
-        k = entry.get("kernel", spec.get("kernel", 3))
-        n = k if isinstance(k, int) else k[0]
-        pad = entry.get("padding", spec.get("padding", 0))
-        # Each half pads only along its long side, so the pair keeps the original output shape.
-        first = {"channels": entry["channels"], "kernel": [n, 1], "padding": [pad, 0], "pool": 0, "conv_dropout": 0}
-        first["batch_norm"] = entry.get("batch_norm", spec.get("batch_norm", False))
-        second = {**entry, "kernel": [1, n], "padding": [0, pad]}
-        convs.append(first)
-        convs.append(second)
-    spec["conv"] = convs
-    return spec
+    return without_weights(resolve_arch(arch)) | {"factorized": {"layers": list(layers), "between": between}}
 
 
 def replaced_layers(spec: Spec, context: Context) -> list[str]:
-    arch = context.trained.spec["arch"]
-    table = layer_table(arch, tuple(context.trained.spec["input_shape"]), spec.layers)
-    return list(table.loc[table["replace"], "layer"])
+    trained = context.trained
+    rows = layer_rows(trained, tuple(trained.spec["input_shape"]), spec.between, spec.layers)
+    return chosen_layers(rows)
 
 
 def conditions(spec: Spec, context: Context) -> list[Condition]:
@@ -143,27 +150,31 @@ def conditions(spec: Spec, context: Context) -> list[Condition]:
             "factorized",
             "factorized",
             base="init",
-            arch=json.dumps({"factorize": layers}),
-            info=(("layers", ",".join(layers)),),
+            arch=json.dumps({"factorized": {"layers": layers, "between": spec.between}}),
+            info=(("layers", ",".join(layers)), ("between", spec.between)),
         ),
     ]
 
 
 def details(condition: Condition, context: Context) -> list[dict]:
     """The per-layer table (P0, P1, which layers are replaced), for the condition's record."""
-    spec = context.trained.spec
-    table = layer_table(spec["arch"], tuple(spec["input_shape"]), json.loads(condition.arch).get("factorize", []) or ())
+    trained = context.trained
+    factorized = json.loads(condition.arch).get("factorized") or {"layers": [], "between": "relu"}
+    table = layer_table(trained, tuple(trained.spec["input_shape"]), factorized["layers"], factorized["between"])
     return json.loads(table.to_json(orient="records"))
 
 
 def apply(condition: Condition, context: Context):
-    """A freshly initialised network, factorised as the condition says, seeded per seed."""
+    """A freshly initialised network (no pretrained weights), factorised as the condition says,
+    seeded per seed."""
     import torch
 
-    from ..models import build_model, resolve_arch
+    from ..models import build_model, resolve_arch, without_weights
 
     spec = context.trained.spec
-    layers = json.loads(condition.arch).get("factorize", [])
-    arch = factorized_spec(spec["arch"], layers) if layers else resolve_arch(spec["arch"])
+    factorized = json.loads(condition.arch).get("factorized")
+    arch = without_weights(resolve_arch(spec["arch"]))
+    if factorized:
+        arch = factorized_arch(arch, factorized["layers"], factorized["between"])
     torch.manual_seed(context.seed)
     return build_model(arch, tuple(spec["input_shape"]), spec["num_classes"])

@@ -13,6 +13,7 @@ from . import Context, Target
 
 KIND = "probe"
 NOTEBOOK = "occlusion"
+SHARDS = "forwards"  # `shards: N` splits the occluded forwards over images and windows (`compute(shard=...)`, `merge`)
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,38 @@ def fill_value(fill: str | float, dataset_mean: list[float], preprocess):
     return preprocess.normalise(pixel)
 
 
-def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
+def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float, shard: tuple[int, int] | None = None):
     """The maps of the chosen test images -> (table, arrays); `test` is the prepared split
-    (`inputs` in the arrays: the images in pixel space, [0, 1])."""
-    from ..engine.occlusion import occlusion_maps, select_images, summary
+    (`inputs` in the arrays: the images in pixel space, [0, 1]). `shard=(i, n)`: (None, the
+    partial arrays of the i-th of n blocks of the occluded forwards), which `merge` joins."""
+    from ..engine.occlusion import select_images
 
     idx = select_images(test.labels.cpu(), spec.n_images, spec.per_class, spec.image_seed)
+    maps = _maps(spec, context, test, meta, budget_mb, idx, shard)
+    return (None if shard else _table(maps, meta)), maps
+
+
+def image_count(spec: Spec, test) -> int:
+    """How many test images the study occludes (what its shards split)."""
+    from ..engine.occlusion import select_images
+
+    return len(select_images(test.labels.cpu(), spec.n_images, spec.per_class, spec.image_seed))
+
+
+def merge(parts: list[dict], meta: dict):
+    """The partial arrays of all the shards of one seed -> (table, arrays), as one `compute`
+    gives them (`knockout.engine.occlusion.merge_shards`)."""
+    from ..engine.occlusion import merge_shards
+
+    first = parts[0]
+    maps = merge_shards(parts, first["inputs"])
+    maps["examples"], maps["mean"], maps["std"] = first["examples"], first["mean"], first["std"]
+    return _table(maps, meta), maps
+
+
+def _maps(spec: Spec, context: Context, test, meta: dict, budget_mb: float, idx, shard=None):
+    from ..engine.occlusion import occlusion_maps
+
     device = next(context.trained.parameters()).device
     maps = occlusion_maps(
         context.trained,
@@ -73,14 +100,31 @@ def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float):
         fill=fill_value(spec.fill, meta["mean"], test.preprocess),
         budget_mb=budget_mb,
         device=device,
+        shard=shard,
     )
     maps["inputs"] = test.pixels(idx).numpy()
     maps["examples"] = idx.numpy()  # indices into the prepared test split
     maps["mean"], maps["std"] = test.preprocess.record["mean"], test.preprocess.record["std"]
+    return maps
+
+
+def _table(maps: dict, meta: dict):
+    from ..engine.occlusion import summary
+
     table = summary(maps)
     # Tidy for the aggregate over seeds: one condition per image and window, one set per window.
     table.insert(0, "condition", [f"w{w}:image{i}" for w, i in zip(table["window"], table["image"])])
     table.insert(1, "set", [f"w{w}" for w in table["window"]])
     table["class_name"] = [meta["classes"][c] for c in table["label"]]
     table["takeover_name"] = [meta["classes"][c] if c >= 0 else "" for c in table["takeover_class"]]
-    return table, maps
+    return table
+
+
+def image_macs(spec: Spec, graph, shape) -> int:
+    """Multiply-adds per image the occlusion cannot avoid (`Graph.window_macs` over every
+    window position, plus the intact forward): the cost `shards: auto` divides."""
+    from ..engine.occlusion import window_positions
+
+    _, height, width = shape
+    rects = [window_positions(height, width, w, spec.stride).rects for w in spec.windows]
+    return graph.forward_macs + sum(graph.window_macs(r) for r in rects)

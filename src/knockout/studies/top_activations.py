@@ -13,6 +13,9 @@ from . import Context, Target, check_layer
 
 KIND = "probe"
 NOTEBOOK = "top_activations"
+SHARDS = (
+    "no: top_activations keeps the top k over all the images in one job; shards is for evaluated studies and occlusion"
+)
 AGGREGATE = False
 
 

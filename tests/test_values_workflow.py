@@ -1,0 +1,314 @@
+"""Ablation values in the workflow: a set's `value` (zero, mean, resample, noise, or a list) names
+its conditions `{set}@{label}`, the config check refuses what cannot be computed honestly, an
+ablate-then-train set under mean starts at the units' means, and snakemake runs every value to
+its tables and figure on the default study's CNN and on a torchvision ResNet."""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from knockout.data import as_split  # noqa: E402
+from knockout.errors import ConfigError  # noqa: E402
+from knockout.models import build_model  # noqa: E402
+from knockout.studies import Context, Target, Value, ablate_then_train, filter_ablation, silence_point  # noqa: E402
+from knockout.units import unit_values  # noqa: E402
+from specs import study_spec  # noqa: E402
+from test_workflow import BAD, needs_fashion, printed, snakemake, write_config  # noqa: E402
+
+BN_CNN = {"type": "cnn", "conv": [{"channels": 8, "pool": 2}, {"channels": 6}], "batch_norm": True, "dense": [12]}
+PLAIN_CNN = {"type": "cnn", "conv": [{"channels": 8, "pool": 2}, {"channels": 6}], "dense": [12]}
+
+
+def trained(arch, shape=(1, 12, 12), seed=0):
+    torch.manual_seed(seed)
+    model = build_model(arch, shape, 10)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # non-trivial norms: a scale or shift left alone would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+    return model.eval()
+
+
+def test_values_name_their_sets_and_conditions():
+    context = Context(trained=trained(BN_CNN), seed=3)
+    sets = {
+        "low": {
+            "select": "units",
+            "units": {"conv2": [1, 4]},
+            "value": ["zero", "mean", {"kind": "mean", "per": "position"}],
+        },
+        "rand": {"select": "random", "k": 2, "repeats": 2, "value": {"kind": "resample", "repeats": 2}},
+        "each": {"select": "each", "value": "noise"},
+    }
+    spec = study_spec("filter_ablation", layers=["conv2"], sets=sets, compare=[["low@mean", "low"]])
+    conditions = filter_ablation.conditions(spec, context)
+    by_name = {c.name: c for c in conditions}
+    assert [c.name for c in conditions[:4]] == ["baseline", "low", "low@mean", "low@mean-position"]
+    assert by_name["low"].value == Value() and by_name["low@mean"].value == Value("mean")
+    assert by_name["low@mean-position"].value == Value("mean", "position")
+    assert dict(by_name["low@mean"].info)["value"] == "mean" and dict(by_name["baseline"].info)["value"] == "zero"
+    assert by_name["low@mean"].silence == by_name["low"].silence == (("conv2", (1, 4)),)
+    resampled = [c for c in conditions if c.set == "rand@resample"]
+    assert sorted(c.name for c in resampled) == sorted(f"rand@resample:draw{d}:v{v}" for d in (0, 1) for v in (0, 1))
+    assert {(dict(c.info)["draw"], dict(c.info)["value_draw"], c.value.draw) for c in resampled} == {
+        (d, v, v) for d in (0, 1) for v in (0, 1)
+    }
+    # The same units under every draw of the value: only what they output differs.
+    assert by_name["rand@resample:draw1:v0"].silence == by_name["rand@resample:draw1:v1"].silence
+    assert [c.name for c in conditions if c.set == "each@noise"] == [f"each@noise:conv2:{u}" for u in range(6)]
+    assert filter_ablation.needs(spec) == {"unit_values", "donors"}
+    target = Target("m", context.trained, {}, None)
+    filter_ablation.check(spec, target)  # compare names the @value set
+    zero_only = study_spec(
+        "filter_ablation", layers=["conv2"], sets={"low": {"select": "units", "units": {"conv2": [1]}}}
+    )
+    assert filter_ablation.needs(zero_only) == set()
+    assert [c.name for c in filter_ablation.conditions(zero_only, context)] == ["baseline", "low"]
+
+
+@pytest.mark.parametrize(
+    "sets,compare,message",
+    [
+        (
+            {"low": {"select": "units", "units": {"conv2": [1]}, "value": "mean"}},
+            [["low@resample", "low"]],
+            "compare[0]: no set 'low@resample'",
+        ),
+        (
+            {"low": {"select": "units", "units": {"conv2": [1]}, "value": {"kind": "mean", "repeats": 2}}},
+            [],
+            "sets.low.value: mean is one value",
+        ),
+        (
+            {"low": {"select": "units", "units": {"conv2": [1]}, "value": {"kind": "resample", "per": "position"}}},
+            [],
+            "sets.low.value: per: position is for mean and noise",
+        ),
+    ],
+)
+def test_bad_values_are_one_line_errors(sets, compare, message):
+    spec = study_spec("filter_ablation", layers=["conv2"], sets=sets, compare=compare)
+    with pytest.raises(ConfigError) as e:
+        filter_ablation.check(spec, Target("m", trained(BN_CNN), {}, None))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_value_on_attention_heads_is_refused():
+    vit = build_model(
+        {
+            "type": "module",
+            "target": "torchvision.models.vision_transformer:VisionTransformer",
+            "kwargs": {
+                "image_size": 16,
+                "patch_size": 4,
+                "num_layers": 1,
+                "num_heads": 2,
+                "hidden_dim": 8,
+                "mlp_dim": 16,
+            },
+        },
+        (3, 16, 16),
+        10,
+    )
+    layer = "encoder.layers.encoder_layer_0.self_attention"
+    sets = {"heads": {"select": "each", "value": ["zero", "mean"]}}
+    with pytest.raises(ConfigError, match=r"^sets.heads.value: .*attention layer"):
+        filter_ablation.check(study_spec("filter_ablation", layers=[layer], sets=sets), Target("v", vit, {}, None))
+
+
+@pytest.mark.parametrize("arch,layer", [(BN_CNN, "conv1"), (BN_CNN, "fc1"), (PLAIN_CNN, "conv2"), (PLAIN_CNN, "fc1")])
+def test_ablate_then_train_under_mean_starts_the_units_at_their_mean(arch, layer):
+    model = trained(arch)
+    reference = torch.randn(64, 1, 12, 12)
+    values = unit_values(model, as_split(reference, torch.arange(64) % 10))
+    context = Context(trained=model, unit_values=values, seed=0)
+    spec = study_spec(
+        "ablate_then_train",
+        layers=[layer],
+        sets={"two": {"select": "units", "units": {layer: [0, 3]}, "value": ["zero", "mean"]}},
+    )
+    ablate_then_train.check(spec, Target("m", model, {}, None))
+    assert ablate_then_train.condition_names(spec) == ["baseline", "two", "two@mean"]
+    conditions = {c.name: c for c in ablate_then_train.conditions(spec, context)}
+    assert conditions["two@mean"].value == Value("mean")
+    adapted = ablate_then_train.apply(conditions["two@mean"], context)
+    point = silence_point(model, layer)
+    seen = []
+    adapted.get_submodule(point).register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    x = torch.randn(20, 1, 12, 12) * 3  # other inputs than the reference's
+    for mode in ("eval", "train"):  # a batch norm on its running or its batch statistics
+        getattr(adapted, mode)()
+        seen.clear()
+        adapted(x)
+        out = seen[0].movedim(1, -1) if seen[0].dim() > 2 else seen[0]
+        mean = values[layer]["mean_channel"].to(out.dtype)
+        for unit in (0, 3):
+            assert torch.equal(out[..., unit], torch.full_like(out[..., unit], mean[unit].item())), (mode, unit)
+        assert not torch.equal(out[..., 1], torch.full_like(out[..., 1], out[..., 1].flatten()[0].item()))
+    # and under zero the weights alone are zeroed, as before
+    zeroed = ablate_then_train.apply(conditions["two"], context)
+    assert torch.equal(
+        zeroed.get_submodule(layer).weight[[0, 3]], torch.zeros_like(model.get_submodule(layer).weight[[0, 3]])
+    )
+
+
+@pytest.mark.parametrize(
+    "semantics,value,message",
+    [
+        ("mask", "mean", "semantics: mask keeps the units at 0"),
+        ("zero_once", "resample", "sets.two.value: a retrained set starts from zero or its per-channel mean"),
+        ("zero_once", {"kind": "mean", "per": "position"}, "sets.two.value: a retrained set starts"),
+    ],
+)
+def test_ablate_then_train_refuses_values_that_are_no_starting_point(semantics, value, message):
+    spec = study_spec(
+        "ablate_then_train",
+        layers=["conv1"],
+        sets={"two": {"select": "units", "units": {"conv1": [0]}, "value": value}},
+        semantics=semantics,
+    )
+    with pytest.raises(ConfigError) as e:
+        ablate_then_train.check(spec, Target("m", trained(BN_CNN), {}, None))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+# --- through snakemake ---------------------------------------------------------------------------
+
+VALUES = {
+    "seeds": [0, 1],
+    "device": "cpu",
+    "threads": 1,
+    "data": BAD["data"],
+    "datasets": {"fashion_mnist": {"train_subset": 400, "test_subset": 150}},
+    "unit_stats": {"examples": 200},
+    "models": {
+        "cnn": {
+            "dataset": "fashion_mnist",
+            "arch": "study5_cnn",
+            "train": {"epochs": 1, "optimizer": "adam", "lr": 0.003},
+        }
+    },
+    "interventions": {
+        "cnn_filters": {
+            "type": "filter_ablation",
+            "model": "cnn",
+            "layers": ["conv3"],
+            "sets": {
+                "low": {
+                    "select": "lowest_response",
+                    "k": 4,
+                    "value": ["zero", "mean", {"kind": "mean", "per": "position"}],
+                },
+                "rand": {"select": "random", "k": 4, "value": ["zero", {"kind": "resample", "repeats": 2}]},
+                "each": {"select": "each", "value": ["zero", "mean"]},
+                "curve": {"select": "cumulative", "fractions": [0.25, 0.75], "value": ["zero", "noise"]},
+            },
+            "compare": [["low@mean", "low"], ["rand@resample", "rand"]],
+        }
+    },
+}
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_every_value_runs_on_the_default_cnn_to_its_tables_and_figure(tmp_path):
+    write_config(tmp_path, VALUES)
+    run = snakemake(tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    folder = tmp_path / "results/interventions/cnn_filters/cnn"
+    per_seed = pd.concat([pd.read_csv(folder / f"seed{s}.csv") for s in (0, 1)])
+    for s in (0, 1):
+        assert (tmp_path / f"results/units/cnn/seed{s}.values.pt").is_file()
+    assert set(per_seed["value"]) == {"zero", "mean", "mean-position", "resample", "noise"}
+    n_units = int((per_seed["set"] == "each").sum() / 2)
+    assert n_units > 0 and (per_seed["set"] == "each@mean").sum() == 2 * n_units  # every unit, both seeds
+    assert set(per_seed.loc[per_seed["set"] == "rand@resample", "value_draw"]) == {0, 1}
+    for seed, rows in per_seed.groupby("seed"):
+        rows = rows.set_index("condition")
+        assert rows["baseline_accuracy"].nunique() == 1  # one baseline, whatever the value
+        # the same units, another value: the same silence, other predictions (in general)
+        assert rows.loc["low", "units"] == rows.loc["low@mean", "units"] == rows.loc["low@mean-position", "units"]
+        assert rows.loc["rand:draw0", "units"] == rows.loc["rand@resample:draw0:v0", "units"]
+    # zeroing a layer's lowest-mean units costs at least as much as holding them at their mean, on average
+    table = pd.read_csv(tmp_path / "results/tables/cnn_filters.csv")
+    sets = table[table["level"] == "set"].set_index("set")
+    assert {"low", "low@mean", "low@mean-position", "rand@resample", "each@mean", "curve@noise"} <= set(sets.index)
+    assert sets.loc["low@mean", "value"] == "mean" and sets.loc["low", "value"] == "zero"
+    comparisons = pd.read_csv(tmp_path / "results/tables/cnn_filters.comparisons.csv")
+    assert {("low@mean", "low"), ("rand@resample", "rand")} <= set(zip(comparisons["a"], comparisons["b"]))
+    figures = tmp_path / "results/figures/cnn_filters"
+    assert (figures / "values.png").is_file() and (figures / "cumulative.png").is_file()
+    text = printed(tmp_path / "results/notebooks/cnn_filters.ipynb")
+    assert "ablation values: zero, mean, mean-position, noise, resample" in text
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_values_on_a_torchvision_resnet(tmp_path):
+    config = copy.deepcopy(VALUES) | {"seeds": [0]}
+    config["datasets"] = {"fashion_mnist": {"train_subset": 200, "test_subset": 60}}
+    config["unit_stats"] = {"examples": 100}
+    config["models"] = {
+        "resnet": {
+            "dataset": "fashion_mnist",
+            "arch": {"type": "torchvision", "name": "resnet18", "small_input": True},
+            "train": {"epochs": 1, "batch_size": 50, "optimizer": "adam", "lr": 0.001},
+            "allow_chance": True,
+        }
+    }
+    config["interventions"] = {
+        "resnet_filters": {
+            "type": "filter_ablation",
+            "model": "resnet",
+            "layers": ["layer4.1.conv2"],
+            "sets": {
+                "rand": {"select": "random", "k": 128, "value": ["zero", "mean", "resample"]},
+                "down": {
+                    "select": "units",
+                    "units": {"layer3.0.downsample.0": [0, 1, 2, 3]},
+                    "value": ["zero", "mean"],
+                },
+            },
+            "compare": [["rand@mean", "rand"]],
+        }
+    }
+    write_config(tmp_path, config)
+    run = snakemake(tmp_path)
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = pd.read_csv(tmp_path / "results/interventions/resnet_filters/resnet/seed0.csv").set_index("condition")
+    assert list(rows.index) == ["baseline", "rand:draw0", "rand@mean:draw0", "rand@resample:draw0", "down", "down@mean"]
+    assert list(rows["value"]) == ["zero", "zero", "mean", "resample", "zero", "mean"]
+    assert rows.loc["rand:draw0", "units"] == rows.loc["rand@mean:draw0", "units"]
+    sets = pd.read_csv(tmp_path / "results/tables/resnet_filters.csv").query("level == 'set'").set_index("set")
+    assert {"rand", "rand@mean", "rand@resample", "down@mean"} <= set(sets.index)
+    assert (tmp_path / "results/figures/resnet_filters/values.png").is_file()
+
+
+@needs_fashion
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda c: c.update(unit_stats={"split": "test"}),
+            "interventions.cnn_filters: unit_stats.split: mean, resample",
+        ),
+    ],
+)
+def test_a_value_computed_on_the_evaluated_images_is_refused_before_any_job(tmp_path, change, message):
+    config = json.loads(json.dumps(VALUES))
+    change(config)
+    write_config(tmp_path, config)
+    run = snakemake(tmp_path, "-n")
+    assert run.returncode != 0
+    assert message in run.stderr and "must not be computed on the evaluated images" in run.stderr
