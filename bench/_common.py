@@ -314,9 +314,11 @@ class captum_baselines:
 
         self.model, self.point, self.value = model, point, value
         if value == "mean":
-            mean = context.unit_values[layer]["mean_channel"].float()
-            conv = isinstance(model.get_submodule(layer), nn.Conv2d)
-            self.mean = mean.view(1, -1, 1, 1) if conv else mean.view(1, -1)
+            stats = context.unit_values[layer]
+            # the channel means over the layer's whole output shape (a broadcast (1, C, 1, 1) trips
+            # Captum's LayerFeatureAblation when features are grouped: perturbations of 2+ channels)
+            shape = stats["mean_position"].shape
+            self.mean = stats["mean_channel"].float().view(-1, *[1] * (len(shape) - 1)).expand(shape)
         if value == "resample":
             self.donors = context.donors
             self.index = donor_indices(context.seed, 0, n, len(context.donors))
@@ -325,7 +327,7 @@ class captum_baselines:
         if self.value == "zero":
             return 0
         if self.value == "mean":
-            return self.mean.to(device)
+            return self.mean.to(device).expand(size, *self.mean.shape)
         seen = []
         handle = self.point.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
         try:
