@@ -3,21 +3,23 @@
 # slurm-wlm and munge, daemons started by hand: no systemd needed), run the tiny study of
 # tests/slurm/config.yaml once locally and once with `--profile profiles/slurm` (plus the test
 # cluster's overrides, tests/slurm/profile.yaml), check that the jobs went through sbatch and that
-# both runs computed the same numbers, then stop the daemons it started (by PID).
+# both runs computed the same numbers, then stop the daemons it started (by PID). The local run's
+# config has every `shards` key removed: a sharded study's tables from its shard and gather jobs
+# under SLURM must equal one unsharded `intervene` job's.
 #
 #   bash .ci/slurm-test.sh      # as root, with apt-get; otherwise it prints why it skips
 #
 # Everything lives in one temporary folder (munge key and socket, slurm.conf, state, logs, the two
 # runs); the only file written outside it is /etc/slurm/slurm.conf, one `Include` line for the
 # job steps (the plugin's `srun` drops SLURM_CONF), removed at exit. Every wait is bounded: the
-# whole script fails rather than run past SLURM_TEST_LIMIT_S (default 520 s) plus clean-up. SLURM_TEST_KEEP=1
+# whole script fails rather than run past SLURM_TEST_LIMIT_S (default 900 s) plus clean-up. SLURM_TEST_KEEP=1
 # keeps the temporary folder (logs, both runs) for a look afterwards.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 SNAKEMAKE="$REPO/.venv/bin/snakemake"
 PYTHON="$REPO/.venv/bin/python"
-LIMIT_S="${SLURM_TEST_LIMIT_S:-520}" # + at most ~70 s to stop everything: < 10 minutes in all
+LIMIT_S="${SLURM_TEST_LIMIT_S:-900}" # + at most ~70 s to stop everything: it took 297 s on an idle 2-core machine before the sharded study
 START=$SECONDS
 DEADLINE=$((SECONDS + LIMIT_S))
 MARKER="# written by knockout .ci/slurm-test.sh"
@@ -193,7 +195,14 @@ done
 step "cluster up: $(sinfo -h -o '%P %D node(s) %c CPUs %m MB %G %t')"
 
 # --- 3. the tiny study, locally (A) and through SLURM (B) --------------------------------------
-cp "$REPO/tests/slurm/config.yaml" "$T/A/config.yaml"
+# A (local) runs every study unsharded: the same config without its studies' `shards` keys
+"$PYTHON" - "$REPO/tests/slurm/config.yaml" "$T/A/config.yaml" <<'EOF'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+sharded = [name for name, study in config["interventions"].items() if study.pop("shards", 1) != 1]
+assert sharded, "tests/slurm/config.yaml has no sharded study"
+yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
+EOF
 cp "$REPO/tests/slurm/config.yaml" "$T/B/config.yaml"
 mkdir -p "$T/profile"
 "$PYTHON" - "$REPO/profiles/slurm/config.yaml" "$REPO/tests/slurm/profile.yaml" "$T/profile/config.yaml" <<'EOF'
@@ -236,6 +245,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 T = Path(sys.argv[1])
 A, B = T / "A", T / "B"
@@ -244,6 +254,10 @@ TIMING = {"seconds", "images_per_second", "seconds_per_epoch"}  # the only value
 # repository may change between the two runs where people work in it)
 WHERE = {"provenance.json": {"platform", "device", "git"}}
 RENDERED = ("notebooks", "figures")  # executed notebooks and PNG/PDF figures carry dates: not compared
+PER_SEED = (".csv", ".per_class.csv", ".confusion.csv", ".examples.parquet")  # an evaluated study's tables
+# The studies B (SLURM) runs in shards and A (local) in one intervene job each, and their shard counts.
+CONFIG = yaml.safe_load((B / "config.yaml").read_text())
+SHARDS = {name: study["shards"] for name, study in CONFIG["interventions"].items() if study.get("shards", 1) != 1}
 problems = []
 
 # Every SLURM job of the cluster (it is fresh: only this run's), with its state and rule/group.
@@ -271,13 +285,20 @@ if not groups:
 for kind in ["rule_unit_stats", "rule_intervene"]:
     if kind in kinds:
         problems.append(f"{kind} ran as a job of its own, not in the group")
+# a sharded study: one SLURM job per shard and seed (not grouped) and one gather per seed
+expected = {"rule_intervene_shard": sum(SHARDS.values()) * len(CONFIG["seeds"]), "rule_gather": len(SHARDS) * len(CONFIG["seeds"])}
+for kind, n in expected.items():
+    if kinds.get(kind, 0) != n:
+        problems.append(f"{kinds.get(kind, 0)} {kind} jobs via sbatch, expected {n} (shards {SHARDS})")
 
-# What the profile asked for reached sbatch: one GPU per train job and per group job (not one
-# per grouped job: the group's jobs run one after another).
+# What the profile asked for reached sbatch: one GPU per train job, per group job (not one per
+# grouped job: the group's jobs run one after another) and per shard or plan job (not grouped);
+# none for gather, aggregate and the other bookkeeping jobs.
+GPU_RULES = {"rule_train", "rule_intervene_shard", "rule_probe_shard", "rule_shard_plan", "rule_unit_values"}
 details = {m["id"]: line for line in (T / "jobs.detail").read_text().splitlines()
            if (m := re.match(r"JobId=(?P<id>\d+)", line))}
 for jobid, kind in kind_of.items():
-    wants_gpu = kind == "rule_train" or kind.startswith("group_")
+    wants_gpu = kind in GPU_RULES or kind.startswith("group_")
     has_gpu = re.search(r"TresPerJob=gres:gpu:1(\s|$)", details.get(jobid, "")) is not None
     if wants_gpu != has_gpu:
         problems.append(f"SLURM job {jobid} ({kind}): one GPU asked {has_gpu}, expected {wants_gpu}")
@@ -290,10 +311,16 @@ for jobid, kind in kind_of.items():
     if not re.search(r"MinMemoryNode=[1-9]", line):
         problems.append(f"SLURM job {jobid} ({kind}) asked for no memory: mem_mb did not reach sbatch")
 
-# The outputs: every table, json, parquet and checkpoint of A exists in B with the same content.
+# The outputs: every table, json, parquet and checkpoint of A exists in B with the same content
+# (a sharded study's shards/ folder aside: B's alone, checked below).
 def files(root):
     return sorted(p.relative_to(root) for p in (root / "results").rglob("*")
-                  if p.is_file() and p.parts[len(root.parts) + 1] not in ("logs", "benchmarks"))
+                  if p.is_file() and p.parts[len(root.parts) + 1] not in ("logs", "benchmarks")
+                  and "shards" not in p.relative_to(root).parts)
+
+def drop_shards(config):  # the one key the two runs' configs differ in (provenance.json records them)
+    for study in (config or {}).get("interventions", {}).values():
+        study.pop("shards", None)
 
 def drop_timing(obj):
     if isinstance(obj, dict):
@@ -301,6 +328,7 @@ def drop_timing(obj):
     return obj
 
 fa, fb = files(A), files(B)
+equal = set()  # the files found equal
 if fa != fb:
     problems.append(f"different files: only local {sorted(set(fa) - set(fb))}, only SLURM {sorted(set(fb) - set(fa))}")
 compared = 0
@@ -319,6 +347,8 @@ for rel in fa:
             x, y = (drop_timing(json.loads(p.read_text())) for p in (a, b))
             for key in WHERE.get(rel.name, ()):
                 x.pop(key, None), y.pop(key, None)
+            if rel.name == "provenance.json":
+                drop_shards(x.get("config")), drop_shards(y.get("config"))
             assert x == y, f"differs in {sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))}"
         elif rel.suffix == ".pt":
             x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
@@ -333,8 +363,31 @@ for rel in fa:
         else:
             assert a.read_bytes() == b.read_bytes(), "bytes differ"
         compared += 1
+        equal.add(rel)
     except AssertionError as e:
         problems.append(f"{rel}: {str(e).splitlines()[0] if str(e) else 'differs'}")
+
+# The sharded studies: B's per-seed tables came from its shards (one file per shard and seed, a
+# gather log), A's from one intervene job; each of the four tables per seed compared equal above.
+sharded_tables = 0
+for name, n in SHARDS.items():
+    model = CONFIG["interventions"][name]["model"]
+    for seed in CONFIG["seeds"]:
+        got = sorted(p.name for p in (B / f"results/interventions/{name}/{model}/shards/seed{seed}").glob("shard*.pt"))
+        if got != [f"shard{i}.pt" for i in range(n)]:
+            problems.append(f"{name} seed {seed}: the SLURM run's shard files are {got}, expected {n}")
+        if (A / f"results/interventions/{name}/{model}/shards").exists():
+            problems.append(f"{name}: the local run was sharded too (it should be one intervene job per seed)")
+        if not (A / f"results/logs/interventions/{name}/{model}/seed{seed}.log").exists():
+            problems.append(f"{name} seed {seed}: no log of a local intervene job")
+        if not (B / f"results/logs/shards/{name}/{model}/seed{seed}.gather.log").exists():
+            problems.append(f"{name} seed {seed}: no gather log in the SLURM run")
+        for ext in PER_SEED:
+            rel = Path(f"results/interventions/{name}/{model}/seed{seed}{ext}")
+            if rel in equal:
+                sharded_tables += 1
+            else:
+                problems.append(f"{rel}: not compared equal (missing in a run, or different)")
 
 accuracy = {f"{p.parent.parent.name}/{p.parent.name}": json.loads(p.read_text())["test_accuracy"]
             for p in sorted((B / "results/models").glob("*/seed*/metrics.json"))}
@@ -345,6 +398,8 @@ summary = ", ".join(f"{n} {k.split('_', 1)[1] if k.startswith('rule_') else 'gro
                     for k, n in sorted(kinds.items()))
 print(f"{len(jobs)} jobs via sbatch, all COMPLETED, each with its SLURM log ({summary})")
 print(f"outputs equal: {compared} files of the SLURM run match the local run (timing columns aside)")
+print(f"sharded = unsharded: {sharded_tables} per-seed tables of {', '.join(f'{k} ({n} shards)' for k, n in SHARDS.items())}"
+      " from SLURM's intervene_shard + gather jobs equal the local unsharded intervene's")
 print("test accuracy " + ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
 EOF
 step "slurm test passed"

@@ -117,3 +117,43 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "cpus_per_gpu=" in run.stdout and "slurm_partition=CHANGE_ME" in run.stdout
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """A dry run's "Job stats" table: rule -> number of jobs."""
+    table = stdout.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m[1] != "total"}
+
+
+def test_the_cluster_tests_study_is_sharded_under_slurm_and_not_locally(tmp_path):
+    # .ci/slurm-test.sh runs tests/slurm/config.yaml through SLURM as is and locally without its
+    # `shards` keys, and compares the sharded study's tables: here, that its config still plans so
+    config = load(ROOT / "tests/slurm/config.yaml")
+    sharded = {name: study["shards"] for name, study in config["interventions"].items() if study.get("shards", 1) != 1}
+    assert sharded and all(isinstance(n, int) and n > 1 for n in sharded.values()), sharded
+    local = {
+        **config,
+        "interventions": {n: {k: v for k, v in s.items() if k != "shards"} for n, s in config["interventions"].items()},
+    }
+    counts = {}
+    for run_name, run_config, profile in [
+        ("slurm", config, ["--profile", str(ROOT / "profiles/slurm")]),
+        ("local", local, []),
+    ]:
+        folder = tmp_path / run_name
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        run = subprocess.run(
+            [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--omit-from", "notebook", "-n", *profile],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        counts[run_name] = job_counts(run.stdout)
+    seeds = len(config["seeds"])
+    assert counts["slurm"]["intervene_shard"] == sum(sharded.values()) * seeds
+    assert counts["slurm"]["gather"] == len(sharded) * seeds
+    assert "intervene_shard" not in counts["local"] and "gather" not in counts["local"]
+    assert counts["local"]["intervene"] == counts["slurm"]["intervene"] + len(sharded) * seeds
