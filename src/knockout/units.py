@@ -23,24 +23,8 @@ def _responses(model: nn.Module, graph, layers: list[str]):
         nodes = [graph.response_node(layer) for layer in layers]
         values = graph.values(nodes)
         return lambda x: dict(zip(layers, values(x)))
-    modules = dict(model.named_modules())
-
-    def run(x):
-        seen = {}
-        handles = [
-            modules[graph.silence_point(layer)].register_forward_hook(
-                lambda m, i, o, layer=layer: seen.__setitem__(layer, o)
-            )
-            for layer in layers
-        ]
-        try:
-            model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return seen
-
-    return run
+    points = {layer: graph.silence_point(layer) for layer in layers}
+    return lambda x: hooked_outputs(model, points, x)
 
 
 @torch.no_grad()
@@ -124,24 +108,26 @@ def silence_outputs(model: nn.Module, graph, layers: list[str]):
             nodes.append(calls[0])
         values = graph.values(nodes)
         return lambda x: dict(zip(layers, values(x)))
+    points = {layer: graph.silence_point(layer) for layer in layers}
+    return lambda x: hooked_outputs(model, points, x)
+
+
+def hooked_outputs(model: nn.Module, points: dict, x: torch.Tensor) -> dict:
+    """{layer: a copy of the output of module `points[layer]`} of `model` run on `x` (a copy:
+    an in-place op after it, torchvision's ReLU(inplace=True) or `out += identity`, would
+    overwrite the captured tensor)."""
+    seen = {}
     modules = dict(model.named_modules())
-
-    def run(x):
-        seen = {}
-        handles = [
-            modules[graph.silence_point(layer)].register_forward_hook(
-                lambda m, i, o, layer=layer: seen.__setitem__(layer, o.clone())
-            )
-            for layer in layers
-        ]
-        try:
-            model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return seen
-
-    return run
+    handles = [
+        modules[point].register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(layer, o.clone()))
+        for layer, point in points.items()
+    ]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def _merge(total: tuple | None, count: int, mean: torch.Tensor, m2: torch.Tensor) -> tuple:

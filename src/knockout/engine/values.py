@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..graph import graph_of, logits_of
-from ..units import silence_outputs
+from ..units import hooked_outputs, silence_outputs
 
 KINDS = ("zero", "mean", "resample", "noise")
 PER = ("channel", "position")
@@ -239,7 +239,7 @@ def reference(condition, context, split, batch_size: int):
         donor_out = {}
         if kind == "resample":
             index = donor_indices(context.seed, value.draw, len(data), len(context.donors))[start : start + len(x)]
-            donor_out = _captured(model, points, context.donors.inputs(index, device))
+            donor_out = hooked_outputs(model, points, context.donors.inputs(index, device))
         indices = data.indices[start : start + len(x)]
 
         def replace(module, args, out, layer):
@@ -279,19 +279,3 @@ def reference(condition, context, split, batch_size: int):
         predictions.append(logits.argmax(1).cpu())
         losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
     return ConditionOutput(torch.cat(predictions), torch.cat(losses))
-
-
-def _captured(model: nn.Module, points: dict, x: torch.Tensor) -> dict:
-    """{layer: the output of its silence point `points[layer]`} of `model` run on `x`."""
-    seen = {}
-    modules = dict(model.named_modules())
-    handles = [
-        modules[point].register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(layer, o.clone()))
-        for layer, point in points.items()
-    ]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
