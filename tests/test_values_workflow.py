@@ -287,8 +287,9 @@ def test_values_on_a_torchvision_resnet(tmp_path):
     run = snakemake(tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
     rows = pd.read_csv(tmp_path / "results/interventions/resnet_filters/resnet/seed0.csv").set_index("condition")
-    assert list(rows.index) == ["baseline", "rand:draw0", "rand@mean:draw0", "rand@resample:draw0", "down", "down@mean"]
-    assert list(rows["value"]) == ["zero", "zero", "mean", "resample", "zero", "mean"]
+    # the config file lists the sets in key order (down, rand): each set under each of its values
+    assert list(rows.index) == ["baseline", "down", "down@mean", "rand:draw0", "rand@mean:draw0", "rand@resample:draw0"]
+    assert list(rows["value"]) == ["zero", "zero", "mean", "zero", "mean", "resample"]
     assert rows.loc["rand:draw0", "units"] == rows.loc["rand@mean:draw0", "units"]
     sets = pd.read_csv(tmp_path / "results/tables/resnet_filters.csv").query("level == 'set'").set_index("set")
     assert {"rand", "rand@mean", "rand@resample", "down@mean"} <= set(sets.index)
