@@ -316,11 +316,8 @@ def intervene(
     """An evaluated study, one seed: every condition on the test split -> the four tables."""
     from .engine.evaluate import evaluate_conditions
 
-    device = _start(job, threads)
-    kind, spec = _study(job)
-    context = _context(job, seed, final, device, init, epochs, unit_stats, unit_values, data)
-    info, _, (split,) = _open(job, data, device, "test")
-    _check_study(job, kind, spec, context.trained, info)
+    inputs = {"init": init, "epochs": epochs, "unit_stats": unit_stats, "unit_values": unit_values}
+    device, kind, spec, context, info, split = _evaluated(job, seed, final, data, threads, inputs)
     conditions = kind.conditions(spec, context)
     outputs = evaluate_conditions(
         conditions, context, split, budget_mb=job["budget_mb"], device=device, apply=kind.apply
@@ -452,8 +449,8 @@ def _shard_total(shards: int | None, plan: str | None) -> int:
 
 
 def _evaluated(job: dict, seed: int, final: str, data: str, threads: int | None, inputs: dict):
-    """An evaluated study's job, set up as `intervene` sets it up: (device, study module, context,
-    meta, test split, conditions)."""
+    """An evaluated study's job set up (`intervene` and its shards): (device, study module, spec,
+    context, meta, test split)."""
     device = _start(job, threads)
     kind, spec = _study(job)
     context = _context(job, seed, final, device, data=data, **inputs)
