@@ -43,7 +43,7 @@ Fashion-MNIST, verified and prepared by knockout.data into ``results/bench/`` (f
 
 How to run (from the repository root)
 -------------------------------------
-    .venv/bin/python bench/morcos_study.py                # ~5 minutes on 2 cores, most of it Captum
+    .venv/bin/python bench/morcos_study.py                # ~40 minutes on 2 cores (3 values), most of it Captum
     .venv/bin/python bench/morcos_study.py --quick        # 2,000 test images
     .venv/bin/python bench/morcos_study.py --threads 2 --out results/bench/morcos.csv
 """

@@ -9,8 +9,9 @@ Sets are `filter_ablation`'s `units`, `lowest_response` and `random` (with `repe
              on the layer's weight and bias (and a following batch norm's scale and shift)
 `freeze_body` trains only the last layer, as fastai does for a pretrained body.
 `value: mean` (per channel, zero_once only) starts the silenced units at their mean instead of 0:
-their weights 0 and their bias (or, behind a batch norm, the norm's bias, with its scale 0) the
-unit's mean over the reference split, so the next layer starts on its training distribution.
+their weights 0 and their bias (or, behind a batch norm, the norm's shift, its running mean 0) the
+unit's mean over the reference split, so the next layer starts on its training distribution; as
+under zero_once, gradients still reach the zeroed weights.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ def apply(condition: Condition, context: Context):
 
 def start_at_mean(modules: dict, layer: str, point: str, units, context: Context) -> None:
     """Make `units` of `layer` output their per-channel mean (`context.unit_values`) at its
-    silence point for every input: the weights feeding them 0, and the constant their output
-    then is (the layer's bias, or a batch norm's shift with its scale 0) the mean."""
+    silence point for every input, in train and eval mode: the weights feeding them 0 (done by
+    the caller), and the constant their output then is (the layer's bias, or a following batch
+    norm's shift) the mean. As under zero_once, they are then free to change."""
     import torch
 
     if context.unit_values is None or layer not in context.unit_values:
@@ -150,8 +152,13 @@ def start_at_mean(modules: dict, layer: str, point: str, units, context: Context
     mean = context.unit_values[layer]["mean_channel"]
     idx = list(units)
     last = modules[point]
-    if point != layer:  # a batch norm reads the layer: it alone sets the output
-        last.weight[idx] = 0
+    if point != layer:  # a batch norm reads the layer, whose output is now 0 for every input
+        if last.bias is None:
+            raise ValueError(f"{point} has no shift: the units of {layer} cannot start at their mean")
+        # its normalised input is then 0 on batch statistics, and on running ones once their mean is 0,
+        # so the shift alone is the output; the scale is kept, so gradients reach the zeroed weights
+        if last.running_mean is not None:
+            last.running_mean[idx] = 0
     elif last.bias is None:
         raise ValueError(f"{layer} has no bias and no batch norm: its units cannot start at their mean")
     last.bias[idx] = torch.as_tensor(mean, dtype=last.bias.dtype, device=last.bias.device)[idx]
