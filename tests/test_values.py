@@ -61,7 +61,7 @@ def networks(user_file):
         "resnet18": (
             {"type": "torchvision", "name": "resnet18", "small_input": True},
             (3, 8, 8),
-            ("layer2.0.conv1", range(6)),
+            ("layer2.0.conv1", (0, 3, 5)),
             ["layer3.1.conv2", "layer2.0.downsample.0"],
         ),
         "user_file": (
