@@ -27,7 +27,8 @@ result equals the reference, which applies the condition on its own:
                ``units.unit_values`` over 8 other seeded random images) vs. the whole network run
                with a forward hook on the silence point that puts the units' means in their place
                (written here); and those means vs. a float64 mean of the silence point's output over
-               the same images taken here by a hook (within 1e-4 relative / 1e-5 absolute).
+               the same images taken here by a hook (within 1e-4 relative / 1e-5 absolute); a
+               mismatch is checked again on float64 copies, as for each.
   rerandomize  the same for [baseline, rerandomize:L] (``replace=((L, "rerandom"),)``) with
                ``Context(trained=model, rerandom=the same architecture built with the next seed)``.
   zero         a silenced unit is exactly 0 at its silence point (the batch norm that alone reads
@@ -453,7 +454,7 @@ def check_conditions(conditions, context, images, labels, args, device, graph=No
 def check_mean(model, graph, layer, point, units, images, labels, args, device) -> tuple[str, float, float]:
     """(problem or '', effect, error) of mean ablation (module docstring)."""
     gen = torch.Generator().manual_seed(args.seed + 5)
-    others = torch.randn(8, *images.shape[1:], generator=gen).to(device)
+    others = torch.randn(8, *images.shape[1:], generator=gen).to(device, images.dtype)
     values = unit_values(model, as_split(others, torch.zeros(len(others), dtype=torch.long)), [layer])
     means = values[layer]["mean_channel"]
     dim = out_dim(graph, layer)
@@ -819,6 +820,17 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
         problem, row["mean_effect"], row["mean_error"] = check_mean(
             model, graph, layer, point, units, images, labels, args, device
         )
+        if problem and row["mean_error"] is not None:  # a mismatch: float64 tells noise from error, as for each
+            double = copy.deepcopy(model).double()
+            try:
+                problem64, _, error64 = check_mean(
+                    double, graph, layer, point, units, images.double(), labels, args, device
+                )
+            finally:
+                del double
+                gc.collect()
+            detail = f" (largest loss difference {error64:.2g})" if error64 is not None else ""
+            problem, notes["mean"] = float64_verdict(problem, problem64, detail)
         return problem
 
     family("mean", mean_family)
