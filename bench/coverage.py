@@ -110,7 +110,8 @@ from knockout.engine.evaluate import evaluate_conditions
 from knockout.engine.occlusion import occlusion_maps, window_positions
 from knockout.engine.shared import footprint_macs, footprints
 from knockout.engine.top_activations import top_activations
-from knockout.graph import CONVS, fold_batch_norms, graph_of, logits_of, units_of
+from knockout.graph import CONVS, fold_batch_norms, graph_of, units_of
+from knockout.readout import Readout
 from knockout.models import build_model, count_parameters, head_name, multiply_adds
 from knockout.data import as_split
 from knockout.studies import Condition, Context, Value, apply_condition
@@ -277,7 +278,7 @@ def calibrate(model: nn.Module, size: int, seed: int) -> None:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
     with torch.no_grad():
-        std = float(logits_of(model(x)).float().std())
+        std = float(Readout()(model(x)).float().std())
         if math.isfinite(std) and std > 0:
             head = model.get_submodule(head_name(model))  # logits are positively homogeneous in it
             head.weight /= std
@@ -302,7 +303,7 @@ def size_kwargs(name: str) -> list[str]:
 def runs(model: nn.Module, size: int) -> bool:
     try:
         with torch.no_grad():
-            logits_of(model(torch.zeros(2, 3, size, size)))
+            Readout()(model(torch.zeros(2, 3, size, size)))
         return True
     except Exception:
         return False
@@ -385,7 +386,7 @@ def reference_forward(network: nn.Module, images, point: str | None = None):
     )
     try:
         with torch.no_grad():
-            logits = logits_of(network.eval()(images))
+            logits = Readout()(network.eval()(images))
     finally:
         if handle is not None:
             handle.remove()
@@ -575,7 +576,7 @@ def check_occlusion(model, images, labels, size, args, device, row=None) -> tupl
             occluded[k, :, max(0, i - w // 2) : i - w // 2 + w, max(0, j - w // 2) : j - w // 2 + w] = 0.0
         occluded = occluded.to(device)
         with torch.no_grad():
-            softmax = lambda batch: torch.softmax(logits_of(model(batch)).float(), 1).cpu()  # noqa: E731
+            softmax = lambda batch: torch.softmax(Readout()(model(batch)).float(), 1).cpu()  # noqa: E731
             alone = torch.cat([softmax(o[None]) for o in occluded])
             runs = [alone, softmax(occluded), softmax(occluded.repeat_interleave(16, 0))[::16]]
         spread = torch.stack([(r - alone).abs().amax(1) for r in runs]).amax(0)  # (spots,)

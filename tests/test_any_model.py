@@ -268,7 +268,7 @@ def config_with(model: dict, studies: dict | None = None) -> dict:
         ({"arch": {"type": "module", "target": "{user}:not_a_module"}}, "returned a int, not an nn.Module"),
         (
             {"arch": {"type": "module", "target": "{user}:Branchy", "kwargs": {"num_classes": 3}}},
-            "models.m.arch: gives outputs of shape (3,) for 10 classes",
+            "models.m.class_outputs: the network gives 3 outputs for 10 classes: give it a head of 10 outputs",
         ),
         (
             {"arch": {"type": "module", "target": "{user}:Branchy"}, "checkpoints": "{tmp}/none_{seed}.pt"},

@@ -827,11 +827,11 @@ REFUSED = [
     ),
     (
         {"source": "tensors", "path": "{tmp}/range.npz"},
-        "datasets.d.path: range.npz: train_labels outside 0..2 (3 classes): min 1, max 3",
+        "datasets.d.path: range.npz: labels outside 0..2 (3 classes): train_labels min 1, max 3",
     ),
     (
         {"source": "tensors", "path": "{tmp}/negative.npz"},
-        "datasets.d.path: negative.npz: test_labels outside 0..2: min -1, max 1",
+        "datasets.d.path: negative.npz: labels outside 0..2: test_labels min -1, max 1",
     ),
     ({"source": "tensors", "path": "{tmp}/missing.npz"}, "datasets.d.path: no such file {tmp}/missing.npz"),
     ({"source": "tensors", "path": "{tmp}/good.csv"}, "datasets.d.path: '{tmp}/good.csv' does not match"),

@@ -26,6 +26,7 @@ PACKAGES = {
     "seaborn": "seaborn",
     "papermill": "papermill",
     "PIL": "pillow",
+    "safetensors": "safetensors",
 }
 # what a package brings along in every conda-forge build
 IMPLIED = {

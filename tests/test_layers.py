@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "knockout"
 # Lowest first. A module may import its own layer and the layers below it, never above.
 LAYERS = [
     {"errors", "io", "catalog", "archs", "devices", "provenance", "targets"},  # facts and files
-    {"graph", "preprocess", "stats", "tables", "analysis"},  # the traced network; pure computations
+    {"graph", "readout", "preprocess", "stats", "tables", "analysis"},  # the traced network; pure computations
     {"sources", "models", "data", "factorization"},  # datasets and models (and rewrites of a built one)
     {"engine", "units", "train"},  # evaluating, probing, training
     {"studies"},  # one module per study type

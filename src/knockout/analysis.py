@@ -25,6 +25,7 @@ __all__ = [
     "PALETTE",
     "Figures",
     "ci_text",
+    "class_name",
     "read_arrays",
     "read_split",
     "read_tables",
@@ -118,6 +119,16 @@ def ci_text(mean: float, low: float, high: float, digits: int = 4) -> str:
     if pd.isna(low) or pd.isna(high):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def class_name(k: int, classes: list[str] | None) -> str:
+    """A predicted or true class index in words: its name, 'another output' for an index past
+    the classes (a network output that is none of them: `knockout.readout`), 'none' for -1."""
+    if k < 0:
+        return "none"
+    if classes is None:
+        return str(k)
+    return classes[k] if k < len(classes) else "another output"
 
 
 def read_tables(paths: Iterable[str | Path]) -> pd.DataFrame:

@@ -68,7 +68,7 @@ def is_weights_file(weights: str, arch: dict | str) -> bool:
     if isinstance(arch, str) or arch.get("type") != "torchvision":
         return True
     path = Path(str(weights)).expanduser()
-    return "/" in str(weights) or path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.is_file()
+    return "/" in str(weights) or path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors") or path.is_file()
 
 
 def without_weights(arch: str | dict) -> str | dict:

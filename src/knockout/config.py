@@ -211,9 +211,11 @@ def _check_study_data(config: dict, plan, name: str, info) -> None:
 
 
 def _check_checkpoints(plan, name: str, network) -> None:
-    """Every checkpoint the user gives for model `name` is there and fits its architecture."""
-    from .models import match_state, read_state_dict
+    """Every checkpoint the user gives for model `name` is there and fits its architecture (read
+    as its `checkpoints.key` and `prefix` say)."""
+    from .models import fit_state, read_state_dict
 
+    given = plan.adopted(name) or {}
     for which, paths in plan.checkpoint_files(name).items():
         for path in paths:
             key = f"models.{name}.checkpoints" + (
@@ -222,7 +224,7 @@ def _check_checkpoints(plan, name: str, network) -> None:
             if not Path(path).is_file():
                 raise ConfigError(f"{key}: no such file {path}")
             try:
-                match_state(network, read_state_dict(Path(path)), path)
+                fit_state(network, read_state_dict(Path(path), given.get("key")), path, given.get("prefix"))
             except ValueError as e:
                 raise ConfigError(f"{key}: {e}") from None
 
@@ -248,20 +250,25 @@ def _weights(config: dict, name: str) -> str | None:
 def _build(config: dict, name: str, info=None):
     """The model, built without pretrained weights (checking that they are there is enough)."""
     from .models import build_model, check_output, without_weights
+    from .readout import Readout
 
     _weights(config, name)
-    arch = without_weights(config["models"][name]["arch"])
-    info = info or data_info(config, config["models"][name]["dataset"])
+    entry = config["models"][name]
+    arch = without_weights(entry["arch"])
+    info = info or data_info(config, entry["dataset"])
     if not info.complete:
         raise ConfigError(
-            f"models.{name}: {info.deferred}: fetch it first (snakemake results/raw/{config['models'][name]['dataset']}/manifest.json)"
+            f"models.{name}: {info.deferred}: fetch it first (snakemake results/raw/{entry['dataset']}/manifest.json)"
         )
     try:
-        network = build_model(arch, info.shape, len(info.classes))
-        check_output(network, info.shape, len(info.classes))
-        return network
+        network = build_model(arch, info.shape, len(info.classes), Readout.from_record(entry))
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise ConfigError(f"models.{name}.arch: {str(e).splitlines()[0]}") from None
+    try:
+        check_output(network, info.shape, len(info.classes))
+    except ConfigError as e:
+        raise ConfigError(f"models.{name}.{e} (datasets.{entry['dataset']})") from None
+    return network
 
 
 def data_info(config: dict, dataset: str, raw_root: str | Path | None = "results/raw", geometry: dict | None = None):

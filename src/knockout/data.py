@@ -313,15 +313,15 @@ class _Writer:
     """The loader's collate function, in its workers: a chunk of converted images written in
     place by the worker that converted them (no copy of them crosses to the main process, which
     only records what is done). Out: (the chunk's first position, its pixel sums), or (its first
-    position, its first problem)."""
+    position, the one-line problems of its images that cannot be used)."""
 
     def __init__(self, path: Path, offset: int, row: int):
         self.path, self.offset, self.row, self.fd = path, offset, row, None
 
-    def __call__(self, items: list) -> tuple[int, list | str]:
+    def __call__(self, items: list) -> tuple[int, list]:
         problems = [value for _, value in items if isinstance(value, str)]
         if problems:
-            return items[0][0], problems[0]
+            return items[0][0], problems
         return items[0][0], self.write(items[0][0], np.stack([value for _, value in items]))
 
     def write(self, first: int, pixels: np.ndarray) -> list:
@@ -371,7 +371,15 @@ def _write_images(
     image shape (C, H, W)."""
     from tqdm import tqdm
 
-    first = to_pixels(where, int(indices[0]), raw.item(int(indices[0])), mode, geometry)
+    first, reason = None, None
+    for i in indices:  # the shape is the first readable image's (the unreadable ones are listed below)
+        try:
+            first = to_pixels(where, int(i), raw.item(int(i)), mode, geometry)
+            break
+        except DataError as err:
+            reason = reason or str(err)
+    if first is None:
+        raise DataError(f"none of the {len(indices)} {split} images can be used: {reason}")
     shape = tuple(first.shape)
     per_chunk = max(1, _CHUNK_BYTES // first.nbytes)
     chunks = [indices[i : i + per_chunk] for i in range(0, len(indices), per_chunk)]
@@ -405,9 +413,11 @@ def _write_images(
                 batch_sampler=[list(range(c * per_chunk, c * per_chunk + len(chunks[c]))) for c in todo],
                 num_workers=workers if len(todo) > 1 else 0,
             )
+        problems = []  # every image that cannot be used, found in one pass, not one per rerun
         for n, (position, sums) in enumerate(done, start=1):
-            if isinstance(sums, str):
-                raise DataError(sums)
+            if sums and isinstance(sums[0], str):
+                problems += sums
+                continue
             partial.mark(split, position // per_chunk, fd, sums, last=n == len(todo))
             bar.update(len(chunks[position // per_chunk]))
     finally:
@@ -415,6 +425,11 @@ def _write_images(
         bar.close()
         writer.close()
         os.close(fd)
+    if problems:
+        for problem in problems:
+            print(f"prepare: {problem}", file=sys.stderr)
+        more = f" (and {len(problems) - 1} more, each on a line of this job's log)" if len(problems) > 1 else ""
+        raise DataError(f"{len(problems)} of the {len(indices)} {split} images cannot be used: {problems[0]}{more}")
     return shape
 
 

@@ -201,17 +201,6 @@ def _is_tensor(value) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def logits_of(output) -> torch.Tensor:
-    """The logits of a classifier's output: the tensor itself, or the first of a tuple (aux heads)."""
-    if _is_tensor(output):
-        return output
-    if isinstance(output, (tuple, list)) and output and _is_tensor(output[0]):
-        return output[0]
-    if hasattr(output, "logits"):
-        return output.logits
-    raise TypeError(f"cannot find the logits in a model output of type {type(output).__name__}")
-
-
 @dataclass
 class Unit:
     """An addressable layer: its module, how many units it has, and along which dim of its

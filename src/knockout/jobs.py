@@ -50,7 +50,7 @@ def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_s
     for a study that resamples (`job["donors"]`), the reference split of the prepared view `data`."""
     import torch
 
-    from .models import build_model, load_model, without_weights
+    from .models import build_like, load_model, without_weights
     from .studies import Context
     from .units import load_unit_values
 
@@ -63,9 +63,8 @@ def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_s
         checkpoints[f"epoch{epoch}"] = load_model(path, map_location=device)
     # A fresh draw from the layers' initial distributions: the architecture from another seed,
     # derived from the training seed so reruns agree.
-    spec = trained.spec
     torch.manual_seed(10_000_019 + seed)
-    rerandom = build_model(without_weights(spec["arch"]), tuple(spec["input_shape"]), spec["num_classes"]).to(device)
+    rerandom = build_like(trained, without_weights(trained.spec["arch"])).to(device)
     return Context(
         trained=trained,
         init=load_model(init, map_location=device) if init else None,
@@ -156,20 +155,26 @@ def _check_study(job: dict, kind, spec, network, info: dict) -> None:
 # --- training --------------------------------------------------------------------------------------
 
 
-def _network(job: dict, meta: dict, key: str, weights: bool = False):
-    """The job's architecture built for the prepared view (without its pretrained weights unless
-    `weights`: the weights come from the checkpoint); ConfigError naming `key` when it does not
-    fit the images (checked before any job, unless the dataset was not known then)."""
-    from .models import build_model, without_weights
+def _network(job: dict, meta: dict, weights: bool = False):
+    """The job's architecture built for the prepared view, read as its model entry says (without
+    its pretrained weights unless `weights`: the weights come from the checkpoint); ConfigError
+    naming the model entry's key when it does not fit the images or the classes (checked before
+    any job, unless the dataset was not known then)."""
+    from .models import build_model, check_output, without_weights
+    from .readout import Readout
 
     arch = job["arch"] if weights else without_weights(job["arch"])
+    shape, classes = tuple(meta["shape"]), meta["num_classes"]
+    where = f"(on {meta['dataset']}: {'x'.join(map(str, shape))} images, {classes} classes)"
     try:
-        return build_model(arch, tuple(meta["shape"]), meta["num_classes"])
+        network = build_model(arch, shape, classes, Readout.from_record(job.get("readout")))
     except (ValueError, KeyError, RuntimeError) as e:
-        shape = "x".join(map(str, meta["shape"]))
-        raise ConfigError(
-            f"{key}: {str(e).splitlines()[0]} (on {meta['dataset']}: {shape} images, {meta['num_classes']} classes)"
-        ) from None
+        raise ConfigError(f"models.{job['model']}.arch: {str(e).splitlines()[0]} {where}") from None
+    try:
+        check_output(network, shape, classes)
+    except ConfigError as e:
+        raise ConfigError(f"models.{job['model']}.{e} {where}") from None
+    return network
 
 
 def train(job: dict, seed: int, data: str, out: str, threads: int | None = None) -> dict:
@@ -182,7 +187,7 @@ def train(job: dict, seed: int, data: str, out: str, threads: int | None = None)
     meta, preprocess, (train_split, test_split) = _open(job, data, device, "train", "test")
     torch.manual_seed(seed)  # the initial weights are a function of the seed alone
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
-    network = _network(job, meta, f"models.{job['model']}.arch", weights=True)
+    network = _network(job, meta, weights=True)
     out = Path(out)
     return fit(
         network,
@@ -245,14 +250,15 @@ def adopt(
     device = _start(job, threads)
     meta, preprocess, splits = _open(job, data, device, *(["test"] if metrics else []))
     torch.manual_seed(seed)  # a pretrained network's head resized to the dataset's classes: drawn from the seed
-    network = _network(job, meta, f"models.{job['model']}.arch", weights=not sources)
+    network = _network(job, meta, weights=not sources)
+    key, prefix = job["checkpoint"]["key"], job["checkpoint"]["prefix"]
     if len(sources) > 1 or Path(out).suffix != ".pt":
         for epoch, source in zip(job["epochs"], sources, strict=True):
-            load_state(network, read_state_dict(Path(source)), source)
+            load_state(network, read_state_dict(Path(source), key), source, prefix)
             save_model(network, Path(out) / f"epoch{epoch}.pt", seed=seed, epoch=epoch, source=source)
         return
     if sources:
-        load_state(network, read_state_dict(Path(sources[0])), sources[0])
+        load_state(network, read_state_dict(Path(sources[0]), key), sources[0], prefix)
     source = sources[0] if sources else f"pretrained {job['arch'].get('weights')}"
     if metrics:
         result = evaluate(network.to(device), splits[0], batch_size=job["eval_batch_size"], amp=False)

@@ -12,6 +12,7 @@ checkpoint stores beside the weights.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from torch import nn
 
 from .archs import PRESETS, is_weights_file, resolve_arch, without_weights  # noqa: F401  (re-exported)
 from .io import atomic_write
+from .readout import Readout
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -223,33 +225,81 @@ def _pretrained(name: str, weights: str):
     return member
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a file: a plain one, or inside {state_dict | model_state_dict | model},
-    a knockout checkpoint included; DataParallel's `module.` prefix removed (weights_only)."""
+STATE_KEYS = ("state_dict", "model_state_dict", "model")  # where training scripts and libraries keep the weights
+
+
+def read_state_dict(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights in a checkpoint file, as saved: a `.safetensors` file, or a `torch.save`d
+    state_dict (read with weights_only=True), plain or inside a dict under `key` (by default its
+    `state_dict`, `model_state_dict` or `model`: a training script's dict, Lightning's checkpoint,
+    a knockout checkpoint). ValueError, one line naming the file, for anything else."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({_words(e)})") from None
     try:
-        loaded = torch.load(Path(path), weights_only=True, map_location="cpu", mmap=True)
+        loaded = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable state_dict ({' '.join(str(e).split())[:120]})") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-            break
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{path}: not a state_dict (a mapping of names to tensors)")
-    if loaded and all(k.startswith("module.") for k in loaded):
-        loaded = {k[len("module.") :]: v for k, v in loaded.items()}
-    return loaded
+        pickled = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if pickled:
+            raise ValueError(
+                f"{path}: a pickled {pickled.group(1)} object, not a state_dict: knockout reads weights only "
+                "(unpickling runs code): save the network's model.state_dict() instead"
+            ) from None
+        raise ValueError(f"{path}: not a readable state_dict ({_words(e)})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a {type(loaded).__name__}, not a state_dict (a mapping of names to tensors)")
+    holding = [k for k, v in loaded.items() if _is_state(v)]
+    if key is not None:
+        if not _is_state(loaded.get(key)):
+            raise ValueError(
+                f"{path}: no state_dict under {key!r} (found under: {', '.join(map(repr, holding)) or 'none'})"
+            )
+        return loaded[key]
+    if _is_state(loaded):
+        return loaded
+    found = next((k for k in STATE_KEYS if k in holding), None)
+    if found is None:
+        where = (
+            f"; state_dicts under {', '.join(map(repr, holding))}: choose one with checkpoints.key" if holding else ""
+        )
+        raise ValueError(f"{path}: not a state_dict, and none under {', '.join(STATE_KEYS)}{where}")
+    return loaded[found]
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load `state` into `model`, exactly; one line naming the first mismatch otherwise."""
-    match_state(model, state, where)
-    model.load_state_dict(state)
+def _is_state(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
-def match_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """ValueError naming the first difference when `state` does not fit `model` exactly."""
+def _words(e: BaseException, limit: int = 160) -> str:
+    """An exception's text as one line of words, without terminal colour codes, cut at a word."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e) or type(e).__name__).split())
+    return text if len(text) <= limit else text[:limit].rpartition(" ")[0] + " ..."
+
+
+def fit_state(
+    model: nn.Module, state: dict[str, torch.Tensor], where: str, prefix: str | None = None
+) -> dict[str, torch.Tensor]:
+    """`state` keyed by `model`'s names: as it is when it matches, else under `prefix` (what its
+    keys carry before the model's names), else under the one prefix that makes every one of the
+    model's keys match (DataParallel's `module.`, torch.compile's `_orig_mod.`, a Lightning
+    module's attribute `model.`, an averaged model's `model_ema.module.`). ValueError naming the
+    first difference, and the prefix the file's keys carry, when nothing fits exactly."""
     own = model.state_dict()
+    if prefix is None and set(state) != set(own):
+        found = _prefixes(own, state)
+        if len(found) > 1:
+            raise ValueError(
+                f"{where}: the model's weights are in it under {' and '.join(map(repr, found))}: "
+                "choose one with checkpoints.prefix"
+            )
+        prefix = found[0] if found else None
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
@@ -264,9 +314,38 @@ def match_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) ->
             )
         )
         count = len(missing) + len(extra) + len(wrong)
+        shared = _common_prefix(list(state))
         raise ValueError(
-            f"{where} does not match the architecture: {first}" + (f" ({count} differences)" if count > 1 else "")
+            f"{where} does not match the architecture: {first}"
+            + (f" ({count} differences)" if count > 1 else "")
+            + (f"; every key of it starts with {shared!r}" if shared and not prefix else "")
         )
+    return state
+
+
+def _prefixes(own: dict, state: dict) -> list[str]:
+    """The prefixes p under which `state` holds exactly the keys of `own` (p + key for each)."""
+    if not own:
+        return []
+    first = next(iter(own))
+    candidates = {k[: -len(first)] for k in state if k.endswith(first) and k[: -len(first)].endswith(".")}
+    return sorted(p for p in candidates if {k[len(p) :] for k in state if k.startswith(p)} == set(own))
+
+
+def _common_prefix(keys: list[str]) -> str:
+    """The dotted prefix every key shares (`model.` of model.conv1.weight, model.fc.bias), or ''."""
+    parts = [k.split(".")[:-1] for k in keys]
+    shared = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        shared.append(level[0])
+    return ".".join(shared) + "." if shared else ""
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, prefix: str | None = None) -> None:
+    """Load `state` into `model`, exactly (`fit_state`); one line naming the first mismatch otherwise."""
+    model.load_state_dict(fit_state(model, state, where, prefix))
 
 
 def head_name(model: nn.Module) -> str:
@@ -379,11 +458,15 @@ BUILDERS = {
 }
 
 
-def build_model(arch: str | dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+def build_model(
+    arch: str | dict, input_shape: tuple[int, ...], num_classes: int, readout: Readout | None = None
+) -> nn.Sequential:
     """An arch (a preset name, or a dict) + input shape (C, H, W) + class count -> a freshly
-    initialised model, carrying `.spec`: its arch resolved (`resolve_arch`), input shape, classes.
-    An arch's `factorized: {layers, between}` (any type) splits those n x n convs of the built
-    network (`knockout.factorization`), so a factorised network's checkpoint rebuilds."""
+    initialised model, carrying `.spec`: its arch resolved (`resolve_arch`), input shape, classes,
+    and how its output is read as class logits (`readout`, the model entry's `output` and
+    `class_outputs`; absent: the default). An arch's `factorized: {layers, between}` (any type)
+    splits those n x n convs of the built network (`knockout.factorization`), so a factorised
+    network's checkpoint rebuilds."""
     arch = resolve_arch(arch)
     factorized = arch.pop("factorized", None)
     kind = arch.get("type")
@@ -396,26 +479,47 @@ def build_model(arch: str | dict, input_shape: tuple[int, ...], num_classes: int
         factorize_convs(model, factorized["layers"], factorized.get("between", "relu"), tuple(input_shape))
         arch["factorized"] = factorized
     model.spec = {"arch": arch, "input_shape": list(input_shape), "num_classes": num_classes}
+    if readout is not None and readout.record is not None:
+        model.spec["readout"] = readout.record
     return model
 
 
-def check_output(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """One forward of a zero image: the model must accept the input and give a logit per class."""
-    from .graph import logits_of
+def build_like(network: nn.Module, arch: str | dict) -> nn.Module:
+    """A freshly initialised network of `arch` for what `network` was built for: its input shape,
+    classes and readout (architecture variants, the factorised network, a re-randomised draw)."""
+    spec = network.spec
+    return build_model(arch, tuple(spec["input_shape"]), spec["num_classes"], Readout.of(network))
 
+
+def check_output(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """One forward of a zero image: the model must accept the input, and its output, read as its
+    spec's readout says (`knockout.readout`), must give one logit per class: as many outputs as
+    classes, or the outputs `class_outputs` names for them. ConfigError naming the model entry's
+    key it concerns, relative to the entry (`arch: ...`, `output: ...`, `class_outputs: ...`)."""
+    from .errors import ConfigError
+
+    readout = Readout.of(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = logits_of(model(torch.zeros(2, *input_shape)))
+            output = model(torch.zeros(2, *input_shape))
     except Exception as e:
-        raise ValueError(
-            f"a {'x'.join(map(str, input_shape))} input fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ConfigError(
+            f"arch: a {'x'.join(map(str, input_shape))} input fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from None
     finally:
         model.train(was_training)
-    if out.dim() != 2 or out.shape[1] < num_classes:  # more is allowed (study 2's MLP has 128 for 10)
-        raise ValueError(f"gives outputs of shape {tuple(out.shape[1:])} for {num_classes} classes")
+    try:
+        logits = readout.logits(output)
+    except TypeError as e:
+        raise ConfigError(f"output: {e}") from None
+    if logits.dim() != 2:
+        raise ConfigError(f"output: logits of shape {tuple(logits.shape[1:])} per example; expected one per output")
+    try:
+        readout.check(logits.shape[1], num_classes)
+    except ValueError as e:
+        raise ConfigError(f"class_outputs: {e}") from None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -447,7 +551,12 @@ def load_model(path: str | Path, map_location: str | torch.device) -> nn.Sequent
     ckpt = torch.load(Path(path), weights_only=True, map_location=map_location)
     spec = ckpt["spec"]
     # The checkpoint holds every weight: don't read the pretrained file again.
-    model = build_model(without_weights(spec["arch"]), tuple(spec["input_shape"]), spec["num_classes"])
+    model = build_model(
+        without_weights(spec["arch"]),
+        tuple(spec["input_shape"]),
+        spec["num_classes"],
+        Readout.from_record(spec.get("readout")),
+    )
     model.load_state_dict(ckpt["state_dict"])
     return model
 

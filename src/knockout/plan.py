@@ -19,6 +19,7 @@ from .catalog import raw_entry, split_files, view_name
 from .preprocess import resolve  # torchvision only for a model's weights metadata
 from .studies import slug, study_type
 from .tables import TABLES
+from .targets import local_files
 
 # What the job of each kind writes per study, model and seed, beside `seed{seed}`, by output name
 # (the outputs of the rules intervene, collect and probe; `Plan.per_seed` with one of them).
@@ -137,18 +138,24 @@ class Plan:
         dataset, geometry = self.views[view]
         return {"dataset": dataset, "entry": self.config["datasets"][dataset], "geometry": geometry}
 
-    def raw_inputs(self, dataset: str) -> dict[str, str]:
+    def raw_inputs(self, dataset: str) -> dict[str, str | list[str]]:
         """The user's files a `download` job reads that the workflow watches: a tensors file, a
-        module dataset's file (an edit refetches it). Image folders are not (their files are
-        many): after editing one, run `snakemake --forcerun download`; a prepare job that runs on
-        a stale listing stops."""
+        module dataset's file and the modules beside it that it imports (an edit refetches it).
+        Image folders are not (their files are many): after editing one, run `snakemake
+        --forcerun download`; a prepare job that runs on a stale listing stops."""
         entry = self.config["datasets"][dataset]
         if entry.get("source") == "tensors":
             return {"tensors": os.path.expanduser(entry["path"])}
-        where = str(entry.get("target", "")).rpartition(":")[0]
-        return (
-            {"module": os.path.expanduser(where)} if entry.get("source") == "module" and where.endswith(".py") else {}
-        )
+        files = local_files(entry["target"]) if entry.get("source") == "module" else []
+        return {"module": [str(f) for f in files]} if files else {}
+
+    def code(self, model: str) -> dict[str, list[str]]:
+        """The files of a model's own network (`arch: {type: module}` from a file: it and the
+        modules beside it that it imports), which its train or adopt job watches: an edit reruns
+        them and what depends on them."""
+        arch = self.config["models"][model]["arch"]
+        files = local_files(arch["target"]) if isinstance(arch, dict) and arch.get("type") == "module" else []
+        return {"code": [str(f) for f in files]} if files else {}
 
     def raw_dir(self, view: str) -> str:
         return f"results/raw/{self.views[view][0]}"
@@ -260,12 +267,20 @@ class Plan:
             "device": self.config["device"],
         }
 
+    def readout(self, model: str) -> dict:
+        """How `model`'s output is read as class logits (`knockout.readout`): its entry's `output`
+        and `class_outputs`; {} when both are the default, so a job's settings stay as they were."""
+        entry = self.config["models"][model]
+        given = {k: entry.get(k) for k in ("output", "class_outputs")}
+        return {"readout": given} if any(v is not None for v in given.values()) else {}
+
     def train_job(self, model: str) -> dict:
         """The settings a `train` job of `model` gets (the same for every seed)."""
-        return {
-            "arch": self.config["models"][model]["arch"],
-            "train": self.train_settings(model),
-        } | self._data_settings(model)
+        return (
+            {"arch": self.config["models"][model]["arch"], "train": self.train_settings(model)}
+            | self.readout(model)
+            | self._data_settings(model)
+        )
 
     def adopt_job(self, model: str) -> dict:
         """The settings an `adopt` job of `model` gets: the architecture the weights fit (with its
@@ -273,14 +288,19 @@ class Plan:
         with, the accuracies the user measured and whether chance level is meant."""
         entry = self.config["models"][model]
         given = self.adopted(model)
-        return {
-            "arch": entry["arch"],
-            "epochs": self.epochs(model),
-            "eval_batch_size": entry["train"]["eval_batch_size"],
-            "pretrained": bool(given.get("pretrained")),
-            "accuracy": {str(k): v for k, v in given.get("accuracy", {}).items()},
-            "allow_chance": entry["allow_chance"],
-        } | self._data_settings(model)
+        return (
+            {
+                "arch": entry["arch"],
+                "epochs": self.epochs(model),
+                "eval_batch_size": entry["train"]["eval_batch_size"],
+                "pretrained": bool(given.get("pretrained")),
+                "accuracy": {str(k): v for k, v in given.get("accuracy", {}).items()},
+                "allow_chance": entry["allow_chance"],
+                "checkpoint": {k: given.get(k) for k in ("key", "prefix")},
+            }
+            | self.readout(model)
+            | self._data_settings(model)
+        )
 
     def unit_stats_job(self, model: str) -> dict:
         settings = self.config["unit_stats"]

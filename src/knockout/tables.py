@@ -41,6 +41,15 @@ def value_columns(per_seed: pd.DataFrame) -> list[str]:
     return [c for c in VALUE_COLUMNS if c in per_seed]
 
 
+def check_indices(labels, n_classes: int, predictions: list) -> None:
+    """ValueError, one line, unless every label is a class index 0..K-1 and every prediction an
+    index >= 0 (of a class, or of another output of the network)."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(f"labels from {int(labels.min())} to {int(labels.max())} for {n_classes} classes")
+    if any(len(p) != len(labels) or (len(p) and int(p.min()) < 0) for p in predictions):
+        raise ValueError(f"predictions that are not one class index per example ({len(labels)} examples)")
+
+
 def condition_tables(conditions, outputs, labels, classes: list[str], indices) -> dict[str, pd.DataFrame]:
     """Per-condition outputs (`ConditionOutput` by name) on a split -> the four tidy tables, by
     name (TABLES): `table` (one row per condition, with its flips against the baseline and
@@ -48,10 +57,13 @@ def condition_tables(conditions, outputs, labels, classes: list[str], indices) -
     layer's units: `knockout.stats.unit_significance`), `per_class`, `confusion` (non-zero cells)
     and `examples` (the flips: examples right at baseline and wrong after, or the reverse;
     `example` indexes the original split through `indices`). `labels` and each output's
-    `predictions` are integer tensors of one length."""
+    `predictions` are integer tensors of one length; a label is one of `classes`, a prediction
+    a class or (>= the number of classes) an output of the network that is none of them
+    (`knockout.readout`): every table indexes classes as the labels do."""
     base = outputs["baseline"]
-    base_correct = base.predictions == labels
     n_classes = len(classes)
+    check_indices(labels, n_classes, [out.predictions for out in outputs.values()])
+    base_correct = base.predictions == labels
     counts = labels.bincount(minlength=n_classes).clamp(min=1)
     base_per_class = labels[base_correct].bincount(minlength=n_classes) / counts
     rows, per_class, confusion, flips = [], [], [], []
@@ -87,15 +99,11 @@ def condition_tables(conditions, outputs, labels, classes: list[str], indices) -
                     "delta": (acc[k] - base_per_class[k]).item(),
                 }
             )
-        cells = (labels * n_classes + out.predictions).bincount(minlength=n_classes**2)
+        width = max(n_classes, int(out.predictions.max()) + 1 if len(labels) else 0)  # a row per true class
+        cells = (labels * width + out.predictions).bincount(minlength=n_classes * width)
         for cell in cells.nonzero().flatten().tolist():
             confusion.append(
-                {
-                    "condition": c.name,
-                    "true": cell // n_classes,
-                    "predicted": cell % n_classes,
-                    "count": int(cells[cell]),
-                }
+                {"condition": c.name, "true": cell // width, "predicted": cell % width, "count": int(cells[cell])}
             )
         for i in (correct != base_correct).nonzero().flatten().tolist():
             flips.append(

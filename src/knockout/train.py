@@ -27,6 +27,7 @@ from .data import as_split
 from .engine.evaluate import evaluate
 from .io import atomic_write, write_json, write_table
 from .models import count_parameters, save_model
+from .readout import Readout
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -131,6 +132,7 @@ def train(
     train_data, test_data = as_split(train_data), as_split(test_data)
     n = len(train_data)
     model.to(device)
+    readout = Readout.of(model)  # class-first logits: the loss over all of the network's outputs
     maps = len(train_data.shape) == 3 and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if maps:  # channels-last: cuDNN's and oneDNN's fastest convolutions and pooling, on GPU and CPU
         model.to(memory_format=torch.channels_last)
@@ -188,7 +190,7 @@ def train(
             if maps:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp):
-                logits = model(x)
+                logits = readout(model(x))
                 loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -5,6 +5,7 @@
 rule train:
     input:
         unpack(lambda w: PLAN.data(w.model)),
+        unpack(lambda w: PLAN.code(w.model)),
     output:
         multiext("results/models/{model}/seed{seed}/", *MODEL_FILES),
         epochs=directory("results/models/{model}/seed{seed}/epochs"),
@@ -31,6 +32,7 @@ rule train:
 rule adopt:
     input:
         unpack(lambda w: PLAN.data(w.model, train=False)),
+        unpack(lambda w: PLAN.code(w.model)),
         source=lambda w: PLAN.adopt_inputs(w.model, w.seed, "final"),
     output:
         final="results/models/{model}/seed{seed}/final.pt",
@@ -53,6 +55,7 @@ rule adopt:
 
 rule adopt_init:
     input:
+        unpack(lambda w: PLAN.code(w.model)),
         source=lambda w: PLAN.adopt_inputs(w.model, w.seed, "init"),
         meta=lambda w: PLAN.data(w.model)["meta"],
     output:
@@ -73,6 +76,7 @@ rule adopt_init:
 
 rule adopt_epochs:
     input:
+        unpack(lambda w: PLAN.code(w.model)),
         sources=lambda w: PLAN.adopt_inputs(w.model, w.seed, "epochs"),
         meta=lambda w: PLAN.data(w.model)["meta"],
     output:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..graph import graph_of, logits_of
+from ..graph import graph_of
+from ..readout import Readout
 from .shared import empty_stacked, fast_layout, spread, spread_bytes, spread_forward, spread_stackable, stacked
 from .values import Replacements, check_values, value_of
 
@@ -23,8 +24,11 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images, *, batch_size: int, amp: bool) -> torch.Tensor:
-    """A split, or images (N, C, H, W) or (N, D) -> logits (N, classes) in float32, in eval mode."""
+def predict_logits(
+    model: nn.Module, images, *, batch_size: int, amp: bool, readout: Readout | None = None
+) -> torch.Tensor:
+    """A split, or images (N, C, H, W) or (N, D) -> class-first logits (N, outputs) in float32, in
+    eval mode (`readout`: how the model's output is read; by default the one its spec carries)."""
     from ..data import as_split
 
     data = (
@@ -34,22 +38,32 @@ def predict_logits(model: nn.Module, images, *, batch_size: int, amp: bool) -> t
     )
     was_training = model.training
     model.eval()
+    readout = readout or Readout.of(model)
     device = next(model.parameters()).device
     outs = []
     for _, batch, _ in data.chunks(batch_size, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            outs.append(logits_of(model(batch)).float())
+            outs.append(readout(model(batch)).float())
     model.train(was_training)
     return torch.cat(outs)
 
 
-def evaluate(model: nn.Module, images, labels: torch.Tensor | None = None, *, batch_size: int, amp: bool) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    images,
+    labels: torch.Tensor | None = None,
+    *,
+    batch_size: int,
+    amp: bool,
+    readout: Readout | None = None,
+) -> Evaluation:
     """Mean cross-entropy, accuracy and per-example predictions of `model` on a split (or on
-    images (N, ...) with their labels (N,))."""
+    images (N, ...) with their labels (N,)); a prediction >= the number of classes is an output
+    that is no class (`knockout.readout`)."""
     from ..data import as_split
 
     data = as_split(images, labels)
-    logits = predict_logits(model, data, batch_size=batch_size, amp=amp)
+    logits = predict_logits(model, data, batch_size=batch_size, amp=amp, readout=readout)
     labels = data.labels.to(logits.device)
     predictions = logits.argmax(1)
     correct = predictions == labels
@@ -145,15 +159,16 @@ def evaluate_conditions(
         if only is not None and not any(c.name in only for c in group):
             continue
         base = context.network(base_name).eval().to(device)
+        results = _Results(preds, losses, Readout.of(base))
         graph = graph_of(base, data.example(device))
         routes = [_route(c, graph, base, context, apply) for c in group]
         values = Replacements(group, context, base, graph, data, device) if any(value_of(c) for c in group) else None
         for route in routes:
             route.wanted = only is None or route.condition.name in only
         if graph.traced:
-            _shared(routes, graph, base, context, apply, data, budget, device, preds, losses, values)
+            _shared(routes, graph, base, context, apply, data, budget, device, results, values)
         else:
-            _unshared(routes, graph, base, context, apply, data, budget, device, preds, losses, values)
+            _unshared(routes, graph, base, context, apply, data, budget, device, results, values)
     return {
         c.name: ConditionOutput(preds[c.name], losses[c.name]) for c in conditions if only is None or c.name in only
     }
@@ -224,7 +239,7 @@ def _mask_nodes(graph, silenced: dict, carry: bool = True) -> dict | None:
     return {first: entry(order[0])} | {points[layer]: entry(layer) for layer in order[1:]}
 
 
-def _shared(routes, graph, base, context, apply, data, budget, device, preds, losses, values=None) -> None:
+def _shared(routes, graph, base, context, apply, data, budget, device, results, values=None) -> None:
     """Traced: one pass per image chunk computes every cut's live tensors; each cut's conditions
     then run the suffix, masked (K per forward) or with their own weights."""
     cuts: dict[int, list[Route]] = {}
@@ -264,7 +279,7 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
                 batch = masked[i : i + k_max]
                 if not any(r.wanted for r in batch):
                     continue
-                _store(preds, losses, batch, _masked_forward(batch, graph, cut, inputs, len(x), values), y, start)
+                results.store(batch, _masked_forward(batch, graph, cut, inputs, len(x), values), y, start)
             for route in group:
                 if route.masks is not None or not route.wanted:
                     continue
@@ -273,7 +288,7 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
                 else:
                     own = suffix_params[index] | {k: v for k, v in route.weights.items() if k in suffix_params[index]}
                     logits = torch.func.functional_call(cut.suffix, own, tuple(t.clone() for t in inputs))
-                _store(preds, losses, [route], logits, y, start)
+                results.store([route], logits, y, start)
         plain: dict = {}  # the confined maps in channels-first memory, where a channel is one block
         for layer, group in spreads.items():
             found = spread(graph, layer)
@@ -286,9 +301,7 @@ def _shared(routes, graph, base, context, apply, data, budget, device, preds, lo
                 batch = group[i : i + k_max]
                 if not any(r.wanted for r in batch):
                     continue
-                _store(
-                    preds,
-                    losses,
+                results.store(
                     batch,
                     spread_forward(
                         [r.spread[1] for r in batch],
@@ -332,7 +345,7 @@ def _masked_forward(batch: list[Route], graph, cut, inputs: list[torch.Tensor], 
             )
         )
     try:
-        return logits_of(cut.suffix(*inputs_k))
+        return cut.suffix(*inputs_k)
     finally:
         for h in handles:
             h.remove()
@@ -399,7 +412,7 @@ def _apply_mask(x: torch.Tensor, mask: torch.Tensor, dim: int, batch_dims: int) 
     return x * mask.to(x.dtype).view(shape)
 
 
-def _unshared(routes, graph, base, context, apply, data, budget, device, preds, losses, values=None) -> None:
+def _unshared(routes, graph, base, context, apply, data, budget, device, results, values=None) -> None:
     """Untraced: every condition runs the whole network; silencing through forward hooks on the
     silence points (K conditions stacked along the batch), weights through their own copy."""
     modules = dict(base.named_modules())
@@ -425,11 +438,11 @@ def _unshared(routes, graph, base, context, apply, data, budget, device, preds, 
                 for point, (mask, dim) in _stacked_masks(batch, device).items()
             ]
             try:
-                logits = logits_of(base(x.repeat(k, *([1] * (x.dim() - 1)))))
+                logits = base(x.repeat(k, *([1] * (x.dim() - 1))))
             finally:
                 for h in handles:
                     h.remove()
-            _store(preds, losses, batch, logits, y, start)
+            results.store(batch, logits, y, start)
         for route in routes:
             if route.masks is None and route.wanted:
                 network = route.weights["network"] if route.rebuilt else None
@@ -438,16 +451,25 @@ def _unshared(routes, graph, base, context, apply, data, budget, device, preds, 
                     logits = torch.func.functional_call(base, state, (x,))
                 else:
                     logits = network.to(device)(x)
-                _store(preds, losses, [route], logits_of(logits), y, start)
+                results.store([route], logits, y, start)
 
 
-def _store(preds, losses, batch: list[Route], logits: torch.Tensor, y: torch.Tensor, start: int) -> None:
-    """Predictions and per-example losses of K conditions' logits (K * B, classes), in one go."""
-    k = len(batch)
-    logits = logits_of(logits).float()
-    predicted = logits.argmax(1).view(k, len(y)).cpu()
-    loss = F.cross_entropy(logits, y.repeat(k), reduction="none").view(k, len(y)).cpu()
-    for i, route in enumerate(batch):
-        name, end = route.condition.name, start + len(y)
-        preds[name][start:end] = predicted[i]
-        losses[name][start:end] = loss[i]
+@dataclass
+class _Results:
+    """Every condition's predictions and per-example losses, filled chunk by chunk; `readout`
+    reads the base network's outputs as class-first logits."""
+
+    predictions: dict[str, torch.Tensor]
+    losses: dict[str, torch.Tensor]
+    readout: Readout
+
+    def store(self, batch: list[Route], output, y: torch.Tensor, start: int) -> None:
+        """Predictions and per-example losses of K conditions' outputs (K * B examples), in one go."""
+        k = len(batch)
+        logits = self.readout(output).float()
+        predicted = logits.argmax(1).view(k, len(y)).cpu()
+        loss = F.cross_entropy(logits, y.repeat(k), reduction="none").view(k, len(y)).cpu()
+        for i, route in enumerate(batch):
+            name, end = route.condition.name, start + len(y)
+            self.predictions[name][start:end] = predicted[i]
+            self.losses[name][start:end] = loss[i]

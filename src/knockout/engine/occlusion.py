@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..graph import fold_batch_norms, graph_of, logits_of
+from ..graph import fold_batch_norms, graph_of
+from ..readout import Readout
 from .shared import footprint_forward, footprint_stores, footprints, inside, row_bytes, store_bytes
 
 SUMMARY_COLUMNS = [
@@ -113,10 +114,10 @@ def _fill_vector(fill, channels: int, dtype, device) -> torch.Tensor:
     return f.clone()
 
 
-def _baseline(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int):
+def _baseline(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int, readout: Readout):
     probs, preds = [], []
     for s in range(0, len(images), batch):
-        p = torch.softmax(logits_of(model(images[s : s + batch])), 1)
+        p = torch.softmax(readout(model(images[s : s + batch])), 1)
         probs.append(p.gather(1, labels[s : s + batch, None])[:, 0])
         preds.append(p.argmax(1))
     return torch.cat(probs), torch.cat(preds)
@@ -195,6 +196,7 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
     positions = [window_positions(H, W, w, stride) for w in windows]
     rects = [p.rects.to(device) for p in positions]
     graph = None
+    readout = Readout.of(model)  # the folded copy below carries no spec
     if reuse:  # for speed: batch norms folded into their convolutions, maps in channels-last memory
         model = fold_batch_norms(model)
         graph = graph_of(model, x[:1])
@@ -211,7 +213,7 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
         per_forward = max(1, int(budget / 2 // (4 * 64 * x[0].numel() * x.element_size())))
         plans = [[(torch.arange(len(r), device=device), None, per_forward)] for r in rects]
         group = N
-    base_p, base_pred = _baseline(model, x, y, max(step for groups in plans for _, _, step in groups))
+    base_p, base_pred = _baseline(model, x, y, max(step for groups in plans for _, _, step in groups), readout)
     probs = [torch.empty(N, len(r), dtype=dtype) for r in rects]
     preds = [torch.empty(N, len(r), dtype=torch.long) for r in rects]
     done = [torch.zeros(N, len(r), dtype=torch.bool) for r in rects]
@@ -235,10 +237,10 @@ def _occlusion_maps(model, images, labels, windows, stride, fill, budget, device
         k = torch.arange(s, min(s + step, pairs), device=device)
         img, sel = k // len(index), k % len(index)  # image-major: several images per forward
         if found_here is not None:
-            logits = footprint_forward(graph, found_here, stores, sub, sel, img, fill_v)
+            output = footprint_forward(graph, found_here, stores, sub, sel, img, fill_v)
         else:
-            logits = _whole_forward(model, xg, sub, sel, img, fill_v)
-        p = torch.softmax(logits, 1)
+            output = _whole_forward(model, xg, sub, sel, img, fill_v)
+        p = torch.softmax(readout(output), 1)
         at = (g0 + img.cpu(), index[sel].cpu())
         probs[wi][at] = p.gather(1, yg[img][:, None])[:, 0].cpu()
         preds[wi][at] = p.argmax(1).cpu()
@@ -319,10 +321,10 @@ def _finish(inputs, labels, windows, stride, fill_v, base_p, base_pred, probs, p
 
 
 def _whole_forward(model: nn.Module, images: torch.Tensor, rects: torch.Tensor, sel, img, fill) -> torch.Tensor:
-    """Logits of images[img] with rects[sel] filled, each occluded image through the whole network."""
+    """The output of images[img] with rects[sel] filled, each occluded image through the whole network."""
     x = images[img]
     filled = inside(rects[sel], torch.arange(x.shape[2], device=x.device), torch.arange(x.shape[3], device=x.device))
-    return logits_of(model(torch.where(filled[:, None], fill.view(1, -1, 1, 1), x)))
+    return model(torch.where(filled[:, None], fill.view(1, -1, 1, 1), x))
 
 
 def summary(maps: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -36,7 +36,6 @@ from ..graph import (
     ZERO_PRESERVING_FUNCTIONS,
     ZERO_PRESERVING_MODULES,
     Graph,
-    logits_of,
     spatial_params,
 )
 
@@ -301,7 +300,7 @@ def spread_forward(
             else:
                 slices[i].copy_(value)
         inputs.append(out)
-    return logits_of(found.suffix(*inputs))
+    return found.suffix(*inputs)
 
 
 def _spread_values(graph: Graph, found: Spread, intact: dict, plain: dict, units: list[int], source_part=None) -> dict:
@@ -696,7 +695,7 @@ def footprint_forward(
         r = found.regions[node]
         full = _paste(stores[(node, (0, 0), 0.0)][img], zero, zero, patches[node], r.y[sel], r.x[sel])
         inputs.append(full.permute(0, 3, 1, 2))
-    return logits_of(found.suffix(*inputs))
+    return found.suffix(*inputs)
 
 
 def run_node(graph: Graph, node: fx.Node, value) -> object:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..graph import graph_of, logits_of
+from ..graph import graph_of
+from ..readout import Readout
 from ..units import hooked_outputs, silence_outputs
 
 KINDS = ("zero", "mean", "resample", "noise")
@@ -272,7 +273,7 @@ def reference(condition, context, split, batch_size: int):
             for layer, point in points.items()
         ]
         try:
-            logits = logits_of(model(x)).float()
+            logits = Readout.of(model)(model(x)).float()
         finally:
             for h in handles:
                 h.remove()

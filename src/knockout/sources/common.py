@@ -166,8 +166,13 @@ def _tensor_pixels(where: str, item: int, image: torch.Tensor) -> np.ndarray:
         return x.numpy()
     if not x.is_floating_point():
         raise DataError(f"{where}: item {item}: a {x.dtype} tensor image; expected uint8 or floats in [0, 1]")
+    if not torch.isfinite(x).all():
+        raise DataError(
+            f"{where}: item {item}: {int((~torch.isfinite(x)).sum())} of its pixels are NaN or infinite; "
+            "expected uint8 or floats in [0, 1]"
+        )
     low, high = float(x.min()), float(x.max())
-    if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 1):
+    if not (low >= 0 and high <= 1):
         raise DataError(
             f"{where}: item {item}: tensor pixels from {low:g} to {high:g}, not in [0, 1]: give the images as "
             "pixels (ToTensor, no Normalize) and the normalisation as models.<name>.preprocess"

@@ -167,7 +167,10 @@ def _decoder(name: str, folders: _Folders, mode: str, sample: int = 32):
     fast, pil = _jpeg_loader(name, mode), _pil_loader(name, mode)
     jpegs = [p for split in folders.paths for p, _ in folders.samples[split] if p.lower().endswith(_JPEG)][:sample]
     for path in jpegs:
-        decoded = fast(path)
+        try:
+            decoded = fast(path)
+        except DataError:
+            continue  # an unreadable file: prepare lists every one of them in its pass
         if hasattr(decoded, "numpy"):
             pixels = np.asarray(pil(path))
             pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -10,7 +10,8 @@ floats in [0, 1] (`ToTensor()`'s, never normalised: the normalisation belongs to
 
 Class names come from the dataset's `classes` when it has them; labels from its `targets` (or
 `labels`) when it keeps a list of them, else from one pass over its items. The manifest
-records the target's file and its checksum: an edit of it fetches (and prepares) again.
+records the target's file and the modules beside it that it imports, with their checksums: an
+edit of any of them fetches (and prepares) again.
 """
 
 from __future__ import annotations
@@ -95,11 +96,12 @@ def inspect(name: str, entry: dict, raw_dir: Path | None) -> dict:
 
 
 def acquire(name: str, entry: dict, dest: Path, mirrors: list[Path], download: bool) -> dict:
-    from ..targets import target_file
+    from ..targets import local_files
 
     found = _describe(name, entry, _datasets(name, entry))
-    path = target_file(entry["target"])
-    return {"target": entry["target"], **found, "files": {path.name: file_entry(path)} if path else {}}
+    files = local_files(entry["target"])  # the target's file and the modules beside it that it imports
+    folder = files[0].parent if files else None
+    return {"target": entry["target"], **found, "files": {str(f.relative_to(folder)): file_entry(f) for f in files}}
 
 
 def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:

@@ -244,10 +244,14 @@ def _arrays(name: str, entry: dict) -> tuple[_TensorsFile, dict]:
         classes = [str(c) for c in names.tolist()]
     top = max((int(y.max()) for y in labels.values() if y.size), default=-1)
     k = len(classes) if classes is not None else top + 1
-    for split, y in labels.items():
-        if y.size and (y.min() < 0 or y.max() >= k):
-            named = f" ({k} classes)" if classes is not None else ""
-            raise file.problem(f"{split}_labels outside 0..{k - 1}{named}: min {y.min()}, max {y.max()}")
+    bad = [
+        f"{split}_labels min {y.min()}, max {y.max()}"
+        for split, y in labels.items()
+        if y.size and (y.min() < 0 or y.max() >= k)
+    ]
+    if bad:  # every split at once
+        named = f" ({k} classes)" if classes is not None else ""
+        raise file.problem(f"labels outside 0..{k - 1}{named}: {'; '.join(bad)}")
     return file, {
         "shape": list(shapes["test"]),
         "classes": classes if classes is not None else [str(c) for c in range(k)],
@@ -284,10 +288,15 @@ def read(name: str, entry: dict, manifest: dict, raw_dir: Path) -> Raw:
             x = file.rows(f"{split}_images", indices)
             x = x[:, None] if layout == "NHW" else x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
             if x.dtype != np.uint8:
-                if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+                finite = np.isfinite(x).reshape(len(x), -1).all(1)
+                if not finite.all():
+                    first = int(indices[np.argmin(finite)])
                     raise file.problem(
-                        f"{split}_images are floats outside [0, 1] (min {np.nanmin(x):g}, max {np.nanmax(x):g})"
+                        f"{split}_images hold NaN or infinite pixels ({int((~finite).sum())} images of rows "
+                        f"{int(indices[0])}..{int(indices[-1])}, the first image {first}); expected floats in [0, 1]"
                     )
+                if x.size and not (x.min() >= 0 and x.max() <= 1):
+                    raise file.problem(f"{split}_images are floats outside [0, 1] (min {x.min():g}, max {x.max():g})")
                 x = np.rint(x.astype(np.float64) * 255).astype(np.uint8)
             return np.ascontiguousarray(x)
 

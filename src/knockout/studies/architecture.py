@@ -58,7 +58,7 @@ def needs(spec: Spec) -> set[str]:
 
 def check(spec: Spec, target: Target) -> None:
     """No variant overrides what it may not; every variant builds and runs on the model's input."""
-    from ..models import build_model, check_output, resolve_arch
+    from ..models import build_like, check_output, resolve_arch
 
     base = target.network.spec
     input_shape, classes = tuple(base["input_shape"]), base["num_classes"]
@@ -69,7 +69,7 @@ def check(spec: Spec, target: Target) -> None:
             if key in REFUSED.get(kind, {}):
                 raise ConfigError(f"variants.{name}.{key}: not overridable on a {kind} arch ({REFUSED[kind][key]})")
         try:
-            check_output(build_model(variant_spec(base["arch"], overrides), input_shape, classes), input_shape, classes)
+            check_output(build_like(target.network, variant_spec(base["arch"], overrides)), input_shape, classes)
         except (ValueError, KeyError, RuntimeError, TypeError) as e:
             raise ConfigError(f"variants.{name}{_reason(e, kind, base['arch'])}") from None
     check_compare(spec.compare, {"baseline", *(name for name, _ in spec.variants)})
@@ -81,6 +81,7 @@ def _reason(error: Exception, kind: str, arch: dict | str) -> str:
     from ..models import resolve_arch
 
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = text.removeprefix("arch: ")  # check_output's key: the variant's arch is the variant
     unknown = re.search(r"unexpected keyword argument '(\w+)'", text)
     if isinstance(error, TypeError) and unknown:
         arch = resolve_arch(arch)
@@ -121,10 +122,7 @@ def apply(condition: Condition, context: Context):
     """A freshly initialised network of the variant, seeded like the baseline's training."""
     import torch
 
-    from ..models import build_model
+    from ..models import build_like
 
-    spec = context.trained.spec
     torch.manual_seed(context.seed)
-    return build_model(
-        variant_spec(spec["arch"], json.loads(condition.arch)), tuple(spec["input_shape"]), spec["num_classes"]
-    )
+    return build_like(context.trained, variant_spec(context.trained.spec["arch"], json.loads(condition.arch)))

@@ -48,7 +48,7 @@ def check(spec: Spec, target: Target) -> None:
     """The model has n x n `nn.Conv2d` layers; each listed layer is one whose pair keeps its output
     shape (auto: the rule picks at least one); the factorised network builds and runs."""
     from ..factorization import functional_convs
-    from ..models import build_model, check_output
+    from ..models import build_like, check_output
 
     network = target.network
     input_shape = tuple(network.spec["input_shape"])
@@ -85,11 +85,11 @@ def check(spec: Spec, target: Target) -> None:
     check_compare(spec.compare, {"baseline", "factorized"})
     try:
         arch = factorized_arch(network.spec["arch"], chosen_layers(rows), spec.between)
-        check_output(
-            build_model(arch, input_shape, network.spec["num_classes"]), input_shape, network.spec["num_classes"]
-        )
+        check_output(build_like(network, arch), input_shape, network.spec["num_classes"])
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise ConfigError(f"layers: the factorised network fails: {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"layers: the factorised network fails: {str(e).splitlines()[0].removeprefix('arch: ')}"
+        ) from None
 
 
 def condition_names(spec: Spec) -> list[str]:
@@ -169,12 +169,11 @@ def apply(condition: Condition, context: Context):
     seeded per seed."""
     import torch
 
-    from ..models import build_model, resolve_arch, without_weights
+    from ..models import build_like, resolve_arch, without_weights
 
-    spec = context.trained.spec
     factorized = json.loads(condition.arch).get("factorized")
-    arch = without_weights(resolve_arch(spec["arch"]))
+    arch = without_weights(resolve_arch(context.trained.spec["arch"]))
     if factorized:
         arch = factorized_arch(arch, factorized["layers"], factorized["between"])
     torch.manual_seed(context.seed)
-    return build_model(arch, tuple(spec["input_shape"]), spec["num_classes"])
+    return build_like(context.trained, arch)

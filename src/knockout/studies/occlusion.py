@@ -115,8 +115,12 @@ def _table(maps: dict, meta: dict):
     # Tidy for the aggregate over seeds: one condition per image and window, one set per window.
     table.insert(0, "condition", [f"w{w}:image{i}" for w, i in zip(table["window"], table["image"])])
     table.insert(1, "set", [f"w{w}" for w in table["window"]])
-    table["class_name"] = [meta["classes"][c] for c in table["label"]]
-    table["takeover_name"] = [meta["classes"][c] if c >= 0 else "" for c in table["takeover_class"]]
+    classes = meta["classes"]
+    table["class_name"] = [classes[c] for c in table["label"]]
+    # a class the network's other outputs (`knockout.readout`) are none of: "another output"
+    table["takeover_name"] = [
+        "" if c < 0 else classes[c] if c < len(classes) else "another output" for c in table["takeover_class"]
+    ]
     return table
 
 
