@@ -546,3 +546,69 @@ def test_every_study_family_reads_the_classes_through_class_outputs(project, mon
     )
     assert set(occlusion["class_name"]) <= set(CLASSES)
     assert set(occlusion["takeover_name"]) <= set(CLASSES) | {"", "another output"}
+
+
+@pytest.mark.slow
+def test_through_the_workflow_from_the_users_folder(project, tmp_path):
+    """The same files through `snakemake -s <clone>/Snakefile -d <project>`: the tables are the
+    user's predictions; editing the module beside model.py reruns the jobs that built the network."""
+    import os
+    import subprocess
+    import sys
+
+    root, own = project
+    folder = tmp_path / "mine"
+    shutil.copytree(root, folder, ignore=shutil.ignore_patterns("results", ".snakemake", "lightning"))
+    models = {
+        "compiled": {"checkpoints": {"final": "ckpt/compiled_seed{seed}.pt"}},
+        "lightning_ema": {"checkpoints": {"final": "ckpt/lightning_seed{seed}.ckpt", "prefix": "model_ema.module."}},
+        "wide": {
+            "arch": {"type": "module", "target": "model.py:Net", "kwargs": {"head": 10}},
+            "class_outputs": [0, 2, 4, 6, 8],
+            "checkpoints": {"final": "ckpt/wide_seed{seed}.pt"},
+        },
+    }
+    studies = {
+        f"{m}_sweep": {
+            "type": "filter_ablation",
+            "model": m,
+            "layers": ["b2.conv"],
+            "sets": {"each": {"select": "each"}},
+        }
+        for m in models
+    }
+    (folder / "config.yaml").write_text(json.dumps(config(models, studies)))
+    targets = [f"results/interventions/{s}/{m}/seed0.csv" for s, m in zip(studies, models)]
+    root_of_clone = Path(__file__).resolve().parents[1]
+
+    def snakemake(*args):
+        return subprocess.run(
+            [
+                str(Path(sys.executable).with_name("snakemake")),
+                "-s",
+                str(root_of_clone / "Snakefile"),
+                "-d",
+                str(folder),
+            ]
+            + ["--configfile", str(folder / "config.yaml"), "--cores", "2", *args, *targets],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=os.environ | {"PYTHONPATH": ""},
+        )
+
+    run = snakemake()
+    assert run.returncode == 0, run.stderr[-3000:]
+    for model, theirs in (("compiled", own["net"]), ("lightning_ema", own["lightning_ema"])):
+        confusion = pd.read_csv(folder / f"results/interventions/{model}_sweep/{model}/seed0.confusion.csv")
+        expected = pd.crosstab(own["labels"].numpy(), theirs.numpy()).stack()
+        assert {(r.true, r.predicted): r.count for r in confusion.query("condition == 'baseline'").itertuples()} == {
+            (t, p): c for (t, p), c in expected.items() if c
+        }
+    wide = pd.read_csv(folder / "results/interventions/wide_sweep/wide/seed0.confusion.csv")
+    assert wide.query("condition == 'baseline'").groupby("true")["count"].sum().to_dict() == {k: 30 for k in range(5)}
+    assert "Nothing to be done" in snakemake("-n").stdout + snakemake("-n").stderr
+    (folder / "blocks.py").write_text(BLOCKS + "\n# the user edits a comment\n")
+    dry = snakemake("-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "adopt" in dry.stdout and "updated input files" in dry.stdout.replace("Updated", "updated")
