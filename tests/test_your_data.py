@@ -288,6 +288,7 @@ def test_a_network_at_chance_stops_unless_meant(tmp_path):
         "pretrained": False,
         "accuracy": {},
         "allow_chance": False,
+        "checkpoint": {"key": None, "prefix": None},
         "preprocess": resolve_preprocess("m", {"arch": arch}),
         "resident_mb": 0,
         "device": "cpu",
