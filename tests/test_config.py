@@ -1,5 +1,6 @@
 """Config files: the default study and every paper-scale config validate; defaults are filled."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,62 @@ def test_the_schema_ships_inside_the_installed_package(tmp_path):
         timeout=60,
     )
     assert out.stdout.split() == ["site", "True"], out.stderr[-2000:]
+
+
+def test_a_config_checked_before_is_not_checked_again_until_something_it_names_changes(tmp_path, monkeypatch):
+    """`checked` (what the workflow parses with): the same config, files and code give the plan
+    without the check; an edit of the config or of a file it names (here a checkpoint and the
+    model's code) checks again; a config that fails is never remembered."""
+    import os
+
+    import torch
+
+    import knockout.config as config_module
+    from knockout.config import check, checked
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\ndef Net(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes))\n"
+    )
+    from knockout.models import build_model
+
+    for seed in (0, 1):
+        torch.save(build_model({"type": "module", "target": "net.py:Net"}, (1, 28, 28), 10).state_dict(), f"w{seed}.pt")
+    raw = {
+        "seeds": [0],
+        "datasets": {"fashion_mnist": {}},
+        "models": {
+            "m": {
+                "dataset": "fashion_mnist",
+                "arch": {"type": "module", "target": "net.py:Net"},
+                "checkpoints": "w{seed}.pt",
+            }
+        },
+        "interventions": {
+            "f": {"type": "filter_ablation", "model": "m", "layers": ["1"], "sets": {"each": {"select": "each"}}}
+        },
+    }
+    calls = []
+    monkeypatch.setattr(config_module, "check", lambda c, root: calls.append(1) or check(c, root))
+
+    def parse(changes=None):
+        config = validate(json.loads(json.dumps(raw)) | (changes or {}))
+        return checked(config, cache=tmp_path / "cache")
+
+    assert list(parse().studies) == ["f"] and len(calls) == 1
+    assert list(parse().studies) == ["f"] and len(calls) == 1  # remembered: not checked again
+    later = os.stat("w0.pt").st_mtime_ns + 10**9
+    os.utime("w0.pt", ns=(later, later))
+    parse()
+    assert len(calls) == 2  # the checkpoint changed
+    (tmp_path / "net.py").write_text((tmp_path / "net.py").read_text() + "# edited\n")
+    parse()
+    parse()
+    assert len(calls) == 3  # the model's code changed, then nothing did
+    parse({"seeds": [0, 1]})
+    assert len(calls) == 4
+    with pytest.raises(ConfigError, match="models.m.checkpoints: no such file x0.pt"):
+        parse({"seeds": [0, 1]} | {"models": {"m": raw["models"]["m"] | {"checkpoints": "x{seed}.pt"}}})
+    with pytest.raises(ConfigError):
+        parse({"seeds": [0, 1]} | {"models": {"m": raw["models"]["m"] | {"checkpoints": "x{seed}.pt"}}})
+    assert len(calls) == 6  # a failing config is checked every time

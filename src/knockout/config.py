@@ -6,6 +6,8 @@ Every problem is a `ConfigError` whose message is one line naming the key path.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import yaml
 
 from .catalog import BUILTIN, SOURCES
 from .errors import ConfigError
+from .io import atomic_write
 from .plan import Plan
 
 SCHEMA = Path(__file__).with_name("schema.yaml")  # shipped inside the package
@@ -143,7 +146,8 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
         studies = [s for s, study in config["interventions"].items() if study["model"] in models]
         also = f" and of studies {', '.join(studies)}" if studies else ""
         reason = next(infos[plan.view(m)].deferred for m in models)
-        print(f"knockout: {reason}; the checks of models {', '.join(models)}{also} run in their jobs", file=sys.stderr)
+        plan.notes.append(f"knockout: {reason}; the checks of models {', '.join(models)}{also} run in their jobs")
+        print(plan.notes[-1], file=sys.stderr)
     for name, study in config["interventions"].items():
         key = f"interventions.{name}"
         if study["model"] not in config["models"]:
@@ -162,6 +166,69 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
         if missing:
             raise ConfigError(f"{key}: {study['type']} needs {plan.missing(study['model'], missing[0])}")
     return plan
+
+
+CHECKED = Path(".snakemake/knockout/checked")  # configs whose check passed, by key (`checked`)
+
+
+def checked(config: dict, raw_root: str | Path = "results/raw", cache: Path = CHECKED) -> Plan:
+    """`check`, remembered: a config whose check passed before, with the same content, the same
+    files it names (checkpoints, weights, model and dataset code, tensors files, image folders,
+    fetched manifests, torch's cache of pretrained weights) and the same code (knockout's files,
+    torch's and torchvision's versions), gets its plan without being checked again, so a dry run
+    or a rerun does not rebuild every network (nor import torch). Files are known by their size
+    and modification time, as `make` knows them; an edit of any of them checks again."""
+    plan = Plan(config)
+    marker = Path(cache) / f"{check_key(plan, raw_root)}.json"
+    if marker.is_file():
+        plan.notes = json.loads(marker.read_text())["notes"]
+        for line in plan.notes:
+            print(line, file=sys.stderr)
+        return plan
+    plan = check(config, raw_root)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    for old in sorted(marker.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)[:-15]:
+        old.unlink(missing_ok=True)  # the keys of configs long edited away
+    atomic_write(marker, lambda tmp: tmp.write_text(json.dumps({"notes": plan.notes})))
+    return plan
+
+
+def check_key(plan: Plan, raw_root: str | Path = "results/raw") -> str:
+    """What a check's result depends on, as a hash (`checked`)."""
+    import hashlib
+    import importlib.metadata
+
+    def signature(path: Path) -> str:
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{path}: none"
+        return f"{path}: {stat.st_size} {stat.st_mtime_ns}"
+
+    config = plan.config
+    files = [p for p in sorted(Path(__file__).parent.rglob("*")) if p.suffix in (".py", ".yaml")]
+    for model in plan.models:
+        files += [Path(f) for paths in plan.checkpoint_files(model).values() for f in paths]
+        files += [Path(f) for f in plan.code(model).get("code", [])]
+        arch = config["models"][model]["arch"]
+        if isinstance(arch, dict) and arch.get("weights"):
+            files.append(Path(str(arch["weights"])).expanduser())
+    for dataset, entry in config["datasets"].items():
+        files += [
+            Path(f)
+            for paths in plan.raw_inputs(dataset).values()
+            for f in ([paths] if isinstance(paths, str) else paths)
+        ]
+        for split in ("train", "test"):  # an image folder: its class folders change as images come and go
+            if entry.get("source") == "image_folder" and entry.get(split):
+                folder = Path(entry[split]).expanduser()
+                files += [folder, *sorted(p for p in folder.glob("*") if p.is_dir())]
+        files.append(Path(raw_root) / dataset / "manifest.json")
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    files.append(Path(home).expanduser() / "hub" / "checkpoints")  # pretrained weights, as torch.hub keeps them
+    versions = [importlib.metadata.version(p) for p in ("torch", "torchvision")]
+    text = json.dumps([config, versions, [signature(p) for p in files]], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _check_given_weights(config: dict, plan, name: str, info) -> None:

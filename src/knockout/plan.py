@@ -78,6 +78,7 @@ class Plan:
 
     def __init__(self, config: dict):
         self.config = config
+        self.notes: list[str] = []  # what the config check had to say besides errors (knockout.config)
         self.seeds = [int(s) for s in config["seeds"]]
         self.models = sorted(config["models"])
         self.datasets = sorted(config["datasets"])

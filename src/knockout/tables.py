@@ -3,14 +3,17 @@ suffixes, an evaluated study's per-condition outputs on a split -> its four tidy
 which per-seed columns are values to summarise over seeds (`knockout.stats`).
 
 No torch import: `condition_tables` computes with the methods of the tensors it is given, and
-`knockout aggregate` reads VALUE_COLUMNS in the analysis env, which has no torch.
+`knockout aggregate` reads VALUE_COLUMNS in the analysis env, which has no torch. pandas and
+scipy (`knockout.stats`) are imported by the functions: the workflow's plan reads the names here
+at every parse, without them.
 """
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
-from .stats import unit_significance
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The tables an evaluated study writes per seed, by name: the suffix of each beside `seed{seed}`
 # (the outputs of the rules intervene and collect: `knockout.plan.PER_SEED`).
@@ -60,6 +63,10 @@ def condition_tables(conditions, outputs, labels, classes: list[str], indices) -
     `predictions` are integer tensors of one length; a label is one of `classes`, a prediction
     a class or (>= the number of classes) an output of the network that is none of them
     (`knockout.readout`): every table indexes classes as the labels do."""
+    import pandas as pd
+
+    from .stats import unit_significance
+
     base = outputs["baseline"]
     n_classes = len(classes)
     check_indices(labels, n_classes, [out.predictions for out in outputs.values()])

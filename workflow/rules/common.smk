@@ -28,11 +28,11 @@ shell.prefix(
 )
 
 from knockout.catalog import VIEW_FILES
-from knockout.config import ConfigError, check, validate
+from knockout.config import ConfigError, checked, validate
 from knockout.plan import MODEL_FILES, PER_SEED, RUN_FILES
 
 try:
-    PLAN = check(validate(config))  # the plan the config check built
+    PLAN = checked(validate(config))  # the plan the config check built (or built before: knockout.config.checked)
 except ConfigError as e:
     # One line, before any job runs.
     sys.exit(f"config error: {e}")
@@ -69,3 +69,28 @@ def gpus_per_job():
         return n
     device = config["device"]
     return int(device.startswith("cuda") or (device == "auto" and shutil.which("nvidia-smi") is not None))
+
+
+# --- Sharded studies (`shards: N` or `auto`, workflow/rules/interventions.smk) -------------------
+
+
+def shard_count_args(w, input):
+    """`--shards=N`, or `--plan=<plan.json>` for shards: auto."""
+    return f"--plan={input.plan}" if "plan" in input.keys() else f"--shards={PLAN.studies[w.name].shards}"
+
+
+def shard_inputs(w):
+    """A shard's inputs: its study's, and for shards: auto the plan that says how many."""
+    inputs = PLAN.study_inputs(w.name, w.seed)
+    if PLAN.studies[w.name].shards == "auto":
+        inputs["plan"] = PLAN.shard_plan(w.name, w.seed)
+    return inputs
+
+
+def shard_outputs(w):
+    """The shards' files of one study x seed: `shards: N` of them, or as many as its plan says."""
+    if PLAN.studies[w.name].shards != "auto":
+        return PLAN.shard_files(w.name, w.seed)
+    plan = checkpoints.shard_plan.get(name=w.name, model=w.model, seed=w.seed).output[0]
+    with open(plan) as f:
+        return PLAN.shard_files(w.name, w.seed, json.load(f)["shards"])

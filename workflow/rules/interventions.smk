@@ -95,28 +95,6 @@ rule probe:
 # profiles/slurm), then one gather writes the same per-seed files as intervene or probe would.
 
 
-def shard_count_args(w, input):
-    """`--shards=N`, or `--plan=<plan.json>` for shards: auto."""
-    return f"--plan={input.plan}" if "plan" in input.keys() else f"--shards={PLAN.studies[w.name].shards}"
-
-
-def shard_inputs(w):
-    """A shard's inputs: its study's, and for shards: auto the plan that says how many."""
-    inputs = PLAN.study_inputs(w.name, w.seed)
-    if PLAN.studies[w.name].shards == "auto":
-        inputs["plan"] = PLAN.shard_plan(w.name, w.seed)
-    return inputs
-
-
-def shard_outputs(w):
-    """The shards' files of one study x seed: `shards: N` of them, or as many as its plan says."""
-    if PLAN.studies[w.name].shards != "auto":
-        return PLAN.shard_files(w.name, w.seed)
-    plan = checkpoints.shard_plan.get(name=w.name, model=w.model, seed=w.seed).output[0]
-    with open(plan) as f:
-        return PLAN.shard_files(w.name, w.seed, json.load(f)["shards"])
-
-
 checkpoint shard_plan:
     input:
         unpack(lambda w: PLAN.study_inputs(w.name, w.seed)),
