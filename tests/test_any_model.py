@@ -18,34 +18,7 @@ from knockout.graph import graph_of
 from knockout.models import build_model, load_model, save_model
 from knockout.studies import Condition, Context, apply_condition, silence_point
 from knockout.units import unit_statistics
-
-USER_MODEL = '''
-import torch
-from torch import nn
-
-
-class Branchy(nn.Module):
-    """Two branches concatenated, a residual add, functional activations."""
-
-    def __init__(self, num_classes=10, in_channels=3, width=8):
-        super().__init__()
-        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
-        self.stem_bn = nn.BatchNorm2d(width)
-        self.left = nn.Conv2d(width, width, 3, padding=1)
-        self.right = nn.Conv2d(width, width, 1)
-        self.mix = nn.Conv2d(2 * width, width, 3, padding=1)
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        x = torch.relu(self.stem_bn(self.stem(x)))
-        both = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
-        x = x + self.mix(both)
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def not_a_module():
-    return 42
-'''
+from networks import USER_MODEL, randomised
 
 
 class TinyVGG(nn.Module):
@@ -117,18 +90,6 @@ def architectures(user_file):
         ),
         "user_file": ({"type": "module", "target": f"{user_file}:Branchy"}, (3, 12, 12), ["left", "mix"]),
     }
-
-
-def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial batch norm statistics and affine parameters (a zero would come out as a bias)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize("name", ["resnet", "vgg_bn", "mobilenet_se", "densenet_cat", "vit_heads", "user_file"])

@@ -5,26 +5,18 @@ layers `auto` picks, counts from the built modules, the network runs, its checkp
 architecture variants as torchvision builder keywords and the user function's kwargs, against
 torchvision built directly; the refusals, one line each; both studies end to end."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import pandas as pd
 import pytest
 import torch
 import torchvision
-import yaml
+from conftest import DATA, ROOT, needs_fashion, snakemake, write_config
 from torch import nn
 
 from knockout.config import ConfigError, check, validate
 from knockout.factorization import FactorizedConv2d, conv_rows, factorize_convs, formula_parameters
 from knockout.models import build_model, count_parameters, load_model, save_model
 from knockout.studies import Context, Target, architecture, factorize
-from specs import study_spec
+from specs import RESNET18, TRAIN, check_tables, studies, study_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-RESNET18 = {"type": "torchvision", "name": "resnet18", "small_input": True}
 OWN = {"type": "module", "target": str(ROOT / "examples/own_model/model.py:SmallResNet"), "kwargs": {"width": 16}}
 GREY = (1, 28, 28)
 
@@ -243,65 +235,14 @@ def test_bad_variants_are_one_line_errors(arch, overrides, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-MIRROR = "/usr/share/datasets"
-TRAIN = {"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.003}
-END_TO_END = {  # per model: its arch, factorize's layers and between, a variant
-    "r18": (RESNET18, ["layer1.0.conv1", "layer4.1.conv2"], "relu", {"zero_res": {"zero_init_residual": True}}),
-    "mynet": (OWN | {"target": "examples/own_model/model.py:SmallResNet"}, "auto", "none", {"narrow": {"width": 4}}),
-}
-
-
-def tiny_config(model: str) -> dict:
-    arch, layers, between, variants = END_TO_END[model]
-    return {
-        "seeds": [0],
-        "device": "cpu",
-        "threads": 1,
-        "data": {"mirrors": [MIRROR], "download": False},
-        "datasets": {"fashion_mnist": {"train_subset": 128, "test_subset": 64}},
-        "models": {model: {"dataset": "fashion_mnist", "arch": arch, "train": TRAIN}},
-        "interventions": {
-            "split": {"type": "factorize", "model": model, "layers": layers, "between": between},
-            "variants": {"type": "architecture", "model": model, "variants": variants},
-        },
-    }
-
-
-@pytest.mark.skipif(
-    not Path(MIRROR, "fashion-mnist").exists(), reason="Debian's dataset-fashion-mnist is not installed"
-)
+@needs_fashion
 @pytest.mark.slow
-@pytest.mark.parametrize("model", END_TO_END)
-def test_factorize_and_architecture_run_end_to_end(tmp_path, model):
-    """A torchvision ResNet-18 and the example user model through snakemake: each retrained
-    condition's parameters in the aggregated table are those of the network built here."""
-    config = tiny_config(model)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "examples").symlink_to(ROOT / "examples")  # the target path is relative to the working folder
-    run = subprocess.run(
-        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--cores", "2"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+def test_factorize_and_architecture_run_end_to_end_on_a_torchvision_resnet(tmp_path):
+    """A torchvision ResNet-18 through snakemake, trained here and retrained per condition."""
+    config = {"seeds": [0], "device": "cpu", "threads": 1, **DATA}
+    config["datasets"] = {"fashion_mnist": {"train_subset": 128, "test_subset": 64}}
+    config["models"] = {"r18": {"dataset": "fashion_mnist", "arch": RESNET18, "train": TRAIN}}
+    write_config(tmp_path, config | {"interventions": studies("r18")})
+    run = snakemake(tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
-    arch, layers, between, variants = END_TO_END[model]
-    base = build_model(arch | ({"target": OWN["target"]} if arch["type"] == "module" else {}), GREY, 10)
-    split = pd.read_csv(tmp_path / "results/tables/split.csv").query("level == 'condition'").set_index("condition")
-    rows = factorize.layer_table(base, GREY, layers, between)
-    replaced = rows[rows["replace"]]
-    assert len(replaced) == (len(layers) if layers != "auto" else 4)
-    assert split.loc["baseline", "parameters"] == count_parameters(base)
-    assert split.loc["factorized", "parameters"] == count_parameters(base) + (replaced["P1"] - replaced["P0"]).sum()
-    record = tmp_path / f"results/interventions/split/{model}/runs/factorized/seed0/condition.json"
-    details = pd.DataFrame(json.loads(record.read_text())["details"])
-    assert list(details.loc[details["replace"], "layer"]) == list(replaced["layer"])
-    ((name, overrides),) = variants.items()
-    table = pd.read_csv(tmp_path / "results/tables/variants.csv").query("level == 'condition'").set_index("condition")
-    built = build_model(architecture.variant_spec(base.spec["arch"], overrides), GREY, 10)
-    assert table.loc[name, "parameters"] == count_parameters(built)
-    assert table.loc["baseline", "parameters"] == count_parameters(base)
-    for study in ("split", "variants"):
-        assert any((tmp_path / f"results/figures/{study}").glob("*.png")), study
+    check_tables(tmp_path, "r18")

@@ -3,14 +3,12 @@ computes for its part (bit for bit: the same chunks and stacks), the gather writ
 `snakemake -n` plans one job per shard, `auto` follows its rule, and bad values are one line."""
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import BASE, needs_fashion, snakemake, write_config
 from torch import nn
 
 from knockout.config import check, validate
@@ -21,25 +19,11 @@ from knockout.graph import graph_of
 from knockout.shards import condition_macs, decode_condition, encode_condition, shard_count, shard_range
 from knockout.studies import Condition, Context, apply_condition
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-MIRROR = "/usr/share/datasets"
-needs_fashion = pytest.mark.skipif(
-    not Path(MIRROR, "fashion-mnist").exists(), reason="Debian's dataset-fashion-mnist is not installed"
-)
-
-# One model, one seed: a filter_ablation study with an `each` sweep, a multi-layer set and random
-# draws, and an occlusion probe; SHARDED splits both.
-UNSHARDED = {
+# The session's CNN, one seed: a filter_ablation study with an `each` sweep, a multi-layer set and
+# random draws, and an occlusion probe; SHARDED splits both.
+UNSHARDED = BASE | {
     "seeds": [0],
-    "device": "cpu",
-    "threads": 1,
     "budget_mb": 1,  # several chunks and stacks, so shard boundaries fall inside stacks
-    "data": {"mirrors": [MIRROR], "download": False},
-    "datasets": {"fashion_mnist": {"train_subset": 600, "test_subset": 200}},
-    "models": {
-        "cnn": {"dataset": "fashion_mnist", "arch": "study5_cnn", "train": {"epochs": 1, "optimizer": "adam"}},
-    },
     "interventions": {
         "filters": {
             "type": "filter_ablation",
@@ -184,19 +168,11 @@ def test_bad_shards_are_one_line_config_errors(study, shards, message):
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @needs_fashion
 def test_a_dry_run_plans_one_job_per_shard_and_the_default_none(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(SHARDED))
+    config = copy.deepcopy(SHARDED)
+    config["interventions"]["whole"] = UNSHARDED["interventions"]["filters"]  # the default: one job, as ever
+    write_config(tmp_path, config)
     run = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert run.returncode == 0, run.stderr[-3000:]
     counts = dict(
@@ -204,27 +180,21 @@ def test_a_dry_run_plans_one_job_per_shard_and_the_default_none(tmp_path):
     )
     assert counts["intervene_shard"] == "3" and counts["probe_shard"] == "2"
     assert counts["gather"] == "1" and counts["gather_probe"] == "1"
-    assert "intervene" not in counts and "probe" not in counts
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(UNSHARDED))
-    run = snakemake(tmp_path, "-n", "--quiet", "rules")
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert not any(word in run.stdout for word in ("shard", "gather"))  # the default: one job, as ever
+    assert counts["intervene"] == "1" and "probe" not in counts
 
 
 @needs_fashion
 @pytest.mark.slow
-def test_sharded_studies_write_the_unsharded_runs_files_byte_for_byte(tmp_path):
-    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
-    whole.mkdir()
-    (whole / "config.yaml").write_text(yaml.safe_dump(UNSHARDED))
+def test_sharded_studies_write_the_unsharded_runs_files_byte_for_byte(with_models, tmp_path_factory):
     targets = [f"results/interventions/{name}/cnn/{files[0]}" for name, files in PER_SEED.items()]
+    whole = with_models(UNSHARDED["interventions"], seeds=[0], budget_mb=1)
+    # the same trained network and data (copied with their times), then the studies in shards
+    sharded = tmp_path_factory.mktemp("sharded")
+    shutil.copytree(whole / "results", sharded / "results")
     run = snakemake(whole, *targets)
     assert run.returncode == 0, run.stderr[-4000:]
-    # the same trained network and data (copied with their times), then the studies in shards
-    (sharded / "results").mkdir(parents=True)
-    for part in ["raw", "data", "models", "units"]:
-        subprocess.run(["cp", "-a", str(whole / "results" / part), str(sharded / "results" / part)], check=True)
-    (sharded / "config.yaml").write_text(yaml.safe_dump(SHARDED))
+    write_config(sharded, SHARDED)
+    shutil.copytree(whole / "results/units", sharded / "results/units")
     run = snakemake(sharded, *targets)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "intervene_shard" in run.stderr and "gather_probe" in run.stderr

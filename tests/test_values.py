@@ -17,7 +17,7 @@ from knockout.graph import graph_of
 from knockout.models import build_model
 from knockout.studies import Condition, Context, Value, silence_point
 from knockout.units import load_unit_values, save_unit_values, unit_values
-from test_any_model import USER_MODEL, randomised
+from networks import USER_MODEL, randomised
 
 VALUES = [
     Value(),

@@ -3,25 +3,21 @@ its conditions `{set}@{label}`, the config check refuses what cannot be computed
 ablate-then-train set under mean starts at the units' means, and snakemake runs every value to
 its tables and figure on the default study's CNN and on a torchvision ResNet."""
 
-import copy
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from conftest import BASE, needs_fashion, printed, snakemake
+from specs import study_spec
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from knockout.data import as_split  # noqa: E402
-from knockout.errors import ConfigError  # noqa: E402
-from knockout.models import build_model  # noqa: E402
-from knockout.studies import Context, Target, Value, ablate_then_train, filter_ablation, silence_point  # noqa: E402
-from knockout.units import unit_values  # noqa: E402
-from specs import study_spec  # noqa: E402
-from test_workflow import BAD, needs_fashion, printed, snakemake, write_config  # noqa: E402
+from knockout.config import check, validate
+from knockout.data import as_split
+from knockout.errors import ConfigError
+from knockout.models import build_model
+from knockout.studies import Context, Target, Value, ablate_then_train, filter_ablation, silence_point
+from knockout.units import unit_values
 
 BN_CNN = {"type": "cnn", "conv": [{"channels": 8, "pool": 2}, {"channels": 6}], "batch_norm": True, "dense": [12]}
 PLAIN_CNN = {"type": "cnn", "conv": [{"channels": 8, "pool": 2}, {"channels": 6}], "dense": [12]}
@@ -188,61 +184,55 @@ def test_ablate_then_train_refuses_values_that_are_no_starting_point(semantics, 
 
 # --- through snakemake ---------------------------------------------------------------------------
 
-VALUES = {
-    "seeds": [0],
-    "device": "cpu",
-    "threads": 1,
-    "data": BAD["data"],
-    "datasets": {"fashion_mnist": {"train_subset": 400, "test_subset": 150}},
-    "unit_stats": {"examples": 200},
-    "models": {
-        "cnn": {
-            "dataset": "fashion_mnist",
-            "arch": "study5_cnn",
-            "train": {"epochs": 1, "optimizer": "adam", "lr": 0.003},
-        }
+CNN_VALUES = {
+    "type": "filter_ablation",
+    "model": "cnn",
+    "layers": ["conv3"],
+    "sets": {
+        "low": {"select": "lowest_response", "k": 4, "value": ["zero", "mean", {"kind": "mean", "per": "position"}]},
+        "rand": {"select": "random", "k": 4, "value": ["zero", {"kind": "resample", "repeats": 2}]},
+        "each": {"select": "each", "value": ["zero", "mean"]},
+        "curve": {"select": "cumulative", "fractions": [0.25, 0.75], "value": ["zero", "noise"]},
     },
-    "interventions": {
-        "cnn_filters": {
-            "type": "filter_ablation",
-            "model": "cnn",
-            "layers": ["conv3"],
-            "sets": {
-                "low": {
-                    "select": "lowest_response",
-                    "k": 4,
-                    "value": ["zero", "mean", {"kind": "mean", "per": "position"}],
-                },
-                "rand": {"select": "random", "k": 4, "value": ["zero", {"kind": "resample", "repeats": 2}]},
-                "each": {"select": "each", "value": ["zero", "mean"]},
-                "curve": {"select": "cumulative", "fractions": [0.25, 0.75], "value": ["zero", "noise"]},
-            },
-            "compare": [["low@mean", "low"], ["rand@resample", "rand"]],
-        }
+    "compare": [["low@mean", "low"], ["rand@resample", "rand"]],
+}
+RESNET = {  # a torchvision ResNet-18 with weights of the user's (random here), at chance on purpose
+    "dataset": "fashion_mnist",
+    "arch": {"type": "torchvision", "name": "resnet18", "small_input": True},
+    "checkpoints": "resnet_seed{seed}.pt",
+    "allow_chance": True,
+}
+RESNET_VALUES = {
+    "type": "filter_ablation",
+    "model": "resnet",
+    "layers": ["layer4.1.conv2"],
+    "sets": {
+        "rand": {"select": "random", "k": 128, "value": ["zero", "mean", "resample"]},
+        "down": {"select": "units", "units": {"layer3.0.downsample.0": [0, 1, 2, 3]}, "value": ["zero", "mean"]},
     },
+    "compare": [["rand@mean", "rand"]],
 }
 
 
 @needs_fashion
-@pytest.mark.slow
-def test_every_value_runs_on_the_default_cnn_to_its_tables_and_figure(tmp_path):
-    write_config(tmp_path, VALUES)
-    run = snakemake(tmp_path)
+def test_every_value_runs_on_the_cnn_to_its_tables_and_figure(with_models):
+    workdir = with_models({"cnn_filters": CNN_VALUES}, unit_stats={"examples": 200}, seeds=[0])
+    run = snakemake(workdir, "results/notebooks/cnn_filters.ipynb")
     assert run.returncode == 0, run.stderr[-4000:]
-    folder = tmp_path / "results/interventions/cnn_filters/cnn"
+    assert "rule train" not in run.stdout  # the session's models: only the study ran
+    folder = workdir / "results/interventions/cnn_filters/cnn"
     per_seed = pd.read_csv(folder / "seed0.csv")
-    assert (tmp_path / "results/units/cnn/seed0.values.pt").is_file()
+    assert (workdir / "results/units/cnn/seed0.values.pt").is_file()
     assert set(per_seed["value"]) == {"zero", "mean", "mean-position", "resample", "noise"}
     n_units = int((per_seed["set"] == "each").sum())
     assert n_units > 0 and (per_seed["set"] == "each@mean").sum() == n_units  # every unit, under both values
     assert set(per_seed.loc[per_seed["set"] == "rand@resample", "value_draw"]) == {0, 1}
-    for seed, rows in per_seed.groupby("seed"):
-        rows = rows.set_index("condition")
-        assert rows["baseline_accuracy"].nunique() == 1  # one baseline, whatever the value
-        # the same units, another value: the same silence, other predictions (in general)
-        assert rows.loc["low", "units"] == rows.loc["low@mean", "units"] == rows.loc["low@mean-position", "units"]
-        assert rows.loc["rand:draw0", "units"] == rows.loc["rand@resample:draw0:v0", "units"]
-    table = pd.read_csv(tmp_path / "results/tables/cnn_filters.csv")
+    rows = per_seed.set_index("condition")
+    assert rows["baseline_accuracy"].nunique() == 1  # one baseline, whatever the value
+    # the same units, another value: the same silence, other predictions (in general)
+    assert rows.loc["low", "units"] == rows.loc["low@mean", "units"] == rows.loc["low@mean-position", "units"]
+    assert rows.loc["rand:draw0", "units"] == rows.loc["rand@resample:draw0:v0", "units"]
+    table = pd.read_csv(workdir / "results/tables/cnn_filters.csv")
     sets = table[table["level"] == "set"].set_index("set")
     assert {"low", "low@mean", "low@mean-position", "rand@resample", "each@mean", "curve@noise"} <= set(sets.index)
     assert sets.loc["low@mean", "value"] == "mean" and sets.loc["low", "value"] == "zero"
@@ -251,71 +241,36 @@ def test_every_value_runs_on_the_default_cnn_to_its_tables_and_figure(tmp_path):
     assert list(layers.loc[["each:conv3", "each@mean:conv3"], "n_units"]) == [n_units, n_units]
     n_significant = (per_seed.query("set == 'each@mean'")["significant"] == True).sum()  # noqa: E712
     assert layers.loc["each@mean:conv3", "n_significant_mean"] == n_significant
-    comparisons = pd.read_csv(tmp_path / "results/tables/cnn_filters.comparisons.csv")
+    comparisons = pd.read_csv(workdir / "results/tables/cnn_filters.comparisons.csv")
     assert {("low@mean", "low"), ("rand@resample", "rand")} <= set(zip(comparisons["a"], comparisons["b"]))
-    figures = tmp_path / "results/figures/cnn_filters"
+    figures = workdir / "results/figures/cnn_filters"
     assert (figures / "values.png").is_file() and (figures / "cumulative.png").is_file()
-    text = printed(tmp_path / "results/notebooks/cnn_filters.ipynb")
+    text = printed(workdir / "results/notebooks/cnn_filters.ipynb")
     assert "ablation values: zero, mean, mean-position, noise, resample" in text
 
 
 @needs_fashion
 @pytest.mark.slow
-def test_values_on_a_torchvision_resnet(tmp_path):
-    config = copy.deepcopy(VALUES) | {"seeds": [0]}
-    config["datasets"] = {"fashion_mnist": {"train_subset": 200, "test_subset": 60}}
-    config["unit_stats"] = {"examples": 100}
-    config["models"] = {
-        "resnet": {
-            "dataset": "fashion_mnist",
-            "arch": {"type": "torchvision", "name": "resnet18", "small_input": True},
-            "train": {"epochs": 1, "batch_size": 50, "optimizer": "adam", "lr": 0.001},
-            "allow_chance": True,
-        }
-    }
-    config["interventions"] = {
-        "resnet_filters": {
-            "type": "filter_ablation",
-            "model": "resnet",
-            "layers": ["layer4.1.conv2"],
-            "sets": {
-                "rand": {"select": "random", "k": 128, "value": ["zero", "mean", "resample"]},
-                "down": {
-                    "select": "units",
-                    "units": {"layer3.0.downsample.0": [0, 1, 2, 3]},
-                    "value": ["zero", "mean"],
-                },
-            },
-            "compare": [["rand@mean", "rand"]],
-        }
-    }
-    write_config(tmp_path, config)
-    run = snakemake(tmp_path)
+def test_values_on_a_torchvision_resnet(with_models):
+    workdir = with_models({"resnet_filters": RESNET_VALUES}, models={"resnet": RESNET}, seeds=[0])
+    torch.manual_seed(0)
+    torch.save(build_model(RESNET["arch"], (1, 28, 28), 10).state_dict(), workdir / "resnet_seed0.pt")
+    run = snakemake(workdir, "results/notebooks/resnet_filters.ipynb")
     assert run.returncode == 0, run.stderr[-4000:]
-    rows = pd.read_csv(tmp_path / "results/interventions/resnet_filters/resnet/seed0.csv").set_index("condition")
+    rows = pd.read_csv(workdir / "results/interventions/resnet_filters/resnet/seed0.csv").set_index("condition")
     # the config file lists the sets in key order (down, rand): each set under each of its values
     assert list(rows.index) == ["baseline", "down", "down@mean", "rand:draw0", "rand@mean:draw0", "rand@resample:draw0"]
     assert list(rows["value"]) == ["zero", "zero", "mean", "zero", "mean", "resample"]
     assert rows.loc["rand:draw0", "units"] == rows.loc["rand@mean:draw0", "units"]
-    sets = pd.read_csv(tmp_path / "results/tables/resnet_filters.csv").query("level == 'set'").set_index("set")
+    sets = pd.read_csv(workdir / "results/tables/resnet_filters.csv").query("level == 'set'").set_index("set")
     assert {"rand", "rand@mean", "rand@resample", "down@mean"} <= set(sets.index)
-    assert (tmp_path / "results/figures/resnet_filters/values.png").is_file()
+    assert (workdir / "results/figures/resnet_filters/values.png").is_file()
 
 
-@needs_fashion
-@pytest.mark.parametrize(
-    "change,message",
-    [
-        (
-            lambda c: c.update(unit_stats={"split": "test"}),
-            "interventions.cnn_filters: unit_stats.split: mean, resample",
-        ),
-    ],
-)
-def test_a_value_computed_on_the_evaluated_images_is_refused_before_any_job(tmp_path, change, message):
-    config = json.loads(json.dumps(VALUES))
-    change(config)
-    write_config(tmp_path, config)
-    run = snakemake(tmp_path, "-n")
-    assert run.returncode != 0
-    assert message in run.stderr and "must not be computed on the evaluated images" in run.stderr
+def test_a_value_computed_on_the_evaluated_images_is_refused_before_any_job():
+    config = BASE | {"interventions": {"cnn_filters": CNN_VALUES}, "unit_stats": {"split": "test"}}
+    with pytest.raises(ConfigError) as err:
+        check(validate(json.loads(json.dumps(config))))
+    message = str(err.value)
+    assert message.startswith("interventions.cnn_filters: unit_stats.split: mean, resample")
+    assert "must not be computed on the evaluated images" in message and "\n" not in message

@@ -1,24 +1,31 @@
 """End to end through the real `snakemake`, in temporary folders: the tiny study with every study
-type (evaluated, retrained, probed) and every notebook; a seed dropped from the config leaves no
-trace in the tables, notebooks and figures; editing one study reruns nothing else; the README's
-example type runs from its module and schema entry alone; every config of configs/ plans."""
+type (evaluated, retrained, probed) and every notebook, at full size (second tier); a seed dropped
+from the config leaves no trace in the tables, notebooks and figures; editing one study reruns
+nothing else; the README's example type runs from its module and schema entry alone; every
+config of configs/ plans its whole study; a bad config stops before any job."""
 
 import json
 import re
 import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 import yaml
+from conftest import (
+    MIRROR,
+    ROOT,
+    needs_fashion,
+    one_line,
+    planned_jobs,
+    printed,
+    snakemake,
+    write_config,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-MIRROR = "/usr/share/datasets"
+from specs import check_tables, studies
+
+from knockout.config import ConfigError, check, validate
 
 TINY = {
     "seeds": [0, 1, 2],
@@ -71,37 +78,6 @@ TINY = {
     },
 }
 ANALYSES = ["baselines", *TINY["interventions"]]
-
-
-def snakemake(workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(SNAKEMAKE), "-s", str(snakefile), "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-
-
-def write_config(workdir: Path, config: dict) -> None:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-
-
-def planned_jobs(dry_run_output: str) -> list[tuple[str, str]]:
-    """(rule, first output) of every job a dry run lists."""
-    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    output: ([^,\n]+)", dry_run_output, flags=re.M)
-    return [(rule, out) for rule, out in jobs if rule != "all"]
-
-
-def printed(notebook: Path) -> str:
-    nb = nbformat.read(notebook, as_version=4)
-    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-
-
-needs_fashion = pytest.mark.skipif(
-    not Path(MIRROR, "fashion-mnist").exists(),
-    reason="Debian's dataset-fashion-mnist is not installed (bash setup.sh installs it)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -234,26 +210,10 @@ def test_a_dropped_seed_leaves_the_tables_notebooks_and_figures(tiny):
             assert figure.stat().st_mtime > changed, figure  # redrawn from the two seeds
 
 
-def image_folder(root: Path) -> None:
-    """A folder of PNGs of several sizes, one subfolder per class (the dominant colour)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 30), ("test", 10)):
-        for k, colour in enumerate(["red", "green", "blue"]):
-            folder = root / split / colour
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 200, (*rng.integers(12, 40, 2), 3))
-                pixels[..., k] += 40  # the class: a tint, under noise
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
-
-
-@pytest.mark.slow
-def test_the_readme_example_type_runs_on_an_image_folder(tmp_path):
-    """A checkout with the README's `shuffle_bias` module and schema entry added, nothing else,
-    run on a dataset of your own: a folder of PNGs of several sizes resized to 16x16."""
+@needs_fashion
+def test_the_readme_example_type_runs_from_its_module_and_schema_entry(tmp_path, with_models):
+    """A checkout with the README's `shuffle_bias` module and schema entry added, nothing else:
+    the study runs on the session's trained CNN (one seed), is aggregated and drawn."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     for part in ["Snakefile", "workflow", "src", "notebooks", "envs", "profiles"]:
@@ -265,34 +225,12 @@ def test_the_readme_example_type_runs_on_an_image_folder(tmp_path):
     schema = checkout / "src/knockout/schema.yaml"
     schema.write_text(schema.read_text() + entry)
 
-    workdir = tmp_path / "work"
-    image_folder(workdir / "shapes")
-    config = {k: TINY[k] for k in ("device", "threads", "data")} | {
-        "seeds": [0, 1],
-        "datasets": {"shapes": {"source": "image_folder", "train": "shapes/train", "test": "shapes/test", "size": 16}},
-        "models": {
-            "cnn": {
-                "dataset": "shapes",
-                "arch": {"type": "cnn", "conv": [8, 16], "dense": [16]},
-                "train": {"epochs": 2, "optimizer": "adam", "lr": 0.003, "batch_size": 16},
-            }
-        },
-        "interventions": {"shuffled": {"type": "shuffle_bias", "model": "cnn", "layers": ["conv2", "fc1"]}},
-    }
-    write_config(workdir, config)
-    run = snakemake(workdir, snakefile=checkout / "Snakefile")
+    workdir = with_models({"shuffled": {"type": "shuffle_bias", "model": "cnn", "layers": ["conv2", "fc1"]}}, seeds=[0])
+    run = snakemake(workdir, "results/notebooks/shuffled.ipynb", snakefile=checkout / "Snakefile")
     assert run.returncode == 0, run.stderr[-4000:]
-    meta = json.loads((workdir / "results/data/shapes/meta.json").read_text())
-    assert (
-        meta["classes"] == ["blue", "green", "red"]
-        and meta["shape"] == [3, 16, 16]
-        and (meta["n_train"], meta["n_test"]) == (90, 30)
-    )
-    assert (
-        json.loads((workdir / "results/models/cnn/seed0/metrics.json").read_text())["test_accuracy"] > 0.5
-    )  # chance: 1/3
+    assert "rule train" not in run.stdout  # the session's models: only the study ran
     table = pd.read_csv(workdir / "results/tables/shuffled.csv").query("level == 'condition'").set_index("condition")
-    assert set(table.index) == {"baseline", "shuffle_bias:conv2", "shuffle_bias:fc1"} and (table["n_seeds"] == 2).all()
+    assert set(table.index) == {"baseline", "shuffle_bias:conv2", "shuffle_bias:fc1"} and (table["n_seeds"] == 1).all()
     assert table.loc["shuffle_bias:conv2", "loss_mean"] != table.loc["baseline", "loss_mean"]  # the biases moved
     assert (workdir / "results/figures/shuffled/sets.png").stat().st_size > 0
 
@@ -301,10 +239,12 @@ def test_the_readme_example_type_runs_on_an_image_folder(tmp_path):
 @pytest.mark.slow
 def test_the_own_model_example_runs_end_to_end(tmp_path):
     """examples/own_model: the user's network from a file, a filter sweep and layer swaps, on
-    less data and fewer epochs than the example asks for (its files otherwise as they are)."""
+    less data and fewer epochs than the example asks for (its files otherwise as they are), and
+    factorize and architecture on it."""
     config = yaml.safe_load((ROOT / "examples/own_model/config.yaml").read_text())
     config |= {"seeds": [0, 1], "device": "cpu", "threads": 1, "data": TINY["data"], "datasets": TINY["datasets"]}
     config["models"]["mynet"]["train"]["epochs"] = 1
+    config["interventions"] |= {f"mynet_{name}": study for name, study in studies("mynet").items()}
     write_config(tmp_path, config)
     (tmp_path / "examples").symlink_to(ROOT / "examples")  # the target path is relative to the working folder
     run = snakemake(tmp_path)
@@ -315,11 +255,25 @@ def test_the_own_model_example_runs_end_to_end(tmp_path):
     assert {"reinit:block2.side", "rerandomize:head"} <= set(layers["condition"])
     for analysis in ["baselines", "mynet_sweep", "mynet_layers"]:
         assert any((tmp_path / f"results/figures/{analysis}").glob("*.png")), analysis
+    check_tables(tmp_path, "mynet", prefix="mynet_")
 
 
-@pytest.mark.parametrize(
-    "path", [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "examples/own_model/config.yaml"], ids=lambda p: p.name
-)
+CONFIGS = [*sorted((ROOT / "configs").glob("*.yaml")), ROOT / "examples/own_model/config.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_in_configs_is_checked_and_planned(monkeypatch, path):
+    """Each paper-scale config (no data needed to check and plan): every model built and checked,
+    every study checked against it; its plan trains every model and draws every study."""
+    monkeypatch.chdir(ROOT)  # paths in a config are relative to the working folder
+    config = yaml.safe_load(path.read_text())
+    plan = check(validate(config))
+    assert plan.analyses == ["baselines", *config.get("interventions", {})]
+    assert set(plan.trained_models()) == set(config["models"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_in_configs_plans_its_whole_study(tmp_path, path):
     """A dry run of each paper-scale config (no data needed to plan): its studies' jobs, the
     notebooks, and nothing of the default study (--configfile replaces config.yaml)."""
@@ -334,46 +288,45 @@ def test_every_config_in_configs_plans_its_whole_study(tmp_path, path):
 
 
 BAD = {k: TINY[k] for k in ("seeds", "device", "threads", "data", "datasets", "models")} | {"interventions": {}}
+BAD_CONFIGS = [
+    (
+        lambda c: c["models"]["mlp"].update(dataset="fashion"),
+        "models.mlp.dataset: 'fashion' is not a key of datasets",
+    ),
+    (lambda c: c["datasets"].update(imagenet={}), "datasets.imagenet: not a built-in dataset"),
+    (lambda c: c["models"]["cnn"].update(arch="study9_cnn"), "models.cnn.arch: unknown preset 'study9_cnn'"),
+    (
+        lambda c: c["models"]["cnn"].update(optimiser="adam"),
+        "models.cnn: Additional properties are not allowed ('optimiser'",
+    ),
+    (
+        lambda c: c["models"]["cnn"]["train"].update(optimizer="rmsprop"),
+        "models.cnn.train.optimizer: 'rmsprop' is not one of",
+    ),
+    (lambda c: c.update(seeds=[1, 1]), "seeds: [1, 1] has non-unique elements"),
+    (
+        lambda c: c["interventions"].update(
+            t={"type": "top_activations", "model": "cnn", "layers": {"conv1": 2}, "k": 201}
+        ),
+        "interventions.t.k: 201 top images per filter, but the test set of model 'cnn' has 200",
+    ),
+]
 
 
-@pytest.mark.parametrize(
-    "change,message",
-    [
-        (
-            lambda c: c["models"]["mlp"].update(dataset="fashion"),
-            "models.mlp.dataset: 'fashion' is not a key of datasets",
-        ),
-        (lambda c: c["datasets"].update(imagenet={}), "datasets.imagenet: not a built-in dataset"),
-        (lambda c: c["models"]["cnn"].update(arch="study9_cnn"), "models.cnn.arch: unknown preset 'study9_cnn'"),
-        (
-            lambda c: c["models"]["cnn"].update(optimiser="adam"),
-            "models.cnn: Additional properties are not allowed ('optimiser'",
-        ),
-        (
-            lambda c: c["models"]["cnn"]["train"].update(optimizer="rmsprop"),
-            "models.cnn.train.optimizer: 'rmsprop' is not one of",
-        ),
-        (lambda c: c.update(seeds=[1, 1]), "seeds: [1, 1] has non-unique elements"),
-        (
-            lambda c: c["interventions"].update(
-                t={"type": "top_activations", "model": "cnn", "layers": {"conv1": 2}, "k": 201}
-            ),
-            "interventions.t.k: 201 top images per filter, but the test set of model 'cnn' has 200",
-        ),
-    ],
-)
-def test_bad_config_stops_with_one_line_before_any_job(tmp_path, change, message):
+@pytest.mark.parametrize("change,message", BAD_CONFIGS)
+def test_a_bad_config_is_one_line_naming_the_key(change, message):
     config = json.loads(json.dumps(BAD))
     change(config)
+    with pytest.raises(ConfigError) as err:
+        check(validate(config))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_config_stops_snakemake_with_that_line_before_any_job(tmp_path):
+    config = json.loads(json.dumps(BAD))
+    BAD_CONFIGS[-1][0](config)
     write_config(tmp_path, config)
     run = snakemake(tmp_path, "-n")
     assert run.returncode != 0
-    # Snakemake's own note that it read profiles/default is not part of the error.
-    lines = [
-        line
-        for line in run.stderr.splitlines()
-        if line.strip() and not line.startswith("Using workflow specific profile")
-    ]
-    assert len(lines) == 1, run.stderr
-    assert message in lines[0]
+    assert one_line(run) == f"config error: {BAD_CONFIGS[-1][1]}"
     assert not (tmp_path / "results").exists()

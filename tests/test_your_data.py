@@ -21,9 +21,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 CLASSES = ["dark", "grey", "light"]
 
 NET = '''
@@ -113,17 +112,6 @@ def write_pretrained(torch_home: Path) -> None:
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     torch.save(torchvision.models.resnet18().state_dict(), folder / Path(member.url).name)
-
-
-def snakemake(workdir: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=env,
-    )
 
 
 @pytest.mark.slow
@@ -380,20 +368,13 @@ def test_the_imagenet_example_plans_its_whole_study(tmp_path):
     folder = tmp_path / "torch/hub/checkpoints"
     folder.mkdir(parents=True)
     (folder / Path(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url).name).write_bytes(b"stand-in")
-    run = subprocess.run(
-        [
-            str(SNAKEMAKE),
-            "-s",
-            str(ROOT / "Snakefile"),
-            "-n",
-            "--configfile",
-            str(ROOT / "examples/imagenet_eval/config.yaml"),
-            "--directory",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run = snakemake(
+        ROOT,
+        "-n",
+        "--configfile",
+        str(ROOT / "examples/imagenet_eval/config.yaml"),
+        "--directory",
+        str(tmp_path),
         env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")},
     )
     assert run.returncode == 0, run.stderr[-3000:]

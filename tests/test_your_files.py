@@ -554,7 +554,8 @@ def test_through_the_workflow_from_the_users_folder(project, tmp_path):
     user's predictions; editing the module beside model.py reruns the jobs that built the network."""
     import os
     import subprocess
-    import sys
+
+    from conftest import ROOT, SNAKEMAKE
 
     root, own = project
     folder = tmp_path / "mine"
@@ -579,17 +580,10 @@ def test_through_the_workflow_from_the_users_folder(project, tmp_path):
     }
     (folder / "config.yaml").write_text(json.dumps(config(models, studies)))
     targets = [f"results/interventions/{s}/{m}/seed0.csv" for s, m in zip(studies, models)]
-    root_of_clone = Path(__file__).resolve().parents[1]
 
     def snakemake(*args):
         return subprocess.run(
-            [
-                str(Path(sys.executable).with_name("snakemake")),
-                "-s",
-                str(root_of_clone / "Snakefile"),
-                "-d",
-                str(folder),
-            ]
+            [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(folder)]
             + ["--configfile", str(folder / "config.yaml"), "--cores", "2", *args, *targets],
             capture_output=True,
             text=True,

@@ -7,13 +7,11 @@ profiles/slurm: both mistakes would go unnoticed until a cluster run, so they ar
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from conftest import ROOT, SNAKEMAKE
 
-ROOT = Path(__file__).resolve().parents[2]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 SLURM = ROOT / "profiles/slurm/config.yaml"
 DEFAULT = ROOT / "profiles/default/config.yaml"
 
