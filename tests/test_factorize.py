@@ -5,6 +5,7 @@ layers `auto` picks, counts from the built modules, the network runs, its checkp
 architecture variants as torchvision builder keywords and the user function's kwargs, against
 torchvision built directly; the refusals, one line each; both studies end to end."""
 
+import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -235,14 +236,36 @@ def test_bad_variants_are_one_line_errors(arch, overrides, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+RESNET_VALUES = {  # ablation values on the torchvision network: a random set and a downsampling conv's units
+    "type": "filter_ablation",
+    "model": "r18",
+    "layers": ["layer4.1.conv2"],
+    "sets": {
+        "rand": {"select": "random", "k": 128, "value": ["zero", "mean", "resample"]},
+        "down": {"select": "units", "units": {"layer3.0.downsample.0": [0, 1, 2, 3]}, "value": ["zero", "mean"]},
+    },
+    "compare": [["rand@mean", "rand"]],
+}
+
+
 @needs_fashion
 @pytest.mark.slow
-def test_factorize_and_architecture_run_end_to_end_on_a_torchvision_resnet(tmp_path):
-    """A torchvision ResNet-18 through snakemake, trained here and retrained per condition."""
-    config = {"seeds": [0], "device": "cpu", "threads": 1, **DATA}
+def test_a_torchvision_resnet_trained_here_through_factorize_architecture_and_values(tmp_path):
+    """A torchvision ResNet-18 through snakemake, trained here, retrained per condition of
+    factorize and architecture, and ablated under zero, mean and resample values."""
+    config = {"seeds": [0], "device": "cpu", "threads": 1, **DATA, "unit_stats": {"examples": 100}}
     config["datasets"] = {"fashion_mnist": {"train_subset": 128, "test_subset": 64}}
-    config["models"] = {"r18": {"dataset": "fashion_mnist", "arch": RESNET18, "train": TRAIN}}
-    write_config(tmp_path, config | {"interventions": studies("r18")})
+    config["models"] = {"r18": {"dataset": "fashion_mnist", "arch": RESNET18, "train": TRAIN, "allow_chance": True}}
+    write_config(tmp_path, config | {"interventions": studies("r18") | {"r18_values": RESNET_VALUES}})
     run = snakemake(tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
     check_tables(tmp_path, "r18")
+
+    rows = pd.read_csv(tmp_path / "results/interventions/r18_values/r18/seed0.csv").set_index("condition")
+    # the config file lists the sets in key order (down, rand): each set under each of its values
+    assert list(rows.index) == ["baseline", "down", "down@mean", "rand:draw0", "rand@mean:draw0", "rand@resample:draw0"]
+    assert list(rows["value"]) == ["zero", "zero", "mean", "zero", "mean", "resample"]
+    assert rows.loc["rand:draw0", "units"] == rows.loc["rand@mean:draw0", "units"]
+    sets = pd.read_csv(tmp_path / "results/tables/r18_values.csv").query("level == 'set'").set_index("set")
+    assert {"rand", "rand@mean", "rand@resample", "down@mean"} <= set(sets.index)
+    assert (tmp_path / "results/figures/r18_values/values.png").is_file()

@@ -1,7 +1,8 @@
 """Ablation values in the workflow: a set's `value` (zero, mean, resample, noise, or a list) names
 its conditions `{set}@{label}`, the config check refuses what cannot be computed honestly, an
 ablate-then-train set under mean starts at the units' means, and snakemake runs every value to
-its tables and figure on the default study's CNN and on a torchvision ResNet."""
+its tables and figure on the default study's CNN (and, in test_factorize.py, on a torchvision
+ResNet trained here)."""
 
 import json
 
@@ -196,22 +197,6 @@ CNN_VALUES = {
     },
     "compare": [["low@mean", "low"], ["rand@resample", "rand"]],
 }
-RESNET = {  # a torchvision ResNet-18 with weights of the user's (random here), at chance on purpose
-    "dataset": "fashion_mnist",
-    "arch": {"type": "torchvision", "name": "resnet18", "small_input": True},
-    "checkpoints": "resnet_seed{seed}.pt",
-    "allow_chance": True,
-}
-RESNET_VALUES = {
-    "type": "filter_ablation",
-    "model": "resnet",
-    "layers": ["layer4.1.conv2"],
-    "sets": {
-        "rand": {"select": "random", "k": 128, "value": ["zero", "mean", "resample"]},
-        "down": {"select": "units", "units": {"layer3.0.downsample.0": [0, 1, 2, 3]}, "value": ["zero", "mean"]},
-    },
-    "compare": [["rand@mean", "rand"]],
-}
 
 
 @needs_fashion
@@ -247,24 +232,6 @@ def test_every_value_runs_on_the_cnn_to_its_tables_and_figure(with_models):
     assert (figures / "values.png").is_file() and (figures / "cumulative.png").is_file()
     text = printed(workdir / "results/notebooks/cnn_filters.ipynb")
     assert "ablation values: zero, mean, mean-position, noise, resample" in text
-
-
-@needs_fashion
-@pytest.mark.slow
-def test_values_on_a_torchvision_resnet(with_models):
-    workdir = with_models({"resnet_filters": RESNET_VALUES}, models={"resnet": RESNET}, seeds=[0])
-    torch.manual_seed(0)
-    torch.save(build_model(RESNET["arch"], (1, 28, 28), 10).state_dict(), workdir / "resnet_seed0.pt")
-    run = snakemake(workdir, "results/notebooks/resnet_filters.ipynb")
-    assert run.returncode == 0, run.stderr[-4000:]
-    rows = pd.read_csv(workdir / "results/interventions/resnet_filters/resnet/seed0.csv").set_index("condition")
-    # the config file lists the sets in key order (down, rand): each set under each of its values
-    assert list(rows.index) == ["baseline", "down", "down@mean", "rand:draw0", "rand@mean:draw0", "rand@resample:draw0"]
-    assert list(rows["value"]) == ["zero", "zero", "mean", "zero", "mean", "resample"]
-    assert rows.loc["rand:draw0", "units"] == rows.loc["rand@mean:draw0", "units"]
-    sets = pd.read_csv(workdir / "results/tables/resnet_filters.csv").query("level == 'set'").set_index("set")
-    assert {"rand", "rand@mean", "rand@resample", "down@mean"} <= set(sets.index)
-    assert (workdir / "results/figures/resnet_filters/values.png").is_file()
 
 
 def test_a_value_computed_on_the_evaluated_images_is_refused_before_any_job():

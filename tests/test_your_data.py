@@ -158,12 +158,6 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
                 "layers": ["a"],
                 "sets": {"each": {"select": "each"}},
             },
-            "r18_sweep": {
-                "type": "filter_ablation",
-                "model": "r18",
-                "layers": ["layer4.1.conv2"],
-                "sets": {"rand": {"select": "random", "k": 16, "repeats": 2}},
-            },
             "r18_layers": {
                 "type": "layer_swap",
                 "model": "r18",
@@ -218,7 +212,6 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
     assert provenance["preprocess"]["mine"]["view"] == "shapes"
     layers = pd.read_csv(tmp_path / "results/tables/r18_layers.csv").query("level == 'condition'")
     assert set(layers["condition"]) == {"baseline", "rerandomize:layer4.1.conv2", "rerandomize:fc"}
-    assert len(pd.read_csv(tmp_path / "results/tables/r18_sweep.csv").query("level == 'condition'")) == 3
 
     summary = subprocess.run(
         [sys.executable, "-m", "knockout", "summary", "--config", "config.yaml", "--model", "r18"],
