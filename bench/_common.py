@@ -293,7 +293,7 @@ def value_context(model: nn.Module, value: str, layers: list[str], reference: to
     """knockout's Context for one ablation value: the unit statistics over `reference` (as the
     unit_values rule computes them, once per model: outside any timing) and the donor split."""
     from knockout.data import as_split
-    from knockout.studies import Context
+    from knockout.engine import Context
     from knockout.units import unit_values
 
     labels = torch.zeros(len(reference), dtype=torch.long)

@@ -114,7 +114,7 @@ from knockout.graph import CONVS, fold_batch_norms, graph_of, units_of
 from knockout.readout import Readout
 from knockout.models import build_model, count_parameters, head_name, multiply_adds
 from knockout.data import as_split
-from knockout.studies import Condition, Context, Value, apply_condition
+from knockout.engine import Condition, Context, Value, apply_condition
 from knockout.units import unit_statistics, unit_values
 
 FAMILIES = ("each", "mean", "rerandomize", "zero", "occlusion", "top", "unit_stats")
@@ -357,7 +357,7 @@ def calls(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, int]
 
 def choose_layer(model: nn.Module, graph, x: torch.Tensor) -> tuple[str, str, list[str]]:
     """(layer, its silence point, the conv/linear layers never called in a forward)."""
-    units = {n: u for n, u in units_of(model).items() if u.kind in ("conv", "linear")}
+    units = {n: u for n, u in units_of(model).items() if u.layer_type in ("conv", "linear")}
     head = head_name(model)
     points = {n: graph.silence_point(n) for n in units}
     count = calls(model, sorted(set(units) | set(points.values())), x)
@@ -370,7 +370,7 @@ def choose_layer(model: nn.Module, graph, x: torch.Tensor) -> tuple[str, str, li
 
 
 def out_dim(graph, layer: str) -> int:
-    return 1 if graph.units[layer].kind == "conv" else -1
+    return 1 if graph.units[layer].layer_type == "conv" else -1
 
 
 # --------------------------------------------------------------------------- families
@@ -624,7 +624,7 @@ def check_top(model, graph, layer, units, images, device) -> str:
     table, _ = top_activations(model, images, {layer: list(units)}, k=len(images), device=device)
     with torch.no_grad():
         out = layer_output(model, layer, images.to(device)).float().cpu()
-    if graph.units[layer].kind == "linear":
+    if graph.units[layer].layer_type == "linear":
         out = out.movedim(-1, 1)
     out = out[:, list(units)]
     flat = out.flatten(2) if out.dim() > 2 else out[:, :, None]  # (N, F, positions)
@@ -682,7 +682,7 @@ def response(model, graph, layer: str, point: str, x: torch.Tensor) -> torch.Ten
                 value = graph.module.get_submodule(node.target)(value)
             elif node.op == "call_function":
                 value = node.target(value, *node.args[1:], **node.kwargs)
-    if graph.units[layer].kind == "linear":
+    if graph.units[layer].layer_type == "linear":
         value = value.movedim(-1, 1)
     return value.double().cpu()
 
@@ -785,7 +785,7 @@ def check_model(name: str, args, device) -> tuple[dict, dict[str, str]]:
         return row, failures
     unit = graph.units[layer]
     units = (0, unit.count - 1)
-    row.update(layer=layer, kind=unit.kind, units=unit.count, silence_point=point, uncalled=len(uncalled))
+    row.update(layer=layer, layer_type=unit.layer_type, units=unit.count, silence_point=point, uncalled=len(uncalled))
 
     def family(key, fn):
         t = time.perf_counter()

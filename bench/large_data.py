@@ -18,7 +18,7 @@ the process and its workers) is its own:
     so that both read it from the page cache.
   * prepare, tensors file: ``knockout.data.prepare`` of the same images from the .npz (rows read in
     place at their offset; no decoding). No peer.
-  * training: a ResNet-18 (small stem: 3x3/1, no max pooling) trained by ``knockout.train.train``
+  * training: a ResNet-18 (small stem: 3x3/1, no max pooling) trained by ``knockout.trainer.train``
     for ``--train-steps`` batches of ``--batch`` drawn at random from the whole 200,000-image
     split (a seeded subset of ``steps x batch`` positions spread over the file, shuffled as the
     job shuffles): streamed (read from disk batch by batch while the previous batch trains) vs
@@ -272,7 +272,7 @@ def _positions(n_total: int, n: int) -> torch.Tensor:
 def phase_train(s: dict) -> dict:
     from knockout.config import resolve
     from knockout.data import open_view
-    from knockout.train import TrainConfig, train
+    from knockout.trainer import TrainConfig, train
 
     device = torch.device(s["device"])
     train_split, test_split, meta = open_view(s["view"], device=device, resident_mb=0)  # streamed
@@ -343,7 +343,7 @@ def _calibrated(view: str, n: int, device):
 
 def phase_sweep(s: dict) -> dict:
     from knockout.engine.evaluate import evaluate_conditions
-    from knockout.studies import Condition, Context, apply_condition
+    from knockout.engine import Condition, Context, apply_condition
 
     device = torch.device(s["device"])
     model, test, _ = _calibrated(s["view"], s["n"], device)
@@ -377,7 +377,7 @@ def phase_captum(s: dict) -> dict:
     from torch.utils.data import DataLoader, Dataset, Subset
     from torchvision import datasets, transforms
 
-    from knockout.studies import silence_point
+    from knockout.engine import silence_point
 
     device = torch.device(s["device"])
     model, _, meta = _calibrated(s["view"], s["n"], device)

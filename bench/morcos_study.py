@@ -73,8 +73,9 @@ from knockout.config import resolve
 from knockout.data import fetch, open_view, prepare
 from knockout.engine.evaluate import evaluate_conditions
 from knockout.models import build_model, load_model
-from knockout.studies import Value, apply_condition, filter_ablation, layer_units, silence_point
-from knockout.train import TrainConfig, train
+from knockout.engine import Value, apply_condition, layer_units, silence_point
+from knockout.studies import filter_ablation
+from knockout.trainer import TrainConfig, train
 
 GOAL = {"zero": 10.0, "mean": 3.0, "resample": 3.0}
 REFERENCE_IMAGES = 2000  # training images the mean and the resample donors come from

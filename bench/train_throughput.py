@@ -89,7 +89,7 @@ from knockout.config import resolve
 from knockout.data import fetch, open_view, prepare
 from knockout.sources.builtin import DATASETS
 from knockout.models import build_model, count_parameters
-from knockout.train import TrainConfig, train
+from knockout.trainer import TrainConfig, train
 
 DATASET = "fashion_mnist"
 DEFAULT_MIRRORS = ["~/.cache/knockout/datasets", "/usr/share/datasets"]

@@ -16,7 +16,7 @@ from knockout.engine.occlusion import occlusion_maps
 from knockout.engine.top_activations import top_activations
 from knockout.graph import graph_of
 from knockout.models import build_model, load_model, save_model
-from knockout.studies import Condition, Context, apply_condition, silence_point
+from knockout.engine import Condition, Context, apply_condition, silence_point
 from knockout.units import unit_statistics
 from networks import USER_MODEL, randomised
 
@@ -121,7 +121,7 @@ def test_every_study_on_networks_of_any_shape(name, user_file):
             shared[c.name].losses, nn.functional.cross_entropy(reference, y, reduction="none"), rtol=1e-4, atol=1e-4
         )
 
-    if graph_of(trained).units[first].kind != "heads":  # a silenced unit is exactly zero on every input
+    if graph_of(trained).units[first].layer_type != "heads":  # a silenced unit is exactly zero on every input
         copy = apply_condition(conditions[1], ctx)
         seen = []
         copy.get_submodule(silence_point(trained, first)).register_forward_hook(lambda m, i, o: seen.append(o))
@@ -134,14 +134,14 @@ def test_every_study_on_networks_of_any_shape(name, user_file):
         )
 
     conv = (
-        next(layer for layer in layers if graph_of(trained).units[layer].kind == "conv")
+        next(layer for layer in layers if graph_of(trained).units[layer].layer_type == "conv")
         if name != "vit_heads"
         else "conv_proj"
     )
     table, arrays = top_activations(trained, x, {conv: [0, 1]}, k=3, device="cpu")
     assert len(table) == 2 * 3 and arrays[f"patches_{conv}"].shape[:2] == (3, 2)
     stats = unit_statistics(trained, x, y, 10)
-    assert set(stats["layer"]) == {n for n, u in graph_of(trained).units.items() if u.kind != "heads"}
+    assert set(stats["layer"]) == {n for n, u in graph_of(trained).units.items() if u.layer_type != "heads"}
     fast = occlusion_maps(trained, x[:1], y[:1], (3,), stride=2, fill=0.0, budget_mb=16, device="cpu")
     slow = occlusion_maps(trained, x[:1], y[:1], (3,), stride=2, fill=0.0, budget_mb=16, device="cpu", reuse=False)
     assert abs(fast["prob_centred"] - slow["prob_centred"]).max() < 1e-5

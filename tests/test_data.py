@@ -32,6 +32,7 @@ from formats import (
     write_torchvision_mnist,
 )
 from knockout.config import ConfigError, check, resolve_dataset, validate
+from knockout.settings import StudySettings
 from knockout.data import DataError, Split, fetch, inspect, open_split, prepare, read_meta, stratified_subset
 from knockout.preprocess import Preprocess, resolve
 from knockout.sources.builtin import DATASETS, locate, read_raw, reachable, verify
@@ -874,7 +875,9 @@ def test_a_dataset_known_only_once_fetched_defers_the_model_checks_to_the_jobs(t
     # ... where the study's job checks it against the trained network and the prepared data
     network = build_model(config["models"]["m"]["arch"], (3, 10, 10), 4)
     meta = {"shape": [3, 10, 10], "classes": list("0123"), "n_train": 24, "n_test": 8}
-    job = {"name": "f", "study": config["interventions"]["f"]}
+    job = StudySettings(
+        model="m", preprocess={}, resident_mb=0, device="cpu", name="f", study=config["interventions"]["f"]
+    )
     with pytest.raises(ConfigError, match=r"interventions.f.layers\[0\]: no layer 'fc9' in model 'm'"):
         _check_study(job, *_study(job), network, meta)
 

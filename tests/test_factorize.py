@@ -15,7 +15,8 @@ from torch import nn
 from knockout.config import ConfigError, check, validate
 from knockout.factorization import FactorizedConv2d, conv_rows, factorize_convs, formula_parameters
 from knockout.models import build_model, count_parameters, load_model, save_model
-from knockout.studies import Context, Target, architecture, factorize
+from knockout.engine import Context
+from knockout.studies import Target, architecture, factorize
 from specs import RESNET18, TRAIN, check_tables, studies, study_spec
 
 OWN = {"type": "module", "target": str(ROOT / "examples/own_model/model.py:SmallResNet"), "kwargs": {"width": 16}}

@@ -7,7 +7,8 @@ import sys
 import torch
 
 from knockout.models import build_model
-from knockout.studies import KINDS, Context, study_type, study_types
+from knockout.engine import Context
+from knockout.studies import JOBS, study_type, study_types
 from specs import study_spec
 
 TYPES = {
@@ -30,12 +31,16 @@ EXAMPLES = {
 }
 
 
-def test_every_type_is_a_module_with_the_protocol_of_its_kind():
+def test_every_type_is_a_module_with_the_protocol_of_its_job():
     assert set(study_types()) == TYPES
     for name in TYPES:
-        module = study_type(name)
-        assert module.KIND in KINDS and isinstance(module.NOTEBOOK, str)
-        assert isinstance(module.needs(study_spec(name, **EXAMPLES[name])), set)
+        study = study_type(name)
+        assert study.job in JOBS and isinstance(study.notebook, str) and study.name == name
+        assert isinstance(study.needs(study_spec(name, **EXAMPLES[name])), set)
+        if study.job == "probe":  # a probe that splits into shards says how, and joins them
+            assert study.shards.startswith("no: ") or study.merge is not None and study.image_count is not None
+        else:
+            assert study.conditions is not None and study.apply is not None
 
 
 def test_conditions_start_at_baseline_and_apply_leaves_the_trained_network_untouched():
@@ -45,12 +50,12 @@ def test_conditions_start_at_baseline_and_apply_leaves_the_trained_network_untou
     ctx = Context(trained=trained, init=init)
     x = torch.randn(4, 1, 28, 28)
     for name in TYPES:
-        module = study_type(name)
-        if module.KIND == "probe":
+        study = study_type(name)
+        if study.job == "probe":
             continue
-        conditions = module.conditions(study_spec(name, **EXAMPLES[name]), ctx)
+        conditions = study.conditions(study_spec(name, **EXAMPLES[name]), ctx)
         assert conditions[0].name == "baseline"
-        changed = module.apply(conditions[-1], ctx)
+        changed = study.apply(conditions[-1], ctx)
         assert all(p.data_ptr() != q.data_ptr() for p, q in zip(changed.parameters(), trained.parameters()))
         with torch.no_grad():
             changed.eval()(x)  # it runs

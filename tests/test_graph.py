@@ -96,7 +96,7 @@ class Scaled(nn.Module):
 
 def test_a_suffix_that_reads_a_traced_constant_evaluates():
     from knockout.engine.evaluate import evaluate_conditions
-    from knockout.studies import Condition, Context, apply_condition
+    from knockout.engine import Condition, Context, apply_condition
 
     torch.manual_seed(0)
     model, x, y = Scaled().eval(), torch.randn(6, 3, 8, 8), torch.arange(6)
@@ -129,7 +129,7 @@ class SizedEarly(nn.Module):
 
 def test_a_silenced_unit_whose_suffix_reads_a_size_evaluates():
     from knockout.engine.evaluate import evaluate_conditions
-    from knockout.studies import Condition, Context, apply_condition
+    from knockout.engine import Condition, Context, apply_condition
 
     torch.manual_seed(0)
     model, x, y = SizedEarly().eval(), torch.randn(5, 3, 8, 8), torch.arange(5)

@@ -11,7 +11,8 @@ from knockout.config import ConfigError, check, validate
 from knockout.engine.evaluate import evaluate_conditions
 from knockout.tables import condition_tables
 from knockout.models import build_model
-from knockout.studies import Context, apply_condition, filter_ablation, layer_swap, silence_point
+from knockout.engine import Context, apply_condition, silence_point
+from knockout.studies import filter_ablation, layer_swap
 from knockout.units import unit_statistics
 from specs import study_spec
 
@@ -190,7 +191,7 @@ def test_unit_statistics_find_dead_and_selective_units():
 
 def test_tables_count_flips_and_per_class_accuracy():
     from knockout.engine.evaluate import ConditionOutput
-    from knockout.studies import Condition
+    from knockout.engine import Condition
 
     labels = torch.tensor([0, 0, 1, 1])
     outputs = {

@@ -10,12 +10,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "knockout"
 
 # Lowest first. A module may import its own layer and the layers below it, never above.
 LAYERS = [
-    {"errors", "io", "catalog", "archs", "devices", "provenance", "targets"},  # facts and files
-    {"graph", "readout", "preprocess", "stats", "tables", "analysis"},  # the traced network; pure computations
-    {"sources", "models", "data", "factorization"},  # datasets and models (and rewrites of a built one)
-    {"engine", "units", "train"},  # evaluating, probing, training
+    {"errors", "io", "catalog", "archs", "devices", "provenance", "targets", "settings"},  # facts and files
+    # the traced network; pure computations; the figures
+    {"graph", "readout", "preprocess", "stats", "tables", "analysis", "figures"},
+    # datasets and models (and rewrites of a built one); the user's data as the engine reads it
+    {"sources", "models", "activations", "data", "loaders", "factorization"},
+    {"engine", "units", "trainer"},  # evaluating, probing, training
     {"studies"},  # one module per study type
-    {"plan", "config", "shards"},  # what the workflow runs (and how a study splits into shards)
+    {"plan", "config", "shards", "api"},  # what the workflow runs; the same from Python
     {"jobs", "commands"},  # what one rule's job, or one person's command, does
     {"cli", "__main__"},  # argument parsing
 ]
@@ -72,3 +74,21 @@ def test_imports_go_down_and_read_no_private_names(path):
         ), f"{path.name}:{line}: {here} (layer {layer_of(here)}) imports {module} (layer {layer_of(module)})"
         private = [n for n in names if n.startswith("_") and not n.startswith("__")]
         assert not private, f"{path.name}:{line}: {here} imports private {private} from {module}"
+
+
+def test_no_module_imports_itself_through_others():
+    """No import circle, function-local imports included: following a module's imports never
+    leads back to it."""
+    graph = {module_name(p): {m for _, m, _ in imports(p)} for p in MODULES}
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            assert nxt not in path, f"import circle: {' -> '.join(path[path.index(nxt):] + [nxt])}"
+            if nxt in graph and nxt not in done:
+                visit(nxt, path + [nxt])
+        done.add(node)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])

@@ -409,7 +409,7 @@ def write_retrain_study(root: Path, kind: str, study="toy_retrain", model="toy",
     return {
         "study": study,
         "model": model,
-        "kind": kind,
+        "study_type": kind,
         "table": str(table),
         "comparisons": str(comps),
         "per_seed": [str(run_dir / f"seed{s}.csv") for s in given],

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from knockout.models import build_model, count_parameters, load_model
-from knockout.studies import Context, ablate_then_train, architecture, factorize
-from knockout.train import TrainConfig, train
+from knockout.engine import Context
+from knockout.studies import ablate_then_train, architecture, factorize
+from knockout.trainer import TrainConfig, train
 from specs import study_spec, train_settings
 
 SHAPE = (1, 12, 12)

@@ -17,7 +17,7 @@ from knockout.engine.occlusion import merge_shards, occlusion_maps
 from knockout.errors import ConfigError
 from knockout.graph import graph_of
 from knockout.shards import condition_macs, decode_condition, encode_condition, shard_count, shard_range
-from knockout.studies import Condition, Context, apply_condition
+from knockout.engine import Condition, Context, apply_condition
 
 # The session's CNN, one seed: a filter_ablation study with an `each` sweep, a multi-layer set and
 # random draws, and an occlusion probe; SHARDED splits both.

@@ -264,7 +264,7 @@ def _sweep_outputs(flips_per_unit: list[int], n: int = 200):
     import torch
 
     from knockout.engine.evaluate import ConditionOutput
-    from knockout.studies import Condition
+    from knockout.engine import Condition
 
     labels = torch.zeros(n, dtype=torch.long)
     base = torch.zeros(n, dtype=torch.long)

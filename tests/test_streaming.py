@@ -49,7 +49,7 @@ def splits(view: Path, resident_mb: float):
 
 def test_streamed_training_gives_the_in_memory_weights_bit_for_bit(view, tmp_path):
     from knockout.models import build_model
-    from knockout.train import TrainConfig, train
+    from knockout.trainer import TrainConfig, train
     from specs import train_settings
 
     size_mb = 1200 * 144 / 2**20  # the train split, uint8
@@ -71,7 +71,8 @@ def test_a_streamed_study_gives_the_in_memory_tables(view):
     from knockout.engine.evaluate import evaluate_conditions
     from knockout.tables import condition_tables
     from knockout.models import build_model
-    from knockout.studies import Context, apply_condition, filter_ablation
+    from knockout.engine import Context, apply_condition
+    from knockout.studies import filter_ablation
     from specs import study_spec
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import torch
 
 from knockout.models import build_model, load_model
 from knockout.preprocess import resolve
-from knockout.train import TrainConfig, augment_batch, learning_rate, train
+from knockout.trainer import TrainConfig, augment_batch, learning_rate, train
 from specs import train_settings
 
 ROOT = Path(__file__).resolve().parents[1]

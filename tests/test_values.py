@@ -15,7 +15,7 @@ from knockout.engine.evaluate import evaluate_conditions
 from knockout.engine.values import donor_indices, noise, reference
 from knockout.graph import graph_of
 from knockout.models import build_model
-from knockout.studies import Condition, Context, Value, silence_point
+from knockout.engine import Condition, Context, Value, silence_point
 from knockout.units import load_unit_values, save_unit_values, unit_values
 from networks import USER_MODEL, randomised
 
@@ -192,7 +192,7 @@ def test_unit_values_equal_a_direct_computation_and_are_streamed(name, user_file
         model(images)  # the whole split at once
     for layer, stats in values.items():
         out = seen[layer]
-        per_unit = out.movedim(1, -1).reshape(-1, out.shape[1]) if graph.units[layer].kind == "conv" else out
+        per_unit = out.movedim(1, -1).reshape(-1, out.shape[1]) if graph.units[layer].layer_type == "conv" else out
         assert stats["count"] == 300
         for key, expected in {
             "mean_channel": per_unit.mean(0),

@@ -17,7 +17,8 @@ from knockout.config import check, validate
 from knockout.data import as_split
 from knockout.errors import ConfigError
 from knockout.models import build_model
-from knockout.studies import Context, Target, Value, ablate_then_train, filter_ablation, silence_point
+from knockout.engine import Context, Value, silence_point
+from knockout.studies import Target, ablate_then_train, filter_ablation
 from knockout.units import unit_values
 
 BN_CNN = {"type": "cnn", "conv": [{"channels": 8, "pool": 2}, {"channels": 6}], "batch_norm": True, "dense": [12]}

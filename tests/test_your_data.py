@@ -9,6 +9,7 @@ torchvision ResNet-18 with "pretrained" weights (a state_dict the test writes in
 as a download would) is evaluated exactly as `weights.transforms()` prepares the images.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -250,6 +251,7 @@ def test_a_network_at_chance_stops_unless_meant(tmp_path):
     from knockout.data import fetch
     from knockout.models import build_model
     from knockout.preprocess import resolve as resolve_preprocess
+    from knockout.settings import AdoptSettings, PrepareSettings
 
     rng = np.random.default_rng(0)
     labels = np.arange(300) % 10
@@ -257,23 +259,19 @@ def test_a_network_at_chance_stops_unless_meant(tmp_path):
     np.savez(tmp_path / "d.npz", test_images=images, test_labels=labels)  # evaluation only
     entry = resolve("dataset_tensors", {"source": "tensors", "path": str(tmp_path / "d.npz")})
     fetch("d", tmp_path / "raw", [], entry=entry)
-    prepare({"dataset": "d", "entry": entry}, str(tmp_path / "raw"), str(tmp_path / "data"))
+    prepare(PrepareSettings(dataset="d", entry=entry), str(tmp_path / "raw"), str(tmp_path / "data"))
     arch = {"type": "mlp", "widths": [16]}
     torch.manual_seed(0)
     torch.save(build_model(arch, (1, 8, 8), 10).state_dict(), tmp_path / "random.pt")
-    job = {
-        "model": "m",
-        "arch": arch,
-        "epochs": [],
-        "eval_batch_size": 64,
-        "pretrained": False,
-        "accuracy": {},
-        "allow_chance": False,
-        "checkpoint": {"key": None, "prefix": None},
-        "preprocess": resolve_preprocess("m", {"arch": arch}),
-        "resident_mb": 0,
-        "device": "cpu",
-    }
+    job = AdoptSettings(
+        model="m",
+        arch=arch,
+        epochs=[],
+        eval_batch_size=64,
+        preprocess=resolve_preprocess("m", {"arch": arch}),
+        resident_mb=0,
+        device="cpu",
+    )
     with pytest.raises(ConfigError) as err:
         adopt(
             job,
@@ -289,7 +287,7 @@ def test_a_network_at_chance_stops_unless_meant(tmp_path):
     assert "models.m.preprocess is dataset: mean" in message and "models.m.allow_chance: true" in message
     assert not (tmp_path / "final.pt").exists() and not (tmp_path / "metrics.json").exists()
     adopt(
-        job | {"allow_chance": True},
+        dataclasses.replace(job, allow_chance=True),
         0,
         str(tmp_path / "data"),
         str(tmp_path / "final.pt"),

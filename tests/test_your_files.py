@@ -30,6 +30,7 @@ from knockout.engine.evaluate import predict_logits
 from knockout.errors import DataError
 from knockout.models import load_model
 from knockout.preprocess import Preprocess
+from knockout.settings import DownloadSettings, PrepareSettings
 
 CLASSES = ["a", "b", "c", "d", "e"]
 PER_CLASS = {"train": 40, "test": 30}
@@ -498,8 +499,8 @@ def test_what_the_data_cannot_be_says_where_in_one_line(tmp_path, monkeypatch):
         from knockout.config import resolve_dataset
 
         entry = resolve_dataset("d", entry)
-        jobs.download({"dataset": "d", "entry": entry, "mirrors": [], "download": False}, "raw")
-        jobs.prepare({"dataset": "d", "entry": entry}, "raw", "view")
+        jobs.download(DownloadSettings(dataset="d", entry=entry, mirrors=[], download=False), "raw")
+        jobs.prepare(PrepareSettings(dataset="d", entry=entry), "raw", "view")
 
     with pytest.raises(DataError) as err:
         prepared({"source": "tensors", "path": "nan.npz"})

@@ -13,13 +13,35 @@ import sys
 
 EXIT_USER_ERROR = 2
 COMMANDS = ("summary", "check-config", "check-data")  # for people, in knockout.commands; the rest: knockout.jobs
+# Each job's settings (`--job`), by verb: a class of knockout.settings.
+SETTINGS = {
+    "download": "DownloadSettings",
+    "prepare": "PrepareSettings",
+    "train": "TrainSettings",
+    "adopt": "AdoptSettings",
+    "unit-stats": "UnitsSettings",
+    "unit-values": "UnitsSettings",
+} | dict.fromkeys(
+    (
+        "intervene",
+        "probe",
+        "intervene-shard",
+        "probe-shard",
+        "shard-plan",
+        "gather",
+        "gather-probe",
+        "retrain",
+        "collect",
+    ),
+    "StudySettings",
+)
 
 
 def _parents() -> dict[str, argparse.ArgumentParser]:
     """Options shared by several verbs."""
     job = argparse.ArgumentParser(add_help=False)
     job.add_argument(
-        "--job", type=json.loads, required=True, help="the job's resolved settings (JSON, from the workflow's plan)"
+        "--job", required=True, help="the job's resolved settings (JSON, from the workflow's plan: knockout.settings)"
     )
     threads = argparse.ArgumentParser(add_help=False)
     threads.add_argument("--threads", type=int, help="torch threads (Snakemake's {threads})")
@@ -128,11 +150,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--unit-stats", help="per-unit statistics (CSV), when a set ranks units")
     s.add_argument("--unit-values", help="the units' values (.pt), when a set ablates with mean, resample or noise")
     s = verb("gather", "an evaluated study's shards for one seed -> its four tables", "job", "seed", "data", "out")
-    s.add_argument("--shards", nargs="+", required=True, help="the shards' .pt files, in shard order")
+    s.add_argument("--inputs", nargs="+", required=True, help="the shards' .pt files, in shard order")
     s = verb(
         "gather-probe", "a probing study's shards for one seed -> its table and arrays", "job", "seed", "data", "out"
     )
-    s.add_argument("--shards", nargs="+", required=True, help="the shards' .npz files, in shard order")
+    s.add_argument("--inputs", nargs="+", required=True, help="the shards' .npz files, in shard order")
     s.add_argument("--arrays", required=True, help="the .npz to write")
 
     s = verb(
@@ -189,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
 
     args = vars(parser().parse_args(argv))
     command = args.pop("command")
+    if "job" in args:  # the rule's settings as the job's typed object
+        from . import settings
+
+        args["job"] = getattr(settings, SETTINGS[command]).from_json(args["job"])
     # Imported here, the one that runs: `knockout --help` does not import the library.
     module = importlib.import_module("knockout.commands" if command in COMMANDS else "knockout.jobs")
     try:

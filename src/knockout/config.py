@@ -97,7 +97,7 @@ def resolve(definition: str, value: dict, schema: dict | None = None, key: str |
     with its defaults filled: the one route to a setting's default. Errors name `key`."""
     schema = schema or load_schema()
     value = copy.deepcopy(value)
-    _validate(value, {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}, key or definition)
+    _validate(value, {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}, definition if key is None else key)
     return value
 
 
@@ -159,7 +159,7 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
             continue  # checked by its jobs
         planned = plan.studies[name]
         try:
-            planned.module.check(planned.spec, targets[study["model"]])
+            planned.type.check(planned.spec, targets[study["model"]])
         except ConfigError as e:
             raise ConfigError(f"{key}.{e}") from None
         missing = sorted(planned.needs - targets[study["model"]].provides - {"unit_stats", "unit_values", "donors"})
@@ -258,8 +258,10 @@ def _check_study_data(config: dict, plan, name: str, info) -> None:
     split the unit statistics are computed over."""
     study = plan.studies[name]
     dataset = config["models"][study.model]["dataset"]
-    if study.kind == "retrain" and info.n_train == 0:
-        raise ConfigError(f"interventions.{name}: {study.type} trains, and datasets.{dataset} has no training split")
+    if study.job == "retrain" and info.n_train == 0:
+        raise ConfigError(
+            f"interventions.{name}: {study.type.name} trains, and datasets.{dataset} has no training split"
+        )
     if "unit_stats" in study.needs and config["unit_stats"]["split"] == "train" and info.n_train == 0:
         raise ConfigError(
             f"interventions.{name}: ranks units by statistics over the training split, which datasets.{dataset} "

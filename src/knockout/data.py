@@ -81,7 +81,7 @@ def inspect_views(name: str, entry: dict | None, raw_dir: Path | None, geometrie
     """`inspect` at each of `geometries`, the source inspected once (an image folder's listing
     is read once, however many views its models ask for)."""
     entry = entry or {}
-    found = sources.source(sources.kind_of(name, entry)).inspect(name, raw_entry(entry), raw_dir)
+    found = sources.source(sources.source_of(name, entry)).inspect(name, raw_entry(entry), raw_dir)
     native = tuple(found["shape"]) if found.get("shape") is not None else None
     channels = found.get("channels", native[0] if native else None)
 
@@ -113,9 +113,9 @@ def fetch(name: str, dest: Path, mirrors: list, download: bool = True, entry: di
     `urls`, `source`: tests give tiny copies)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    kind = sources.kind_of(name, entry)
-    body = sources.source(kind).acquire(name, raw_entry(entry), dest, list(mirrors), download, **options)
-    manifest = {"dataset": name, "source": kind, "entry": raw_entry(entry), **body}
+    source = sources.source_of(name, entry)
+    body = sources.source(source).acquire(name, raw_entry(entry), dest, list(mirrors), download, **options)
+    manifest = {"dataset": name, "source": source, "entry": raw_entry(entry), **body}
     write_json(manifest, dest / "manifest.json")
     return manifest
 
@@ -123,7 +123,7 @@ def fetch(name: str, dest: Path, mirrors: list, download: bool = True, entry: di
 def available(name: str, entry: dict | None, mirrors: list, download: bool) -> tuple[bool, str]:
     """(whether the data can be had, one line saying how) for `knockout check-data`."""
     try:
-        return sources.source(sources.kind_of(name, entry)).available(name, raw_entry(entry), mirrors, download)
+        return sources.source(sources.source_of(name, entry)).available(name, raw_entry(entry), mirrors, download)
     except DataError as err:
         return False, str(err)
 
@@ -490,9 +490,9 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     # Remove the completion marker first so a crash below cannot leave old meta with new images.
     (out_dir / "meta.json").unlink(missing_ok=True)
-    kind = sources.kind_of(name, entry)
-    manifest = _read_manifest(name, entry, raw_dir, required=kind != "builtin")
-    raw = sources.source(kind).read(
+    origin = sources.source_of(name, entry)
+    manifest = _read_manifest(name, entry, raw_dir, required=origin != "builtin")
+    raw = sources.source(origin).read(
         name, raw_entry(entry), manifest, Path(raw_dir), **({"source": source} if source else {})
     )
     geometry = geometry or ({"size": entry["size"]} if entry and entry.get("size") is not None else None)
@@ -798,9 +798,9 @@ def open_split(folder: Path, split: str, preprocess=None, device="cpu", resident
 
 
 def as_split(images, labels=None) -> Split:
-    """A Split as it is, or tensors given (`images` (N, ...) as model inputs already, `labels` (N,))
-    as one held in memory."""
-    if isinstance(images, Split):
+    """A Split as it is (or a loader's, `knockout.loaders.LoaderSplit`), or tensors given (`images`
+    (N, ...) as model inputs already, `labels` (N,)) as one held in memory."""
+    if isinstance(images, Split) or hasattr(images, "chunks"):
         if labels is not None:
             raise ValueError("labels come with the Split")
         return images

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .models import ACTIVATIONS, Exp
+from .activations import ACTIVATIONS, activation
 
 BETWEEN = ("none", *ACTIVATIONS)  # what runs between the two halves
 
@@ -48,7 +48,7 @@ class FactorizedConv2d(nn.Sequential):
             )
         ]
         if between != "none":
-            stages.append(("between", Exp() if between == "exponential" else ACTIVATIONS[between]()))
+            stages.append(("between", activation(between)))
         stages.append(
             (
                 "second",

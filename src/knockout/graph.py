@@ -207,7 +207,7 @@ class Unit:
     output they lie (1: channels of a conv or batch norm; -1: features of a linear layer)."""
 
     name: str
-    kind: str  # conv | linear | heads
+    layer_type: str  # conv | linear | heads
     count: int
     module: nn.Module
 
@@ -569,7 +569,7 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     folded = copy.deepcopy(model).eval()
     graph = graph_of(folded)
     for name, unit in graph.units.items():
-        if unit.kind != "conv":
+        if unit.layer_type != "conv":
             continue
         point = graph.silence_point(name)
         if point == name or len(graph.module_nodes(name)) != 1:

@@ -2,9 +2,11 @@
 library, write its declared outputs (through `knockout.io`). The CLI parses arguments and calls
 one function here; nothing else in the library reads or writes job files.
 
-A job's settings arrive once, resolved, as the `job` dict the workflow's plan made
-(`knockout.plan`): a study's config entry, the device, the epochs it rewinds to, the training
-settings. Per-seed tables carry the id columns `intervention, model, seed`.
+A job's settings arrive once, resolved, as one typed object the workflow's plan made
+(`knockout.settings`, from `knockout.plan`): a study's config entry, the device, the epochs it
+rewinds to, the training settings. A job that evaluates calls what a researcher calls from a
+notebook (`knockout.api`): the same engine, the same tables. Per-seed tables carry the id
+columns `intervention, model, seed`.
 
 At the top only modules without torch are imported; a job imports the torch-importing modules
 (and scipy, papermill) it uses, so the analysis rules' jobs (aggregate, baselines, notebook) run
@@ -21,10 +23,19 @@ import pandas as pd
 from .catalog import DataInfo
 from .errors import ConfigError, DataError
 from .io import atomic_write, read_arrays, read_json, write_arrays, write_json, write_table
+from .settings import (
+    AdoptSettings,
+    DataSettings,
+    DownloadSettings,
+    PrepareSettings,
+    StudySettings,
+    TrainSettings,
+    UnitsSettings,
+)
 from .tables import TABLES, condition_tables, value_columns
 
 
-def _start(job: dict, threads: int | None):
+def _start(job: DataSettings, threads: int | None):
     """Torch's threads (Snakemake's {threads}), the allocator and the job's device, decided here
     and only here."""
     import torch
@@ -34,37 +45,40 @@ def _start(job: dict, threads: int | None):
     keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
-    return resolve_device(job["device"])
+    return resolve_device(job.device)
 
 
-def _study(job: dict):
-    """The job's study: (its study type's module, its parsed spec), parsed once per job."""
+def _study(job: StudySettings):
+    """The job's study: (its `StudyType`, its parsed spec), parsed once per job."""
     from .plan import parse_study
 
-    return parse_study(job["study"])
+    return parse_study(job.study)
 
 
-def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_stats=None, unit_values=None, data=None):
-    """The networks and statistics a study's conditions are built from (studies.Context):
+def _context(
+    job: StudySettings, seed: int, final, device, init=None, epochs=None, unit_stats=None, unit_values=None, data=None
+):
+    """The networks and statistics a study's conditions are built from (`engine.Context`):
     exactly the files given, and for `epochs` exactly the job's epochs (one missing is an error);
-    for a study that resamples (`job["donors"]`), the reference split of the prepared view `data`."""
+    for a study that resamples (`job.donors`), the reference split of the prepared view `data`."""
     import torch
 
+    from .engine.conditions import Context
     from .models import build_like, load_model, without_weights
-    from .studies import Context
     from .units import load_unit_values
 
     trained = load_model(final, map_location=device)
     checkpoints = {}
-    for epoch in job.get("epochs", []) if epochs else []:
+    for epoch in (job.epochs or []) if epochs else []:
         path = Path(epochs) / f"epoch{epoch}.pt"
         if not path.is_file():
-            raise DataError(f"{path}: missing; training kept epochs {job['epochs']}")
+            raise DataError(f"{path}: missing; training kept epochs {job.epochs}")
         checkpoints[f"epoch{epoch}"] = load_model(path, map_location=device)
     # A fresh draw from the layers' initial distributions: the architecture from another seed,
-    # derived from the training seed so reruns agree.
+    # derived from the training seed so reruns agree (`knockout.api` draws it so too).
     torch.manual_seed(10_000_019 + seed)
     rerandom = build_like(trained, without_weights(trained.spec["arch"])).to(device)
+    donors = job.donors
     return Context(
         trained=trained,
         init=load_model(init, map_location=device) if init else None,
@@ -73,89 +87,82 @@ def _context(job: dict, seed: int, final, device, init=None, epochs=None, unit_s
         unit_stats=pd.read_csv(unit_stats) if unit_stats else None,
         seed=seed,
         unit_values=load_unit_values(unit_values) if unit_values else None,
-        donors=_reference(job, data, device, job["donors"]) if job.get("donors") else None,
+        donors=_reference(job, data, device, donors["split"], donors["examples"]) if donors else None,
     )
 
 
-def _reference(job: dict, data: str, device, settings: dict):
-    """The reference split the unit values are computed over (`unit_stats.split`, its
-    class-stratified subset of `unit_stats.examples`), with the model's preprocessing."""
+def _reference(job: DataSettings, data: str, device, split: str, examples: int):
+    """The reference split the unit statistics and values are computed over (`unit_stats.split`,
+    its class-stratified subset of `unit_stats.examples`), with the model's preprocessing."""
     from .data import stratified_subset
 
-    _, _, (split,) = _open(job, data, device, settings["split"])
-    return split.subset(stratified_subset(split.labels, settings["examples"], seed=0))
+    _, _, (reference,) = _open(job, data, device, split)
+    return reference.subset(stratified_subset(reference.labels, examples, seed=0))
 
 
-def _ids(job: dict, seed: int) -> dict:
-    return {"intervention": job["name"], "model": job["study"]["model"], "seed": seed}
+def _ids(job: StudySettings, seed: int) -> dict:
+    return {"intervention": job.name, "model": job.model, "seed": seed}
 
 
 # --- data ------------------------------------------------------------------------------------------
 
 
-def download(job: dict, out: str) -> None:
+def download(job: DownloadSettings, out: str) -> None:
     """The raw data of one dataset into the folder `out`, described by out/manifest.json (the
-    `download` rule; `knockout.data.fetch`). `job`:
-    {dataset, entry (its config entry without subsets; none: a built-in), mirrors, download}."""
+    `download` rule; `knockout.data.fetch`)."""
     from .data import fetch
 
-    fetch(job["dataset"], Path(out), job.get("mirrors", []), download=job.get("download", True), entry=job.get("entry"))
+    fetch(job.dataset, Path(out), job.mirrors, download=job.download, entry=job.entry)
 
 
-def prepare(job: dict, raw: str, out: str, threads: int | None = None) -> None:
-    """The raw data of one dataset (the folder `raw`, from `download`) -> a prepared view in `out`.
-    `job`: {dataset, entry (its config entry, with its subsets), geometry (the view's resize and
-    crop, or None)}; `threads` processes decode images."""
+def prepare(job: PrepareSettings, raw: str, out: str, threads: int | None = None) -> None:
+    """The raw data of one dataset (the folder `raw`, from `download`) -> a prepared view in `out`
+    at the view's geometry (its resize and crop, or none); `threads` processes decode images."""
     from .data import prepare as prepare_view
 
-    entry = job.get("entry") or {}
+    entry = job.entry or {}
     prepare_view(
-        job["dataset"],
+        job.dataset,
         Path(raw),
         Path(out),
         train_subset=entry.get("train_subset"),
         test_subset=entry.get("test_subset"),
         seed=entry.get("subset_seed", 0),
         entry=entry,
-        geometry=job.get("geometry"),
+        geometry=job.geometry,
         workers=threads if threads and threads > 1 else 0,
         progress=True,
     )
 
 
-def _open(job: dict, data: str, device, *splits: str):
+def _open(job: DataSettings, data: str, device, *splits: str):
     """A prepared view's meta.json, the model's preprocessing built on it, and its `splits`
     (`knockout.data.Split`s: held on `device` when small, else streamed from disk)."""
     from .data import open_split, read_meta
     from .preprocess import Preprocess
 
     meta = read_meta(Path(data) / "meta.json")
-    preprocess = Preprocess.of(job["preprocess"], meta)
-    return (
-        meta,
-        preprocess,
-        [open_split(data, split, preprocess, device, job.get("resident_mb", 0)) for split in splits],
-    )
+    preprocess = Preprocess.of(job.preprocess, meta)
+    return meta, preprocess, [open_split(data, split, preprocess, device, job.resident_mb) for split in splits]
 
 
-def _check_study(job: dict, kind, spec, network, info: dict) -> None:
+def _check_study(job: StudySettings, study, spec, network, info: dict) -> None:
     """The study's own check, against the trained network and the prepared data: the config check
     did it before any job unless the dataset could not be known then (a torchvision class not yet
     fetched); it is cheap, so every study job does it again."""
     from .studies import Target
 
-    data = DataInfo.from_meta(info)
-    train = dict(job.get("train", {})) | {"checkpoints": job.get("epochs", [])}
+    train = dict(job.train or {}) | {"checkpoints": job.epochs or []}
     try:
-        kind.check(spec, Target(job["study"]["model"], network, train, data))
+        study.check(spec, Target(job.model, network, train, DataInfo.from_meta(info)))
     except ConfigError as e:
-        raise ConfigError(f"interventions.{job['name']}.{e}") from None
+        raise ConfigError(f"interventions.{job.name}.{e}") from None
 
 
 # --- training --------------------------------------------------------------------------------------
 
 
-def _network(job: dict, meta: dict, weights: bool = False):
+def _network(job: TrainSettings | AdoptSettings, meta: dict, weights: bool = False):
     """The job's architecture built for the prepared view, read as its model entry says (without
     its pretrained weights unless `weights`: the weights come from the checkpoint); ConfigError
     naming the model entry's key when it does not fit the images or the classes (checked before
@@ -163,25 +170,25 @@ def _network(job: dict, meta: dict, weights: bool = False):
     from .models import build_model, check_output, without_weights
     from .readout import Readout
 
-    arch = job["arch"] if weights else without_weights(job["arch"])
+    arch = job.arch if weights else without_weights(job.arch)
     shape, classes = tuple(meta["shape"]), meta["num_classes"]
     where = f"(on {meta['dataset']}: {'x'.join(map(str, shape))} images, {classes} classes)"
     try:
-        network = build_model(arch, shape, classes, Readout.from_record(job.get("readout")))
+        network = build_model(arch, shape, classes, Readout.from_record(job.readout))
     except (ValueError, KeyError, RuntimeError) as e:
-        raise ConfigError(f"models.{job['model']}.arch: {str(e).splitlines()[0]} {where}") from None
+        raise ConfigError(f"models.{job.model}.arch: {str(e).splitlines()[0]} {where}") from None
     try:
         check_output(network, shape, classes)
     except ConfigError as e:
-        raise ConfigError(f"models.{job['model']}.{e} {where}") from None
+        raise ConfigError(f"models.{job.model}.{e} {where}") from None
     return network
 
 
-def train(job: dict, seed: int, data: str, out: str, threads: int | None = None) -> dict:
+def train(job: TrainSettings, seed: int, data: str, out: str, threads: int | None = None) -> dict:
     """One model x seed: the model folder (init.pt, final.pt, history.csv, metrics.json, epochs/)."""
     import torch
 
-    from .train import TrainConfig, train as fit
+    from .trainer import TrainConfig, train as fit
 
     device = _start(job, threads)
     meta, preprocess, (train_split, test_split) = _open(job, data, device, "train", "test")
@@ -193,7 +200,7 @@ def train(job: dict, seed: int, data: str, out: str, threads: int | None = None)
         network,
         train_split,
         test_split,
-        TrainConfig.from_dict(job["train"]),
+        TrainConfig.from_dict(job.train),
         out,
         seed=seed,
         device=device,
@@ -202,25 +209,25 @@ def train(job: dict, seed: int, data: str, out: str, threads: int | None = None)
     )
 
 
-def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, preprocess) -> None:
+def _check_baseline(job: AdoptSettings, seed: int, accuracy: float, n: int, meta: dict, preprocess) -> None:
     """A network given (checkpoints, pretrained weights) must be above chance on its test split
     (1/K plus 3 binomial standard errors), unless the user means it, and within 0.5 points of the
     accuracy they measured, where they give it: otherwise its inputs are not what it was trained
     on, and every number after would be noise."""
     from .preprocess import describe
 
-    model, k = job["model"], meta["num_classes"]
+    model, k = job.model, meta["num_classes"]
     chance = 1 / k
     bound = chance + 3 * math.sqrt(chance * (1 - chance) / max(n, 1))
     how = f"models.{model}.preprocess is {describe(preprocess.record)}"
     where = f"on {n} test images of {meta['dataset']}"
-    measured = job.get("accuracy", {}).get(str(seed))
+    measured = (job.accuracy or {}).get(str(seed))
     if measured is not None and abs(accuracy - measured) > 0.005:
         raise ConfigError(
             f"models.{model}.checkpoints.accuracy.{seed}: you measured {measured:.4f}, knockout measures {accuracy:.4f} "
             f"{where}: is that the same test set and preprocessing? ({how})"
         )
-    if accuracy <= bound and not job.get("allow_chance"):
+    if accuracy <= bound and not job.allow_chance:
         raise ConfigError(
             f"models.{model}: seed {seed}: test accuracy {accuracy:.4f} {where} is not above chance ({chance:.4f}; "
             f"+ 3 SE: {bound:.4f}): are the inputs preprocessed as the network was trained? {how} "
@@ -229,7 +236,7 @@ def _check_baseline(job: dict, seed: int, accuracy: float, n: int, meta: dict, p
 
 
 def adopt(
-    job: dict,
+    job: AdoptSettings,
     seed: int,
     data: str,
     out: str,
@@ -240,8 +247,8 @@ def adopt(
     """Weights the user has, as knockout checkpoints: `out` a file (final or initial weights; with
     `metrics`, evaluated on the test split first: a network that is not above chance, or not at
     the accuracy the user measured, stops here) or a folder (`epoch{e}.pt` for the job's epochs,
-    one source each). Each must fit the architecture exactly. No sources: the arch's pretrained
-    weights, as they are."""
+    one source each). Each must fit the architecture exactly, read as `job.checkpoint` says (its
+    key and prefix). No sources: the arch's pretrained weights, as they are."""
     import torch
 
     from .engine.evaluate import evaluate
@@ -251,17 +258,17 @@ def adopt(
     meta, preprocess, splits = _open(job, data, device, *(["test"] if metrics else []))
     torch.manual_seed(seed)  # a pretrained network's head resized to the dataset's classes: drawn from the seed
     network = _network(job, meta, weights=not sources)
-    key, prefix = job["checkpoint"]["key"], job["checkpoint"]["prefix"]
+    key, prefix = (job.checkpoint or {}).get("key"), (job.checkpoint or {}).get("prefix")
     if len(sources) > 1 or Path(out).suffix != ".pt":
-        for epoch, source in zip(job["epochs"], sources, strict=True):
+        for epoch, source in zip(job.epochs, sources, strict=True):
             load_state(network, read_state_dict(Path(source), key), source, prefix)
             save_model(network, Path(out) / f"epoch{epoch}.pt", seed=seed, epoch=epoch, source=source)
         return
     if sources:
         load_state(network, read_state_dict(Path(sources[0]), key), sources[0], prefix)
-    source = sources[0] if sources else f"pretrained {job['arch'].get('weights')}"
+    source = sources[0] if sources else f"pretrained {job.arch.get('weights')}"
     if metrics:
-        result = evaluate(network.to(device), splits[0], batch_size=job["eval_batch_size"], amp=False)
+        result = evaluate(network.to(device), splits[0], batch_size=job.eval_batch_size, amp=False)
         _check_baseline(job, seed, result.accuracy, len(splits[0]), meta, preprocess)
     save_model(network, out, seed=seed, source=source)
     if metrics:
@@ -280,35 +287,45 @@ def adopt(
         )
 
 
-def unit_stats(job: dict, final: str, data: str, out: str, threads: int | None = None) -> None:
+def unit_stats(job: UnitsSettings, final: str, data: str, out: str, threads: int | None = None) -> None:
     """Per-unit statistics of one trained network over a class-stratified subset of a split."""
-    from .data import stratified_subset
+    from .api import unit_statistics
+    from .data import read_meta
     from .models import load_model
-    from .units import unit_statistics
 
     device = _start(job, threads)
-    meta, _, (split,) = _open(job, data, device, job["split"])
-    split = split.subset(stratified_subset(split.labels, job["examples"], seed=0))
-    network = load_model(final, map_location=device)
-    write_table(unit_statistics(network, split, None, meta["num_classes"]), out)
+    split = _reference(job, data, device, job.split, job.examples)
+    classes = read_meta(Path(data) / "meta.json")["classes"]
+    write_table(unit_statistics(load_model(final, map_location=device), split, classes=classes, device=device), out)
 
 
-def unit_values(job: dict, final: str, data: str, out: str, threads: int | None = None) -> None:
+def unit_values(job: UnitsSettings, final: str, data: str, out: str, threads: int | None = None) -> None:
     """The statistics of each layer's silence point output (the mean and noise ablation values)
     over the unit statistics' split and subset, never the evaluated images (.pt)."""
     from .models import load_model
     from .units import save_unit_values, unit_values as statistics
 
     device = _start(job, threads)
-    split = _reference(job, data, device, job)
+    split = _reference(job, data, device, job.split, job.examples)
     save_unit_values(statistics(load_model(final, map_location=device), split), out)
 
 
 # --- studies ---------------------------------------------------------------------------------------
 
 
+def _evaluated(job: StudySettings, seed: int, final: str, data: str, threads: int | None, inputs: dict):
+    """An evaluated study's job set up (`intervene` and its shards): (device, study type, spec,
+    context, meta, test split)."""
+    device = _start(job, threads)
+    study, spec = _study(job)
+    context = _context(job, seed, final, device, data=data, **inputs)
+    meta, _, (split,) = _open(job, data, device, "test")
+    _check_study(job, study, spec, context.trained, meta)
+    return device, study, spec, context, meta, split
+
+
 def intervene(
-    job: dict,
+    job: StudySettings,
     seed: int,
     final: str,
     data: str,
@@ -319,29 +336,26 @@ def intervene(
     unit_values: str | None = None,
     threads: int | None = None,
 ) -> pd.DataFrame:
-    """An evaluated study, one seed: every condition on the test split -> the four tables."""
-    from .engine.evaluate import evaluate_conditions
+    """An evaluated study, one seed: every condition on the test split -> the four tables
+    (`knockout.api.evaluated_tables`, what `knockout.ablate` and `swap_layers` compute)."""
+    from .api import evaluated_tables
 
     inputs = {"init": init, "epochs": epochs, "unit_stats": unit_stats, "unit_values": unit_values}
-    device, kind, spec, context, info, split = _evaluated(job, seed, final, data, threads, inputs)
-    conditions = kind.conditions(spec, context)
-    outputs = evaluate_conditions(
-        conditions, context, split, budget_mb=job["budget_mb"], device=device, apply=kind.apply
-    )
-    tables = condition_tables(conditions, outputs, split.labels.cpu(), info["classes"], split.indices)
+    device, study, spec, context, meta, split = _evaluated(job, seed, final, data, threads, inputs)
+    tables = evaluated_tables(study, spec, context, split, meta["classes"], budget_mb=job.budget_mb, device=device)
     return _write_tables(tables, _ids(job, seed), out)
 
 
 def probe(
-    job: dict, seed: int, final: str, data: str, out: str, arrays: str, threads: int | None = None
+    job: StudySettings, seed: int, final: str, data: str, out: str, arrays: str, threads: int | None = None
 ) -> pd.DataFrame:
     """A probing study, one seed: its table and its arrays (with their id arrays)."""
     device = _start(job, threads)
-    kind, spec = _study(job)
+    study, spec = _study(job)
     context = _context(job, seed, final, device)
-    info, _, (split,) = _open(job, data, device, "test")
-    _check_study(job, kind, spec, context.trained, info)
-    table, values = kind.compute(spec, context, split, info, job["budget_mb"])
+    meta, _, (split,) = _open(job, data, device, "test")
+    _check_study(job, study, spec, context.trained, meta)
+    table, values = study.compute(spec, context, split, meta, job.budget_mb)
     ids = _ids(job, seed)
     write_arrays(values, arrays, ids=ids)
     write_table(table, out, ids=ids)  # the table last: a complete pair
@@ -349,7 +363,7 @@ def probe(
 
 
 def retrain(
-    job: dict,
+    job: StudySettings,
     seed: int,
     condition: str,
     final: str,
@@ -363,28 +377,28 @@ def retrain(
     folder's files plus `predictions.npz` (per test example) and `condition.json` (its record)."""
     import torch
 
+    from .engine.conditions import Condition, Context
     from .engine.evaluate import evaluate_conditions
     from .models import count_parameters, multiply_adds
-    from .studies import Condition, Context
-    from .train import TrainConfig, train as fit
+    from .trainer import TrainConfig, train as fit
 
     device = _start(job, threads)
-    kind, spec = _study(job)
+    study, spec = _study(job)
     context = _context(job, seed, final, device, unit_stats=unit_stats, unit_values=unit_values)
-    info, preprocess, (train_split, test_split) = _open(job, data, device, "train", "test")
-    _check_study(job, kind, spec, context.trained, info)
-    by_slug = {c.slug: c for c in kind.conditions(spec, context)}
+    meta, preprocess, (train_split, test_split) = _open(job, data, device, "train", "test")
+    _check_study(job, study, spec, context.trained, meta)
+    by_slug = {c.slug: c for c in study.conditions(spec, context)}
     if condition not in by_slug:
-        raise ValueError(f"{job['name']}: no condition {condition!r} (have {', '.join(by_slug)})")
+        raise ValueError(f"{job.name}: no condition {condition!r} (have {', '.join(by_slug)})")
     chosen = by_slug[condition]
     torch.manual_seed(seed)  # dropout draws, as in the baseline's training
-    network = kind.apply(chosen, context)
+    network = study.apply(chosen, context)
     out = Path(out)
     metrics = fit(
         network,
         train_split,
         test_split,
-        TrainConfig.from_dict(job["train"]),
+        TrainConfig.from_dict(job.train),
         out,
         seed=seed,
         device=device,
@@ -392,7 +406,7 @@ def retrain(
     )
     plain = Context(trained=network.eval())
     result = evaluate_conditions(
-        [Condition("baseline", "baseline")], plain, test_split, budget_mb=job["budget_mb"], device=device
+        [Condition("baseline", "baseline")], plain, test_split, budget_mb=job.budget_mb, device=device
     )["baseline"]
     write_arrays(
         {"predictions": result.predictions.numpy(), "losses": result.losses.numpy()},
@@ -404,25 +418,24 @@ def retrain(
         "set": chosen.set,
         "info": [list(kv) for kv in chosen.info],
         "parameters": count_parameters(network),
-        "multiply_adds": multiply_adds(network, tuple(info["shape"])),
+        "multiply_adds": multiply_adds(network, tuple(meta["shape"])),
         "test_accuracy": (result.predictions == test_split.labels.cpu()).float().mean().item(),
     }
-    if hasattr(kind, "details"):  # a type's own per-condition record (factorize: its layer table)
-        record["details"] = kind.details(chosen, context)
+    if study.details is not None:  # a type's own per-condition record (factorize: its layer table)
+        record["details"] = study.details(chosen, context)
     write_json(record, out / "condition.json")
     return metrics
 
 
-def collect(job: dict, seed: int, runs: list[str], data: str, out: str) -> pd.DataFrame:
+def collect(job: StudySettings, seed: int, runs: list[str], data: str, out: str) -> pd.DataFrame:
     """The trained conditions of one seed -> the same four tables as `intervene`, plus
     parameters, multiply_adds, train_accuracy, gap (train - test accuracy), seconds_per_epoch."""
     import torch
 
     from .data import open_split, read_meta
-    from .engine.evaluate import ConditionOutput
-    from .studies import Condition
+    from .engine.conditions import Condition, ConditionOutput
 
-    info = read_meta(Path(data) / "meta.json")
+    meta = read_meta(Path(data) / "meta.json")
     split = open_split(data, "test")  # its labels and indices
     conditions, outputs, extra = [], {}, {}
     for folder in map(Path, runs):
@@ -440,7 +453,7 @@ def collect(job: dict, seed: int, runs: list[str], data: str, out: str) -> pd.Da
             "gap": metrics["train_accuracy"] - metrics["test_accuracy"],
             "seconds_per_epoch": metrics["seconds_per_epoch"],
         }
-    tables = condition_tables(conditions, outputs, split.labels, info["classes"], split.indices)
+    tables = condition_tables(conditions, outputs, split.labels, meta["classes"], split.indices)
     main = tables["table"]
     tables["table"] = pd.concat([main, pd.DataFrame([extra[c] for c in main["condition"]])], axis=1)
     return _write_tables(tables, _ids(job, seed), out)
@@ -454,19 +467,8 @@ def _shard_total(shards: int | None, plan: str | None) -> int:
     return int(read_json(plan)["shards"]) if plan else int(shards)
 
 
-def _evaluated(job: dict, seed: int, final: str, data: str, threads: int | None, inputs: dict):
-    """An evaluated study's job set up (`intervene` and its shards): (device, study module, spec,
-    context, meta, test split)."""
-    device = _start(job, threads)
-    kind, spec = _study(job)
-    context = _context(job, seed, final, device, data=data, **inputs)
-    info, _, (split,) = _open(job, data, device, "test")
-    _check_study(job, kind, spec, context.trained, info)
-    return device, kind, spec, context, info, split
-
-
 def intervene_shard(
-    job: dict,
+    job: StudySettings,
     seed: int,
     shard: int,
     final: str,
@@ -483,25 +485,25 @@ def intervene_shard(
     field), their positions among all, and their predictions and per-example losses (K, N)."""
     import torch
 
+    from .engine.conditions import Condition
     from .engine.evaluate import evaluate_conditions
     from .shards import decode_condition, encode_condition, shard_range
-    from .studies import Condition
 
-    device, kind, spec, context, info, split = _evaluated(job, seed, final, data, threads, inputs)
-    conditions = kind.conditions(spec, context)
+    device, study, spec, context, meta, split = _evaluated(job, seed, final, data, threads, inputs)
+    conditions = study.conditions(spec, context)
     block = shard_range(len(conditions), shard, _shard_total(shards, plan))
     mine = [conditions[i] for i in block]
     encoded = [encode_condition(c) for c in mine]
     for text, condition in zip(encoded, mine):
         if decode_condition(text, Condition) != condition:  # a field that does not survive JSON
-            raise ValueError(f"{job['name']}: condition {condition.name!r} does not round-trip through JSON")
+            raise ValueError(f"{job.name}: condition {condition.name!r} does not round-trip through JSON")
     outputs = evaluate_conditions(
         conditions,
         context,
         split,
-        budget_mb=job["budget_mb"],
+        budget_mb=job.budget_mb,
         device=device,
-        apply=kind.apply,
+        apply=study.apply,
         only={c.name for c in mine},
     )
     shape = (len(mine), len(split))
@@ -516,20 +518,20 @@ def intervene_shard(
     atomic_write(out, lambda tmp: torch.save(record, tmp))
 
 
-def gather(job: dict, seed: int, shards: list[str], data: str, out: str) -> pd.DataFrame:
-    """The shards of an evaluated study, one seed (in shard order) -> the four tables, as
-    `intervene` writes them; every condition exactly once, else an error naming what is missing."""
+def gather(job: StudySettings, seed: int, inputs: list[str], data: str, out: str) -> pd.DataFrame:
+    """The shards of an evaluated study, one seed (their files `inputs`, in shard order) -> the
+    four tables, as `intervene` writes them; every condition exactly once, else an error naming
+    what is missing."""
     import torch
 
     from .data import open_split, read_meta
-    from .engine.evaluate import ConditionOutput
+    from .engine.conditions import Condition, ConditionOutput
     from .shards import decode_condition
-    from .studies import Condition
 
-    info = read_meta(Path(data) / "meta.json")
+    meta = read_meta(Path(data) / "meta.json")
     split = open_split(data, "test")  # its labels and indices
     by_position, outputs, names = {}, {}, None
-    for path in shards:
+    for path in inputs:
         record = torch.load(path, weights_only=True)
         if names is None:
             names = record["names"]
@@ -543,14 +545,14 @@ def gather(job: dict, seed: int, shards: list[str], data: str, out: str) -> pd.D
             outputs[condition.name] = ConditionOutput(record["predictions"][row], record["losses"][row])
     missing = [names[i] for i in range(len(names or [])) if i not in by_position]
     if missing:
-        raise DataError(f"{job['name']} seed {seed}: no shard evaluated {', '.join(missing[:5])}")
+        raise DataError(f"{job.name} seed {seed}: no shard evaluated {', '.join(missing[:5])}")
     conditions = [by_position[i] for i in range(len(names))]
-    tables = condition_tables(conditions, outputs, split.labels, info["classes"], split.indices)
+    tables = condition_tables(conditions, outputs, split.labels, meta["classes"], split.indices)
     return _write_tables(tables, _ids(job, seed), out)
 
 
 def probe_shard(
-    job: dict,
+    job: StudySettings,
     seed: int,
     shard: int,
     final: str,
@@ -563,52 +565,53 @@ def probe_shard(
     """Shard `shard` of a probing study that splits its work (occlusion: its occluded forwards),
     one seed: its partial arrays, to `out` (.npz)."""
     device = _start(job, threads)
-    kind, spec = _study(job)
+    study, spec = _study(job)
     context = _context(job, seed, final, device)
-    info, _, (split,) = _open(job, data, device, "test")
-    _check_study(job, kind, spec, context.trained, info)
-    _, values = kind.compute(spec, context, split, info, job["budget_mb"], shard=(shard, _shard_total(shards, plan)))
+    meta, _, (split,) = _open(job, data, device, "test")
+    _check_study(job, study, spec, context.trained, meta)
+    _, values = study.compute(spec, context, split, meta, job.budget_mb, shard=(shard, _shard_total(shards, plan)))
     write_arrays(values, out)
 
 
-def gather_probe(job: dict, seed: int, shards: list[str], data: str, out: str, arrays: str) -> pd.DataFrame:
-    """The shards of a probing study, one seed (in shard order) -> its table and arrays, as
-    `probe` writes them."""
+def gather_probe(job: StudySettings, seed: int, inputs: list[str], data: str, out: str, arrays: str) -> pd.DataFrame:
+    """The shards of a probing study, one seed (their files `inputs`, in shard order) -> its table
+    and arrays, as `probe` writes them."""
     from .data import read_meta
-    from .plan import parse_study
 
-    kind, _ = parse_study(job["study"])
-    table, values = kind.merge([read_arrays(p) for p in shards], read_meta(Path(data) / "meta.json"))
+    study, _ = _study(job)
+    table, values = study.merge([read_arrays(p) for p in inputs], read_meta(Path(data) / "meta.json"))
     ids = _ids(job, seed)
     write_arrays(values, arrays, ids=ids)
     write_table(table, out, ids=ids)  # the table last: a complete pair
     return table
 
 
-def shard_plan(job: dict, seed: int, final: str, data: str, out: str, threads: int | None = None, **inputs) -> dict:
+def shard_plan(
+    job: StudySettings, seed: int, final: str, data: str, out: str, threads: int | None = None, **inputs
+) -> dict:
     """`shards: auto`, one seed: the study's estimated seconds on this device (its multiply-adds
     over the rate measured here: `knockout.shards.estimated_seconds`) -> the count of shards
     (`knockout.shards.shard_count`), written to `out` (JSON) with what it is based on."""
     from .graph import graph_of
     from .shards import estimated_seconds, shard_count
 
-    if _study(job)[0].KIND == "probe":
+    if _study(job)[0].job == "probe":
         device = _start(job, threads)
-        kind, spec = _study(job)
+        study, spec = _study(job)
         context = _context(job, seed, final, device)
-        info, _, (split,) = _open(job, data, device, "test")
+        meta, _, (split,) = _open(job, data, device, "test")
         network = context.trained.eval()
         graph = graph_of(network, split.example(device))
-        items = kind.image_count(spec, split)
+        items = study.image_count(spec, split)
         rate = estimated_seconds(network, [], split, device)["macs_per_second"]
-        cost = {"items": items, "macs_per_item": kind.image_macs(spec, graph, tuple(info["shape"]))}
+        cost = {"items": items, "macs_per_item": study.image_macs(spec, graph, tuple(meta["shape"]))}
         cost |= {"macs_per_second": rate, "seconds": items * cost["macs_per_item"] / rate}
     else:
-        device, kind, spec, context, info, split = _evaluated(job, seed, final, data, threads, inputs)
-        conditions = kind.conditions(spec, context)
+        device, study, spec, context, meta, split = _evaluated(job, seed, final, data, threads, inputs)
+        conditions = study.conditions(spec, context)
         cost = {"items": len(conditions)} | estimated_seconds(context.trained, conditions, split, device)
-    n = shard_count(cost["seconds"], job["shard_seconds"], job["max_shards"], cost["items"])
-    record = {"shards": n, "shard_seconds": job["shard_seconds"], "max_shards": job["max_shards"]} | cost
+    n = shard_count(cost["seconds"], job.shard_seconds, job.max_shards, cost["items"])
+    record = {"shards": n, "shard_seconds": job.shard_seconds, "max_shards": job.max_shards} | cost
     write_json(record | {"device": str(device)}, out)
     return record
 

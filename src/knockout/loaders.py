@@ -43,6 +43,10 @@ class Normalise:
         x = x.to(torch.float32).div(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
+    def normalise(self, pixels) -> torch.Tensor:
+        """Pixel values in [0, 1] (a (C,) tensor, or anything that broadcasts) in the model's space."""
+        return (torch.as_tensor(pixels, dtype=torch.float32) - self.mean.flatten()) / self.std.flatten()
+
     def check(self, x: torch.Tensor, where: str) -> None:
         """One line when a batch is not pixels: floats outside [0, 1] (normalised already), or
         images of another size than the weights' crop."""
@@ -122,7 +126,9 @@ def _view(folder: Path, normalise: Normalise | None, where: str) -> Split:
         record = {"name": "dataset", "mean": None, "std": None, "geometry": None}
     else:
         record = {"name": normalise.record["name"], "mean": normalise.record["mean"], "std": normalise.record["std"]}
-    return open_split(folder, "test", Preprocess.of(record | {"geometry": None}, meta), "cpu")
+    split = open_split(folder, "test", Preprocess.of(record | {"geometry": None}, meta), "cpu")
+    split.classes = meta["classes"]  # the tables name them
+    return split
 
 
 def _check_batch(images, labels, normalise: Normalise | None, where: str) -> None:
@@ -242,5 +248,32 @@ class LoaderSplit:
         split.preprocess = self.preprocess
         return split
 
+    def pixels(self, positions) -> torch.Tensor:
+        """The images at `positions` as the loader's dataset gives them (pixels, or inputs)."""
+        return self.indexed().pixels(positions)
+
     def subset(self, positions) -> Split:
-        return self.in_memory().subset(positions)
+        """The examples at `positions`, read from the loader's dataset by index, in memory."""
+        return self.indexed().subset(positions).in_memory()
+
+    def indexed(self) -> Split:
+        """Its dataset read by index as training draws batches (each batch's items collated as
+        the loader collates them): a `knockout.data.Split` that holds no image until asked."""
+        return Split(_Items(self.loader, self.where, self.shape), self.labels, preprocess=self.preprocess)
+
+
+class _Items:
+    """A map-style dataset as a split's store: rows read item by item and collated."""
+
+    def __init__(self, loader, where: str, shape: tuple[int, ...]):
+        self.dataset, self.collate, self.where = loader.dataset, loader.collate_fn, where
+        self.shape = (len(self.dataset), *shape)
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        batch = self.collate([self.dataset[int(i)] for i in rows])
+        if not isinstance(batch, (tuple, list)) or not isinstance(batch[0], torch.Tensor):
+            raise DataError(f"{self.where}: the dataset's items are not (image tensor, label)")
+        return batch[0]
+
+    def read_range(self, start: int, stop: int) -> torch.Tensor:
+        return self.read(torch.arange(start, stop))

@@ -20,34 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .activations import activation
 from .archs import PRESETS, is_weights_file, resolve_arch, without_weights  # noqa: F401  (re-exported)
 from .io import atomic_write
 from .readout import Readout
-
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
-    "silu": nn.SiLU,
-    "exponential": None,  # Keras' `exponential` activation (study 4): no torch module, see Exp
-    "identity": nn.Identity,
-}
-
-
-class Exp(nn.Module):
-    """x -> exp(x), Keras' `exponential` activation."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(x)
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
-    return Exp() if name == "exponential" else ACTIVATIONS[name]()
 
 
 def _pair(k: int | list[int]) -> tuple[int, int]:
@@ -62,7 +38,7 @@ def build_mlp(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.
     stages: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     widths = list(arch.get("widths", []))
     for i, w in enumerate(widths, start=1):
-        stages += [(f"fc{i}", nn.Linear(width, w)), (f"fc{i}_act", _activation(act))]
+        stages += [(f"fc{i}", nn.Linear(width, w)), (f"fc{i}_act", activation(act))]
         if dropout:
             stages.append((f"fc{i}_drop", nn.Dropout(dropout)))
         width = w
@@ -96,7 +72,7 @@ def build_cnn(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.
         stages.append((name, conv))
         if bn:
             stages.append((f"{name}_bn", nn.BatchNorm2d(out)))
-        stages.append((f"{name}_act", _activation(act)))
+        stages.append((f"{name}_act", activation(act)))
         pool = get("pool", 0)
         if pool:
             stages.append((f"{name}_pool", nn.MaxPool2d(pool)))
@@ -111,7 +87,7 @@ def build_cnn(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.
     dense_dropout = float(arch.get("dense_dropout", 0.0))
     dense = list(arch.get("dense", []))
     for i, w in enumerate(dense, start=1):
-        stages += [(f"fc{i}", nn.Linear(width, int(w))), (f"fc{i}_act", _activation(act))]
+        stages += [(f"fc{i}", nn.Linear(width, int(w))), (f"fc{i}_act", activation(act))]
         if dense_dropout:
             stages.append((f"fc{i}_drop", nn.Dropout(dense_dropout)))
         width = int(w)
@@ -611,12 +587,12 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     rows = [("Layer (type)", "Output Shape", "Units", "Silenced at", "Param #")]
     for name, unit in graph.units.items():
         shape = "(None, " + ", ".join(str(d) for d in shapes.get(name, ())) + ")"
-        point = graph.silence_point(name) if unit.kind != "heads" else f"{name} (values)"
+        point = graph.silence_point(name) if unit.layer_type != "heads" else f"{name} (values)"
         rows.append(
             (
                 f"{name} ({type(unit.module).__name__})",
                 shape,
-                f"{unit.count} {unit.kind if unit.kind == 'heads' else 'units'}",
+                f"{unit.count} {unit.layer_type if unit.layer_type == 'heads' else 'units'}",
                 point,
                 f"{count_parameters(unit.module):,}",
             )

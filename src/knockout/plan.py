@@ -9,46 +9,40 @@ Paths are relative to the working directory, under `results/`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from types import ModuleType
 from typing import Any
 
 from .catalog import raw_entry, split_files, view_name
 from .preprocess import resolve  # torchvision only for a model's weights metadata
-from .studies import slug, study_type
+from .settings import (
+    AdoptSettings,
+    DownloadSettings,
+    PrepareSettings,
+    StudySettings,
+    TrainSettings,
+    UnitsSettings,
+)
+from .studies import StudyType, slug, study_type
 from .tables import TABLES
 from .targets import local_files
 
-# What the job of each kind writes per study, model and seed, beside `seed{seed}`, by output name
-# (the outputs of the rules intervene, collect and probe; `Plan.per_seed` with one of them).
+# What each job writes per study, model and seed, beside `seed{seed}`, by output name (the
+# outputs of the rules intervene, collect and probe; `Plan.per_seed` with one of them).
 PER_SEED = {"evaluate": TABLES, "retrain": TABLES, "probe": {"table": TABLES["table"], "arrays": ".npz"}}
 MODEL_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json")  # what `train` writes, + the epochs/ folder
 RUN_FILES = (*MODEL_FILES, "predictions.npz", "condition.json")  # what `retrain` writes: one retrained condition
-# What one shard of a sharded study writes per seed (`shards/seed{seed}/shard{i}`), by job kind.
+# What one shard of a sharded study writes per seed (`shards/seed{seed}/shard{i}`), by job.
 SHARD_FILE = {"evaluate": ".pt", "probe": ".npz"}
 
 
-def parse_study(entry: dict) -> tuple[ModuleType, Any]:
-    """A validated study entry -> (its study type's module, its parsed `Spec`): the one place a
-    study's entry is parsed (once per process: by the `Plan`, or by a study's job)."""
-    module = study_type(entry["type"])
-    return module, module.Spec.from_dict(entry)
-
-
-def shardable(module: ModuleType) -> str:
-    """What a study type's shards split (`conditions`, `images`), or `no: why` (one line)."""
-    if module.KIND == "evaluate":
-        return "conditions"
-    if module.KIND == "retrain":
-        return (
-            "no: a retraining study runs one job per condition already; shards is for evaluated studies and occlusion"
-        )
-    return getattr(module, "SHARDS", None) or (
-        f"no: {module.__name__.rpartition('.')[2]} cannot be split (a probe over all images at once); "
-        "shards is for evaluated studies and occlusion"
-    )
+def parse_study(entry: dict) -> tuple[StudyType, Any]:
+    """A validated study entry -> (its `StudyType`, its parsed `Spec`): the one place a study's
+    entry is parsed (once per process: by the `Plan`, or by a study's job)."""
+    study = study_type(entry["type"])
+    return study, study.Spec.from_dict(entry)
 
 
 @dataclass(frozen=True)
@@ -56,11 +50,8 @@ class Study:
     """One configured study as the workflow sees it."""
 
     name: str
-    type: str
+    type: StudyType
     model: str
-    kind: str  # evaluate | retrain | probe
-    notebook: str  # notebooks/{notebook}.ipynb
-    aggregate: bool  # a table over seeds
     needs: frozenset[str]  # init, checkpoints, unit_stats, unit_values
     conditions: tuple[str, ...]  # retrain: the trained conditions' names
     entry: dict  # the validated config entry (what its jobs get)
@@ -68,9 +59,9 @@ class Study:
     shards: int | str = 1  # jobs per seed (`knockout.shards`): 1 (one job), N, or auto
 
     @property
-    def module(self) -> ModuleType:
-        """The study type's module (`knockout.studies.<type>`)."""
-        return study_type(self.type)
+    def job(self) -> str:
+        """The job that runs it: evaluate | retrain | probe."""
+        return self.type.job
 
 
 class Plan:
@@ -91,53 +82,45 @@ class Plan:
     def _study(name: str, entry: dict) -> Study:
         from .shards import check_shards
 
-        module, spec = parse_study(entry)
-        conditions = tuple(module.condition_names(spec)) if module.KIND == "retrain" else ()
-        check_shards(f"interventions.{name}.shards", entry.get("shards", 1), shardable(module))
+        study, spec = parse_study(entry)
+        check_shards(f"interventions.{name}.shards", entry.get("shards", 1), study.shards)
         return Study(
             name=name,
-            type=entry["type"],
+            type=study,
             model=entry["model"],
-            kind=module.KIND,
-            notebook=module.NOTEBOOK,
-            aggregate=getattr(module, "AGGREGATE", True),
-            needs=frozenset(module.needs(spec)),
-            conditions=conditions,
+            needs=frozenset(study.needs(spec)),
+            conditions=tuple(study.condition_names(spec)) if study.job == "retrain" else (),
             entry=entry,
             spec=spec,
             shards=entry.get("shards", 1),
         )
 
-    def names(self, kind: str | None = None, sharded: bool | None = None) -> list[str]:
-        """Study names, of one job kind or all; `sharded`: only those split into shards (or not)."""
+    def names(self, job: str | None = None, sharded: bool | None = None) -> list[str]:
+        """Study names, of one job or all; `sharded`: only those split into shards (or not)."""
         return [
             n
             for n, s in self.studies.items()
-            if (kind is None or s.kind == kind) and (sharded is None or (s.shards != 1) == sharded)
+            if (job is None or s.job == job) and (sharded is None or (s.shards != 1) == sharded)
         ]
 
     def aggregated(self) -> list[str]:
         """The studies with a table over seeds."""
-        return [n for n, s in self.studies.items() if s.aggregate]
+        return [n for n, s in self.studies.items() if s.type.aggregate]
 
     # --- data and models --------------------------------------------------------------------------
 
-    def download_job(self, dataset: str) -> dict:
+    def download_job(self, dataset: str) -> DownloadSettings:
         """The settings a `download` job gets: the dataset's entry without its subsets (a new
         subset re-prepares the data, it does not fetch it again), the mirrors, whether to download."""
         data = self.config["data"]
-        return {
-            "dataset": dataset,
-            "entry": raw_entry(self.config["datasets"][dataset]),
-            "mirrors": data["mirrors"],
-            "download": data["download"],
-        }
+        entry = raw_entry(self.config["datasets"][dataset])
+        return DownloadSettings(dataset=dataset, entry=entry, mirrors=data["mirrors"], download=data["download"])
 
-    def prepare_job(self, view: str) -> dict:
+    def prepare_job(self, view: str) -> PrepareSettings:
         """The settings a `prepare` job of a view gets: its dataset's entry (its subsets too) and
         the geometry the view's models ask for."""
         dataset, geometry = self.views[view]
-        return {"dataset": dataset, "entry": self.config["datasets"][dataset], "geometry": geometry}
+        return PrepareSettings(dataset=dataset, entry=self.config["datasets"][dataset], geometry=geometry)
 
     def raw_inputs(self, dataset: str) -> dict[str, str | list[str]]:
         """The user's files a `download` job reads that the workflow watches: a tensors file, a
@@ -259,8 +242,8 @@ class Plan:
         return train
 
     def _data_settings(self, model: str) -> dict:
-        """What every job that reads `model`'s data gets: its preprocessing, how much of a split
-        may stay in memory, the device."""
+        """What every job that reads `model`'s data gets (`DataSettings`): its preprocessing, how
+        much of a split may stay in memory, the device."""
         return {
             "model": model,
             "preprocess": self._preprocess[model],
@@ -268,44 +251,44 @@ class Plan:
             "device": self.config["device"],
         }
 
-    def readout(self, model: str) -> dict:
+    def readout(self, model: str) -> dict | None:
         """How `model`'s output is read as class logits (`knockout.readout`): its entry's `output`
-        and `class_outputs`; {} when both are the default, so a job's settings stay as they were."""
+        and `class_outputs`; None when both are the default."""
         entry = self.config["models"][model]
         given = {k: entry.get(k) for k in ("output", "class_outputs")}
-        return {"readout": given} if any(v is not None for v in given.values()) else {}
+        return given if any(v is not None for v in given.values()) else None
 
-    def train_job(self, model: str) -> dict:
+    def train_job(self, model: str) -> TrainSettings:
         """The settings a `train` job of `model` gets (the same for every seed)."""
-        return (
-            {"arch": self.config["models"][model]["arch"], "train": self.train_settings(model)}
-            | self.readout(model)
-            | self._data_settings(model)
+        return TrainSettings(
+            arch=self.config["models"][model]["arch"],
+            train=self.train_settings(model),
+            readout=self.readout(model),
+            **self._data_settings(model),
         )
 
-    def adopt_job(self, model: str) -> dict:
+    def adopt_job(self, model: str) -> AdoptSettings:
         """The settings an `adopt` job of `model` gets: the architecture the weights fit (with its
-        pretrained weights for `pretrained`), the epochs they are of, the batch size to evaluate
-        with, the accuracies the user measured and whether chance level is meant."""
+        pretrained weights for `pretrained`), the epochs they are of, how to read the files, the
+        batch size to evaluate with, the accuracies the user measured and whether chance level is
+        meant."""
         entry = self.config["models"][model]
         given = self.adopted(model)
-        return (
-            {
-                "arch": entry["arch"],
-                "epochs": self.epochs(model),
-                "eval_batch_size": entry["train"]["eval_batch_size"],
-                "pretrained": bool(given.get("pretrained")),
-                "accuracy": {str(k): v for k, v in given.get("accuracy", {}).items()},
-                "allow_chance": entry["allow_chance"],
-                "checkpoint": {k: given.get(k) for k in ("key", "prefix")},
-            }
-            | self.readout(model)
-            | self._data_settings(model)
+        return AdoptSettings(
+            arch=entry["arch"],
+            epochs=self.epochs(model),
+            eval_batch_size=entry["train"]["eval_batch_size"],
+            pretrained=bool(given.get("pretrained")),
+            accuracy={str(k): v for k, v in given.get("accuracy", {}).items()},
+            allow_chance=entry["allow_chance"],
+            checkpoint={k: given.get(k) for k in ("key", "prefix")},
+            readout=self.readout(model),
+            **self._data_settings(model),
         )
 
-    def unit_stats_job(self, model: str) -> dict:
+    def unit_stats_job(self, model: str) -> UnitsSettings:
         settings = self.config["unit_stats"]
-        return {"examples": settings["examples"], "split": settings["split"]} | self._data_settings(model)
+        return UnitsSettings(examples=settings["examples"], split=settings["split"], **self._data_settings(model))
 
     def metrics(self) -> list[str]:
         return [f"{self.model_dir(m, s)}/metrics.json" for m in self.models for s in self.seeds]
@@ -320,19 +303,25 @@ class Plan:
 
     # --- studies ----------------------------------------------------------------------------------
 
-    def study_job(self, name: str) -> dict:
+    def study_job(self, name: str) -> StudySettings:
         """The resolved settings one job of study `name` gets (the same for every seed): its config
         entry, the device, the epochs it rewinds to and, for retraining, the training settings."""
         study = self.studies[name]
-        entry = {k: v for k, v in study.entry.items() if k != "shards"}  # how many jobs: not what each computes
-        job = {"name": name, "study": entry, "budget_mb": self.config["budget_mb"]} | self._data_settings(study.model)
-        if "checkpoints" in study.needs:
-            job["epochs"] = self.epochs(study.model)
-        if "donors" in study.needs:  # resample draws from the unit values' split and subset
-            job["donors"] = {k: v for k, v in self.unit_values_job(study.model).items() if k in ("split", "examples")}
-        if study.kind == "retrain":
-            job["train"] = self.train_settings(study.model, study.entry.get("train"), checkpoints=False)
-        return job
+        units = self.unit_values_job(study.model)
+        return StudySettings(
+            name=name,
+            study={k: v for k, v in study.entry.items() if k != "shards"},  # how many jobs: not what each computes
+            budget_mb=self.config["budget_mb"],
+            epochs=self.epochs(study.model) if "checkpoints" in study.needs else None,
+            # resample draws from the unit values' split and subset
+            donors={"split": units.split, "examples": units.examples} if "donors" in study.needs else None,
+            train=(
+                self.train_settings(study.model, study.entry.get("train"), checkpoints=False)
+                if study.job == "retrain"
+                else None
+            ),
+            **self._data_settings(study.model),
+        )
 
     def study_inputs(self, name: str, seed: int | str) -> dict[str, str]:
         """What a study's job reads for one seed: the trained network, what the study needs
@@ -348,9 +337,9 @@ class Plan:
             inputs["unit_stats"] = f"results/units/{study.model}/seed{seed}.csv"
         if "unit_values" in study.needs:
             inputs["unit_values"] = f"results/units/{study.model}/seed{seed}.values.pt"
-        return inputs | self.data(study.model, train=study.kind == "retrain" or "donors" in study.needs)
+        return inputs | self.data(study.model, train=study.job == "retrain" or "donors" in study.needs)
 
-    def unit_values_job(self, model: str) -> dict:
+    def unit_values_job(self, model: str) -> UnitsSettings:
         """The unit values' job: the unit statistics' split and subset (never the evaluated images)."""
         return self.unit_stats_job(model)
 
@@ -374,19 +363,18 @@ class Plan:
         n = study.shards if shards is None else shards
         if not isinstance(n, int):
             raise ValueError(f"{name}: shards: {n}: the count is in its plan ({self.shard_plan(name, seed)})")
-        return [f"{self.shard_dir(name, seed)}/shard{i}{SHARD_FILE[study.kind]}" for i in range(n)]
+        return [f"{self.shard_dir(name, seed)}/shard{i}{SHARD_FILE[study.job]}" for i in range(n)]
 
     def shard_plan(self, name: str, seed: int | str) -> str:
         """`shards: auto`: the plan job's file (the chosen count and the cost it is based on)."""
         return f"{self.shard_dir(name, seed)}/plan.json"
 
-    def shard_plan_job(self, name: str) -> dict:
+    def shard_plan_job(self, name: str) -> StudySettings:
         """The settings of a study's `shard_plan` job: its study job's, with how long a shard
         should take and how many there may be."""
-        return self.study_job(name) | {
-            "shard_seconds": self.config["shard_seconds"],
-            "max_shards": self.config["max_shards"],
-        }
+        return dataclasses.replace(
+            self.study_job(name), shard_seconds=self.config["shard_seconds"], max_shards=self.config["max_shards"]
+        )
 
     def runs(self, name: str, seed: int | str) -> list[str]:
         """The folders of a retraining study's trained conditions for one seed."""
@@ -410,7 +398,7 @@ class Plan:
 
     def notebook(self, analysis: str) -> str:
         """The notebook (its name in notebooks/) that analyses `analysis`."""
-        return "baselines" if analysis == "baselines" else self.studies[analysis].notebook
+        return "baselines" if analysis == "baselines" else self.studies[analysis].type.notebook
 
     def analysis(self, analysis: str) -> tuple[dict[str, str | list[str]], dict]:
         """(input files by name, papermill parameters) of one analysis notebook. The notebook reads
@@ -427,9 +415,9 @@ class Plan:
         study = self.studies[analysis]
         data = self.data(study.model, train=False)
         files: dict[str, str | list[str]] = {"per_seed": self.per_seed(analysis), "meta": data["meta"]}
-        if study.aggregate:
+        if study.type.aggregate:
             files |= self.tables(analysis)
-        if study.kind == "probe":
+        if study.job == "probe":
             files["arrays"] = self.per_seed(analysis, PER_SEED["probe"]["arrays"])
         else:
             files |= {
@@ -438,8 +426,8 @@ class Plan:
                 "test_images": data["test_images"],
                 "test_indices": data["test_indices"],
             }
-        parameters = out | {"study": analysis, "model": study.model, "kind": study.type} | files
-        if study.kind == "retrain":
+        parameters = out | {"study": analysis, "model": study.model, "study_type": study.type.name} | files
+        if study.job == "retrain":
             runs = [
                 {"condition": c, "seed": s, "history": f"{run}/history.csv", "record": f"{run}/condition.json"}
                 for s in self.seeds
@@ -459,6 +447,6 @@ class Plan:
         (whose inputs pull in the rest)."""
         tables = []
         for name, study in self.studies.items():
-            tables += list(self.tables(name).values()) if study.aggregate else self.per_seed(name)
+            tables += list(self.tables(name).values()) if study.type.aggregate else self.per_seed(name)
         notebooks = [f"results/notebooks/{a}.ipynb" for a in self.analyses]
         return self.metrics() + ["results/tables/baselines.csv", "results/provenance.json", *tables, *notebooks]

@@ -48,7 +48,7 @@ def unit_statistics(
     modules = dict(model.named_modules())
     device = next(model.parameters()).device
     graph = graph_of(model, data.example(device))
-    layers = layers or [name for name, unit in graph.units.items() if unit.kind != "heads"]
+    layers = layers or [name for name, unit in graph.units.items() if unit.layer_type != "heads"]
     responses = _responses(model, graph, layers)
     sums = {}
     maxima = {}
@@ -62,7 +62,7 @@ def unit_statistics(
         onehot = torch.nn.functional.one_hot(y, num_classes).float()  # (B, classes)
         for layer in layers:
             out = captured[layer].float().cpu()
-            if graph.units[layer].kind == "linear":
+            if graph.units[layer].layer_type == "linear":
                 out = out.movedim(-1, 1)  # features first, then positions (tokens), if any
             flat = out.flatten(2) if out.dim() > 2 else out.unsqueeze(-1)  # (B, units, positions)
             per_input = flat.mean(2)  # (B, units)
@@ -158,7 +158,8 @@ def unit_values(model: nn.Module, split, layers: list[str] | None = None, batch_
         layers = [
             name
             for name, unit in graph.units.items()
-            if unit.kind != "heads" and (not graph.traced or len(graph.module_nodes(graph.silence_point(name))) == 1)
+            if unit.layer_type != "heads"
+            and (not graph.traced or len(graph.module_nodes(graph.silence_point(name))) == 1)
         ]
     outputs = silence_outputs(model, graph, layers)
     position: dict = {}  # layer -> (count, mean, m2) over examples, per element of one example's output
@@ -169,7 +170,7 @@ def unit_values(model: nn.Module, split, layers: list[str] | None = None, batch_
             out = captured[layer].detach().to(torch.float64)
             mean = out.mean(0)
             position[layer] = _merge(position.get(layer), len(out), mean, (out - mean).square().sum(0))
-            per_unit = out.movedim(1, -1) if graph.units[layer].kind == "conv" else out
+            per_unit = out.movedim(1, -1) if graph.units[layer].layer_type == "conv" else out
             per_unit = per_unit.reshape(-1, per_unit.shape[-1])  # (examples x positions, units)
             mean = per_unit.mean(0)
             channel[layer] = _merge(channel.get(layer), len(per_unit), mean, (per_unit - mean).square().sum(0))

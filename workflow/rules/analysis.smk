@@ -24,7 +24,7 @@ rule notebook:
         "../../envs/analysis.yaml"
     params:
         parameters=lambda w: as_json(PLAN.analysis(w.analysis)[1]),
-        kind=lambda w: PLAN.notebook(w.analysis),
+        notebook=lambda w: PLAN.notebook(w.analysis),
     shell:
         "knockout notebook --notebook {input.notebook:q} --out {output.notebook:q}"
         " --parameters {params.parameters:q} > {log:q} 2>&1"

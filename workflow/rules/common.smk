@@ -47,13 +47,14 @@ wildcard_constraints:
 
 
 def as_json(value):
-    """A job's settings as one JSON argument (in `params`: a change reruns exactly that job)."""
+    """A value as one JSON argument (in `params`: a change reruns exactly that job; a job's
+    settings give their own, `knockout.settings`)."""
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def names(kind, sharded=None):
-    """The studies of one job kind (split into shards or not: `sharded`), as a wildcard constraint."""
-    return "|".join(PLAN.names(kind, sharded)) or "^$"
+def names(job, sharded=None):
+    """The studies of one job (split into shards or not: `sharded`), as a wildcard constraint."""
+    return "|".join(PLAN.names(job, sharded)) or "^$"
 
 
 def option_args(input, *names):

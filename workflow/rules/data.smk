@@ -16,7 +16,7 @@ rule download:
         "../../envs/torch.yaml"
     params:
         out=subpath(output[0], parent=True),
-        job=lambda w: as_json(PLAN.download_job(w.dataset)),
+        job=lambda w: PLAN.download_job(w.dataset).as_json(),
     shell:
         "knockout download --job {params.job:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -36,6 +36,6 @@ rule prepare:
     params:
         raw=subpath(input[0], parent=True),
         out=subpath(output[0], parent=True),
-        job=lambda w: as_json(PLAN.prepare_job(w.view)),
+        job=lambda w: PLAN.prepare_job(w.view).as_json(),
     shell:
         "knockout prepare --job {params.job:q} --raw {params.raw:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"

@@ -14,7 +14,7 @@ rule unit_stats:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
-        job=lambda w: as_json(PLAN.unit_stats_job(w.model)),
+        job=lambda w: PLAN.unit_stats_job(w.model).as_json(),
         data=subpath(input.meta, parent=True),
     shell:
         "knockout unit-stats --job {params.job:q} --final {input.final:q} --data {params.data:q}"
@@ -35,7 +35,7 @@ rule unit_values:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.unit_values_job(w.model)),
+        job=lambda w: PLAN.unit_values_job(w.model).as_json(),
         data=subpath(input.meta, parent=True),
     shell:
         "knockout unit-values --job {params.job:q} --final {input.final:q} --data {params.data:q}"
@@ -59,7 +59,7 @@ rule intervene:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats", "unit_values"),
         data=subpath(input.meta, parent=True),
     shell:
@@ -84,7 +84,7 @@ rule probe:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         data=subpath(input.meta, parent=True),
     shell:
         "knockout probe --job {params.job:q} --seed {wildcards.seed} --final {input.final:q} --data {params.data:q}"
@@ -110,7 +110,7 @@ checkpoint shard_plan:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.shard_plan_job(w.name)),
+        job=lambda w: PLAN.shard_plan_job(w.name).as_json(),
         optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats", "unit_values"),
         data=subpath(input.meta, parent=True),
     shell:
@@ -136,7 +136,7 @@ rule intervene_shard:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         total=shard_count_args,
         optional=lambda w, input: option_args(input, "init", "epochs", "unit_stats", "unit_values"),
         data=subpath(input.meta, parent=True),
@@ -164,7 +164,7 @@ rule probe_shard:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         total=shard_count_args,
         data=subpath(input.meta, parent=True),
     shell:
@@ -186,10 +186,10 @@ rule gather:
     conda:
         "../../envs/torch.yaml"
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         data=subpath(input.meta, parent=True),
     shell:
-        "knockout gather --job {params.job:q} --seed {wildcards.seed} --shards {input.shards:q}"
+        "knockout gather --job {params.job:q} --seed {wildcards.seed} --inputs {input.shards:q}"
         " --data {params.data:q} --out {output.table:q} > {log:q} 2>&1"
 
 
@@ -206,10 +206,10 @@ rule gather_probe:
     conda:
         "../../envs/torch.yaml"
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         data=subpath(input.meta, parent=True),
     shell:
-        "knockout gather-probe --job {params.job:q} --seed {wildcards.seed} --shards {input.shards:q}"
+        "knockout gather-probe --job {params.job:q} --seed {wildcards.seed} --inputs {input.shards:q}"
         " --data {params.data:q} --out {output.table:q} --arrays {output.arrays:q} > {log:q} 2>&1"
 
 
@@ -233,7 +233,7 @@ rule retrain:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         optional=lambda w, input: option_args(input, "unit_stats", "unit_values"),
         data=subpath(input.meta, parent=True),
         out=subpath(output[0], parent=True),
@@ -256,7 +256,7 @@ rule collect:
     conda:
         "../../envs/torch.yaml"
     params:
-        job=lambda w: as_json(PLAN.study_job(w.name)),
+        job=lambda w: PLAN.study_job(w.name).as_json(),
         runs=lambda w: PLAN.runs(w.name, w.seed),
         data=subpath(input.meta, parent=True),
     shell:

@@ -21,7 +21,7 @@ rule train:
     resources:
         gpu=gpus_per_job(),
     params:
-        job=lambda w: as_json(PLAN.train_job(w.model)),
+        job=lambda w: PLAN.train_job(w.model).as_json(),
         data=subpath(input.meta, parent=True),
         out=subpath(output[0], parent=True),
     shell:
@@ -45,7 +45,7 @@ rule adopt:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
-        job=lambda w: as_json(PLAN.adopt_job(w.model)),
+        job=lambda w: PLAN.adopt_job(w.model).as_json(),
         data=subpath(input.meta, parent=True),
         sources=lambda w, input: (shlex.join(["--sources", *input.source]) if input.source else ""),
     shell:
@@ -67,7 +67,7 @@ rule adopt_init:
     conda:
         "../../envs/torch.yaml"
     params:
-        job=lambda w: as_json(PLAN.adopt_job(w.model)),
+        job=lambda w: PLAN.adopt_job(w.model).as_json(),
         data=subpath(input.meta, parent=True),
     shell:
         "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.source:q}"
@@ -88,7 +88,7 @@ rule adopt_epochs:
     conda:
         "../../envs/torch.yaml"
     params:
-        job=lambda w: as_json(PLAN.adopt_job(w.model)),
+        job=lambda w: PLAN.adopt_job(w.model).as_json(),
         data=subpath(input.meta, parent=True),
     shell:
         "knockout adopt --job {params.job:q} --seed {wildcards.seed} --sources {input.sources:q}"

@@ -3,6 +3,7 @@ condition, or many sharing what does not change."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from torch.nn import functional as F
 
 from ..graph import graph_of
 from ..readout import Readout
+from .conditions import Condition, ConditionOutput, Context, apply_condition
 from .shared import empty_stacked, fast_layout, spread, spread_bytes, spread_forward, spread_stackable, stacked
 from .values import Replacements, check_values, value_of
 
@@ -78,19 +80,13 @@ def evaluate(
 # --- Many conditions of one network, sharing what does not change -------------------------------
 
 
-@dataclass(frozen=True)
-class ConditionOutput:
-    predictions: torch.Tensor  # int64 (N,)
-    losses: torch.Tensor  # float32 (N,), per-example cross-entropy
-
-
 @dataclass
 class Route:
     """How one condition is evaluated: from which cut of its base network's graph, as channel
     masks on the unchanged network (`masks`: mask node -> (units, unit dim, silenced units)) or
     with its own weights (`weights`: the tensors `apply` changed, by state_dict name)."""
 
-    condition: object
+    condition: Condition
     cut: int
     masks: dict | None = None
     weights: dict | None = None
@@ -101,15 +97,15 @@ class Route:
 
 @torch.no_grad()
 def evaluate_conditions(
-    conditions,
-    context,
+    conditions: list[Condition],
+    context: Context,
     images,
     labels: torch.Tensor | None = None,
     *,
     budget_mb: float,
     device: str | torch.device,
-    apply=None,
-    only=None,
+    apply: Callable[[Condition, Context], nn.Module] = apply_condition,
+    only: set[str] | None = None,
 ) -> dict[str, ConditionOutput]:
     """Predictions and per-example losses of every condition on a split (a `knockout.data.Split`,
     or images (N, ...) and their labels (N,)), streamed chunk by chunk.
@@ -125,14 +121,15 @@ def evaluate_conditions(
       * units of several layers silenced: 0/1 channel masks on the unchanged network from the
         cut before the first silence point (after the zero-preserving operations that follow
         it), later ones through forward hooks;
-      * weights changed (`apply(condition, context)`, the study type's own, gives them): the
-        rest of the network from the first changed module on, with those weights.
+      * weights changed (`apply(condition, context)` gives them: the condition's layers replaced
+        from their sources, `apply_condition`, or a study type's own): the rest of the network
+        from the first changed module on, with those weights.
 
     Conditions that silence units run K at a time, stacked along the batch, in channels-last
     memory. `budget_mb` bounds the activations held at once. A network that cannot be traced
     runs every condition whole (masks through hooks), without sharing.
 
-    A condition's `value` (`knockout.studies.Value`, `engine.values`) is what its silenced units
+    A condition's `value` (`Value`, `engine.values`) is what its silenced units
     put out instead of zero, on every route: the spread starts from it at the silence point (a
     linear op then adds its response to value - intact), masks become x * mask + value * (1 - mask)
     (the cut at the silence point itself: a non-zero value does not commute with what follows).
@@ -177,13 +174,13 @@ def evaluate_conditions(
 def _route(condition, graph, base: nn.Module, context, apply) -> Route:
     silenced = dict(condition.silence)
     value = value_of(condition)
-    if value is not None and any(graph.units[layer].kind == "heads" for layer in silenced):
+    if value is not None and any(graph.units[layer].layer_type == "heads" for layer in silenced):
         raise ValueError(f"condition {condition.name!r}: value {value.label} on attention heads is not supported")
     if graph.traced and not condition.replace and len(silenced) == 1:
         ((layer, units),) = silenced.items()
-        if graph.units[layer].kind != "heads" and spread(graph, layer) is not None:
+        if graph.units[layer].layer_type != "heads" and spread(graph, layer) is not None:
             return Route(condition, -1, spread=(layer, tuple(units)))
-    if not condition.replace and all(graph.units[layer].kind != "heads" for layer in silenced):
+    if not condition.replace and all(graph.units[layer].layer_type != "heads" for layer in silenced):
         masks = _mask_nodes(graph, silenced, carry=value is None)
         if masks is not None:
             if not graph.traced:
@@ -192,10 +189,6 @@ def _route(condition, graph, base: nn.Module, context, apply) -> Route:
             return Route(condition, min((graph.position[node] + 1 for node in masks), default=last), masks=masks)
     if value is not None:
         raise ValueError(f"condition {condition.name!r}: value {value.label} needs silence points called once")
-    if apply is None:
-        raise ValueError(
-            f"condition {condition.name!r} changes weights: evaluate_conditions needs its study type's `apply`"
-        )
     changed = apply(condition, context).eval()
     base_state = base.state_dict()
     state = changed.state_dict()
@@ -220,7 +213,7 @@ def _mask_nodes(graph, silenced: dict, carry: bool = True) -> dict | None:
 
     def entry(layer):
         unit = graph.units[layer]
-        return unit.count, 1 if unit.kind == "conv" else -1, tuple(silenced[layer]), layer
+        return unit.count, 1 if unit.layer_type == "conv" else -1, tuple(silenced[layer]), layer
 
     if not graph.traced:
         return {graph.silence_point(layer): entry(layer) for layer in silenced}

@@ -91,7 +91,7 @@ class Spread:
 
     source: its silence point; confined: the nodes whose change stays in the units' channels,
     each (op, unit dim, channel offset, width: features per unit after flattening, else 1);
-    linear: the linear operations the change first reaches, each (kind, channels it reads);
+    linear: the linear operations the change first reaches, each (layer type, channels it reads);
     changed: the nodes that change everywhere, in order (ending with the output), run by
     `suffix` from `inputs`: linear, confined and unchanged nodes' values."""
 
@@ -131,9 +131,9 @@ def _spread(graph: Graph, layer: str) -> Spread | None:
     if len(points) != 1:
         return None
     source = points[0]
-    dim = 1 if graph.units[layer].kind == "conv" else -1
+    dim = 1 if graph.units[layer].layer_type == "conv" else -1
     confined: dict[fx.Node, tuple] = {source: ("source", dim, 0, 1)}  # node -> (op, dim, offset, per-unit width)
-    linear: dict[fx.Node, tuple] = {}  # node -> (kind, channels it reads: the share one unit costs)
+    linear: dict[fx.Node, tuple] = {}  # node -> (layer type, channels it reads: the share one unit costs)
     changed: list[fx.Node] = []
     for node in graph.nodes[graph.position[source] + 1 :]:
         inputs = node.all_input_nodes
@@ -193,7 +193,7 @@ def _confinable(graph: Graph, node: fx.Node, source: fx.Node, confined: dict):
 
 
 def _linear_reader(graph: Graph, node: fx.Node, source: fx.Node, confined: dict):
-    """(kind, channels) when `node` is a linear operation reading `source` alone."""
+    """(layer type, channels) when `node` is a linear operation reading `source` alone."""
     if node.op != "call_module" or not node.args or node.args[0] is not source or len(node.all_input_nodes) != 1:
         return None
     module = graph.module.get_submodule(node.target)
@@ -326,13 +326,13 @@ def _spread_values(graph: Graph, found: Spread, intact: dict, plain: dict, units
             if part is None:
                 part = _zeros_slice(intact[source], dim, len(index))
             values[node] = (index, _on_slice(graph, node, op, source, part, index, dim, intact, plain))
-    for node, (kind, _) in found.linear.items():
+    for node, (layer_type, _) in found.linear.items():
         source = node.args[0]
         index, part = values[source]
         old = plain[source].index_select(found.confined[source][1] % plain[source].dim(), index)
         change = -old if part is None else part - old
         module = graph.module.get_submodule(node.target)
-        if kind == "conv":  # channels-last in, channels-last out: the layout of the stack it is added into
+        if layer_type == "conv":  # channels-last in, channels-last out: the layout of the stack it is added into
             weight, change = channels_last(module.weight[:, index]), channels_last(change)
             values[node] = F.conv2d(change, weight, None, module.stride, module.padding, module.dilation)
         else:
@@ -461,7 +461,7 @@ class Step:
     (its own operation on its inputs' patches, each widened to its region where smaller)."""
 
     node: fx.Node
-    kind: str
+    how: str  # input | spatial | pointwise
     region: Region
     reads: tuple[fx.Node, ...] = ()
     spatial: tuple | None = None  # (fn, (kernel, stride, padding, dilation), padding value)
@@ -511,7 +511,7 @@ def footprint(graph: Graph, rects: torch.Tensor) -> Footprint:
     live, suffix, _ = graph.memo[key]
     stores = {(source, (0, 0), 0.0)} | {(n, (0, 0), 0.0) for n in live}
     for step in steps:
-        if step.kind == "spatial":
+        if step.how == "spatial":
             stores.add((step.reads[0], step.spatial[1][2], step.spatial[2]))
         stores |= {(a, (0, 0), 0.0) for a, wide in zip(step.reads, step.widen) if wide}
     return Footprint(steps, regions, live, suffix, stores, edge)
@@ -665,13 +665,13 @@ def footprint_forward(
     for step in found.steps:
         r = step.region
         y, x = r.y[sel], r.x[sel]
-        if step.kind == "input":
+        if step.how == "input":
             crop = _crop(stores[(step.node, (0, 0), 0.0)], img, y, x, r.h, r.w)
             rows = y[:, None] + torch.arange(r.h, device=y.device)
             cols = x[:, None] + torch.arange(r.w, device=y.device)
             filled = inside(rects[sel], rows, cols)
             patches[step.node] = torch.where(filled[..., None], fill, crop).permute(0, 3, 1, 2)
-        elif step.kind == "spatial":
+        elif step.how == "spatial":
             source = step.reads[0]
             fn, (k, s, p, d), value = step.spatial
             rin = found.regions[source]

@@ -94,7 +94,7 @@ def _capture(model: nn.Module, graph, x: torch.Tensor, filters: dict[str, list[i
                 h.remove()
     seen = {}
     for layer, out in outputs.items():
-        if layer in graph.units and graph.units[layer].kind == "linear":
+        if layer in graph.units and graph.units[layer].layer_type == "linear":
             out = out.movedim(-1, 1)
         seen[layer] = out.index_select(1, torch.as_tensor(filters[layer], dtype=torch.long, device=out.device))
     return seen

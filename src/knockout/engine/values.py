@@ -18,16 +18,13 @@ from torch.nn import functional as F
 
 from ..graph import graph_of
 from ..readout import Readout
+from .conditions import PER, VALUE_KINDS, Condition, ConditionOutput, Value
 from ..units import hooked_outputs, silence_outputs
 
-KINDS = ("zero", "mean", "resample", "noise")
-PER = ("channel", "position")
 
-
-def value_of(condition):
-    """The condition's `Value`, or None where it is zero (conditions of any type: duck-typed)."""
-    value = getattr(condition, "value", None)
-    return None if value is None or value.kind == "zero" else value
+def value_of(condition: Condition) -> Value | None:
+    """The condition's `Value`, or None where it is zero."""
+    return None if condition.value.kind == "zero" else condition.value
 
 
 def _seed(*keys) -> int:
@@ -53,9 +50,9 @@ def noise(seed: int, layer: str, draw: int, example_indices: torch.Tensor, shape
     return out
 
 
-def unit_dim(kind: str, shape) -> int:
+def unit_dim(layer_type: str, shape) -> int:
     """The units' dim in one example's output: channels of a conv map, the last of a linear's."""
-    return 0 if kind == "conv" else len(shape) - 1
+    return 0 if layer_type == "conv" else len(shape) - 1
 
 
 def replacement(value, units: torch.Tensor, dim: int, shape, stats=None, donor=None, field=None) -> torch.Tensor:
@@ -89,7 +86,7 @@ def check_values(conditions, context) -> None:
         value = value_of(condition)
         if value is None:
             continue
-        if value.kind not in KINDS or value.per not in PER:
+        if value.kind not in VALUE_KINDS or value.per not in PER:
             raise ValueError(f"condition {condition.name!r}: unknown value {value.kind!r} per {value.per!r}")
         if condition.replace:
             raise ValueError(f"condition {condition.name!r}: value {value.label} applies to silenced units only")
@@ -201,10 +198,10 @@ class Replacements:
         value = value_of(condition)
         if value is None:
             return None
-        if self.graph.units[layer].kind == "heads":
+        if self.graph.units[layer].layer_type == "heads":
             raise ValueError(f"condition {condition.name!r}: value {value.label} on attention heads is not supported")
         shape = self.shape(layer)
-        dim = unit_dim(self.graph.units[layer].kind, shape)
+        dim = unit_dim(self.graph.units[layer].layer_type, shape)
         units = torch.as_tensor(list(units), dtype=torch.long, device=self.device)
         if value.kind == "resample":
             return replacement(value, units, dim, shape, donor=self.donors(layer, value.draw).to(self.dtype))
@@ -221,7 +218,6 @@ def reference(condition, context, split, batch_size: int):
     import copy
 
     from ..data import as_split
-    from .evaluate import ConditionOutput
 
     data = as_split(split)
     base = context.network(condition.base).eval()
@@ -245,7 +241,7 @@ def reference(condition, context, split, batch_size: int):
 
         def replace(module, args, out, layer):
             shape = tuple(out.shape[1:])
-            dim = dims.setdefault(layer, unit_dim(graph.units[layer].kind, shape))
+            dim = dims.setdefault(layer, unit_dim(graph.units[layer].layer_type, shape))
             units = torch.as_tensor(list(dict(condition.silence)[layer]), dtype=torch.long, device=out.device)
             if kind == "zero":
                 new = out.new_zeros(())

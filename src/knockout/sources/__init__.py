@@ -29,7 +29,7 @@ from ..catalog import BUILTIN, SOURCES
 from ..errors import DataError
 
 
-def kind_of(name: str, entry: dict | None) -> str:
+def source_of(name: str, entry: dict | None) -> str:
     """`builtin` for a built-in name given without `source`, else the entry's `source`.
     DataError for another name without a source."""
     if entry and entry.get("source"):
@@ -41,8 +41,8 @@ def kind_of(name: str, entry: dict | None) -> str:
     )
 
 
-def source(kind: str) -> ModuleType:
-    """The module of source `kind` (`builtin` or one of catalog.SOURCES)."""
-    if kind != "builtin" and kind not in SOURCES:
-        raise DataError(f"unknown dataset source {kind!r} (known: {', '.join(SOURCES)})")
-    return importlib.import_module(f"{__name__}.{kind}")
+def source(name: str) -> ModuleType:
+    """The module of source `name` (`builtin` or one of catalog.SOURCES)."""
+    if name != "builtin" and name not in SOURCES:
+        raise DataError(f"unknown dataset source {name!r} (known: {', '.join(SOURCES)})")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -49,7 +49,7 @@ class DatasetSource:
     """Where a dataset comes from and how its raw files are laid out.
 
     name: dataset key in DATASETS (e.g. 'fashion_mnist').
-    kind: 'idx' (4 files: train images, train labels, test images, test labels,
+    format: 'idx' (4 files: train images, train labels, test images, test labels,
         in that order) or 'cifar' (one cifar-10-python.tar.gz).
     files: the raw files, in the order above.
     urls: base URLs tried in order; a file's URL is base + file name.
@@ -59,7 +59,7 @@ class DatasetSource:
     """
 
     name: str
-    kind: Literal["idx", "cifar"]
+    format: Literal["idx", "cifar"]
     files: tuple[DataFile, ...]
     urls: tuple[str, ...]
     classes: tuple[str, ...]
@@ -69,7 +69,7 @@ class DatasetSource:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Image shape (C, H, W) of the full-size dataset."""
-        return (1, 28, 28) if self.kind == "idx" else (3, 32, 32)
+        return (1, 28, 28) if self.format == "idx" else (3, 32, 32)
 
     @property
     def num_classes(self) -> int:
@@ -78,7 +78,7 @@ class DatasetSource:
     @property
     def n_train(self) -> int:
         """Images in the official training split (60,000 for the MNISTs, 50,000 for CIFAR-10)."""
-        return 60_000 if self.kind == "idx" else 50_000
+        return 60_000 if self.format == "idx" else 50_000
 
     @property
     def n_test(self) -> int:
@@ -129,7 +129,7 @@ _FASHION_CONTENT_SHA256 = (
 DATASETS: dict[str, DatasetSource] = {
     "mnist": DatasetSource(
         name="mnist",
-        kind="idx",
+        format="idx",
         files=tuple(DataFile(n, m) for n, m in zip(_IDX_NAMES, _MNIST_MD5)),
         urls=(
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -140,7 +140,7 @@ DATASETS: dict[str, DatasetSource] = {
     ),
     "fashion_mnist": DatasetSource(
         name="fashion_mnist",
-        kind="idx",
+        format="idx",
         files=tuple(DataFile(n, m, s) for n, m, s in zip(_IDX_NAMES, _FASHION_MD5, _FASHION_CONTENT_SHA256)),
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         classes=(
@@ -160,7 +160,7 @@ DATASETS: dict[str, DatasetSource] = {
     ),
     "cifar10": DatasetSource(
         name="cifar10",
-        kind="cifar",
+        format="cifar",
         files=(DataFile("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
         urls=("https://www.cs.toronto.edu/~kriz/",),
         classes=(
@@ -568,7 +568,7 @@ def _read_cifar(src: DatasetSource, path: Path, work: Path) -> tuple[tuple, tupl
 def _read(src: DatasetSource, raw_dir: Path, work: Path) -> tuple[tuple, tuple, list[str]]:
     """Read already-verified raw files, laid out for torchvision in `work`; same output as read_raw."""
     raw_dir = Path(raw_dir)
-    if src.kind == "cifar":
+    if src.format == "cifar":
         return _read_cifar(src, raw_dir / src.files[0].name, work)
     train_images, train_labels, test_images, test_labels = src.filenames
     train = _read_idx_split(src, raw_dir, work, train_images, train_labels)

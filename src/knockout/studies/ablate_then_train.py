@@ -32,7 +32,7 @@ from . import (
     silence_point,
 )
 
-KIND = "retrain"
+JOB = "retrain"
 NOTEBOOK = "retrain"
 SEMANTICS = ("zero_once", "mask")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from . import Condition, Context, Target, check_compare, compare_pairs
 
-KIND = "retrain"
+JOB = "retrain"
 NOTEBOOK = "retrain"
 
 # Keys a variant may not override, by arch type, and why: they name another model or come from the data.
@@ -62,20 +62,22 @@ def check(spec: Spec, target: Target) -> None:
 
     base = target.network.spec
     input_shape, classes = tuple(base["input_shape"]), base["num_classes"]
-    kind = resolve_arch(base["arch"]).get("type")
+    arch_type = resolve_arch(base["arch"]).get("type")
     for name, overrides in spec.variants:
         overrides = json.loads(overrides)
         for key in overrides:
-            if key in REFUSED.get(kind, {}):
-                raise ConfigError(f"variants.{name}.{key}: not overridable on a {kind} arch ({REFUSED[kind][key]})")
+            if key in REFUSED.get(arch_type, {}):
+                raise ConfigError(
+                    f"variants.{name}.{key}: not overridable on a {arch_type} arch ({REFUSED[arch_type][key]})"
+                )
         try:
             check_output(build_like(target.network, variant_spec(base["arch"], overrides)), input_shape, classes)
         except (ValueError, KeyError, RuntimeError, TypeError) as e:
-            raise ConfigError(f"variants.{name}{_reason(e, kind, base['arch'])}") from None
+            raise ConfigError(f"variants.{name}{_reason(e, arch_type, base['arch'])}") from None
     check_compare(spec.compare, {"baseline", *(name for name, _ in spec.variants)})
 
 
-def _reason(error: Exception, kind: str, arch: dict | str) -> str:
+def _reason(error: Exception, arch_type: str, arch: dict | str) -> str:
     """The build failure as the rest of a one-line error: `.<keyword>: ...` for a keyword the
     builder does not take (TypeError's text buries it), else `: <the first line>`."""
     from ..models import resolve_arch
@@ -85,7 +87,9 @@ def _reason(error: Exception, kind: str, arch: dict | str) -> str:
     unknown = re.search(r"unexpected keyword argument '(\w+)'", text)
     if isinstance(error, TypeError) and unknown:
         arch = resolve_arch(arch)
-        builder = {"torchvision": f"torchvision's {arch.get('name')}", "module": arch.get("target")}.get(kind, kind)
+        builder = {"torchvision": f"torchvision's {arch.get('name')}", "module": arch.get("target")}.get(
+            arch_type, arch_type
+        )
         return f".{unknown.group(1)}: {builder} takes no keyword argument {unknown.group(1)!r}"
     return f": {text}"
 
@@ -108,10 +112,10 @@ def variant_spec(base_arch: dict | str, overrides: dict) -> dict:
     from ..models import resolve_arch, without_weights
 
     arch = resolve_arch(base_arch)
-    kind = arch.get("type")
-    if kind == "torchvision":
+    arch_type = arch.get("type")
+    if arch_type == "torchvision":
         return without_weights(arch) | overrides
-    if kind == "module":
+    if arch_type == "module":
         own = {k: v for k, v in overrides.items() if k in ARCH_LEVEL}
         kwargs = dict(arch.get("kwargs") or {}) | {k: v for k, v in overrides.items() if k not in ARCH_LEVEL}
         return without_weights(arch) | {"kwargs": kwargs} | own

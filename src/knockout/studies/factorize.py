@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from . import Condition, Context, Target, check_compare, compare_pairs
 
-KIND = "retrain"
+JOB = "retrain"
 NOTEBOOK = "retrain"
 
 

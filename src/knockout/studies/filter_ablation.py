@@ -34,11 +34,10 @@ from . import (
     layer_units,
 )
 
-KIND = "evaluate"
+JOB = "evaluate"
 NOTEBOOK = "filter_ablation"
 SELECTS = ("units", "lowest_response", "random", "each", "cumulative")
 STATISTICS = ("mean", "max", "weight_l1", "selectivity", "dead_fraction")
-VALUE_KINDS = ("zero", "mean", "resample", "noise")
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ def check_values(key: str, fset: FilterSet, target: Target) -> None:
     if fset.valued:
         units = units_of(target.network)
         for layer in fset.layers:
-            if units[layer].kind == "heads":
+            if units[layer].layer_type == "heads":
                 raise ConfigError(
                     f"{key}.value: {layer} is an attention layer; its heads are silenced by zero only "
                     "(a conv or linear layer takes mean, resample and noise)"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from . import Condition, Context, Target, apply_condition, check_compare, check_layer, compare_pairs
 
-KIND = "evaluate"
+JOB = "evaluate"
 NOTEBOOK = "layer_swap"
 MODES = ("reinit", "rerandomize", "transplant", "rewind")
 

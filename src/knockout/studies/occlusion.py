@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from . import Context, Target
 
-KIND = "probe"
+JOB = "probe"
 NOTEBOOK = "occlusion"
 SHARDS = "forwards"  # `shards: N` splits the occluded forwards over images and windows (`compute(shard=...)`, `merge`)
 

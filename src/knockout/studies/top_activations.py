@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from . import Context, Target, check_layer
 
-KIND = "probe"
+JOB = "probe"
 NOTEBOOK = "top_activations"
 SHARDS = (
     "no: top_activations keeps the top k over all the images in one job; shards is for evaluated studies and occlusion"
