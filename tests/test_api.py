@@ -28,6 +28,7 @@ FILTERS = {
         "rand": {"select": "random", "k": 4, "repeats": 2, "exclude": "low"},
         "each": {"select": "each"},
         "curve": {"select": "cumulative", "fractions": [0.25, 0.5], "repeats": 2},
+        "important": {"select": "cumulative", "fractions": [0.25], "order": "importance", "descending": True},
     },
     "compare": [["low", "rand"]],
 }
@@ -284,6 +285,37 @@ def test_the_trainer_gives_the_workflows_weights(trained):
     for key, value in done.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert list(done.history.columns[:3]) == ["epoch", "train_loss", "train_acc"] and len(done.history) == 1
+
+
+def test_importance_is_the_drop_the_users_own_loop_measures_on_the_reference_images(trained_net):
+    """`order: importance` ranks units by the accuracy drop each causes alone on the reference
+    images (never the evaluated ones): the drop a plain loop with a zeroing hook measures there,
+    and the importance-ordered curve silences the most important units first."""
+    reference, test = Brightness(64, seed=3), Brightness(48, seed=4)
+    stats = knockout.unit_statistics(trained_net, reference, preprocess=IMAGENETISH, importance=["conv"])
+    assert stats.query("layer == 'head'")["importance"].isna().all()  # measured where asked only
+
+    def accuracy(unit=None):
+        hook = trained_net.bn.register_forward_hook(
+            lambda m, a, o: o if unit is None else o.index_fill(1, torch.tensor([unit]), 0.0)
+        )
+        try:
+            with torch.no_grad():
+                return float((trained_net(normalised(reference.images)).argmax(1) == reference.labels).float().mean())
+        finally:
+            hook.remove()
+
+    conv = stats.query("layer == 'conv'").set_index("unit")["importance"]
+    for unit in range(8):
+        assert conv[unit] == pytest.approx(accuracy() - accuracy(unit), abs=1e-6)
+    curve = {"select": "cumulative", "fractions": [0.25], "order": "importance", "descending": True}
+    result = knockout.ablate(
+        trained_net, test, layers="conv", sets={"top": curve}, reference=reference, preprocess=IMAGENETISH
+    )
+    most = conv.sort_values(ascending=False, kind="stable").index[:2]
+    assert result.per_seed.set_index("condition").loc["top:conv:f0.25", "units"] == "conv:" + ",".join(
+        str(u) for u in sorted(most)
+    )
 
 
 def test_factorize_top_activations_and_unit_statistics_on_a_network_in_memory(trained_net):

@@ -53,8 +53,13 @@ def printed(nb: nbformat.NotebookNode) -> str:
 
 
 def assert_clean_run(nb: nbformat.NotebookNode, out_dir: Path, figures: list[str]) -> None:
+    """No error; exactly `figures` written, PNG and PDF, each with its caption for the report."""
+    from knockout.figures import CAPTIONS
+
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, [f"{e['ename']}: {e['evalue']}" for e in errors]
+    notebook = nb.metadata["papermill"]["input_path"].rsplit("/", 1)[-1].removesuffix(".ipynb")
+    assert not set(figures) - set(CAPTIONS[notebook]), f"{notebook}: figures without a caption"
     for name in figures:
         for suffix in (".png", ".pdf"):
             path = out_dir / f"{name}{suffix}"
@@ -132,10 +137,11 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
     n_test = 40
     labels = np.arange(n_test) % len(CLASSES)
     examples = 1000 + 3 * np.arange(n_test)  # indices into the original test set
-    frames, files = {}, {"per_seed": {}, "per_class": {}, "examples": {}}
+    frames, files = {}, {"per_seed": {}, "per_class": {}, "confusion": {}, "examples": {}}
+    units = []
     for seed in ON_DISK:
         base_pred = np.where(rng.random(n_test) < 0.8, labels, (labels + 1) % len(CLASSES))
-        rows, per_class, flips = [], [], []
+        rows, per_class, flips, confusion = [], [], [], []
         stale = [] if seed in given else [("stale_set", "stale_set", {"k": 2})]
         for name, set_, info in conditions + stale:
             drop = 0.0 if name == "baseline" else 0.5 * info.get("fraction", 0.1) * rng.random()
@@ -152,10 +158,13 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
                     "loss": 1.0 - right.mean(),
                     "baseline_accuracy": base_right.mean(),
                     "delta": right.mean() - base_right.mean(),
+                    "right_to_wrong": int((base_right & ~right).sum()),
+                    "wrong_to_right": int((~base_right & right).sum()),
                     "n_silenced": 2,
                     "units": "conv2:0,1",
                     "base": "trained",
                     **info,
+                    **({"q_bh": q, "significant": q < 0.05} if set_ == "each" and (q := rng.random() / 10) else {}),
                 }
             )
             for k, cls in enumerate(CLASSES):
@@ -170,6 +179,17 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
                         "accuracy": right[m].mean(),
                         "baseline_accuracy": base_right[m].mean(),
                         "delta": right[m].mean() - base_right[m].mean(),
+                    }
+                )
+            cells = np.bincount(labels * len(CLASSES) + pred, minlength=len(CLASSES) ** 2)
+            for cell in np.flatnonzero(cells):
+                confusion.append(
+                    {
+                        **ids(study, model, seed),
+                        "condition": name,
+                        "true": cell // len(CLASSES),
+                        "predicted": cell % len(CLASSES),
+                        "count": cells[cell],
                     }
                 )
             for i in np.flatnonzero(right != base_right):
@@ -187,8 +207,15 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
         frames[seed] = pd.DataFrame(rows)
         files["per_seed"][seed] = run_dir / f"seed{seed}.csv"
         files["per_class"][seed] = run_dir / f"seed{seed}.per_class.csv"
+        files["confusion"][seed] = run_dir / f"seed{seed}.confusion.csv"
         files["examples"][seed] = run_dir / f"seed{seed}.examples.parquet"
         frames[seed].to_csv(files["per_seed"][seed], index=False)
+        pd.DataFrame(confusion).to_csv(files["confusion"][seed], index=False)
+        unit_file = root / "units" / f"seed{seed}.csv"  # the unit statistics (class selectivity)
+        unit_file.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"layer": "conv2", "unit": range(5), "selectivity": rng.random(5)}).to_csv(unit_file, index=False)
+        if seed in given:
+            units.append({"seed": seed, "path": str(unit_file)})
         pd.DataFrame(per_class).to_csv(files["per_class"][seed], index=False)
         columns = [
             *ids(study, model, seed),
@@ -212,6 +239,7 @@ def write_filter_study(root: Path, study="toy_filters", model="toy", given=GIVEN
         "comparisons": str(comps),
         **{kind: [str(paths[s]) for s in given] for kind, paths in files.items()},
         **split,
+        "units": units,
         "meta": str(meta),
     }
 
@@ -502,6 +530,7 @@ def write_occlusion_study(root: Path, study="toy_occlusion", model="toy", given=
         maps = {
             "inputs": rng.random(size=(n, C, H, W)).astype(np.float32),  # pixels in [0, 1]
             "labels": labels.astype(np.int64),
+            "examples": np.arange(n, dtype=np.int64),  # indices into the prepared test split
             "windows": np.asarray(windows, dtype=np.int64),
             "stride": np.int64(1),
             "fill": np.zeros(C, np.float32),
@@ -685,26 +714,47 @@ def test_analysis_readers(tmp_path):
     assert (tmp_path / "figs" / "none.png").read_bytes()[:4] == b"\x89PNG"
 
 
+FILTER_FIGURES = [  # the synthetic filter study's figures, in the order the notebook saves them
+    "sets",
+    "single_unit",
+    "volcano",
+    "importance_selectivity",
+    "cumulative",
+    "per_class",
+    "confusion_change",
+    "flips",
+    "flipped_images",
+    "comparisons",
+]
+
+
 def test_filter_ablation_notebook_reads_only_given_seeds(tmp_path):
     params = write_filter_study(tmp_path / "study")
     out = tmp_path / "figures"
-    nb = run_notebook("filter_ablation", tmp_path, out_dir=str(out), n_examples=3, **params)
-    assert_clean_run(nb, out, ["sets", "single_unit", "cumulative", "per_class", "flips", "flipped_images"])
+    nb = run_notebook("filter_ablation", tmp_path, out_dir=str(out), **params)
+    assert_clean_run(nb, out, FILTER_FIGURES)
     text = printed(nb)
     assert_seeds(nb, GIVEN)
     assert "low - rand" in text  # the comparison's verdict is printed
     assert "stale_set" not in text  # seed 2's leftover condition is on disk, not given
-    assert "flipped_images:" not in text  # drawn from test_images.npy, not a placeholder
+    assert "not drawn" not in text  # every figure had what it needs
+    assert "ablation values: zero only" in text
 
 
 def test_filter_ablation_notebook_without_test_images(tmp_path):
     params = write_filter_study(tmp_path / "study", given=ON_DISK)
     params["test_images"] = str(tmp_path / "missing.npy")
     out = tmp_path / "figures"
-    nb = run_notebook("filter_ablation", tmp_path, out_dir=str(out), n_examples=3, **params)
-    assert_clean_run(nb, out, ["sets", "single_unit", "cumulative", "per_class", "flips", "flipped_images"])
+    params["units"] = []
+    nb = run_notebook("filter_ablation", tmp_path, out_dir=str(out), **params)
+    shown = [f for f in FILTER_FIGURES if f not in ("importance_selectivity", "flipped_images")]
+    assert_clean_run(nb, out, shown)
     assert_seeds(nb, ON_DISK)
-    assert f"flipped_images: no prepared test images at {tmp_path / 'missing.npy'}" in printed(nb)
+    text = printed(nb)
+    assert f"no prepared test images at {tmp_path / 'missing.npy'}" in text
+    assert "flipped_images: not drawn: no flipped images" in text
+    assert "importance_selectivity: not drawn: no unit statistics" in text
+    assert not (out / "flipped_images.png").exists()  # nothing drawn in its place
 
 
 def test_layer_swap_notebook(tmp_path):
@@ -765,6 +815,22 @@ def test_top_activations_notebook(tmp_path):
     assert_seeds(nb, GIVEN)
     text = printed(nb)
     assert "seed 1, conv1: 3 filters" in text and "seed 1: top-3 images" in text
-    # Seed 1's images are numbered 100..149 in the synthetic table: the key numbers are its.
-    listed = re.findall(r"^(?:conv\d)?\s+\d+\s+(\d+, \d+, \d+)\s", text, flags=re.M)
-    assert len(listed) == 7 and all(100 <= int(i) < 150 for line in listed for i in line.split(", "))
+    # Seed s's images are numbered 100 s .. 100 s + 49 in the synthetic table: each key lists its own.
+    for seed, block in zip((0, 1), text.split("seed 1: top-3 images")):
+        listed = re.findall(r"^(?:conv\d)?\s+\d+\s+(\d+, \d+, \d+)\s", block, flags=re.M)
+        assert len(listed) == 7 and all(100 * seed <= int(i) < 100 * seed + 50 for x in listed for i in x.split(", "))
+
+
+def test_every_figure_has_one_caption():
+    """The report's captions (knockout/captions.yaml) name exactly the figures each notebook's
+    function can draw."""
+    import inspect
+
+    from knockout import figures
+
+    assert set(figures.CAPTIONS) == set(figures.NOTEBOOKS)
+    for notebook, draw in figures.NOTEBOOKS.items():
+        source = inspect.getsource(draw)
+        drawn = set(re.findall(r'drawn\.(?:add|skip)\(\s*"(\w+)"', source))
+        assert drawn == set(figures.CAPTIONS[notebook]), notebook
+        assert all(len(caption) > 80 for caption in figures.CAPTIONS[notebook].values())

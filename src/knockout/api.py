@@ -21,8 +21,6 @@ workflow.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import DataInfo
 from .config import resolve
-from .engine.conditions import Context
+from .engine.conditions import Condition, Context, layer_units
 from .errors import ConfigError
 from .io import with_ids, write_arrays, write_table
-from .loaders import LoaderSplit, Normalise, as_data, normaliser
+from .loaders import LoaderSplit, Normalise, as_data
 from .studies import NEEDS, StudyType, Target, study_type
 from .tables import TABLES, condition_tables, value_columns
 
@@ -97,15 +95,35 @@ class Result:
             write_table(self.comparisons, folder / "results" / "tables" / f"{self.name}.comparisons.csv")
         return folder
 
-    def plot(self, out_dir: str | Path | None = None) -> dict:
-        """The figures the study's notebook draws (`knockout.figures`), by name; written as PNG and
-        PDF into `out_dir` when given."""
-        from .figures import draw
+    def plot(self, out_dir: str | Path | None = None, labels: dict | None = None) -> dict:
+        """The figures the study's notebook draws (`knockout.figures`, the same functions), by
+        name; written as PNG and PDF into `out_dir` when given. `labels`: display names of sets
+        and conditions, as a study's `labels:` map."""
+        import pandas as pd
 
-        return draw(self, out_dir)
+        from . import figures
+
+        figures.setup()
+        data = figures.StudyData(
+            name=self.name,
+            model=self.model,
+            study_type=self.type,
+            **{
+                key: getattr(self, key) if getattr(self, key) is not None else pd.DataFrame()
+                for key in ("table", "comparisons", "per_seed", "per_class", "confusion", "examples")
+            },
+            units=self.meta.get("units", pd.DataFrame()),
+            arrays=self.arrays,
+            meta={"classes": self.meta["classes"]} if self.meta.get("classes") else {},
+            labels=labels or {},
+        )
+        drawn = figures.NOTEBOOKS[study_type(self.type).notebook](data)
+        if out_dir is not None:
+            figures.save(drawn, out_dir)
+        return drawn.figures
 
 
-def _result(name: str, study: StudyType, model: str, tables: list[dict], compare) -> Result:
+def _result(name: str, study: StudyType, model: str, tables: list[dict], compare, meta: dict | None = None) -> Result:
     """The per-seed tables of every seed -> a `Result`, with the summary over seeds (as the
     aggregate rule computes it) where the study type has one."""
     import pandas as pd
@@ -126,6 +144,7 @@ def _result(name: str, study: StudyType, model: str, tables: list[dict], compare
         confusion=joined("confusion"),
         examples=joined("examples"),
         arrays=[t["arrays"] for t in tables if "arrays" in t],
+        meta=(meta or {}) | ({"units": joined("units")} if joined("units") is not None else {}),
     )
     if study.aggregate:
         result.table = summarize(per_seed, value_cols=value_columns(per_seed))
@@ -258,7 +277,8 @@ def _evaluated_study(type_name: str, entry: dict, model, data, given: dict) -> R
             seed=seed,
         )
         if reference is not None and needs & {"unit_stats", "unit_values", "donors"}:
-            _reference_statistics(context, needs, reference, given, device, classes)
+            importance = sorted(study.importance_layers(spec))
+            _reference_statistics(context, needs, reference, given, device, classes, importance)
         elif needs & {"unit_stats", "unit_values", "donors"}:
             raise ConfigError(
                 "reference: none given: these sets rank units or put out their mean, a resample or noise, computed "
@@ -268,15 +288,20 @@ def _evaluated_study(type_name: str, entry: dict, model, data, given: dict) -> R
             seed_tables = evaluated_tables(
                 study, spec, context, split, classes, budget_mb=given["budget_mb"], device=device
             )
+        if context.unit_stats is not None:  # the importance-selectivity figure's
+            seed_tables["units"] = context.unit_stats
         tables.append(tidy(seed_tables, _ids(given["name"], _model_name(given, network), seed)))
-    return _result(given["name"], study, _model_name(given, networks[0]), tables, entry.get("compare", ()))
+    meta = {"classes": classes}
+    return _result(given["name"], study, _model_name(given, networks[0]), tables, entry.get("compare", ()), meta)
 
 
 def occlude(
     model,
-    images,
-    labels,
+    data,
+    labels=None,
     *,
+    images: int | None = None,
+    per_class: bool = False,
     windows=(3, 5, 7, 9),
     stride: int = 1,
     fill="mean",
@@ -284,23 +309,31 @@ def occlude(
     classes: list[str] | None = None,
     seeds: list[int] | None = None,
     device=None,
+    batch_size: int = 256,
     budget_mb: float = 512,
     name: str = "occlude",
     model_name: str | None = None,
 ) -> Result:
-    """Occlusion sensitivity (Zeiler & Fergus; study 3): a window of `fill` slid over each image
-    (N, C, H, W): per image and window the probability of its true class and the class predicted
-    with the window centred on each pixel, and Captum's `Occlusion` attribution, equal to it.
-    `fill`: "mean" (the images' mean colour), "zero" or a pixel value; the arrays are in pixel
+    """Occlusion sensitivity (Zeiler & Fergus; study 3): a window of `fill` slid over images:
+    per image and window the probability of its true class and the class predicted with the
+    window centred on each pixel, and Captum's `Occlusion` attribution, equal to it. `data`:
+    images (N, C, H, W) with their `labels`, or any data (a DataLoader, ...), of which the first
+    `images` (all when not given; `per_class`: that many of each class) are occluded. `fill`:
+    "mean" (the occluded images' mean colour), "zero" or a pixel value; the arrays are in pixel
     space when `preprocess` normalises pixels, else in the network's input space."""
     import torch
 
-    images, labels = torch.as_tensor(images), torch.as_tensor(labels)
-    normalise = normaliser(preprocess) or Normalise([0.0] * images.shape[1], [1.0] * images.shape[1], "inputs")
-    split = as_data((images, labels), normalise)
-    entry = {"images": {"n": len(images)}, "windows": list(windows), "stride": stride, "fill": fill}
-    pixels = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-    meta = {"mean": pixels.mean((0, 2, 3)).tolist()}
+    from .engine.occlusion import select_images
+
+    if labels is not None:
+        data = (torch.as_tensor(data), torch.as_tensor(labels))
+    split = as_data(data, preprocess, batch_size=batch_size)
+    if preprocess is None:  # the inputs as they are: their own space is the pixels' (mean 0, std 1)
+        channels = split.example("cpu").shape[1]
+        split.preprocess = Normalise([0.0] * channels, [1.0] * channels, "inputs")
+    n = images if images is not None else len(split)
+    entry = {"images": {"n": n, "per_class": per_class}, "windows": list(windows), "stride": stride, "fill": fill}
+    meta = {"mean": split.pixels(select_images(split.labels.cpu(), n, per_class)).mean((0, 2, 3)).tolist()}
     return _probe("occlusion", entry, model, split, meta, locals())
 
 
@@ -347,7 +380,7 @@ def _probe(type_name: str, entry: dict, model, split, meta: dict, given: dict) -
     spec = study.Spec.from_dict(_entry(type_name, entry))
     tables = []
     for network, seed in zip(networks, seeds):
-        device = _device(network, given.get("device"))
+        _device(network, given.get("device"))  # moved there: the probe runs where the network is
         classes = _classes(given.get("classes"), split, network)
         study.check(spec, Target(_model_name(given, network), network, {}, _info(split, classes), frozenset()))
         with torch.no_grad(), _evaluating(network):
@@ -360,7 +393,7 @@ def _probe(type_name: str, entry: dict, model, split, meta: dict, given: dict) -
             )
         ids = _ids(given["name"], _model_name(given, network), seed)
         tables.append({"table": with_ids(table, ids), "arrays": ids | dict(arrays)})
-    return _result(given["name"], study, _model_name(given, networks[0]), tables, ())
+    return _result(given["name"], study, _model_name(given, networks[0]), tables, (), {"classes": classes})
 
 
 def unit_statistics(
@@ -370,18 +403,39 @@ def unit_statistics(
     layers: list[str] | None = None,
     preprocess=None,
     classes: list[str] | None = None,
+    importance: list[str] = (),
     device=None,
     batch_size: int = 512,
+    budget_mb: float = 512,
 ) -> pd.DataFrame:
     """One row per unit of `layers` (default: every conv and linear layer): its mean and maximum
     response over `data`, the fraction of images it is dead on, its weights' L1 norm, its class
-    selectivity and preferred class (Morcos et al. 2018), as `results/units/` holds them."""
+    selectivity and preferred class (Morcos et al. 2018) and, in the layers `importance`, the drop
+    in accuracy on `data` when it alone is silenced, as `results/units/` holds them."""
     from .units import unit_statistics as statistics
 
     split = as_data(data, preprocess, batch_size=batch_size)
     with _evaluating(model):
-        _device(model, device)
-        return statistics(model, split, None, len(_classes(classes, split, model)), layers, batch_size)
+        device = _device(model, device)
+        table = statistics(model, split, None, len(_classes(classes, split, model)), layers, batch_size)
+        return _with_importance(table, model, split, importance, budget_mb, device)
+
+
+def _with_importance(table, model, data, layers, budget_mb: float, device):
+    """The unit statistics `table` with each unit's importance in `layers`: the drop in accuracy
+    on `data` when it alone is silenced, every unit of a layer in one pass of the engine."""
+    from .engine.evaluate import evaluate_conditions
+
+    for layer in layers:
+        units = range(layer_units(model, layer))
+        conditions = [Condition(name="baseline", set="baseline")]
+        conditions += [Condition(name=str(u), set="each", silence=((layer, (u,)),)) for u in units]
+        out = evaluate_conditions(conditions, Context(trained=model), data, budget_mb=budget_mb, device=device)
+        labels = data.labels.to(out["baseline"].predictions.device)
+        right = {name: (o.predictions == labels).float().mean().item() for name, o in out.items()}
+        rows = table["layer"] == layer
+        table.loc[rows, "importance"] = table.loc[rows, "unit"].map(lambda u: right["baseline"] - right[str(u)])
+    return table
 
 
 def factorize(model, layers="auto", between: str = "relu", input_shape: tuple[int, ...] | None = None):
@@ -559,10 +613,12 @@ def _info(split, classes: list[str]) -> DataInfo:
     return DataInfo(shape=tuple(split.shape), classes=tuple(classes), n_test=len(split))
 
 
-def _reference_statistics(context: Context, needs: set, reference, given: dict, device, classes) -> None:
+def _reference_statistics(
+    context: Context, needs: set, reference, given: dict, device, classes, importance: list[str]
+) -> None:
     """The reference data's class-stratified subset of `examples` images (the workflow's
-    `unit_stats` split and subset), its unit statistics (ranking), values (mean, noise) and
-    donors (resample), into `context`."""
+    `unit_stats` split and subset), its unit statistics (ranking; each unit's importance in the
+    layers `importance`), values (mean, noise) and donors (resample), into `context`."""
     from .data import stratified_subset
     from .units import unit_statistics as statistics, unit_values
 
@@ -571,7 +627,9 @@ def _reference_statistics(context: Context, needs: set, reference, given: dict, 
     network = context.trained
     with _evaluating(network):
         if "unit_stats" in needs:
-            context.unit_stats = statistics(network, data, None, len(classes))
+            context.unit_stats = _with_importance(
+                statistics(network, data, None, len(classes)), network, data, importance, given["budget_mb"], device
+            )
         if "unit_values" in needs:
             context.unit_values = unit_values(network, data)
     if "donors" in needs:

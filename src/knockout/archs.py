@@ -26,9 +26,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pool": 2,
         "dense": [1024, 256],
     },
-    # Study 4: Keras CIFAR-10 CNN, conv 48/96/192 + pool + dropout 0.25, dense 512/256 + 0.5.
+    # Study 4: Keras CIFAR-10 CNN, conv 48/96/192 + pool + dropout 0.25, dense 512/256 + 0.5,
+    # initialised as Keras' layers are (glorot_uniform, zero biases).
     "study4_cnn": {
         "type": "cnn",
+        "init": "keras",
         "conv": [{"channels": 48}, {"channels": 96}, {"channels": 192}],
         "kernel": 3,
         "pool": 2,
@@ -36,9 +38,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dense": [512, 256],
         "dense_dropout": 0.5,
     },
-    # Study 5: MNIST CNN, conv 32/64/64 3x3 (no pooling after the last), dense 64: 93,322 params.
+    # Study 5: MNIST CNN, conv 32/64/64 3x3 (no pooling after the last), dense 64: 93,322 params,
+    # initialised as Keras' layers are (glorot_uniform, zero biases).
     "study5_cnn": {
         "type": "cnn",
+        "init": "keras",
         "conv": [{"channels": 32}, {"channels": 64}, {"channels": 64, "pool": 0}],
         "kernel": 3,
         "pool": 2,

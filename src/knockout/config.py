@@ -6,6 +6,7 @@ Every problem is a `ConfigError` whose message is one line naming the key path.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -52,7 +53,13 @@ def _message(error: jsonschema.ValidationError, prefix: str = "") -> str:
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text())
+    """The config schema (a copy: validation may not change the parsed one, read once per process)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_schema() -> dict:
+    return yaml.load(SCHEMA.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def validate(config: dict, schema: dict | None = None) -> dict:

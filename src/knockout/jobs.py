@@ -296,7 +296,11 @@ def unit_stats(job: UnitsSettings, final: str, data: str, out: str, threads: int
     device = _start(job, threads)
     split = _reference(job, data, device, job.split, job.examples)
     classes = read_meta(Path(data) / "meta.json")["classes"]
-    write_table(unit_statistics(load_model(final, map_location=device), split, classes=classes, device=device), out)
+    network = load_model(final, map_location=device)
+    table = unit_statistics(
+        network, split, classes=classes, importance=job.importance or (), device=device, budget_mb=job.budget_mb
+    )
+    write_table(table, out)
 
 
 def unit_values(job: UnitsSettings, final: str, data: str, out: str, threads: int | None = None) -> None:

@@ -248,6 +248,10 @@ class LoaderSplit:
         split.preprocess = self.preprocess
         return split
 
+    def inputs(self, positions, device) -> torch.Tensor:
+        """The model inputs of the examples at `positions`, on `device`."""
+        return self.indexed().inputs(positions, device)
+
     def pixels(self, positions) -> torch.Tensor:
         """The images at `positions` as the loader's dataset gives them (pixels, or inputs)."""
         return self.indexed().pixels(positions)

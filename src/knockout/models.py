@@ -138,7 +138,7 @@ def build_torchvision(arch: dict, input_shape: tuple[int, ...], num_classes: int
         raise ValueError(
             f"unknown torchvision classification model {name!r} (e.g. resnet18, vgg11_bn, mobilenet_v3_small, vit_b_16; {len(known)} in all)"
         )
-    kwargs = {k: v for k, v in arch.items() if k not in ("type", "name", "weights", "small_input")}
+    kwargs = {k: v for k, v in arch.items() if k not in ("type", "name", "weights", "small_input", "init")}
     weights = arch.get("weights")
     if weights is None:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
@@ -454,10 +454,26 @@ def build_model(
 
         factorize_convs(model, factorized["layers"], factorized.get("between", "relu"), tuple(input_shape))
         arch["factorized"] = factorized
+    if arch.get("init", "torch") != "torch" and not arch.get("weights"):
+        initialise(model, arch["init"])
     model.spec = {"arch": arch, "input_shape": list(input_shape), "num_classes": num_classes}
     if readout is not None and readout.record is not None:
         model.spec["readout"] = readout.record
     return model
+
+
+def initialise(model: nn.Module, init: str) -> None:
+    """Every conv and linear layer's weights drawn as `init` says, its bias zero: `keras` as Keras'
+    Conv2D and Dense (glorot_uniform: U(±sqrt(6 / (fan_in + fan_out))), fans counting the
+    kernel), `kaiming` as He et al. (normal, fan_in, for ReLU)."""
+    draw = {"keras": nn.init.xavier_uniform_, "kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu")}
+    if init not in draw:
+        raise ValueError(f"unknown init {init!r}; choose from torch, {', '.join(draw)}")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            draw[init](module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def build_like(network: nn.Module, arch: str | dict) -> nn.Module:

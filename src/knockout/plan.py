@@ -287,8 +287,11 @@ class Plan:
         )
 
     def unit_stats_job(self, model: str) -> UnitsSettings:
-        settings = self.config["unit_stats"]
-        return UnitsSettings(examples=settings["examples"], split=settings["split"], **self._data_settings(model))
+        """The unit statistics' job: also each unit's importance in the layers a study ranks by it."""
+        layers = set().union(*(s.type.importance_layers(s.spec) for s in self.studies.values() if s.model == model))
+        return dataclasses.replace(
+            self.unit_values_job(model), importance=sorted(layers) or None, budget_mb=self.config["budget_mb"]
+        )
 
     def metrics(self) -> list[str]:
         return [f"{self.model_dir(m, s)}/metrics.json" for m in self.models for s in self.seeds]
@@ -310,7 +313,8 @@ class Plan:
         units = self.unit_values_job(study.model)
         return StudySettings(
             name=name,
-            study={k: v for k, v in study.entry.items() if k != "shards"},  # how many jobs: not what each computes
+            # how many jobs and what the figures call things: not what each job computes
+            study={k: v for k, v in study.entry.items() if k not in ("shards", "labels")},
             budget_mb=self.config["budget_mb"],
             epochs=self.epochs(study.model) if "checkpoints" in study.needs else None,
             # resample draws from the unit values' split and subset
@@ -341,7 +345,8 @@ class Plan:
 
     def unit_values_job(self, model: str) -> UnitsSettings:
         """The unit values' job: the unit statistics' split and subset (never the evaluated images)."""
-        return self.unit_stats_job(model)
+        settings = self.config["unit_stats"]
+        return UnitsSettings(examples=settings["examples"], split=settings["split"], **self._data_settings(model))
 
     def unit_stats_inputs(self, model: str) -> dict[str, str]:
         return self.data(model, split=self.config["unit_stats"]["split"])
@@ -422,11 +427,18 @@ class Plan:
         else:
             files |= {
                 "per_class": self.per_seed(analysis, TABLES["per_class"]),
+                "confusion": self.per_seed(analysis, TABLES["confusion"]),
                 "examples": self.per_seed(analysis, TABLES["examples"]),
                 "test_images": data["test_images"],
                 "test_indices": data["test_indices"],
             }
         parameters = out | {"study": analysis, "model": study.model, "study_type": study.type.name} | files
+        parameters["labels"] = study.entry.get("labels", {})  # the study's display names
+        parameters["units"] = []  # none given is none: never the notebook's own default
+        if "unit_stats" in study.needs:  # class selectivity, for importance against selectivity
+            units = [{"seed": s, "path": f"results/units/{study.model}/seed{s}.csv"} for s in self.seeds]
+            files["units"] = [u["path"] for u in units]
+            parameters["units"] = units
         if study.job == "retrain":
             runs = [
                 {"condition": c, "seed": s, "history": f"{run}/history.csv", "record": f"{run}/condition.json"}

@@ -94,6 +94,8 @@ class UnitsSettings(DataSettings):
 
     examples: int = 10000
     split: str = "train"
+    importance: list[str] | None = None  # layers whose units' importance is measured (ordered curves)
+    budget_mb: float = 512
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .graph import graph_of
 
-COLUMNS = ["layer", "unit", "mean", "max", "dead_fraction", "weight_l1", "selectivity", "preferred_class"]
+COLUMNS = ["layer", "unit", "mean", "max", "dead_fraction", "weight_l1", "selectivity", "preferred_class", "importance"]
 
 
 def _responses(model: nn.Module, graph, layers: list[str]):
@@ -38,9 +38,11 @@ def unit_statistics(
 ) -> pd.DataFrame:
     """A split (`knockout.data.Split`), or images (N, ...) and labels (N,) -> one row per unit of
     `layers` (default: all conv and linear layers) with: mean (over inputs of the spatial mean
-    response), max (over inputs and positions), dead_fraction (inputs where the response is <= 0 everywhere), weight_l1 (sum of
-    the unit's |weights|), selectivity ((mu_max - mu_-max) / (mu_max + mu_-max) over class means
-    of the response) and preferred_class (the argmax class)."""
+    response), max (over inputs and positions), dead_fraction (inputs where the response is <= 0
+    everywhere), weight_l1 (sum of the unit's |weights|), selectivity ((mu_max - mu_-max) /
+    (mu_max + mu_-max) over class means of the response), preferred_class (the argmax class); importance (the
+    accuracy drop when the unit alone is silenced) is the engine's, filled in by
+    `knockout.api.unit_statistics` where asked (NaN here)."""
     from .data import as_split
 
     data = as_split(images, labels)

@@ -25,6 +25,7 @@ rule notebook:
     params:
         parameters=lambda w: as_json(PLAN.analysis(w.analysis)[1]),
         notebook=lambda w: PLAN.notebook(w.analysis),
+        captions=lambda w: CAPTIONS[PLAN.notebook(w.analysis)],
     shell:
         "knockout notebook --notebook {input.notebook:q} --out {output.notebook:q}"
         " --parameters {params.parameters:q} > {log:q} 2>&1"

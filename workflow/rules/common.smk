@@ -27,9 +27,12 @@ shell.prefix(
     + ' -m knockout "$@"; }}; '
 )
 
+import yaml
 from knockout.catalog import VIEW_FILES
-from knockout.config import ConfigError, checked, validate
+from knockout.config import SCHEMA, ConfigError, checked, validate
 from knockout.plan import MODEL_FILES, PER_SEED, RUN_FILES
+
+CAPTIONS = yaml.safe_load((SCHEMA.parent / "captions.yaml").read_text())  # each figure's, for the report
 
 try:
     PLAN = checked(validate(config))  # the plan the config check built (or built before: knockout.config.checked)

@@ -22,6 +22,8 @@ A study type is the module of this package named as its `type` in config.yaml. I
                          conditions that silence units and replace layers)
   condition_names(spec) -> list[str]                       (retrain): the conditions' names,
                          one training job each (in the folder `Condition.slug`)
+  importance_layers(spec) -> set[str]                      (optional, default none): the
+                         layers whose unit statistics must include each unit's importance
   details(condition, context) -> list[dict]                (retrain, optional): more of the
                          condition's record (`condition.json`), e.g. factorize's layer table
   compute(spec, context, test, meta, budget_mb) -> (table, arrays)    (probe)
@@ -93,6 +95,7 @@ class StudyType:
     merge: Callable | None = None
     image_count: Callable | None = None
     image_macs: Callable | None = None
+    importance_layers: Callable[[Any], set] = lambda spec: set()
 
 
 @cache
@@ -118,6 +121,7 @@ def study_type(name: str) -> StudyType:
         needs=module.needs,
         check=module.check,
         **{member: getattr(module, member, None) for member in OPTIONAL},
+        **({"importance_layers": module.importance_layers} if hasattr(module, "importance_layers") else {}),
     )
 
 

@@ -4,12 +4,16 @@ network, without retraining (studies 1 and 3; Morcos et al. 2018's ablation curv
 Sets (`select`):
   units            explicit indices per layer (study 3's 10 filters across 4 layers)
   lowest_response  the k units with the smallest `statistic` (mean or max activation over the
-                   training data, weight_l1, selectivity) per layer (study 1's "bad" filters)
+                   training data, weight_l1, selectivity, importance) per layer (study 1's "bad"
+                   filters)
   random           k units per layer, `repeats` seeded draws, optionally excluding another
                    set's units (study 1's control)
   each             every unit alone (the single-unit sweep)
   cumulative       a growing fraction of units, in random order (`repeats` draws) or by a
-                   statistic (ascending, or descending with `descending: true`)
+                   statistic (ascending, or descending with `descending: true`); `importance`,
+                   the accuracy drop when a unit alone is silenced, is measured on the unit
+                   statistics' images (`unit_stats`: training images by default), never on the
+                   evaluated ones, so the curve it orders is not fitted to its own test set
 
 Values (`value`, one or a list): what a silenced unit outputs. `zero` keeps today's names; any
 other value's conditions are the set `{set}@{label}` (`low@mean`, `each@mean:conv2:17`), with
@@ -37,7 +41,7 @@ from . import (
 JOB = "evaluate"
 NOTEBOOK = "filter_ablation"
 SELECTS = ("units", "lowest_response", "random", "each", "cumulative")
-STATISTICS = ("mean", "max", "weight_l1", "selectivity", "dead_fraction")
+STATISTICS = ("mean", "max", "weight_l1", "selectivity", "dead_fraction", "importance")
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,16 @@ def needs(spec: Spec) -> set[str]:
         | ({"unit_values"} if values - {"zero"} else set())
         | ({"donors"} if "resample" in values else set())
     )
+
+
+def importance_layers(spec: Spec) -> set[str]:
+    """The layers whose units a set ranks by importance (the unit statistics measure it there)."""
+    return {
+        layer
+        for s in spec.sets
+        if s.ranked and (s.order if s.select == "cumulative" else s.statistic) == "importance"
+        for layer in s.layers
+    }
 
 
 def check(spec: Spec, target: Target) -> None:

@@ -45,17 +45,14 @@ def check(spec: Spec, target: Target) -> None:
             raise ConfigError(f"windows[{i}]: window {w} does not fit the {height}x{width} images")
 
 
-def fill_value(fill: str | float, dataset_mean: list[float], preprocess):
+def fill_pixels(fill: str | float, dataset_mean: list[float]):
     """`mean` (the dataset-mean grey, as study 3), `zero` (black) or a pixel value in [0, 1] ->
-    the per-channel value (C,) in the space the model sees (its `preprocess`)."""
+    the per-channel fill (C,) in pixel space ([0, 1])."""
     import torch
 
-    pixel = (
-        torch.tensor(dataset_mean)
-        if fill == "mean"
-        else torch.full((len(dataset_mean),), 0.0 if fill == "zero" else float(fill))
-    )
-    return preprocess.normalise(pixel)
+    if fill == "mean":
+        return torch.tensor(dataset_mean, dtype=torch.float32)
+    return torch.full((len(dataset_mean),), 0.0 if fill == "zero" else float(fill))
 
 
 def compute(spec: Spec, context: Context, test, meta: dict, budget_mb: float, shard: tuple[int, int] | None = None):
@@ -91,17 +88,19 @@ def _maps(spec: Spec, context: Context, test, meta: dict, budget_mb: float, idx,
     from ..engine.occlusion import occlusion_maps
 
     device = next(context.trained.parameters()).device
+    fill = fill_pixels(spec.fill, meta["mean"])
     maps = occlusion_maps(
         context.trained,
         test.inputs(idx, device),
         test.labels[idx.to(test.labels.device)],
         windows=spec.windows,
         stride=spec.stride,
-        fill=fill_value(spec.fill, meta["mean"], test.preprocess),
+        fill=test.preprocess.normalise(fill),  # the network's space
         budget_mb=budget_mb,
         device=device,
         shard=shard,
     )
+    maps["fill"] = fill.numpy()  # every array in pixel space: the images and the fill alike
     maps["inputs"] = test.pixels(idx).numpy()
     maps["examples"] = idx.numpy()  # indices into the prepared test split
     maps["mean"], maps["std"] = test.preprocess.record["mean"], test.preprocess.record["std"]
