@@ -396,21 +396,64 @@ def finish(
 ) -> None:
     """End a bench: print the table (titles `header`, default `columns`; one line per row,
     cells(row), default its `columns`), a blank line and the notes, write the rows' `columns`
-    to `out` as CSV when given, and print last ``min ratio: N.NNx``, the smallest row[ratio]
-    (the knockout-vs-peer ratio: peer time / ours), or for a coverage bench (`rates`,
-    percentages per family) ``min pass rate: NN.N%``."""
+    to `out` as CSV (and its {name}.meta.json, which the docs' benchmarks page reads) when
+    given, and print last ``min ratio: N.NNx``, the smallest row[ratio] (the knockout-vs-peer
+    ratio: peer time / ours), or for a coverage bench (`rates`, percentages per family)
+    ``min pass rate: NN.N%``."""
+    notes = list(notes)
     _report(rows, columns, out, header, cells, left, notes)
     if rates is not None:
-        print("min pass rate: " + (f"{min(rates.values()):.1f}%" if rates else "n/a"), flush=True)
-        return
-    low = min_ratio(rows, ratio)
-    print("min ratio: " + ("n/a" if low is None else f"{low:.2f}x"), flush=True)
+        last = "min pass rate: " + (f"{min(rates.values()):.1f}%" if rates else "n/a")
+    else:
+        low = min_ratio(rows, ratio)
+        last = "min ratio: " + ("n/a" if low is None else f"{low:.2f}x")
+    if out is not None:
+        write_meta(out, last, notes)
+    print(last, flush=True)
 
 
 def environment(device, *packages) -> str:
-    """One line for a bench's header: torch's and `packages`' versions, the device, the threads."""
+    """One line for a bench's header: torch's and `packages`' versions, the device, the threads
+    (remembered for the CSV's meta.json)."""
     versions = ", ".join(f"{m.__name__} {m.__version__}" for m in (torch, *packages))
-    return (
+    ENVIRONMENT[0] = (
         f"{versions}, device {device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
         f"python {sys.version.split()[0]}, allocator: {ALLOCATOR[0]}"
     )
+    return ENVIRONMENT[0]
+
+
+ENVIRONMENT = [""]  # the last environment() line
+
+
+def machine() -> str:
+    """The CPU model, its cores, the memory and the GPU, if any, in one line."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    memory = Path("/proc/meminfo").read_text().split()[1] if Path("/proc/meminfo").exists() else ""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gib = f", {int(memory) / 2**20:.0f} GiB" if memory else ""
+    return f"{model or 'CPU'}, {os.cpu_count()} cores{gib}, {gpu}"
+
+
+def write_meta(out: Path, last_line: str, notes: Iterable[str]) -> Path:
+    """Beside a bench's CSV, {name}.meta.json: what ran it (title, command), where (machine,
+    environment), when (UTC date), its last line and the notes on its columns."""
+    import datetime
+    import json
+
+    main = sys.modules["__main__"]
+    script = Path(sys.argv[0])
+    meta = {
+        "bench": script.stem,
+        "title": (main.__doc__ or script.stem).strip().split("\n")[0],
+        "command": " ".join([".venv/bin/python", f"bench/{script.name}", *sys.argv[1:]]),
+        "machine": machine(),
+        "environment": ENVIRONMENT[0],
+        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+        "last_line": last_line,
+        "notes": list(notes),
+    }
+    path = Path(out).with_suffix(".meta.json")
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path

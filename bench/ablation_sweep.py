@@ -87,7 +87,7 @@ How to run (from the repository root)
     .venv/bin/python bench/ablation_sweep.py --quick         # 256 CNN images, 8 ResNet images
     .venv/bin/python bench/ablation_sweep.py --wait-idle 120 # on a shared machine
     .venv/bin/python bench/ablation_sweep.py --models resnet18 --resnet-layers layer2.1.conv2,layer3.1.conv2 \
-        --resnet-images 32 --threads 2 --out results/bench/ablation_sweep.csv
+        --resnet-images 32 --threads 2 --out bench/results/ablation_sweep.csv
 """
 
 from __future__ import annotations

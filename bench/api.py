@@ -33,7 +33,7 @@ agreement, other_cpu; then as the last line ``min ratio: N.NNx`` (the smallest r
 
 How to run (from the repository root)
 -------------------------------------
-    .venv/bin/python bench/api.py --out results/bench/api.csv     # ~5 min on 2 cores
+    .venv/bin/python bench/api.py --out bench/results/api.csv     # ~5 min on 2 cores
     .venv/bin/python bench/api.py --quick                          # 8 images, windows 3 and 9
 """
 

@@ -45,7 +45,7 @@ How to run (from the repository root)
 -------------------------------------
     .venv/bin/python bench/morcos_study.py                # ~40 minutes on 2 cores (3 values), most of it Captum
     .venv/bin/python bench/morcos_study.py --quick        # 2,000 test images
-    .venv/bin/python bench/morcos_study.py --threads 2 --out results/bench/morcos.csv
+    .venv/bin/python bench/morcos_study.py --threads 2 --out bench/results/morcos_study.csv
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ How to run (from the repository root)
     .venv/bin/python bench/occlusion.py                  # 8 CNN images, 2 ResNet images (~4-6 min on 2 cores)
     .venv/bin/python bench/occlusion.py --quick          # 2 CNN images, 1 ResNet image, windows 3, 9
     .venv/bin/python bench/occlusion.py --models cnn --captum-default cnn   # adds Captum with P=1
-    .venv/bin/python bench/occlusion.py --models cnn --images 16 --ppe 128 --out results/bench/occlusion.csv
+    .venv/bin/python bench/occlusion.py --models cnn --images 16 --ppe 128 --out bench/results/occlusion.csv
 """
 
 from __future__ import annotations

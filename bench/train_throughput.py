@@ -56,7 +56,7 @@ How to run (from the repository root)
     .venv/bin/python bench/train_throughput.py                  # full 60k, 1 epoch (minutes on 2 cores)
     .venv/bin/python bench/train_throughput.py --quick          # 10,000 images
     .venv/bin/python bench/train_throughput.py --train-subset 20000 --epochs 2 --workers 0,2,4 \
-        --threads 2 --models cnn --out results/bench/throughput.csv
+        --threads 2 --models cnn --out bench/results/train_throughput.csv
 
     .venv/bin/python bench/train_throughput.py --wait-idle 120 --retries 6  # on a shared machine
 

@@ -330,6 +330,8 @@ def filter_ablation(data: StudyData) -> Drawn:
         ax.set_ylabel("change in test accuracy (pp)")
         ax.legend(title=f"silenced units put out ({ci_note(n_seeds)})", fontsize=8, title_fontsize=8)
         drawn.add("values", fig)
+    else:
+        drawn.skip("values", "every set silences its units at zero (value: zero)")
 
     # single units: sorted changes, the significant ones marked
     if sweep_sets and not cond.empty:
