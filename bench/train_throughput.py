@@ -1,4 +1,4 @@
-"""Training throughput: knockout.train.train vs. the notebooks' torchvision DataLoader loop.
+"""Training throughput: knockout.trainer.train vs. the notebooks' torchvision DataLoader loop.
 
 What it measures
 ----------------
@@ -12,7 +12,7 @@ each trained two ways, from the same initial weights (same seed), with the same 
 optimizer, torch.set_num_threads (``--threads``, default all cores) and device (``--device``,
 default cpu):
 
-  1. ours: ``knockout.train.train(...)`` with ``TrainConfig.from_dict(knockout.config.resolve(
+  1. ours: ``knockout.trainer.train(...)`` with ``TrainConfig.from_dict(knockout.config.resolve(
      "train", {...}))`` (constant lr, no momentum, weight decay, augmentation or checkpoints;
      amp off, so on a GPU both sides do float32 maths, though ours also trains a CNN in
      channels_last there as knockout.train does); the prepared split is held in memory as uint8

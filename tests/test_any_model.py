@@ -219,7 +219,7 @@ def config_with(model: dict, studies: dict | None = None) -> dict:
         ),
         (
             {"arch": {"type": "module", "target": "no/such/file.py:Net"}},
-            "models.m.arch: target 'no/such/file.py:Net': no such file",
+            "models.m.arch.target: no such file ",
         ),
         (
             {"arch": {"type": "module", "target": "knockout_no_such_package.models:Net"}},

@@ -37,6 +37,7 @@ OCCLUSION = {"type": "occlusion", "model": "cnn", "images": {"n": 2}, "windows":
 
 
 @needs_fashion
+@pytest.mark.slow  # three studies through snakemake and through the API on two seeds
 def test_the_api_and_the_workflow_give_identical_tables(with_models, tmp_path_factory):
     """One config's studies through snakemake, and the same studies through `knockout.ablate`,
     `swap_layers` and `occlude` on the same checkpoints and prepared data: the same files."""
@@ -285,6 +286,29 @@ def test_the_trainer_gives_the_workflows_weights(trained):
     for key, value in done.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     assert list(done.history.columns[:3]) == ["epoch", "train_loss", "train_acc"] and len(done.history) == 1
+
+
+def test_train_takes_the_users_own_module_and_dataset(tmp_path):
+    """`knockout.train` on a module knockout did not build and the user's Dataset: trained (better
+    than chance), its final.pt holds the weights (no spec: load_model says how to read them)."""
+    torch.manual_seed(0)
+    net = Net()
+    done = knockout.train(
+        net,
+        Brightness(256, seed=5),
+        Brightness(64, seed=6),
+        preprocess=IMAGENETISH,
+        epochs=5,
+        lr=0.05,
+        batch_size=32,
+        optimizer="adam",
+        out_dir=tmp_path,
+    )
+    assert done.model is net and done.metrics["test_accuracy"] > 0.5
+    saved = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="final.pt: the weights of a network knockout did not build"):
+        load_model(tmp_path / "final.pt", "cpu")
 
 
 def test_importance_is_the_drop_the_users_own_loop_measures_on_the_reference_images(trained_net):

@@ -127,7 +127,7 @@ def test_a_config_checked_before_is_not_checked_again_until_something_it_names_c
     assert len(calls) == 3  # the model's code changed, then nothing did
     parse({"seeds": [0, 1]})
     assert len(calls) == 4
-    with pytest.raises(ConfigError, match="models.m.checkpoints: no such file x0.pt"):
+    with pytest.raises(ConfigError, match=f"models.m.checkpoints: no such file {tmp_path}/x0.pt"):
         parse({"seeds": [0, 1]} | {"models": {"m": raw["models"]["m"] | {"checkpoints": "x{seed}.pt"}}})
     with pytest.raises(ConfigError):
         parse({"seeds": [0, 1]} | {"models": {"m": raw["models"]["m"] | {"checkpoints": "x{seed}.pt"}}})

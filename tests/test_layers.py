@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "knockout"
 
 # Lowest first. A module may import its own layer and the layers below it, never above.
 LAYERS = [
-    {"errors", "io", "catalog", "archs", "devices", "provenance", "targets", "settings"},  # facts and files
+    {"errors", "io", "catalog", "archs", "devices", "provenance", "targets", "settings", "paths"},  # facts and files
     # the traced network; pure computations; the figures
     {"graph", "readout", "preprocess", "stats", "tables", "analysis", "figures"},
     # datasets and models (and rewrites of a built one); the user's data as the engine reads it

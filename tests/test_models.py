@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from knockout.graph import units_of
@@ -133,3 +134,26 @@ def test_summary_lists_layers_shapes_and_total():
     text = summary(build_model("study5_cnn", (1, 28, 28), 10), (1, 28, 28))
     assert "conv3 (Conv2d)" in text and "(None, 64, 3, 3)" in text
     assert "Total params: 93,322" in text
+
+
+def test_a_torchvision_head_of_other_classes_is_kept_for_class_outputs(tmp_path):
+    """A 1000-way ImageNet-style head read through class_outputs on a 4-class subset: the
+    weights' head is kept (not resized away), the readout picks the classes' outputs, and the
+    checkpoint rebuilds with that head."""
+    from knockout.readout import Readout
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.mobilenet_v3_small(num_classes=1000).eval()
+    torch.save(theirs.state_dict(), tmp_path / "imagenet_like.pt")
+    outputs = [3, 100, 7, 999]
+    arch = {"type": "torchvision", "name": "mobilenet_v3_small", "weights": str(tmp_path / "imagenet_like.pt")}
+    model = build_model(arch, (3, 32, 32), 4, Readout(class_outputs=tuple(outputs))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), theirs(x))  # the network as given, all 1000 outputs
+        first = Readout.of(model)(model(x))[:, :4]
+    assert torch.equal(first, theirs(x)[:, outputs])
+    save_model(model, tmp_path / "final.pt")
+    again = load_model(tmp_path / "final.pt", "cpu").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), theirs(x)) and Readout.of(again).class_outputs == tuple(outputs)

@@ -34,7 +34,9 @@ def test_the_tutorial_runs_and_its_config_is_accepted(tmp_path):
         progress_bar=False,
     )
     nb = nbformat.read(out, as_version=4)
-    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    text = "".join(
+        o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
+    )
     assert "knockout's baseline" in text and "figures:" in text
     accuracy = float(text.split("test accuracy: ")[1].split()[0])
     assert accuracy > 0.3  # well above chance (0.1): a trained network, not a random one

@@ -201,6 +201,7 @@ CNN_VALUES = {
 
 
 @needs_fashion
+@pytest.mark.slow  # every value through snakemake to its figure
 def test_every_value_runs_on_the_cnn_to_its_tables_and_figure(with_models):
     workdir = with_models({"cnn_filters": CNN_VALUES}, unit_stats={"examples": 200}, seeds=[0])
     run = snakemake(workdir, "results/notebooks/cnn_filters.ipynb")

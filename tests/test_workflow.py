@@ -1,7 +1,7 @@
 """End to end through the real `snakemake`, in temporary folders: the tiny study with every study
 type (evaluated, retrained, probed) and every notebook, at full size (second tier); a seed dropped
 from the config leaves no trace in the tables, notebooks and figures; editing one study reruns
-nothing else; the README's example type runs from its module and schema entry alone; every
+nothing else; the documentation's example type runs from its module and schema entry alone; every
 config of configs/ plans its whole study; a bad config stops before any job."""
 
 import json
@@ -196,14 +196,16 @@ def test_a_dropped_seed_leaves_the_tables_notebooks_and_figures(tiny):
 
 
 @needs_fashion
+@pytest.mark.slow  # a checkout of its own, its study run through snakemake
 def test_the_readme_example_type_runs_from_its_module_and_schema_entry(tmp_path, with_models):
-    """A checkout with the README's `shuffle_bias` module and schema entry added, nothing else:
-    the study runs on the session's trained CNN (one seed), is aggregated and drawn."""
+    """A checkout with the `shuffle_bias` module and schema entry of the documentation's worked
+    example (docs/development/adding-a-study-type.md) added, nothing else: the study runs on the
+    session's trained CNN (one seed), is aggregated and drawn."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     for part in ["Snakefile", "workflow", "src", "notebooks", "envs", "profiles"]:
         (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, checkout / part)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs/development/adding-a-study-type.md").read_text()
     module = re.search(r"```python\n# src/knockout/studies/shuffle_bias.py\n(.*?)```", readme, re.S).group(1)
     entry = re.search(r"```yaml\n# src/knockout/schema.yaml, under \$defs:\n(.*?)```", readme, re.S).group(1)
     (checkout / "src/knockout/studies/shuffle_bias.py").write_text(module)

@@ -24,6 +24,8 @@ import torch
 import yaml
 from conftest import ROOT, snakemake
 
+import knockout
+
 CLASSES = ["dark", "grey", "light"]
 
 NET = '''
@@ -211,6 +213,7 @@ def test_your_checkpoints_and_pretrained_weights_give_your_predictions(tmp_path)
     provenance = json.loads((tmp_path / "results/provenance.json").read_text())
     assert provenance["preprocess"]["r18"]["from"] == "torchvision ResNet18_Weights.IMAGENET1K_V1.transforms()"
     assert provenance["preprocess"]["mine"]["view"] == "shapes"
+    assert provenance["knockout"] == knockout.__version__  # the version that ran
     layers = pd.read_csv(tmp_path / "results/tables/r18_layers.csv").query("level == 'condition'")
     assert set(layers["condition"]) == {"baseline", "rerandomize:layer4.1.conv2", "rerandomize:fc"}
 

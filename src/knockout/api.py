@@ -48,13 +48,20 @@ __all__ = ["Result", "ablate", "factorize", "occlude", "swap_layers", "top_activ
 
 @dataclass
 class Result:
-    """A study's tables, as the workflow writes them (`save` writes the same files):
+    """A study's tables, as the workflow writes them (`save` writes the same files).
 
-    per_seed     one row per condition and seed (`seed{seed}.csv`), with `intervention, model, seed`
-    per_class, confusion, examples   per seed (evaluated studies)
-    table        over seeds: mean, std, 95% CI per condition, set (and layer) (`tables/{name}.csv`)
-    comparisons  the `compare` pairs, paired across seeds (`tables/{name}.comparisons.csv`)
-    arrays       per seed, a probe's named arrays (`seed{seed}.npz`)
+    Attributes:
+        name: the study's name (the `intervention` column).
+        type: its study type (filter_ablation, layer_swap, occlusion, ...).
+        model: the model's name (the `model` column).
+        per_seed: one row per condition and seed (`seed{seed}.csv`), with `intervention, model, seed`.
+        per_class: per seed, each condition's accuracy per class (evaluated studies).
+        confusion: per seed, each condition's non-zero confusion cells (evaluated studies).
+        examples: per seed, the test images whose prediction flips (evaluated studies).
+        table: over seeds: mean, std and 95% CI per condition, set (and layer) (`tables/{name}.csv`).
+        comparisons: the `compare` pairs, paired across seeds (`tables/{name}.comparisons.csv`).
+        arrays: per seed, a probe's named arrays (`seed{seed}.npz`).
+        meta: the classes (and the unit statistics the figures use).
     """
 
     name: str

@@ -5,8 +5,9 @@ settings) resolved to a full one, and whether a `weights` value names a file."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
+
+from .paths import config_path
 
 # The five studies' networks (../shared/design.md), exactly as the notebooks built them.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -71,7 +72,7 @@ def is_weights_file(weights: str, arch: dict | str) -> bool:
     torchvision model a path, or a name with a file suffix, is a file; else a weights name)."""
     if isinstance(arch, str) or arch.get("type") != "torchvision":
         return True
-    path = Path(str(weights)).expanduser()
+    path = config_path(weights)
     return "/" in str(weights) or path.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors") or path.is_file()
 
 

@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--preprocess", type=json.loads, default={}, help="each model's resolved preprocessing and view (JSON)"
     )
-    s.add_argument("--repo", required=True, help="the workflow's folder (for its git commit)")
+    s.add_argument("--repo", help="the workflow's folder, for its git commit (none: a workflow read from a repository)")
 
     verb("summary", "a Keras-like table of a configured model", "config").add_argument("--model", required=True)
     verb("check-config", "validate a config file", "config")

@@ -18,6 +18,7 @@ import yaml
 from .catalog import BUILTIN, SOURCES
 from .errors import ConfigError
 from .io import atomic_write
+from .paths import missing as missing_path, resolved
 from .plan import Plan
 
 SCHEMA = Path(__file__).with_name("schema.yaml")  # shipped inside the package
@@ -128,11 +129,19 @@ def check(config: dict, raw_root: str | Path | None = "results/raw") -> Plan:
                 f"models.{name}.dataset: {model['dataset']!r} is not a key of datasets ({', '.join(sorted(config['datasets']))})"
             )
     plan = Plan(config)  # resolves every model's preprocessing
+    _check_paths(plan, ("data.", "datasets."))  # each file there before anything reads it
     infos = {}
     for dataset in config["datasets"]:  # each as far as it can be known, used or not, and each view of it
         views = [v for v, (d, _) in plan.views.items() if d == dataset]
         found = data_views(config, dataset, raw_root, [None] + [plan.views[v][1] for v in views])
         infos |= dict(zip(views, found[1:]))
+    for name in config["models"]:  # the accuracies given are of configured seeds, files there or not
+        for seed in (plan.adopted(name) or {}).get("accuracy", {}):
+            if int(seed) not in plan.seeds:
+                raise ConfigError(
+                    f"models.{name}.checkpoints.accuracy.{seed}: not one of the seeds ({', '.join(map(str, plan.seeds))})"
+                )
+    _check_paths(plan, ("models.",))
     targets, deferred = {}, {}
     for name, model in config["models"].items():
         info = infos[plan.view(name)]
@@ -214,22 +223,18 @@ def check_key(plan: Plan, raw_root: str | Path = "results/raw") -> str:
 
     config = plan.config
     files = [p for p in sorted(Path(__file__).parent.rglob("*")) if p.suffix in (".py", ".yaml")]
+    # every file and folder the config names (an image folder's class folders too: they change as
+    # images come and go), resolved from the working directory: a run from another folder checks again
+    user = [resolved(path) for _, path, _ in plan.user_paths()]
+    files += user + [p for folder in user if folder.is_dir() for p in sorted(folder.glob("*")) if p.is_dir()]
     for model in plan.models:
-        files += [Path(f) for paths in plan.checkpoint_files(model).values() for f in paths]
-        files += [Path(f) for f in plan.code(model).get("code", [])]
-        arch = config["models"][model]["arch"]
-        if isinstance(arch, dict) and arch.get("weights"):
-            files.append(Path(str(arch["weights"])).expanduser())
-    for dataset, entry in config["datasets"].items():
+        files += [resolved(f) for f in plan.code(model).get("code", [])]
+    for dataset in config["datasets"]:
         files += [
-            Path(f)
+            resolved(f)
             for paths in plan.raw_inputs(dataset).values()
             for f in ([paths] if isinstance(paths, str) else paths)
         ]
-        for split in ("train", "test"):  # an image folder: its class folders change as images come and go
-            if entry.get("source") == "image_folder" and entry.get(split):
-                folder = Path(entry[split]).expanduser()
-                files += [folder, *sorted(p for p in folder.glob("*") if p.is_dir())]
         files.append(Path(raw_root) / dataset / "manifest.json")
     home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
     files.append(Path(home).expanduser() / "hub" / "checkpoints")  # pretrained weights, as torch.hub keeps them
@@ -238,9 +243,16 @@ def check_key(plan: Plan, raw_root: str | Path = "results/raw") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def _check_paths(plan, keys: tuple[str, ...]) -> None:
+    """The user's files and folders under these keys are there (`knockout.paths`: one line naming
+    the key and the path as resolved)."""
+    for key, path, kind in plan.user_paths():
+        if key.startswith(keys) and (error := missing_path(key, path, kind)):
+            raise ConfigError(error)
+
+
 def _check_given_weights(config: dict, plan, name: str, info) -> None:
-    """A model trained here needs a training split; `pretrained` needs pretrained weights; the
-    accuracies given are of configured seeds."""
+    """A model trained here needs a training split; `pretrained` needs pretrained weights."""
     model = config["models"][name]
     given = plan.adopted(name)
     if given is None and info.n_train == 0:
@@ -253,11 +265,6 @@ def _check_given_weights(config: dict, plan, name: str, info) -> None:
             f"models.{name}.checkpoints: pretrained takes the weights of models.{name}.arch, which names none "
             "(give arch.weights: a torchvision weights name or a state_dict file)"
         )
-    for seed in (given or {}).get("accuracy", {}):
-        if int(seed) not in plan.seeds:
-            raise ConfigError(
-                f"models.{name}.checkpoints.accuracy.{seed}: not one of the seeds ({', '.join(map(str, plan.seeds))})"
-            )
 
 
 def _check_study_data(config: dict, plan, name: str, info) -> None:
@@ -297,8 +304,8 @@ def _check_checkpoints(plan, name: str, network) -> None:
             key = f"models.{name}.checkpoints" + (
                 "" if which == "final" and isinstance(plan.config["models"][name]["checkpoints"], str) else f".{which}"
             )
-            if not Path(path).is_file():
-                raise ConfigError(f"{key}: no such file {path}")
+            if error := missing_path(key, path):
+                raise ConfigError(error)
             try:
                 fit_state(network, read_state_dict(Path(path), given.get("key")), path, given.get("prefix"))
             except ValueError as e:
@@ -314,8 +321,8 @@ def _weights(config: dict, name: str) -> str | None:
     weights = None if isinstance(arch, str) else arch.get("weights")
     try:
         if weights and is_weights_file(weights, arch):
-            if not Path(weights).expanduser().is_file():
-                raise ConfigError(f"models.{name}.arch.weights: no such file {weights}")
+            if error := missing_path(f"models.{name}.arch.weights", weights):
+                raise ConfigError(error)
         elif weights:
             pretrained_available(arch["name"], weights)
     except ValueError as e:

@@ -693,8 +693,13 @@ def notebook(notebook: str, out: str, parameters: dict) -> None:
 
 
 def provenance(
-    config: dict, manifests: list[str], repo: str, out: str, metas: list[str] = (), preprocess: dict | None = None
+    config: dict,
+    manifests: list[str],
+    repo: str | None,
+    out: str,
+    metas: list[str] = (),
+    preprocess: dict | None = None,
 ) -> None:
     from .provenance import record
 
-    write_json(record(config, manifests, Path(repo), metas, preprocess or {}), out)
+    write_json(record(config, manifests, Path(repo) if repo else None, metas, preprocess or {}), out)

@@ -23,6 +23,7 @@ from torch import nn
 from .activations import activation
 from .archs import PRESETS, is_weights_file, resolve_arch, without_weights  # noqa: F401  (re-exported)
 from .io import atomic_write
+from .paths import config_path
 from .readout import Readout
 
 
@@ -107,7 +108,7 @@ def build_resnet(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> 
     depth = int(arch.get("depth", 18))
     net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
     if arch.get("weights"):
-        state = torch.load(Path(arch["weights"]).expanduser(), weights_only=True, map_location="cpu")
+        state = torch.load(config_path(arch["weights"]), weights_only=True, map_location="cpu")
         net.load_state_dict(state.get("state_dict", state))
     if input_shape[0] != 3 or arch.get("small_input", False):
         stride = 1 if arch.get("small_input", False) else 2
@@ -138,19 +139,25 @@ def build_torchvision(arch: dict, input_shape: tuple[int, ...], num_classes: int
         raise ValueError(
             f"unknown torchvision classification model {name!r} (e.g. resnet18, vgg11_bn, mobilenet_v3_small, vit_b_16; {len(known)} in all)"
         )
-    kwargs = {k: v for k, v in arch.items() if k not in ("type", "name", "weights", "small_input", "init")}
+    kwargs = {
+        k: v for k, v in arch.items() if k not in ("type", "name", "weights", "small_input", "init", "num_classes")
+    }
+    outputs = arch.get("num_classes", num_classes)  # None: the weights' own head (class_outputs reads it)
     weights = arch.get("weights")
     if weights is None:
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        model = torchvision.models.get_model(
+            name, weights=None, **kwargs, **({"num_classes": outputs} if outputs else {})
+        )
     elif is_weights_file(weights, arch):
-        state = read_state_dict(Path(weights).expanduser())
+        state = read_state_dict(config_path(weights))
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         _fit_head(model, state)
         load_state(model, state, str(weights))
     else:
         model = torchvision.models.get_model(name, weights=_pretrained(name, weights), **kwargs)
     _adapt_input(model, input_shape[0], bool(arch.get("small_input", False)), name)
-    _resize_head(model, num_classes)
+    if outputs is not None:
+        _resize_head(model, outputs)
     return model
 
 
@@ -404,8 +411,9 @@ def _adapt_input(model: nn.Module, channels: int, small_input: bool, name: str) 
 
 def build_module(arch: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The user's own network: `target` is `package.module:callable` (importable) or
-    `path/to/file.py:callable` (relative to the working folder); the callable gets `kwargs`, and
-    `num_classes`, `in_channels` or `input_shape` when it takes them and they are not given."""
+    `path/to/file.py:callable` (a relative path from the working directory: `knockout.paths`);
+    the callable gets `kwargs`, and `num_classes`, `in_channels` or `input_shape` when it takes
+    them and they are not given."""
     from .targets import accepted, load_target
 
     target = str(arch.get("target", ""))
@@ -448,7 +456,14 @@ def build_model(
     kind = arch.get("type")
     if kind not in BUILDERS:
         raise ValueError(f"unknown model type {kind!r}; choose from {sorted(BUILDERS)}")
-    model = BUILDERS[kind](arch, tuple(input_shape), num_classes)
+    # A torchvision network read through class_outputs keeps its weights' head (a 1000-way
+    # ImageNet head on a 10-class subset), its size recorded so that the checkpoint rebuilds.
+    keep_head = kind == "torchvision" and readout is not None and readout.class_outputs is not None
+    keep_head = keep_head and arch.get("weights") is not None and "num_classes" not in arch
+    model = BUILDERS[kind](arch, tuple(input_shape), None if keep_head else num_classes)
+    if keep_head:
+        head = model.get_submodule(head_name(model))
+        arch["num_classes"] = head.out_features if isinstance(head, nn.Linear) else head.out_channels
     if factorized:
         from .factorization import factorize_convs
 
@@ -533,7 +548,8 @@ def save_model(model: nn.Module, path: str | Path, **extra: Any) -> None:
 
     Plain tensors, lists and dicts only, so `torch.load(weights_only=True)` reads it.
     """
-    checkpoint = {"spec": model.spec, "state_dict": plain_state_dict(model), **extra}
+    spec = getattr(model, "spec", None)  # a network knockout did not build has none: its weights only
+    checkpoint = {**({"spec": spec} if spec is not None else {}), "state_dict": plain_state_dict(model), **extra}
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
@@ -541,6 +557,11 @@ def load_model(path: str | Path, map_location: str | torch.device) -> nn.Sequent
     """Rebuild the module saved by `save_model` on the device `map_location` (never unpickles
     code: weights_only=True)."""
     ckpt = torch.load(Path(path), weights_only=True, map_location=map_location)
+    if "spec" not in ckpt:
+        raise ValueError(
+            f"{path}: the weights of a network knockout did not build (no spec): load ckpt['state_dict'] into "
+            "your module with load_state_dict"
+        )
     spec = ckpt["spec"]
     # The checkpoint holds every weight: don't read the pretrained file again.
     model = build_model(

@@ -4,18 +4,21 @@ once, and what each notebook is given. `workflow/rules/common.smk` asks this mod
 list of study types: a study's job kind, inputs and notebook come from its module
 (`knockout.studies`).
 
-Paths are relative to the working directory, under `results/`.
+Paths are relative to the working directory: the workflow's files under `results/`, and the
+user's files as the config names them (`knockout.paths`: a relative one is from the working
+directory too).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from .archs import is_weights_file
 from .catalog import raw_entry, split_files, view_name
+from .paths import config_path
 from .preprocess import resolve  # torchvision only for a model's weights metadata
 from .settings import (
     AdoptSettings,
@@ -27,7 +30,7 @@ from .settings import (
 )
 from .studies import StudyType, slug, study_type
 from .tables import TABLES
-from .targets import local_files
+from .targets import local_files, target_file
 
 # What each job writes per study, model and seed, beside `seed{seed}`, by output name (the
 # outputs of the rules intervene, collect and probe; `Plan.per_seed` with one of them).
@@ -129,7 +132,7 @@ class Plan:
         --forcerun download`; a prepare job that runs on a stale listing stops."""
         entry = self.config["datasets"][dataset]
         if entry.get("source") == "tensors":
-            return {"tensors": os.path.expanduser(entry["path"])}
+            return {"tensors": str(config_path(entry["path"]))}
         files = local_files(entry["target"]) if entry.get("source") == "module" else []
         return {"module": [str(f) for f in files]} if files else {}
 
@@ -140,6 +143,43 @@ class Plan:
         arch = self.config["models"][model]["arch"]
         files = local_files(arch["target"]) if isinstance(arch, dict) and arch.get("type") == "module" else []
         return {"code": [str(f) for f in files]} if files else {}
+
+    def user_paths(self) -> list[tuple[str, str, str]]:
+        """Every file and folder of the user's that the config names, as (key, path, `file` or
+        `folder`): model and dataset files (`file.py:callable`), weights files, checkpoints (each
+        seed's and epoch's), image folders, tensors files, and mirrors given as relative paths
+        (mirrors elsewhere are places searched where they exist: the default ones are per machine).
+        Every one is taken from the working directory when relative (`knockout.paths`)."""
+        out = []
+        for name in self.models:
+            entry = self.config["models"][name]
+            arch = entry["arch"]
+            if isinstance(arch, dict) and arch.get("type") == "module" and target_file(arch["target"]):
+                out.append((f"models.{name}.arch.target", str(target_file(arch["target"])), "file"))
+            if isinstance(arch, dict) and arch.get("weights") and is_weights_file(arch["weights"], arch):
+                out.append((f"models.{name}.arch.weights", arch["weights"], "file"))
+            whole = isinstance(entry.get("checkpoints"), str)  # `checkpoints: pattern`: the final weights
+            for part, paths in self.checkpoint_files(name).items():
+                key = f"models.{name}.checkpoints" + (
+                    "" if whole else ".epochs.pattern" if part == "epochs" else f".{part}"
+                )
+                out += [(key, path, "file") for path in paths]
+        for name, entry in self.config["datasets"].items():
+            source = entry.get("source")
+            if source == "image_folder":
+                out += [
+                    (f"datasets.{name}.{split}", entry[split], "folder")
+                    for split in ("train", "test")
+                    if entry.get(split)
+                ]
+            elif source == "tensors":
+                out.append((f"datasets.{name}.path", entry["path"], "file"))
+            elif source == "module" and target_file(entry["target"]):
+                out.append((f"datasets.{name}.target", str(target_file(entry["target"])), "file"))
+        for i, mirror in enumerate(self.config["data"]["mirrors"]):
+            if not config_path(mirror).is_absolute():
+                out.append((f"data.mirrors.{i}", mirror, "folder"))
+        return out
 
     def raw_dir(self, view: str) -> str:
         return f"results/raw/{self.views[view][0]}"
@@ -209,20 +249,26 @@ class Plan:
     def checkpoint_files(self, model: str) -> dict[str, list[str]]:
         """The user's checkpoint files of `model`, per part, for every seed (none if trained here)."""
         given = self.adopted(model) or {}
-        files = {part: [given[part].format(seed=s) for s in self.seeds] for part in ("final", "init") if part in given}
+        files = {part: [self._given(given[part], s) for s in self.seeds] for part in ("final", "init") if part in given}
         if "epochs" in given:
             files["epochs"] = [
-                given["epochs"]["pattern"].format(seed=s, epoch=e) for s in self.seeds for e in given["epochs"]["list"]
+                self._given(given["epochs"]["pattern"], s, e) for s in self.seeds for e in given["epochs"]["list"]
             ]
         return files
+
+    @staticmethod
+    def _given(pattern: str, seed: int | str, epoch: int | None = None) -> str:
+        """One file of a checkpoints pattern (`knockout.paths`: ~ and $VARS expanded, relative to
+        the working directory)."""
+        return str(config_path(pattern.format(seed=seed, epoch=epoch)))
 
     def adopt_inputs(self, model: str, seed: int | str, part: str) -> list[str]:
         """The user's files that become `part` of results/models/{model}/seed{seed}/ (none for
         pretrained weights: torchvision's cache holds them)."""
         given = self.adopted(model)
         if part == "epochs":
-            return [given["epochs"]["pattern"].format(seed=seed, epoch=e) for e in given["epochs"]["list"]]
-        return [given[part].format(seed=seed)] if part in given else []
+            return [self._given(given["epochs"]["pattern"], seed, e) for e in given["epochs"]["list"]]
+        return [self._given(given[part], seed)] if part in given else []
 
     def epochs(self, model: str) -> list[int]:
         """The epochs whose weights a run of `model` keeps (`epochs/epoch{e}.pt`)."""

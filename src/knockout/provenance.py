@@ -1,5 +1,6 @@
-"""A record of what produced the results: the resolved config, package versions, device, git
-commit and data checksums, written next to the results (`results/provenance.json`)."""
+"""A record of what produced the results: the resolved config, knockout's version, package
+versions, device, the workflow's git commit and data checksums, written next to the results
+(`results/provenance.json`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from . import __version__
 
 PACKAGES = (
     "torch",
@@ -35,8 +38,11 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_commit(repo: Path) -> dict:
-    """The commit of `repo` and whether the work tree had uncommitted changes (None without git)."""
+def git_commit(repo: Path | None) -> dict:
+    """The commit of `repo` and whether the work tree had uncommitted changes (None without git,
+    or without a folder: a workflow read from a repository, which its knockout version names)."""
+    if repo is None:
+        return {"commit": None, "dirty": None}
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(
@@ -63,11 +69,12 @@ def device_info() -> dict:
 
 
 def record(
-    config: dict, manifests: list[Path], repo: Path, metas: list[Path] = (), preprocess: dict | None = None
+    config: dict, manifests: list[Path], repo: Path | None, metas: list[Path] = (), preprocess: dict | None = None
 ) -> dict:
-    """Everything above as one dict; `manifests` are the datasets' verified-download manifests,
-    `metas` the prepared views' meta.json, `preprocess` each model's resolved preprocessing and
-    view (its mean and std filled from the view's statistics where they are the dataset's)."""
+    """Everything above as one dict; `repo` is the workflow's folder (None: not on disk),
+    `manifests` the datasets' verified-download manifests, `metas` the prepared views' meta.json,
+    `preprocess` each model's resolved preprocessing and view (its mean and std filled from the
+    view's statistics where they are the dataset's)."""
     stats = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in metas}
     models = {}
     for model, resolved in (preprocess or {}).items():
@@ -87,6 +94,7 @@ def record(
         data[manifest["dataset"]] = listing or manifest["files"]
     return {
         "config": config,
+        "knockout": __version__,
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -1,5 +1,5 @@
 """A user's callable named in the config as `package.module:callable` or `path/to/file.py:callable`
-(a path relative to the working folder): their network (`arch: {type: module}`) or their
+(a path as `knockout.paths` resolves it: from the working directory): their network (`arch: {type: module}`) or their
 dataset (`source: module`). A file is imported with its folder on the import path, so it may
 import the modules beside it (`from blocks import Block`), and those are the files of it the
 workflow watches (`local_files`): editing one reruns what it changes."""
@@ -13,11 +13,13 @@ import inspect
 import sys
 from pathlib import Path
 
+from .paths import config_path
+
 
 def target_file(target: str) -> Path | None:
     """The file of a `file.py:callable` target (None for an importable module)."""
     where = str(target).rpartition(":")[0]
-    return Path(where).expanduser() if where.endswith(".py") else None
+    return config_path(where) if where.endswith(".py") else None
 
 
 def load_target(target: str):

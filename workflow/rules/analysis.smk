@@ -6,7 +6,7 @@
 rule notebook:
     input:
         unpack(lambda w: PLAN.analysis(w.analysis)[0]),
-        notebook=lambda w: os.path.join(workflow.basedir, "notebooks", f"{PLAN.notebook(w.analysis)}.ipynb"),
+        notebook=lambda w: workflow_file(f"notebooks/{PLAN.notebook(w.analysis)}.ipynb"),
     output:
         notebook="results/notebooks/{analysis}.ipynb",
         figures=report(

@@ -10,22 +10,33 @@ import sys
 from snakemake.settings.types import DeploymentMethod
 
 # Rules run `knockout <verb>`, a shell function for `python -m knockout`: the library is found
-# from the repo (no install), with the conda env's python under --use-conda, else the python
-# running snakemake (e.g. .venv's).
-SRC = os.path.join(workflow.basedir, "src")
-sys.path.insert(0, SRC)
+# in this workflow's src/ (no install), with the conda env's python under --use-conda, else the
+# python running snakemake (e.g. .venv's). A workflow read from a repository (KNOCKOUT_DIR None,
+# the Snakefile) has no src/ on disk: the knockout installed in that python runs its jobs.
+SRC = os.path.join(KNOCKOUT_DIR, "src") if KNOCKOUT_DIR else None
 USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 PYTHON = "python" if USE_CONDA else shlex.quote(sys.executable)
+if SRC:
+    sys.path.insert(0, SRC)
+elif USE_CONDA:
+    sys.exit(
+        "knockout: --use-conda needs the workflow on disk (its src/ goes into the conda envs): "
+        "give the module's snakefile as the path of a clone"
+    )
 
 
-shell.prefix(
-    "export PYTHONPATH="
-    + shlex.quote(SRC)
-    + "${{PYTHONPATH:+:$PYTHONPATH}}; "
-    + "knockout() {{ "
-    + PYTHON
-    + ' -m knockout "$@"; }}; '
-)
+PYTHONPATH = f"export PYTHONPATH={shlex.quote(SRC)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; " if SRC else ""
+shell.prefix(f'{PYTHONPATH}knockout() {{{{ {PYTHON} -m knockout "$@"; }}}}; ')
+
+
+def workflow_file(path):
+    """A file of this workflow by its path in the workflow's folder (`notebooks/baselines.ipynb`):
+    there, or Snakemake's cached copy when the workflow is read from a repository. Never a file
+    of the working directory, which is the user's project."""
+    if KNOCKOUT_DIR:
+        return os.path.join(KNOCKOUT_DIR, path)
+    return workflow.source_path(os.path.join("../..", path))  # from this file, workflow/rules/
+
 
 import yaml
 from knockout.catalog import VIEW_FILES

@@ -122,7 +122,7 @@ rule provenance:
     params:
         config=lambda w: as_json(config),
         preprocess=lambda w: as_json({m: PLAN.preprocess(m) | {"view": PLAN.view(m)} for m in PLAN.models}),
-        repo=workflow.basedir,
+        repo=shlex.join(["--repo", KNOCKOUT_DIR]) if KNOCKOUT_DIR else "",  # the workflow's git commit
     shell:
         "knockout provenance --config {params.config:q} --manifests {input.manifests:q} --metas {input.metas:q}"
-        " --preprocess {params.preprocess:q} --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"
+        " --preprocess {params.preprocess:q} {params.repo} --out {output:q} > {log:q} 2>&1"

@@ -5,7 +5,6 @@ the dataset's `size`, or the resize and crop of a model's preprocessing, as torc
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..paths import config_path
 
 _CHUNK = 1 << 20
 
@@ -25,8 +25,9 @@ def one_line(err: BaseException) -> str:
 
 
 def expand(path: str | Path) -> Path:
-    """A path with ~ and $VARS expanded."""
-    return Path(os.path.expandvars(os.path.expanduser(str(path))))
+    """A path of the config, ~ and $VARS expanded, a relative one from the working directory
+    (`knockout.paths`, the one rule)."""
+    return config_path(path)
 
 
 def hash_stream(stream, *algorithms: str) -> list[str]:

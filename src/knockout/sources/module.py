@@ -1,6 +1,6 @@
 """`source: module`: your own `torch.utils.data.Dataset`, from a callable named like a model's
 `target` (`package.module:callable`, or `path/to/file.py:callable` relative to the working
-folder). It is called once per split as `target(split="train" | "test", **kwargs)` and returns
+directory: `knockout.paths`). It is called once per split as `target(split="train" | "test", **kwargs)` and returns
 a map-style dataset of (image, class index) items, or None where it has no such split (only
 `train` may be missing). An image is a PIL image, a tensor (C, H, W) or (H, W) of uint8 or of
 floats in [0, 1] (`ToTensor()`'s, never normalised: the normalisation belongs to the model, its
