@@ -188,7 +188,7 @@ def tables(folder: Path) -> dict[str, pd.DataFrame]:
     return {str(p.relative_to(results)): pd.read_csv(p) for p in found}
 
 
-@pytest.mark.slow  # two runs of seven jobs each: about a minute on 2 idle cores
+@pytest.mark.slow  # two runs of seven jobs each and two dry runs: about a minute on 2 idle cores
 def test_the_module_and_the_clones_snakefile_give_the_projects_own_evaluation(project, tmp_path):
     root, theirs = project
     # (a) a Snakemake module of the project's own Snakefile, run in the project
@@ -237,6 +237,16 @@ def test_the_module_and_the_clones_snakefile_give_the_projects_own_evaluation(pr
     assert provenance["knockout"] == knockout.__version__
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert provenance["git"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+
+    # Nothing to redo; an edit of the module the model file imports redoes what built the network.
+    def dry_run():
+        run = snakemake(elsewhere, *TARGETS, "-n", "-d", str(other), "--configfile", str(other / "config.yaml"))
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout + run.stderr
+
+    assert "Nothing to be done" in dry_run()
+    (other / "layers.py").write_text(LAYERS + "\n# the user edits a comment\n")
+    assert "rule adopt" in dry_run()
 
 
 def test_as_a_module_by_path_the_workflows_own_files_come_from_the_clone(project, tmp_path):

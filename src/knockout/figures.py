@@ -237,6 +237,19 @@ def _forest(data: StudyData) -> mpl.figure.Figure | None:
     return fig
 
 
+def _accuracy_per_set(ax, rows: pd.DataFrame, per_seed: pd.DataFrame, label: str) -> None:
+    """Each set of `rows` (index: set) at x = 0, 1, ...: its mean accuracy (%) with its CI over
+    seeds, and a dot per seed (the set's draws averaged within the seed)."""
+    if not per_seed.empty:
+        seed_means = per_seed.groupby(["set", "seed"])["accuracy"].mean() * 100
+        for i, name in enumerate(rows.index):
+            if name in seed_means.index.get_level_values(0):
+                vals = seed_means.loc[name].to_numpy()
+                ax.scatter(i + np.linspace(-0.12, 0.12, len(vals)), vals, s=8, color="0.55", zorder=2)
+    x = np.arange(len(rows))
+    _points(ax, x, rows["mean"] * 100, rows["ci_low"] * 100, rows["ci_high"] * 100, PALETTE[0], label)
+
+
 # --- filter_ablation ------------------------------------------------------------------------------
 
 
@@ -267,21 +280,7 @@ def filter_ablation(data: StudyData) -> Drawn:
                 baseline["ci_high"] * 100,
                 f"baseline ({ci_note(n_seeds)})",
             )
-        if not per_seed.empty:
-            seed_means = per_seed.groupby(["set", "seed"])["accuracy"].mean() * 100
-            for i, name in enumerate(shown):
-                if name in seed_means.index.get_level_values(0):
-                    vals = seed_means.loc[name].to_numpy()
-                    ax.scatter(i + np.linspace(-0.12, 0.12, len(vals)), vals, s=8, color="0.55", zorder=2)
-        _points(
-            ax,
-            x,
-            rows["mean"] * 100,
-            rows["ci_low"] * 100,
-            rows["ci_high"] * 100,
-            PALETTE[0],
-            f"set ({ci_note(n_seeds)}); dots: seeds",
-        )
+        _accuracy_per_set(ax, rows, per_seed, f"set ({ci_note(n_seeds)}); dots: seeds")
         ticks = []
         for name, r in rows.iterrows():
             what = (
@@ -902,21 +901,7 @@ def retrain(data: StudyData) -> Drawn:
             ax.axhline(
                 100 * before["mean"].iloc[0], color=PALETTE[2], ls=":", lw=1.2, label="the model before ablation"
             )
-        if not data.per_seed.empty:
-            seed_means = data.per_seed.groupby(["set", "seed"])["accuracy"].mean() * 100
-            for i, name in enumerate(shown):
-                if name in seed_means.index.get_level_values(0):
-                    vals = seed_means.loc[name].to_numpy()
-                    ax.scatter(i + np.linspace(-0.12, 0.12, len(vals)), vals, s=8, color="0.55", zorder=2)
-        _points(
-            ax,
-            x,
-            rows["mean"] * 100,
-            rows["ci_low"] * 100,
-            rows["ci_high"] * 100,
-            PALETTE[0],
-            f"condition ({ci_note(n_seeds)}); dots: seeds",
-        )
+        _accuracy_per_set(ax, rows, data.per_seed, f"condition ({ci_note(n_seeds)}); dots: seeds")
         ticks = [
             wrapped(data.display(n)) + (f"\n{int(r['n_conditions'])} draws" if r["n_conditions"] > 1 else "")
             for n, r in rows.iterrows()
