@@ -51,6 +51,25 @@ MODELS = {
 BASE = {"seeds": [0, 1], "device": "cpu", "threads": 1, **DATA, "models": MODELS, "interventions": {}}
 
 
+# The second tier runs on two workers (.ci/run: pytest -m slow -n 2 --dist loadfile), a file at
+# a time to whichever worker is free: its files longest first (seconds, one after another on 2
+# cores), so that the tiny study's file does not start last.
+SECOND_TIER_SECONDS = {
+    "test_workflow.py": 310,
+    "test_factorize.py": 100,
+    "test_api.py": 80,
+    "test_your_data.py": 75,
+    "test_project_folder.py": 70,
+    "test_tutorial.py": 55,
+    "test_shards.py": 50,
+    "test_values_workflow.py": 40,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -SECOND_TIER_SECONDS.get(item.path.name, 0) if item.get_closest_marker("slow") else 0)
+
+
 def snakemake(
     workdir: Path, *args: str, snakefile: Path = ROOT / "Snakefile", env: dict | None = None, timeout: int = 1200
 ) -> subprocess.CompletedProcess:

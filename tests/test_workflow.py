@@ -77,7 +77,6 @@ def tiny(trained, tmp_path_factory):
 
 @needs_fashion
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny")  # one worker runs the tiny study once for these
 def test_tiny_study_runs_every_study_type_end_to_end(tiny):
     meta = json.loads((tiny / "results/data/fashion_mnist/meta.json").read_text())
     assert meta["n_train"] == 600 and meta["n_test"] == 200 and meta["num_classes"] == 10
@@ -156,7 +155,6 @@ def test_tiny_study_runs_every_study_type_end_to_end(tiny):
 
 @needs_fashion
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny")  # one worker runs the tiny study once for these
 def test_editing_one_study_reruns_that_study_alone(tiny):
     config = json.loads(json.dumps(TINY))
     config["interventions"]["filters"]["sets"]["low"]["k"] = 3
@@ -177,7 +175,6 @@ def test_editing_one_study_reruns_that_study_alone(tiny):
 
 @needs_fashion
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny")  # one worker runs the tiny study once for these
 def test_a_dropped_seed_leaves_the_tables_notebooks_and_figures(tiny):
     config = json.loads(json.dumps(TINY)) | {"seeds": [0]}
     write_config(tiny, config)
