@@ -230,7 +230,7 @@ def test_the_own_model_example_runs_end_to_end(tmp_path):
     factorize and architecture on it."""
     config = yaml.safe_load((ROOT / "examples/own_model/config.yaml").read_text())
     config |= {"seeds": [0], "device": "cpu", "threads": 1, "data": TINY["data"], "datasets": TINY["datasets"]}
-    config["models"]["mynet"]["train"]["epochs"] = 1
+    config["models"]["mynet"]["train"] |= {"epochs": 2, "batch_size": 32}  # enough steps on 600 images to learn
     config["interventions"] |= {f"mynet_{name}": study for name, study in studies("mynet").items()}
     write_config(tmp_path, config)
     (tmp_path / "examples").symlink_to(ROOT / "examples")  # the target path is relative to the working folder

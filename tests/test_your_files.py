@@ -547,3 +547,25 @@ def test_every_study_family_reads_the_classes_through_class_outputs(project, mon
     )
     assert set(occlusion["class_name"]) <= set(CLASSES)
     assert set(occlusion["takeover_name"]) <= set(CLASSES) | {"", "another output"}
+
+
+def test_a_network_trained_here_that_did_not_learn_stops_its_train_job(project, monkeypatch):
+    """Trained with a learning rate that cannot move it, the network stays at chance: the train
+    job stops in one line and leaves no final.pt, so no study is run on it; allow_chance goes on."""
+    root, _ = project
+    monkeypatch.chdir(root)
+    entry = {"train": {"epochs": 1, "lr": 1e-12, "batch_size": 64}}
+    for allow in (False, True):
+        plan = check(validate(config({"still": entry | {"allow_chance": allow}})))
+        out = root / "results/models/still/seed0"
+        shutil.rmtree(out, ignore_errors=True)
+        if allow:
+            jobs.train(plan.train_job("still"), 0, plan.data_dir("still"), str(out))
+            assert (out / "final.pt").is_file()
+            continue
+        with pytest.raises(ConfigError) as err:
+            jobs.train(plan.train_job("still"), 0, plan.data_dir("still"), str(out))
+        assert "models.still: seed 0: trained to test accuracy" in str(err.value) and "not above chance" in str(
+            err.value
+        )
+        assert "\n" not in str(err.value) and not (out / "final.pt").exists()

@@ -196,7 +196,7 @@ def train(job: TrainSettings, seed: int, data: str, out: str, threads: int | Non
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     network = _network(job, meta, weights=True)
     out = Path(out)
-    return fit(
+    metrics = fit(
         network,
         train_split,
         test_split,
@@ -207,6 +207,24 @@ def train(job: TrainSettings, seed: int, data: str, out: str, threads: int | Non
         epochs_dir=out / "epochs",
         record={"preprocess": preprocess.record},
     )
+    if metrics.get("test_accuracy") is not None:  # a baseline that did not learn: no study is run on it
+        chance, bound = _chance(meta["num_classes"], len(test_split))
+        if metrics["test_accuracy"] <= bound and not job.allow_chance:
+            (out / "final.pt").unlink(missing_ok=True)  # nothing looks done
+            raise ConfigError(
+                f"models.{job.model}: seed {seed}: trained to test accuracy {metrics['test_accuracy']:.4f} on "
+                f"{len(test_split)} test images of {meta['dataset']}, not above chance ({chance:.4f}; + 3 SE: "
+                f"{bound:.4f}): the training did not learn; change models.{job.model}.train (lr, epochs, optimizer) "
+                f"(models.{job.model}.allow_chance: true goes on with a network at chance on purpose)"
+            )
+    return metrics
+
+
+def _chance(k: int, n: int) -> tuple[float, float]:
+    """Chance accuracy with K classes, and the bound a network must pass: chance plus 3 binomial
+    standard errors on n test images."""
+    chance = 1 / k
+    return chance, chance + 3 * math.sqrt(chance * (1 - chance) / max(n, 1))
 
 
 def _check_baseline(job: AdoptSettings, seed: int, accuracy: float, n: int, meta: dict, preprocess) -> None:
@@ -216,9 +234,8 @@ def _check_baseline(job: AdoptSettings, seed: int, accuracy: float, n: int, meta
     on, and every number after would be noise."""
     from .preprocess import describe
 
-    model, k = job.model, meta["num_classes"]
-    chance = 1 / k
-    bound = chance + 3 * math.sqrt(chance * (1 - chance) / max(n, 1))
+    model = job.model
+    chance, bound = _chance(meta["num_classes"], n)
     how = f"models.{model}.preprocess is {describe(preprocess.record)}"
     where = f"on {n} test images of {meta['dataset']}"
     measured = (job.accuracy or {}).get(str(seed))

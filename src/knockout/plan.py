@@ -310,6 +310,7 @@ class Plan:
             arch=self.config["models"][model]["arch"],
             train=self.train_settings(model),
             readout=self.readout(model),
+            allow_chance=self.config["models"][model]["allow_chance"],
             **self._data_settings(model),
         )
 

@@ -65,11 +65,13 @@ class DataSettings(Settings):
 
 @dataclass(frozen=True)
 class TrainSettings(DataSettings):
-    """A model trained here: its arch and resolved training settings, how its output is read."""
+    """A model trained here: its arch and resolved training settings, how its output is read,
+    whether chance level is meant."""
 
     arch: Any = None
     train: dict | None = None
     readout: dict | None = None
+    allow_chance: bool = False
 
 
 @dataclass(frozen=True)
