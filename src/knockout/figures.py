@@ -237,6 +237,13 @@ def _forest(data: StudyData) -> mpl.figure.Figure | None:
     return fig
 
 
+def _per_layer(layers: list, height: float, sharey: bool = False):
+    """A row of panels, one per layer (half width for one): the figure and its axes as a 1 x n
+    array."""
+    width = HALF if len(layers) == 1 else FULL
+    return plt.subplots(1, len(layers), figsize=(width, height), layout="constrained", squeeze=False, sharey=sharey)
+
+
 def _accuracy_per_set(ax, rows: pd.DataFrame, per_seed: pd.DataFrame, label: str) -> None:
     """Each set of `rows` (index: set) at x = 0, 1, ...: its mean accuracy (%) with its CI over
     seeds, and a dot per seed (the set's draws averaged within the seed)."""
@@ -449,14 +456,7 @@ def _volcano(data: StudyData, sweep_sets: list[str]):
         return None
     rows = rows.assign(logq=-np.log10(rows["q_bh"].clip(lower=1e-300)), significant=rows["q_bh"] < 0.05)
     layers = list(dict.fromkeys(rows["layer"]))
-    fig, axes = plt.subplots(
-        1,
-        len(layers),
-        figsize=(HALF if len(layers) == 1 else FULL, 2.6),
-        layout="constrained",
-        squeeze=False,
-        sharey=True,
-    )
+    fig, axes = _per_layer(layers, 2.6, sharey=True)
     for ax, layer in zip(axes[0], layers):
         g = rows[rows["layer"] == layer]
         for seed, s in g.groupby("seed"):
@@ -489,14 +489,7 @@ def _importance_selectivity(data: StudyData, sweep_sets: list[str]):
     if both.empty:
         return None
     layers = list(dict.fromkeys(both["layer"]))
-    fig, axes = plt.subplots(
-        1,
-        len(layers),
-        figsize=(HALF if len(layers) == 1 else FULL, 2.8),
-        layout="constrained",
-        squeeze=False,
-        sharey=True,
-    )
+    fig, axes = _per_layer(layers, 2.8, sharey=True)
     for ax, layer in zip(axes[0], layers):
         g = both[both["layer"] == layer]
         rhos = []
@@ -537,14 +530,7 @@ def _cumulative(data: StudyData, curve_sets: list[str]):
     )
     curves = pd.concat([start, curves[["set", "layer", "seed", "fraction", "accuracy"]]], ignore_index=True)
     layers = list(dict.fromkeys(curves["layer"]))
-    fig, axes = plt.subplots(
-        1,
-        len(layers),
-        figsize=(HALF if len(layers) == 1 else FULL, 2.7),
-        layout="constrained",
-        squeeze=False,
-        sharey=True,
-    )
+    fig, axes = _per_layer(layers, 2.7, sharey=True)
     n_seeds = len(data.seeds)
     for ax, layer in zip(axes[0], layers):
         for j, name in enumerate(curve_sets):
@@ -1159,9 +1145,7 @@ def top_activations(data: StudyData, max_filters: int = 12) -> Drawn:
         drawn.skip("scores", "no top-activation tables given")
         return drawn
     layers = list(dict.fromkeys(table["layer"]))
-    fig, axes = plt.subplots(
-        1, len(layers), figsize=(HALF if len(layers) == 1 else FULL, 2.4), layout="constrained", squeeze=False
-    )
+    fig, axes = _per_layer(layers, 2.4)
     for ax, layer in zip(axes[0], layers):
         rows = table[table["layer"] == layer]
         for (seed, _), g in rows.groupby(["seed", "filter"]):
